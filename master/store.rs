@@ -1,0 +1,339 @@
+//! SQLite persistence (`<data-dir>/herd.db`), on a thread of its own.
+//!
+//! Callers hand writes to the store thread and await the commit. The thread batches
+//! whatever is waiting into one transaction (group commit), so many registrations arriving
+//! together cost one commit, and a tick's liveness flush is always exactly one commit.
+//! WAL with `synchronous=NORMAL`: a commit survives kill -9 of the master.
+
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use herd::domain::{Resources, Runtime, WorkerSpec, WorkerState};
+use herd::error::Error;
+
+use crate::registry::{LivenessRow, WorkerRecord};
+
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: workers
+    "CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        name TEXT UNIQUE NOT NULL,
+        host TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        version TEXT NOT NULL DEFAULT '',
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        container_runtime TEXT NOT NULL DEFAULT '',
+        is_active INTEGER NOT NULL DEFAULT 0,
+        last_heartbeat INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+    );",
+];
+
+/// A write the store thread performs.
+pub enum Write {
+    /// Insert or update a worker's description (registration).
+    Worker(WorkerRecord),
+    /// The liveness columns of many workers (one tick).
+    Liveness(Vec<LivenessRow>),
+}
+
+struct Job {
+    write: Write,
+    done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// Handle to the store thread. Dropping every handle stops the thread after it has
+/// finished what was queued.
+#[derive(Clone)]
+pub struct Store {
+    jobs: std_mpsc::Sender<Job>,
+}
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it, and returns the store with
+    /// every worker it knows.
+    pub fn open(path: &Path) -> Result<(Store, Vec<WorkerRecord>), Error> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        let workers = load_workers(&conn)?;
+        let (jobs, rx) = std_mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("herd-store".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| Error::Storage(format!("cannot start the store thread: {e}")))?;
+        Ok((Store { jobs }, workers))
+    }
+
+    /// Performs `write` and returns once it is committed.
+    pub async fn write(&self, write: Write) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { write, done })
+            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the store stopped".into()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(Error::Storage(format!(
+            "herd.db has schema version {version}, newer than this herd-master knows ({}); \
+             use a newer herd-master",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, host, address, version, cpu, memory_gb, gpu, labels,
+                container_runtime, last_heartbeat, state, registered_at
+         FROM workers ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            WorkerSpec {
+                name: r.get(1)?,
+                host: r.get(2)?,
+                address: r.get(3)?,
+                version: r.get(4)?,
+                capacity: Resources {
+                    cpu: r.get(5)?,
+                    memory_gb: r.get(6)?,
+                    gpu: r.get(7)?,
+                },
+                labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
+            },
+            r.get::<_, i64>(10)?,
+            r.get::<_, String>(11)?,
+            r.get::<_, i64>(12)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms) = row?;
+        out.push(WorkerRecord {
+            id,
+            spec,
+            registered_at_ms,
+            last_heartbeat_ms,
+            state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
+        });
+    }
+    Ok(out)
+}
+
+/// The store thread: waits for a job, takes everything else already queued, and commits
+/// it all in one transaction.
+fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, batch.iter().map(|j| &j.write)) {
+            Ok(()) => batch.into_iter().for_each(|j| {
+                let _ = j.done.send(Ok(()));
+            }),
+            Err(err) if batch.len() > 1 => {
+                // One bad write must not sink the others: retry each alone.
+                warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
+                for job in batch {
+                    let res = commit(&mut conn, std::iter::once(&job.write));
+                    let _ = job.done.send(res);
+                }
+            }
+            Err(err) => {
+                error!(%err, "SQLite write failed");
+                let _ = batch.pop().map(|j| j.done.send(Err(err)));
+            }
+        }
+    }
+}
+
+fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) -> Result<(), Error> {
+    let tx = conn.transaction()?;
+    for write in writes {
+        match write {
+            Write::Worker(r) => {
+                let labels = serde_json::to_string(&r.spec.labels)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                tx.prepare_cached(
+                    "INSERT INTO workers (id, name, host, address, version, cpu, memory_gb, gpu,
+                         labels, container_runtime, is_active, last_heartbeat, state, registered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT(id) DO UPDATE SET
+                         name = excluded.name, host = excluded.host, address = excluded.address,
+                         version = excluded.version, cpu = excluded.cpu,
+                         memory_gb = excluded.memory_gb, gpu = excluded.gpu,
+                         labels = excluded.labels, container_runtime = excluded.container_runtime,
+                         is_active = excluded.is_active, state = excluded.state",
+                )?
+                .execute(params![
+                    r.id,
+                    r.spec.name,
+                    r.spec.host,
+                    r.spec.address,
+                    r.spec.version,
+                    r.spec.capacity.cpu,
+                    r.spec.capacity.memory_gb,
+                    r.spec.capacity.gpu,
+                    labels,
+                    r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
+                    r.state == WorkerState::Active,
+                    r.last_heartbeat_ms,
+                    r.state.as_str(),
+                    r.registered_at_ms,
+                ])?;
+            }
+            Write::Liveness(rows) => {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
+                     WHERE id = ?1",
+                )?;
+                for row in rows {
+                    stmt.execute(params![
+                        row.id,
+                        row.state == WorkerState::Active,
+                        row.last_heartbeat_ms,
+                        row.state.as_str(),
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Reads one worker's liveness columns.
+#[cfg(test)]
+fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Error> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT is_active, state FROM workers WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: &str) -> WorkerRecord {
+        WorkerRecord {
+            id: id.into(),
+            spec: WorkerSpec {
+                name: name.into(),
+                host: "h".into(),
+                address: "a".into(),
+                version: "v".into(),
+                capacity: Resources {
+                    cpu: 4.0,
+                    memory_gb: 8.0,
+                    gpu: 1,
+                },
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                runtime: Some(Runtime::Podman),
+            },
+            registered_at_ms: 10,
+            last_heartbeat_ms: 0,
+            state: WorkerState::Inactive,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_round_trip_and_liveness_updates_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.db");
+        let (store, loaded) = Store::open(&path).unwrap();
+        assert!(loaded.is_empty());
+        store
+            .write(Write::Worker(record("w-1", "a")))
+            .await
+            .unwrap();
+        store
+            .write(Write::Worker(record("w-1", "a")))
+            .await
+            .unwrap();
+        store
+            .write(Write::Liveness(vec![LivenessRow {
+                id: "w-1".into(),
+                state: WorkerState::Active,
+                last_heartbeat_ms: 42,
+            }]))
+            .await
+            .unwrap();
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            read_state(&conn, "w-1").unwrap(),
+            Some((true, "Active".into()))
+        );
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+
+        let (_store, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].spec, record("w-1", "a").spec);
+        assert_eq!(loaded[0].last_heartbeat_ms, 42);
+        assert_eq!(loaded[0].state, WorkerState::Active);
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("herd.db")).unwrap();
+        store
+            .write(Write::Worker(record("w-1", "a")))
+            .await
+            .unwrap();
+        let dup = store.write(Write::Worker(record("w-2", "a")));
+        let other = store.write(Write::Worker(record("w-3", "b")));
+        let (dup, other) = tokio::join!(dup, other);
+        assert!(matches!(dup, Err(Error::Storage(_))));
+        other.unwrap();
+    }
+}

@@ -1,0 +1,132 @@
+//! The command grammar shared by the master's REPL and herdctl: one parser, so the two can
+//! never drift apart.
+
+use clap::{Parser, Subcommand};
+
+/// Text printed by `help`.
+pub const HELP: &str = "\
+commands:
+  workers [--all]          list workers (--all includes Removed ones)
+  worker <id|name>         show one worker in full
+  help                     this text
+  exit | quit              leave (Ctrl-D works too; Ctrl-C clears the line)";
+
+/// One command of the grammar.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum Command {
+    /// List workers: name, id, status, address, cpu, memory, gpu, tasks, last seen.
+    Workers {
+        /// Include Removed workers.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one worker in full.
+    Worker {
+        /// A worker id or name.
+        worker: String,
+    },
+    /// List the commands.
+    Help,
+    /// Leave.
+    Exit,
+    /// Leave.
+    Quit,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+struct Line {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parses words already split (herdctl's arguments).
+pub fn parse_words<I, S>(words: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    Line::try_parse_from(words)
+        .map(|line| line.command)
+        .map_err(|e| one_line(&e.render().to_string()))
+}
+
+/// Parses one line typed at a prompt. `Ok(None)` for a blank line.
+pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
+    let words = shlex::split(line).ok_or_else(|| {
+        "error: unbalanced quotes in the line; close the quote or escape it with \\".to_string()
+    })?;
+    if words.is_empty() {
+        return Ok(None);
+    }
+    parse_words(words).map(Some)
+}
+
+/// Squeezes clap's multi-line error into one line a person can act on: the error itself,
+/// clap's tip if it has one, and where to look next.
+fn one_line(rendered: &str) -> String {
+    // clap writes "error: ..." (possibly continued on indented lines), blank lines, an
+    // optional "tip: ...", then usage. Keep the error with its continuation and the tip.
+    let mut parts: Vec<String> = Vec::new();
+    let mut in_error = false;
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("error:") || line.starts_with("tip:") {
+            in_error = line.starts_with("error:");
+            parts.push(line.to_string());
+        } else if in_error && !line.is_empty() && !line.starts_with("Usage:") {
+            if let Some(last) = parts.last_mut() {
+                last.push(' ');
+                last.push_str(line);
+            }
+        } else {
+            in_error = false;
+        }
+    }
+    if parts.is_empty() {
+        parts.push("error: cannot parse the command".into());
+    }
+    format!("{} (type 'help' for the commands)", parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_grammar() {
+        assert_eq!(
+            parse_line("workers").unwrap(),
+            Some(Command::Workers { all: false })
+        );
+        assert_eq!(
+            parse_line("  workers --all ").unwrap(),
+            Some(Command::Workers { all: true })
+        );
+        assert_eq!(
+            parse_line("worker 'node 1'").unwrap(),
+            Some(Command::Worker {
+                worker: "node 1".into()
+            })
+        );
+        assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(parse_line("quit").unwrap(), Some(Command::Quit));
+    }
+
+    #[test]
+    fn errors_are_one_line_with_a_hint() {
+        let err = parse_line("wrokers").unwrap_err();
+        assert!(err.contains("unrecognized subcommand 'wrokers'"), "{err}");
+        assert!(err.contains("workers"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = parse_line("worker").unwrap_err();
+        assert!(err.contains("<WORKER>"), "{err}");
+        let err = parse_line("workers --bogus").unwrap_err();
+        assert!(err.contains("--bogus"), "{err}");
+        assert!(parse_line("worker 'open").unwrap_err().contains("quotes"));
+    }
+}

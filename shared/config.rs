@@ -1,0 +1,127 @@
+//! The programs' configuration: every flag also reads its environment variable, and a flag
+//! given on the command line wins (DESIGN.md, "Configuration").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::time::parse_duration;
+
+/// Which placement policy the scheduler uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulerKind {
+    RoundRobin,
+    ResourceAware,
+}
+
+/// herd-master's settings.
+#[derive(Debug, Clone, Args)]
+pub struct MasterConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "HERD_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder for herd.db, the cluster token and REPL history.
+    #[arg(long, env = "HERD_DATA_DIR", default_value = "./herd-data")]
+    pub data_dir: PathBuf,
+
+    /// No heartbeat for this long: the worker is Inactive (never scheduled).
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// No heartbeat for this long: the worker is Removed and its tasks re-queued.
+    #[arg(long, env = "WORKER_TIMEOUT_SECONDS", default_value = "600", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+
+    /// Period of the liveness ticker (which also flushes state to SQLite).
+    #[arg(long, env = "HERD_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub check_interval: Duration,
+
+    /// Heartbeat period told to workers when they register.
+    #[arg(long, env = "HERD_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Placement policy.
+    #[arg(
+        long,
+        env = "HERD_SCHEDULER",
+        value_enum,
+        default_value = "resource-aware"
+    )]
+    pub scheduler: SchedulerKind,
+
+    /// Also start one herd-worker on this machine, stopped with the master.
+    #[arg(long, env = "HERD_LOCAL_WORKER")]
+    pub local_worker: bool,
+
+    /// Run without the interactive REPL (also the case when stdin is not a terminal).
+    #[arg(long)]
+    pub no_repl: bool,
+}
+
+impl MasterConfig {
+    /// Refuses settings under which liveness cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval >= self.heartbeat_timeout {
+            return Err(format!(
+                "--heartbeat-interval ({:?}) must be shorter than --heartbeat-timeout ({:?}), \
+                 or every worker is marked Inactive between two heartbeats",
+                self.heartbeat_interval, self.heartbeat_timeout
+            ));
+        }
+        if self.worker_timeout <= self.heartbeat_timeout {
+            return Err(format!(
+                "--worker-timeout ({:?}) must be longer than --heartbeat-timeout ({:?}): \
+                 a worker goes Inactive long before it is Removed",
+                self.worker_timeout, self.heartbeat_timeout
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// herd-worker's settings.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// URL of the master.
+    #[arg(long, env = "HERD_MASTER", default_value = "http://127.0.0.1:50051")]
+    pub master: String,
+
+    /// Stable identity of this worker; re-registering with the same name keeps the id.
+    /// Defaults to the host name.
+    #[arg(long, env = "HERD_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Advertised CPUs (default: detected).
+    #[arg(long)]
+    pub cpu: Option<f64>,
+
+    /// Advertised memory in GB (default: detected).
+    #[arg(long)]
+    pub memory: Option<f64>,
+
+    /// Advertised GPUs (default: detected from /dev/nvidia*).
+    #[arg(long)]
+    pub gpu: Option<u32>,
+
+    /// Folder for task work directories (default: a per-worker folder under the temp dir).
+    #[arg(long, env = "HERD_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Container runtime for image tasks: auto, docker, podman or none. `auto` picks one
+    /// whose `info` call succeeds.
+    #[arg(long, env = "HERD_RUNTIME", default_value = "auto")]
+    pub runtime: String,
+
+    /// Labels, `key=value`, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label '{text}' is not key=value"))
+}

@@ -1,0 +1,312 @@
+//! Domain types checked once at the edge: every `TryFrom<pb::X>` here is the single place
+//! where the corresponding wire message is validated.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::error::Error;
+use crate::pb;
+
+/// Longest worker name accepted (a DNS label is 63; leave room for suffixes like `-gpu0`).
+pub const MAX_NAME_LEN: usize = 128;
+/// Most labels a worker may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key or value.
+pub const MAX_LABEL_LEN: usize = 256;
+/// Largest CPU count a worker may advertise; more is a typo, not a machine.
+pub const MAX_CPU: f64 = 16_384.0;
+/// Largest memory a worker may advertise, in GB (64 TB).
+pub const MAX_MEMORY_GB: f64 = 65_536.0;
+/// Largest GPU count a worker may advertise.
+pub const MAX_GPU: u32 = 1_024;
+
+/// An amount of CPU, memory and GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub cpu: f64,
+    pub memory_gb: f64,
+    pub gpu: u32,
+}
+
+impl From<Resources> for pb::Resources {
+    fn from(r: Resources) -> Self {
+        pb::Resources {
+            cpu: r.cpu,
+            memory_gb: r.memory_gb,
+            gpu: r.gpu,
+        }
+    }
+}
+
+/// Container runtimes a worker can drive for image tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Docker,
+    Podman,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+        }
+    }
+
+    /// Parses a runtime name; the empty string and `none` mean no runtime.
+    pub fn parse_optional(text: &str) -> Result<Option<Runtime>, Error> {
+        match text {
+            "" | "none" => Ok(None),
+            "docker" => Ok(Some(Runtime::Docker)),
+            "podman" => Ok(Some(Runtime::Podman)),
+            other => Err(Error::invalid(format!(
+                "unknown container runtime '{other}': use docker, podman or none"
+            ))),
+        }
+    }
+}
+
+/// A validated worker description, as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    pub name: String,
+    pub host: String,
+    pub address: String,
+    pub version: String,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub runtime: Option<Runtime>,
+}
+
+impl From<&WorkerSpec> for pb::WorkerDescription {
+    fn from(spec: &WorkerSpec) -> Self {
+        pb::WorkerDescription {
+            name: spec.name.clone(),
+            host: spec.host.clone(),
+            address: spec.address.clone(),
+            version: spec.version.clone(),
+            capacity: Some(spec.capacity.into()),
+            labels: spec.labels.clone().into_iter().collect(),
+            container_runtime: spec.runtime.map(Runtime::as_str).unwrap_or("").into(),
+        }
+    }
+}
+
+/// Checks a worker name: 1..=128 characters of letters, digits, `.`, `_`, `-`, starting
+/// with a letter or digit. Names end up in tables, logs and shell commands.
+pub fn validate_worker_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::invalid(
+            "worker name is empty: give --name or HERD_WORKER_NAME",
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "worker name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        )));
+    }
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if let Some(bad) = name.chars().find(|c| !ok_char(*c)) {
+        return Err(Error::invalid(format!(
+            "worker name '{}' contains {bad:?}: use letters, digits, '.', '_' and '-'",
+            name.escape_debug()
+        )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(Error::invalid(format!(
+            "worker name '{name}' must start with a letter or a digit"
+        )));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::invalid(format!(
+            "{field} is {} bytes long; at most {max} are allowed",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_capacity(r: &pb::Resources) -> Result<Resources, Error> {
+    if !r.cpu.is_finite() || r.cpu <= 0.0 || r.cpu > MAX_CPU {
+        return Err(Error::invalid(format!(
+            "capacity cpu must be a number above 0 and at most {MAX_CPU}, got {}",
+            r.cpu
+        )));
+    }
+    if !r.memory_gb.is_finite() || r.memory_gb <= 0.0 || r.memory_gb > MAX_MEMORY_GB {
+        return Err(Error::invalid(format!(
+            "capacity memory_gb must be a number above 0 and at most {MAX_MEMORY_GB}, got {}",
+            r.memory_gb
+        )));
+    }
+    if r.gpu > MAX_GPU {
+        return Err(Error::invalid(format!(
+            "capacity gpu must be at most {MAX_GPU}, got {}",
+            r.gpu
+        )));
+    }
+    Ok(Resources {
+        cpu: r.cpu,
+        memory_gb: r.memory_gb,
+        gpu: r.gpu,
+    })
+}
+
+impl TryFrom<pb::WorkerDescription> for WorkerSpec {
+    type Error = Error;
+
+    fn try_from(d: pb::WorkerDescription) -> Result<Self, Error> {
+        validate_worker_name(&d.name)?;
+        check_text("host", &d.host, 255)?;
+        check_text("address", &d.address, 255)?;
+        check_text("version", &d.version, 64)?;
+        let capacity = check_capacity(
+            d.capacity
+                .as_ref()
+                .ok_or_else(|| Error::invalid("worker description has no capacity"))?,
+        )?;
+        if d.labels.len() > MAX_LABELS {
+            return Err(Error::invalid(format!(
+                "{} labels given; at most {MAX_LABELS} are allowed",
+                d.labels.len()
+            )));
+        }
+        for (k, v) in &d.labels {
+            if k.is_empty() {
+                return Err(Error::invalid("a label has an empty key"));
+            }
+            check_text("a label key", k, MAX_LABEL_LEN)?;
+            check_text(&format!("label '{k}'"), v, MAX_LABEL_LEN)?;
+        }
+        Ok(WorkerSpec {
+            runtime: Runtime::parse_optional(&d.container_runtime)?,
+            name: d.name,
+            host: d.host,
+            address: d.address,
+            version: d.version,
+            capacity,
+            labels: d.labels.into_iter().collect(),
+        })
+    }
+}
+
+/// Where a worker stands, as every view shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerState {
+    /// Heartbeating within the timeout; schedulable.
+    Active,
+    /// Stream closed or silent past the heartbeat timeout; never scheduled.
+    Inactive,
+    /// Silent past the worker timeout; its tasks were re-queued.
+    Removed,
+}
+
+impl WorkerState {
+    /// The word used in tables, logs and SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "Active",
+            WorkerState::Inactive => "Inactive",
+            WorkerState::Removed => "Removed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WorkerState> {
+        match text {
+            "Active" => Some(WorkerState::Active),
+            "Inactive" => Some(WorkerState::Inactive),
+            "Removed" => Some(WorkerState::Removed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<WorkerState> for pb::WorkerState {
+    fn from(s: WorkerState) -> Self {
+        match s {
+            WorkerState::Active => pb::WorkerState::Active,
+            WorkerState::Inactive => pb::WorkerState::Inactive,
+            WorkerState::Removed => pb::WorkerState::Removed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn description() -> pb::WorkerDescription {
+        pb::WorkerDescription {
+            name: "node-1".into(),
+            host: "node-1.lan".into(),
+            address: "10.0.0.1".into(),
+            version: "0.1.0".into(),
+            capacity: Some(pb::Resources {
+                cpu: 8.0,
+                memory_gb: 16.0,
+                gpu: 1,
+            }),
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            container_runtime: "podman".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_description_is_accepted() {
+        let spec = WorkerSpec::try_from(description()).unwrap();
+        assert_eq!(spec.name, "node-1");
+        assert_eq!(spec.runtime, Some(Runtime::Podman));
+        assert_eq!(spec.capacity.gpu, 1);
+    }
+
+    #[test]
+    fn bad_descriptions_are_refused_with_a_reason() {
+        type Mutation = fn(&mut pb::WorkerDescription);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|d| d.name.clear(), "empty"),
+            (|d| d.name = "a b".into(), "contains"),
+            (|d| d.name = "-x".into(), "start with"),
+            (|d| d.name = "x".repeat(500), "at most"),
+            (|d| d.capacity = None, "no capacity"),
+            (|d| d.capacity.as_mut().unwrap().cpu = -1.0, "cpu"),
+            (|d| d.capacity.as_mut().unwrap().cpu = f64::NAN, "cpu"),
+            (
+                |d| d.capacity.as_mut().unwrap().memory_gb = 1e12,
+                "memory_gb",
+            ),
+            (|d| d.capacity.as_mut().unwrap().gpu = 1_000_000, "gpu"),
+            (|d| d.container_runtime = "lxc".into(), "runtime"),
+            (
+                |d| {
+                    d.labels.insert(String::new(), "v".into());
+                },
+                "empty key",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut d = description();
+            mutate(&mut d);
+            let err = WorkerSpec::try_from(d).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains(expected)),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! How answers look: aligned tables and detail views, with colour only on a terminal.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+
+use crate::pb;
+use crate::time::{ago, now_ms};
+
+/// Whether to paint status words. Decided once per program from the output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    /// Colour when stdout is a terminal and `NO_COLOR` is not set.
+    pub fn detect() -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            color: !no_color && std::io::stdout().is_terminal(),
+        }
+    }
+
+    pub fn plain() -> Style {
+        Style { color: false }
+    }
+
+    /// A worker state with its coloured dot: green Active, red Inactive, grey Removed.
+    fn state(self, state: pb::WorkerState) -> Cell {
+        let word = state_word(state);
+        if !self.color {
+            return Cell::plain(word);
+        }
+        let color = match state {
+            pb::WorkerState::Active => "32",
+            pb::WorkerState::Inactive => "31",
+            pb::WorkerState::Draining => "33",
+            _ => "90",
+        };
+        Cell {
+            width: word.chars().count() + 2,
+            text: format!("\x1b[{color}m●\x1b[0m {word}"),
+        }
+    }
+}
+
+/// The status word of a worker state.
+pub fn state_word(state: pb::WorkerState) -> &'static str {
+    match state {
+        pb::WorkerState::Active => "Active",
+        pb::WorkerState::Inactive => "Inactive",
+        pb::WorkerState::Removed => "Removed",
+        pb::WorkerState::Draining => "Draining",
+        pb::WorkerState::Unspecified => "Unknown",
+    }
+}
+
+/// A table cell: its text (possibly with colour codes) and its visible width.
+struct Cell {
+    text: String,
+    width: usize,
+}
+
+impl Cell {
+    fn plain(text: impl Into<String>) -> Cell {
+        let text = text.into();
+        Cell {
+            width: text.chars().count(),
+            text,
+        }
+    }
+}
+
+/// Renders rows under a header, columns separated by two spaces, like kubectl does.
+fn table(header: &[&str], rows: Vec<Vec<Cell>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.width);
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<Cell> = header.iter().map(|h| Cell::plain(*h)).collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(&cell.text);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[i] - cell.width + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.pop();
+    out
+}
+
+fn num(x: f64) -> String {
+    if (x - x.round()).abs() < 0.05 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// The `workers` table.
+pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
+    if list.is_empty() {
+        return "no workers registered yet: start one with scripts/runWorker.sh".into();
+    }
+    let now = now_ms();
+    let rows = list
+        .iter()
+        .map(|w| {
+            let d = w.description.clone().unwrap_or_default();
+            let cap = d.capacity.unwrap_or_default();
+            let used = w.allocated.unwrap_or_default();
+            vec![
+                Cell::plain(&d.name),
+                Cell::plain(&w.id),
+                style.state(w.state()),
+                Cell::plain(&d.address),
+                Cell::plain(format!("{}/{}", num(used.cpu), num(cap.cpu))),
+                Cell::plain(format!("{}/{} GB", num(used.memory_gb), num(cap.memory_gb))),
+                Cell::plain(format!("{}/{}", used.gpu, cap.gpu)),
+                Cell::plain(w.running_task_ids.len().to_string()),
+                Cell::plain(ago(w.last_heartbeat_ms, now)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ID",
+            "STATUS",
+            "ADDRESS",
+            "CPU",
+            "MEMORY",
+            "GPU",
+            "TASKS",
+            "LAST SEEN",
+        ],
+        rows,
+    )
+}
+
+/// One worker in full, for `worker <id|name>`.
+pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
+    let now = now_ms();
+    let d = w.description.clone().unwrap_or_default();
+    let cap = d.capacity.unwrap_or_default();
+    let used = w.allocated.unwrap_or_default();
+    let usage = w.usage.unwrap_or_default();
+    let labels = if d.labels.is_empty() {
+        "-".to_string()
+    } else {
+        let mut l: Vec<_> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        l.sort();
+        l.join(", ")
+    };
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
+    };
+    field("name", d.name.clone());
+    field("id", w.id.clone());
+    field("status", style.state(w.state()).text);
+    field(
+        "stream",
+        if w.connected { "open" } else { "closed" }.to_string(),
+    );
+    field("host", d.host.clone());
+    field("address", d.address.clone());
+    field("version", d.version.clone());
+    field(
+        "runtime",
+        if d.container_runtime.is_empty() {
+            "none".to_string()
+        } else {
+            d.container_runtime.clone()
+        },
+    );
+    field(
+        "cpu",
+        format!(
+            "{} of {} allocated, machine at {:.0}%",
+            num(used.cpu),
+            num(cap.cpu),
+            usage.cpu_percent
+        ),
+    );
+    field(
+        "memory",
+        format!(
+            "{} of {} GB allocated, {:.1} GB in use on the machine",
+            num(used.memory_gb),
+            num(cap.memory_gb),
+            usage.memory_used_gb
+        ),
+    );
+    field("gpu", format!("{} of {} allocated", used.gpu, cap.gpu));
+    field("labels", labels);
+    field(
+        "tasks",
+        if w.running_task_ids.is_empty() {
+            "none running".to_string()
+        } else {
+            w.running_task_ids.join(", ")
+        },
+    );
+    field(
+        "last heartbeat",
+        format!("{} (#{})", ago(w.last_heartbeat_ms, now), w.last_sequence),
+    );
+    field("registered", ago(w.registered_at_ms, now));
+    out.pop();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, state: pb::WorkerState) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            id: format!("w-{name}"),
+            description: Some(pb::WorkerDescription {
+                name: name.into(),
+                address: "127.0.0.1".into(),
+                capacity: Some(pb::Resources {
+                    cpu: 4.0,
+                    memory_gb: 7.5,
+                    gpu: 0,
+                }),
+                ..Default::default()
+            }),
+            state: state as i32,
+            last_heartbeat_ms: now_ms(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workers_table_is_aligned_and_plain_without_a_terminal() {
+        let out = workers(
+            &[
+                info("a", pb::WorkerState::Active),
+                info("longer-name", pb::WorkerState::Inactive),
+            ],
+            Style::plain(),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME         ID             STATUS"));
+        assert!(lines[1].contains("Active"));
+        assert!(lines[2].contains("Inactive"));
+        assert_eq!(lines[1].find("w-a"), lines[2].find("w-longer-name"));
+        assert!(lines[1].contains("0/7.5 GB"));
+        assert!(!out.contains('\x1b'));
+    }
+
+    #[test]
+    fn colour_puts_a_dot_before_the_status() {
+        let out = workers(&[info("a", pb::WorkerState::Active)], Style { color: true });
+        assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The interactive shell (`master> `) over a [`Console`], and the log writer that keeps
+//! log lines from tearing through the line being typed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
+
+use crate::command::parse_line;
+use crate::console::{Console, Reply};
+
+type Printer = Box<dyn ExternalPrinter + Send>;
+
+/// Where log lines go while a prompt is on screen.
+static PRINTER: Mutex<Option<Printer>> = Mutex::new(None);
+
+/// A `tracing` writer: one buffer per log event, printed above the prompt while the REPL
+/// runs, to stderr otherwise.
+#[derive(Default)]
+pub struct LogWriter {
+    buf: Vec<u8>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut printer = PRINTER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(printer) = printer.as_mut() {
+            let text = String::from_utf8_lossy(&self.buf);
+            if printer
+                .print(text.trim_end_matches('\n').to_string())
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = std::io::stderr().write_all(&self.buf);
+    }
+}
+
+/// Runs the REPL until `exit`, `quit` or Ctrl-D. Blocking: call it from a thread of its
+/// own, with a handle to the runtime that serves the console's calls.
+pub fn run(
+    mut console: Console,
+    prompt: &str,
+    history: Option<PathBuf>,
+    runtime: tokio::runtime::Handle,
+) -> rustyline::Result<()> {
+    let mut editor = DefaultEditor::new()?;
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    if let Ok(printer) = editor.create_external_printer() {
+        *PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(printer));
+    }
+    println!("type 'help' for the commands, 'exit' or Ctrl-D to leave");
+    let result = loop {
+        match editor.readline(prompt) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                let command = match parse_line(&line) {
+                    Ok(Some(command)) => command,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        println!("{err}");
+                        continue;
+                    }
+                };
+                match runtime.block_on(console.execute(command)) {
+                    Ok(Reply::Text(text)) => println!("{text}"),
+                    Ok(Reply::Exit) => break Ok(()),
+                    Err(err) => println!("{err}"),
+                }
+            }
+            // Ctrl-C clears the line, as in a shell.
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break Ok(()),
+            Err(err) => break Err(err),
+        }
+    };
+    *PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    result
+}

@@ -1,0 +1,275 @@
+//! The worker agent: registers, adopts the id the master assigns, keeps one heartbeat
+//! stream open, and reconnects by itself (registering again when the master no longer
+//! knows its id), with capped exponential backoff and jitter while the master is away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use herd::pb;
+use herd::pb::registry_client::RegistryClient;
+
+use crate::telemetry::Telemetry;
+
+/// First pause after a failed attempt.
+const BACKOFF_START: Duration = Duration::from_millis(200);
+/// Longest pause between attempts, so a restarted master sees its workers back quickly.
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Capped exponential backoff with jitter (each pause is 50–100% of the current step).
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            step: BACKOFF_START,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = BACKOFF_START;
+    }
+
+    fn next(&mut self) -> Duration {
+        let pause = self.step.mul_f64(0.5 + fastrand::f64() * 0.5);
+        self.step = (self.step * 2).min(BACKOFF_CAP);
+        pause
+    }
+}
+
+/// How a heartbeat session ended.
+enum Ended {
+    /// The master does not know our id: register again.
+    Unknown(String),
+    /// The connection or stream failed; try again after a pause.
+    Lost(String),
+    /// We are shutting down.
+    Shutdown,
+}
+
+pub struct Agent {
+    pub master: String,
+    pub description: pb::WorkerDescription,
+    pub telemetry: Telemetry,
+    /// Last id the master gave us.
+    id: Option<String>,
+    /// Heartbeat period the master asked for.
+    interval: Duration,
+    /// Heartbeat sequence, continuous across reconnects.
+    sequence: Arc<AtomicU64>,
+    /// Whether the last attempt reached the master (to log changes, not every try).
+    reachable: bool,
+}
+
+impl Agent {
+    pub fn new(master: String, description: pb::WorkerDescription, telemetry: Telemetry) -> Agent {
+        Agent {
+            master,
+            description,
+            telemetry,
+            id: None,
+            interval: Duration::from_secs(5),
+            sequence: Arc::new(AtomicU64::new(0)),
+            reachable: true,
+        }
+    }
+
+    /// Runs until `shutdown` flips.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let ended = match self.connect().await {
+                Ok(channel) => self.session(channel, &mut backoff, &mut shutdown).await,
+                Err(err) => Ended::Lost(err),
+            };
+            match ended {
+                Ended::Shutdown => return,
+                Ended::Unknown(msg) => {
+                    warn!(id = ?self.id, reason = %msg, "the master does not know this worker; registering again");
+                    self.id = None;
+                    continue;
+                }
+                Ended::Lost(err) => {
+                    if self.reachable {
+                        warn!(master = %self.master, error = %err, "lost the master; retrying with backoff");
+                        self.reachable = false;
+                    } else {
+                        debug!(error = %err, "master still unreachable");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, String> {
+        Endpoint::from_shared(self.master.clone())
+            .map_err(|e| format!("bad master URL: {e}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))
+    }
+
+    async fn register(&mut self, client: &mut RegistryClient<Channel>) -> Result<String, Ended> {
+        let response = client
+            .register(pb::RegisterRequest {
+                worker: Some(self.description.clone()),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                Code::InvalidArgument => {
+                    // Our own description is wrong: retrying cannot help, say why loudly.
+                    Ended::Lost(format!(
+                        "the master refused this worker: {}",
+                        status.message()
+                    ))
+                }
+                _ => Ended::Lost(format!("register failed: {}", status.message())),
+            })?
+            .into_inner();
+        self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(10));
+        info!(
+            worker = %self.description.name, id = %response.worker_id,
+            reregistered = response.reregistered, heartbeat_interval = ?self.interval,
+            "registered; adopting the id the master assigned"
+        );
+        Ok(response.worker_id)
+    }
+
+    async fn session(
+        &mut self,
+        channel: Channel,
+        backoff: &mut Backoff,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let mut client = RegistryClient::new(channel);
+        let id = match self.id.clone() {
+            Some(id) => id,
+            None => match self.register(&mut client).await {
+                Ok(id) => {
+                    self.id = Some(id.clone());
+                    id
+                }
+                Err(ended) => return ended,
+            },
+        };
+
+        let (tx, rx) = mpsc::channel(16);
+        let mut heartbeats = HeartbeatSource {
+            id: id.clone(),
+            telemetry: self.telemetry.clone(),
+            sequence: self.sequence.clone(),
+        };
+        let _ = tx.try_send(heartbeats.next());
+        let mut inbound = match client.heartbeat(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                return Ended::Unknown(status.message().to_string());
+            }
+            Err(status) => return Ended::Lost(format!("heartbeat stream refused: {status}")),
+        };
+        if !self.reachable {
+            info!(master = %self.master, "master reachable again");
+        }
+        self.reachable = true;
+        backoff.reset();
+        info!(%id, master = %self.master, "heartbeat stream open");
+
+        // Heartbeats run on their own task: nothing the worker does can delay them.
+        let sender = {
+            let period = self.interval;
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ticks.tick().await; // the first heartbeat already went with the stream
+                loop {
+                    ticks.tick().await;
+                    if tx.send(heartbeats.next()).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+
+        let ended = loop {
+            let msg = tokio::select! {
+                msg = inbound.message() => msg,
+                _ = shutdown.changed() => break Ended::Shutdown,
+            };
+            match msg {
+                Ok(Some(pb::MasterMessage {
+                    body: Some(pb::master_message::Body::Ack(ack)),
+                })) => {
+                    debug!(sequence = ack.sequence, "heartbeat acknowledged");
+                }
+                Ok(Some(other)) => debug!(?other, "message not handled yet"),
+                Ok(None) => break Ended::Lost("the master closed the stream".into()),
+                Err(status) if status.code() == Code::NotFound => {
+                    break Ended::Unknown(status.message().to_string());
+                }
+                Err(status) => {
+                    break Ended::Lost(format!("{}: {}", status.code(), status.message()));
+                }
+            }
+        };
+        sender.abort();
+        ended
+    }
+}
+
+/// Builds successive heartbeats.
+struct HeartbeatSource {
+    id: String,
+    telemetry: Telemetry,
+    sequence: Arc<AtomicU64>,
+}
+
+impl HeartbeatSource {
+    fn next(&mut self) -> pb::WorkerMessage {
+        pb::WorkerMessage {
+            body: Some(pb::worker_message::Body::Heartbeat(pb::Heartbeat {
+                worker_id: self.id.clone(),
+                sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+                activity: pb::WorkerActivity::Idle as i32,
+                usage: Some(self.telemetry.latest()),
+                running_task_ids: Vec::new(),
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(first >= BACKOFF_START / 2 && first <= BACKOFF_START);
+        for _ in 0..20 {
+            let pause = b.next();
+            assert!(pause <= BACKOFF_CAP, "{pause:?}");
+        }
+        assert!(b.next() >= BACKOFF_CAP / 2);
+        b.reset();
+        assert!(b.next() <= BACKOFF_START);
+    }
+}

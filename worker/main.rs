@@ -1,0 +1,166 @@
+//! herd-worker: registers with the master, keeps a heartbeat stream open, runs tasks.
+
+mod agent;
+mod telemetry;
+
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use herd::config::WorkerConfig;
+use herd::domain::{Runtime, validate_worker_name};
+use herd::pb;
+
+use crate::agent::Agent;
+use crate::telemetry::{Telemetry, detect_capacity};
+
+#[derive(Parser)]
+#[command(name = "herd-worker", version, about = "The herd worker agent")]
+struct Cli {
+    #[command(flatten)]
+    config: WorkerConfig,
+}
+
+fn main() -> ExitCode {
+    let config = Cli::parse().config;
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("herd-worker: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herd-worker: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+    let host = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into());
+    let name = config.name.clone().unwrap_or_else(|| host.clone());
+    validate_worker_name(&name)?;
+    let (cpu, memory_gb, gpu) = detect_capacity();
+    let capacity = pb::Resources {
+        cpu: config.cpu.unwrap_or(cpu),
+        memory_gb: config.memory.unwrap_or(memory_gb),
+        gpu: config.gpu.unwrap_or(gpu),
+    };
+    let work_dir = config
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("herd-worker-{name}")));
+    std::fs::create_dir_all(&work_dir)?;
+    let runtime = pick_runtime(&config.runtime).await?;
+    let description = pb::WorkerDescription {
+        name: name.clone(),
+        address: local_address(&config.master).unwrap_or_else(|| host.clone()),
+        host,
+        version: herd::VERSION.into(),
+        capacity: Some(capacity),
+        labels: config.labels.into_iter().collect(),
+        container_runtime: runtime.map(Runtime::as_str).unwrap_or("").into(),
+    };
+    info!(
+        worker = %name, master = %config.master, cpu = capacity.cpu,
+        memory_gb = capacity.memory_gb, gpu = capacity.gpu,
+        runtime = runtime.map(Runtime::as_str).unwrap_or("none"),
+        work_dir = %work_dir.display(), "herd-worker starting"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let agent = Agent::new(
+        config.master,
+        description,
+        Telemetry::start(Duration::from_secs(1)),
+    );
+    let agent = tokio::spawn(agent.run(shutdown_rx));
+    wait_for_signal().await;
+    let _ = shutdown_tx.send(true);
+    let _ = agent.await;
+    info!("herd-worker stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
+        _ = term.recv() => info!("SIGTERM received, stopping"),
+    }
+}
+
+/// Resolves `--runtime`: `auto` takes the first of docker, podman whose `info` succeeds.
+async fn pick_runtime(choice: &str) -> anyhow::Result<Option<Runtime>> {
+    let candidates = match choice {
+        "auto" => vec![Runtime::Docker, Runtime::Podman],
+        other => match Runtime::parse_optional(other)? {
+            Some(runtime) => vec![runtime],
+            None => return Ok(None),
+        },
+    };
+    for runtime in candidates {
+        if runtime_works(runtime).await {
+            return Ok(Some(runtime));
+        }
+        if choice != "auto" {
+            anyhow::bail!(
+                "--runtime {choice}: '{choice} info' failed; install or start it, or use --runtime none"
+            );
+        }
+    }
+    warn!("no container runtime answers 'info'; image tasks will not be placed here");
+    Ok(None)
+}
+
+async fn runtime_works(runtime: Runtime) -> bool {
+    let probe = tokio::process::Command::new(runtime.as_str())
+        .arg("info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(15), probe).await,
+        Ok(Ok(status)) if status.success()
+    )
+}
+
+/// The local IP this machine uses to reach the master (no packet is sent).
+fn local_address(master: &str) -> Option<String> {
+    let authority = master.split("://").nth(1)?.split('/').next()?;
+    let target = authority.to_socket_addrs().ok()?.next()?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
+}
