@@ -342,13 +342,13 @@ impl Registry {
             .workers
             .get_mut(worker_id)
             .ok_or_else(|| unknown_worker(worker_id))?;
+        if self.liveness.state(&entry.presence, now) == WorkerState::Removed {
+            return Err(removed_worker(entry));
+        }
         if entry.session.as_ref().map(|s| s.generation) != Some(generation) {
             return Err(Error::FailedPrecondition(
                 "this heartbeat stream was replaced by a newer one".into(),
             ));
-        }
-        if self.liveness.state(&entry.presence, now) == WorkerState::Removed {
-            return Err(removed_worker(entry));
         }
         apply_heartbeat(entry, hb, now);
         entry.observe(&self.liveness, now, "heartbeat received again");
