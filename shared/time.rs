@@ -11,9 +11,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("empty duration: use e.g. 500ms, 5s, 2m or a number of seconds".into());
     }
     let parsed = match text.parse::<f64>() {
-        Ok(secs) if (0.0..1e10).contains(&secs) => {
-            Ok(Duration::from_secs_f64(secs))
-        }
+        Ok(secs) if (0.0..1e10).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
         Ok(_) => Err(format!("'{text}' is not a usable number of seconds")),
         Err(_) => humantime::parse_duration(text)
             .map_err(|e| format!("'{text}' is not a duration ({e}): use e.g. 500ms, 5s, 2m")),

@@ -1,0 +1,296 @@
+//! Test harness: real herd-master and herd-worker processes on 127.0.0.1, each master on a
+//! free port with a temporary data dir. Waits poll with a deadline; nothing sleeps blindly.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herd::pb;
+use herd::pb::admin_client::AdminClient;
+use herd::pb::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+pub const MASTER: &str = env!("CARGO_BIN_EXE_herd-master");
+pub const WORKER: &str = env!("CARGO_BIN_EXE_herd-worker");
+
+/// Timings fast enough for tests and loose enough for a busy 2-core machine.
+pub const FAST: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "2s",
+    "--check-interval",
+    "100ms",
+    "--worker-timeout",
+    "60s",
+];
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running herd-master.
+pub struct Master {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Master {
+    /// Starts a headless master on a free port, with `dir/data` as data dir.
+    pub fn start(dir: &Path, args: &[&str]) -> Master {
+        Master::start_on(dir, &dir.join("data"), free_port(), args)
+    }
+
+    /// Starts a headless master on `port` with `data_dir`.
+    pub fn start_on(dir: &Path, data_dir: &Path, port: u16, args: &[&str]) -> Master {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = dir.join(format!("master-{}.log", fastrand::u32(..)));
+        let child = Command::new(MASTER)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--no-repl")
+            .args(args)
+            .env("HERD_LOG", "info,herd_master=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start herd-master");
+        Master {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An Admin client, once the master answers.
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let deadline = Deadline::new(Duration::from_secs(15), "the master answers");
+        loop {
+            if let Ok(mut c) = AdminClient::connect(self.url()).await
+                && c.list_workers(pb::ListWorkersRequest { all: true })
+                    .await
+                    .is_ok()
+            {
+                return c;
+            }
+            deadline.wait().await;
+        }
+    }
+
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        self.admin().await;
+        RegistryClient::connect(self.url()).await.unwrap()
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data_dir.join("herd.db")).unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running herd-worker.
+pub struct Worker {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(dir: &Path, master: &str, name: &str, args: &[&str]) -> Worker {
+        let log = dir.join(format!("worker-{name}-{}.log", fastrand::u32(..)));
+        let child = Command::new(WORKER)
+            .arg("--master")
+            .arg(master)
+            .arg("--name")
+            .arg(name)
+            .arg("--runtime")
+            .arg("none")
+            .arg("--work-dir")
+            .arg(dir.join(format!("work-{name}")))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start herd-worker");
+        Worker {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.signal_cont_quietly();
+        self.kill9();
+    }
+}
+
+impl Worker {
+    fn signal_cont_quietly(&self) {
+        // SAFETY: signalling our own child; a stopped child must be continued to die cleanly.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+}
+
+/// A deadline for polling: `while !done { deadline.wait().await }`.
+pub struct Deadline {
+    start: Instant,
+    limit: Duration,
+    what: String,
+}
+
+impl Deadline {
+    pub fn new(limit: Duration, what: impl Into<String>) -> Deadline {
+        Deadline {
+            start: Instant::now(),
+            limit,
+            what: what.into(),
+        }
+    }
+
+    /// Sleeps a little, or panics once the deadline has passed.
+    pub async fn wait(&self) {
+        if self.start.elapsed() > self.limit {
+            panic!(
+                "timed out after {:?} waiting until {}",
+                self.limit, self.what
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every worker the master lists (Removed included).
+pub async fn workers(admin: &mut AdminClient<Channel>) -> Vec<pb::WorkerInfo> {
+    admin
+        .list_workers(pb::ListWorkersRequest { all: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+}
+
+/// One worker by name, if the master knows it.
+pub async fn worker(admin: &mut AdminClient<Channel>, name: &str) -> Option<pb::WorkerInfo> {
+    workers(admin)
+        .await
+        .into_iter()
+        .find(|w| w.description.as_ref().is_some_and(|d| d.name == name))
+}
+
+/// Waits until the worker `name` is in `state`, and returns it.
+pub async fn wait_state(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    state: pb::WorkerState,
+    deadline: Duration,
+) -> pb::WorkerInfo {
+    let deadline = Deadline::new(deadline, format!("{name} is {state:?}"));
+    loop {
+        if let Some(w) = worker(admin, name).await
+            && w.state() == state
+        {
+            return w;
+        }
+        deadline.wait().await;
+    }
+}
+
+/// `(is_active, state)` of a worker row in SQLite.
+pub fn db_row(conn: &rusqlite::Connection, id: &str) -> Option<(bool, String)> {
+    conn.query_row(
+        "SELECT is_active, state FROM workers WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+/// Waits until the worker row `id` in SQLite reads `(is_active, state)`.
+pub async fn wait_db(
+    conn: &rusqlite::Connection,
+    id: &str,
+    expected: (bool, &str),
+    deadline: Duration,
+) {
+    let deadline = Deadline::new(deadline, format!("SQLite has {id} as {expected:?}"));
+    while db_row(conn, id) != Some((expected.0, expected.1.to_string())) {
+        deadline.wait().await;
+    }
+}
+
+pub fn db_count(conn: &rusqlite::Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM workers", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A valid worker description for direct Register calls.
+pub fn description(name: &str) -> pb::WorkerDescription {
+    pb::WorkerDescription {
+        name: name.into(),
+        host: "test".into(),
+        address: "127.0.0.1".into(),
+        version: "test".into(),
+        capacity: Some(pb::Resources {
+            cpu: 2.0,
+            memory_gb: 4.0,
+            gpu: 0,
+        }),
+        labels: Default::default(),
+        container_runtime: String::new(),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    herd::time::now_ms()
+}
