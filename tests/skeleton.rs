@@ -301,3 +301,85 @@ async fn bad_registrations_are_refused_and_nothing_is_stored() {
     assert!(workers(&mut admin).await.is_empty());
     assert_eq!(db_count(&master.db()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_worker_registers_and_stops_with_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("HERD_WORKER_NAME", "local-one"), ("HERD_RUNTIME", "none")];
+    let mut master = Master::start_with_env(
+        dir.path(),
+        &data,
+        free_port(),
+        &[FAST, &["--local-worker"]].concat(),
+        &env,
+    );
+    let mut admin = master.admin().await;
+    wait_state(&mut admin, "local-one", pb::WorkerState::Active, T).await;
+    let pid = local_worker_pid(&master).await;
+    assert!(process_alive(pid));
+
+    // A graceful stop takes the local worker along and flushes state.
+    let status = master.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !process_alive(pid),
+        "local worker {pid} outlived the master"
+    );
+    assert!(master.log_text().contains("herd-master stopped"));
+
+    // kill -9 of the master: the worker dies with it (parent-death signal).
+    let mut master = Master::start_with_env(
+        dir.path(),
+        &data,
+        free_port(),
+        &[FAST, &["--local-worker"]].concat(),
+        &env,
+    );
+    let mut admin = master.admin().await;
+    let again = wait_state(&mut admin, "local-one", pb::WorkerState::Active, T).await;
+    assert_eq!(workers(&mut admin).await.len(), 1, "same name, same worker");
+    let pid = local_worker_pid(&master).await;
+    master.kill9();
+    let deadline = Deadline::new(Duration::from_secs(10), "the orphaned local worker exits");
+    while process_alive(pid) {
+        deadline.wait().await;
+    }
+    assert!(again.id.starts_with("w-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_machine_does_not_make_a_worker_miss_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "busy", &[]);
+    wait_state(&mut admin, "busy", pb::WorkerState::Active, T).await;
+
+    // Two spinning processes per core, for longer than the heartbeat timeout.
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "end=$(($(date +%s) + 6)); while [ $(date +%s) -lt $end ]; do :; done",
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let w = worker(&mut admin, "busy").await.unwrap();
+        assert_eq!(
+            w.state(),
+            pb::WorkerState::Active,
+            "missed heartbeats under load"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut s in spinners {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

@@ -53,6 +53,17 @@ impl Master {
 
     /// Starts a headless master on `port` with `data_dir`.
     pub fn start_on(dir: &Path, data_dir: &Path, port: u16, args: &[&str]) -> Master {
+        Master::start_with_env(dir, data_dir, port, args, &[])
+    }
+
+    /// Like [`Master::start_on`], with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        data_dir: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Master {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = dir.join(format!("master-{}.log", fastrand::u32(..)));
         let child = Command::new(MASTER)
@@ -63,6 +74,7 @@ impl Master {
             .arg("--no-repl")
             .args(args)
             .env("HERD_LOG", "info,herd_master=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -107,6 +119,13 @@ impl Master {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
     }
 
     pub fn log_text(&self) -> String {
@@ -293,4 +312,34 @@ pub fn description(name: &str) -> pb::WorkerDescription {
 
 pub fn now_ms() -> i64 {
     herd::time::now_ms()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// The pid the master logged for its local worker.
+pub async fn local_worker_pid(master: &Master) -> u32 {
+    let deadline = Deadline::new(Duration::from_secs(10), "the master logs its local worker");
+    loop {
+        let log = master.log_text();
+        if let Some(pid) = log
+            .lines()
+            .find(|l| l.contains("local worker started"))
+            .and_then(|l| l.split("pid=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|pid| pid.parse().ok())
+        {
+            return pid;
+        }
+        deadline.wait().await;
+    }
 }

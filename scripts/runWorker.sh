@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds herd (release) when needed and starts herd-worker. Arguments pass through, e.g.
+#   scripts/runWorker.sh --master http://10.0.0.5:50051 --name gpu-box-1
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin herd-worker
+exec "$target/release/herd-worker" "$@"

@@ -1,0 +1,77 @@
+//! The master's REPL driven through a pseudo-terminal, as an operator types at it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use herd::pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_lists_workers_and_survives_bad_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(MASTER);
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(FAST)
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR");
+    let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
+    repl.exp_string("master> ").unwrap();
+
+    let _w = Worker::start(dir.path(), &url, "repl-worker", &[]);
+    let mut admin = pb::admin_client::AdminClient::connect(url.clone())
+        .await
+        .unwrap();
+    wait_state(
+        &mut admin,
+        "repl-worker",
+        pb::WorkerState::Active,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    repl.send_line("workers").unwrap();
+    repl.exp_string("LAST SEEN").unwrap();
+    let (_, row) = repl
+        .exp_regex(r"repl-worker\s+w-[0-9a-f]{8}\s+\S+ Active")
+        .unwrap();
+    // On a terminal the status carries a green dot (rexpect reads bytes one by one, so
+    // the UTF-8 dot is not compared here, only its colour).
+    assert!(row.contains("\x1b[32m"), "{row:?}");
+    repl.exp_string("master> ").unwrap();
+
+    repl.send_line("wrokers").unwrap();
+    repl.exp_string("unrecognized subcommand 'wrokers'")
+        .unwrap();
+    repl.exp_string("type 'help' for the commands").unwrap();
+    repl.exp_string("master> ").unwrap();
+
+    repl.send_line("worker nobody").unwrap();
+    repl.exp_string("no worker with id or name 'nobody'")
+        .unwrap();
+    repl.exp_string("master> ").unwrap();
+
+    repl.send_line("worker repl-worker").unwrap();
+    repl.exp_regex(r"status:\s+\S+ Active").unwrap();
+    repl.exp_string("master> ").unwrap();
+
+    repl.send_line("help").unwrap();
+    repl.exp_string("workers [--all]").unwrap();
+    repl.exp_string("master> ").unwrap();
+
+    // Ctrl-C clears the line and keeps the master; Ctrl-D leaves.
+    repl.send("workers --bogus").unwrap();
+    repl.send_control('c').unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("").unwrap();
+    repl.exp_string("master> ").unwrap();
+    assert!(worker(&mut admin, "repl-worker").await.is_some());
+    repl.send_control('d').unwrap();
+    repl.exp_string("herd-master stopped").unwrap();
+    repl.exp_eof().unwrap();
+}
