@@ -2,8 +2,10 @@
 //! `master> ` REPL when stdin is a terminal.
 
 mod registry;
+mod scheduler;
 mod service;
 mod store;
+mod tasks;
 mod ticker;
 
 use std::io::IsTerminal;
@@ -28,7 +30,7 @@ use herd::pb::registry_server::RegistryServer;
 use herd::render::Style;
 use herd::repl;
 
-use crate::registry::{Liveness, Registry};
+use crate::registry::{Liveness, Registry, Settings};
 use crate::service::Master;
 use crate::store::Store;
 
@@ -85,17 +87,23 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herd.db");
-    let (store, records) =
+    let (store, loaded) =
         Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
     let registry = Arc::new(Registry::new(
-        Liveness {
-            heartbeat_timeout: config.heartbeat_timeout,
-            worker_timeout: config.worker_timeout,
+        Settings {
+            liveness: Liveness {
+                heartbeat_timeout: config.heartbeat_timeout,
+                worker_timeout: config.worker_timeout,
+            },
+            heartbeat_interval: config.heartbeat_interval,
+            max_attempts: config.max_attempts,
+            scheduler: config.scheduler,
         },
-        config.heartbeat_interval,
+        store.clone(),
     ));
-    let known = records.len();
-    registry.load(records);
+    let known = loaded.workers.len();
+    let known_tasks = loaded.tasks.len();
+    registry.load(loaded.workers, loaded.tasks);
 
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
@@ -107,7 +115,8 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     info!(
-        %addr, data = %db_path.display(), known_workers = known,
+        %addr, data = %db_path.display(), known_workers = known, known_tasks,
+        scheduler = ?config.scheduler,
         heartbeat_timeout = ?config.heartbeat_timeout, worker_timeout = ?config.worker_timeout,
         "herd-master listening"
     );

@@ -1,11 +1,13 @@
-//! The worker registry: the master's in-memory truth about every worker, and the one
-//! liveness rule ([`Liveness::state`]) that every view, the scheduler and the ticker apply.
+//! The registry: the master's in-memory truth about every worker and task, the one
+//! liveness rule ([`Liveness::state`]) that every view, the scheduler and the ticker apply,
+//! and task placement and bookkeeping.
 //!
 //! All state sits behind one `std::sync::Mutex` that is never held across an `.await`:
-//! the heartbeat path takes it for a few field writes and does no I/O. What must reach
-//! SQLite is marked dirty and collected by the ticker ([`Registry::tick`]).
+//! the heartbeat path takes it for a few field writes and does no I/O. Worker liveness
+//! reaches SQLite through the ticker ([`Registry::tick`]); task changes are handed to the
+//! store thread as they happen, without waiting for the commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,10 +16,16 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::{info, warn};
 
-use herd::domain::{WorkerSpec, WorkerState};
+use herd::config::SchedulerKind;
+use herd::domain::{Resources, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 use herd::pb;
+use herd::pb::master_message::Body as ToWorker;
 use herd::time::now_ms;
+
+use crate::scheduler::{self, Candidate, Request, Scheduler};
+use crate::store::{Store, Write};
+use crate::tasks::{Output, Task};
 
 /// What the master pushes down a worker's heartbeat stream.
 pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
@@ -76,12 +84,22 @@ pub struct LivenessRow {
     pub last_heartbeat_ms: i64,
 }
 
+/// Settings of the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub liveness: Liveness,
+    /// Told to workers at registration.
+    pub heartbeat_interval: Duration,
+    /// Placements of one task before a lost worker makes it fail instead of re-queue.
+    pub max_attempts: u32,
+    pub scheduler: SchedulerKind,
+}
+
 /// An open heartbeat stream.
 struct Session {
     /// Tells this stream apart from a newer one of the same worker.
     generation: u64,
     /// Pushes messages to the worker.
-    #[expect(dead_code, reason = "task dispatch pushes assignments here")]
     outbound: Outbound,
     /// Ends the stream with the given status (removed, replaced, master stopping).
     end: oneshot::Sender<Status>,
@@ -94,6 +112,7 @@ struct Entry {
     last_heartbeat_ms: i64,
     last_sequence: u64,
     usage: pb::Usage,
+    /// Task ids the worker reported holding in its last heartbeat.
     running: Vec<String>,
     presence: Presence,
     session: Option<Session>,
@@ -101,9 +120,35 @@ struct Entry {
     recorded: WorkerState,
     /// Something SQLite has not seen yet.
     dirty: bool,
+    /// Held by the tasks placed here.
+    allocated: Resources,
+    /// Tasks placed here (assigned or running).
+    tasks: BTreeSet<String>,
 }
 
 impl Entry {
+    fn new(id: String, spec: WorkerSpec, now: Instant) -> Entry {
+        Entry {
+            id,
+            spec,
+            registered_at_ms: now_ms(),
+            last_heartbeat_ms: 0,
+            last_sequence: 0,
+            usage: pb::Usage::default(),
+            running: Vec::new(),
+            presence: Presence {
+                last_seen: now,
+                connected: false,
+                removed: false,
+            },
+            session: None,
+            recorded: WorkerState::Inactive,
+            dirty: true,
+            allocated: Resources::default(),
+            tasks: BTreeSet::new(),
+        }
+    }
+
     fn info(&self, liveness: &Liveness, now: Instant) -> pb::WorkerInfo {
         pb::WorkerInfo {
             id: self.id.clone(),
@@ -112,8 +157,8 @@ impl Entry {
             last_heartbeat_ms: self.last_heartbeat_ms,
             registered_at_ms: self.registered_at_ms,
             usage: Some(self.usage),
-            allocated: Some(pb::Resources::default()),
-            running_task_ids: self.running.clone(),
+            allocated: Some(self.allocated.into()),
+            running_task_ids: self.tasks.iter().cloned().collect(),
             connected: self.session.is_some(),
             last_sequence: self.last_sequence,
         }
@@ -137,18 +182,42 @@ impl Entry {
         }
         state
     }
+
+    /// Pushes a message to the worker; false when there is no stream or it is full.
+    fn push(&self, body: ToWorker) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.outbound
+                .try_send(Ok(pb::MasterMessage { body: Some(body) }))
+                .is_ok()
+        })
+    }
+
+    fn cancel(&self, task_id: &str, attempt: u32, reason: &str) {
+        self.push(ToWorker::Cancel(pb::TaskCancel {
+            task_id: task_id.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        }));
+    }
 }
 
-#[derive(Default)]
 struct Inner {
+    settings: Settings,
+    store: Store,
     workers: HashMap<String, Entry>,
     by_name: HashMap<String, String>,
+    /// Worker ids ordered by name: the scheduler's stable order.
+    order: Vec<String>,
     next_generation: u64,
+    tasks: HashMap<String, Task>,
+    /// Queued task ids, oldest first.
+    queue: VecDeque<String>,
+    next_task: u64,
+    scheduler: Box<dyn Scheduler>,
 }
 
 /// The registry. Cheap to share behind an `Arc`.
 pub struct Registry {
-    liveness: Liveness,
     heartbeat_interval: Duration,
     inner: Mutex<Inner>,
 }
@@ -166,6 +235,8 @@ pub struct Registered {
 pub struct Accepted {
     pub generation: u64,
     pub end: oneshot::Receiver<Status>,
+    /// Finished tasks of the first heartbeat that the master has taken in.
+    pub acked: Vec<String>,
 }
 
 /// What one tick of the ticker produced.
@@ -177,12 +248,34 @@ pub struct TickOutcome {
     pub removed: Vec<String>,
 }
 
+/// A piece of a task's output.
+pub enum Logs {
+    /// Output after the asked offset, the next offset, and whether the task has ended.
+    Memory {
+        data: Vec<u8>,
+        next: u64,
+        done: bool,
+    },
+    /// The output is only in SQLite (the task ended before the master restarted).
+    Stored,
+}
+
 impl Registry {
-    pub fn new(liveness: Liveness, heartbeat_interval: Duration) -> Registry {
+    pub fn new(settings: Settings, store: Store) -> Registry {
         Registry {
-            liveness,
-            heartbeat_interval,
-            inner: Mutex::new(Inner::default()),
+            heartbeat_interval: settings.heartbeat_interval,
+            inner: Mutex::new(Inner {
+                settings,
+                store,
+                workers: HashMap::new(),
+                by_name: HashMap::new(),
+                order: Vec::new(),
+                next_generation: 0,
+                tasks: HashMap::new(),
+                queue: VecDeque::new(),
+                next_task: 1,
+                scheduler: scheduler::new(settings.scheduler),
+            }),
         }
     }
 
@@ -195,40 +288,52 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads workers known from SQLite at start. They are Inactive until they heartbeat,
-    /// and their Removed clock starts now.
-    pub fn load(&self, records: Vec<WorkerRecord>) {
+    /// Loads what SQLite knows at start. Workers are Inactive until they heartbeat, and
+    /// their Removed clock starts now. Placed tasks stay placed: their worker re-attaches
+    /// them when it reports them, or they are re-queued when it is Removed.
+    pub fn load(&self, workers: Vec<WorkerRecord>, tasks: Vec<Task>) {
         let now = Instant::now();
         let mut inner = self.lock();
-        for r in records {
+        for r in workers {
             let removed = r.state == WorkerState::Removed;
             let recorded = if removed {
                 WorkerState::Removed
             } else {
                 WorkerState::Inactive
             };
-            inner.by_name.insert(r.spec.name.clone(), r.id.clone());
-            inner.workers.insert(
-                r.id.clone(),
-                Entry {
-                    id: r.id,
-                    spec: r.spec,
-                    registered_at_ms: r.registered_at_ms,
-                    last_heartbeat_ms: r.last_heartbeat_ms,
-                    last_sequence: 0,
-                    usage: pb::Usage::default(),
-                    running: Vec::new(),
-                    presence: Presence {
-                        last_seen: now,
-                        connected: false,
-                        removed,
-                    },
-                    session: None,
-                    // Loaded workers were possibly Active in SQLite: write Inactive back.
-                    dirty: r.state != recorded,
-                    recorded,
-                },
-            );
+            let mut entry = Entry::new(r.id.clone(), r.spec, now);
+            entry.registered_at_ms = r.registered_at_ms;
+            entry.last_heartbeat_ms = r.last_heartbeat_ms;
+            entry.presence.removed = removed;
+            entry.recorded = recorded;
+            // Loaded workers were possibly Active in SQLite: write Inactive back.
+            entry.dirty = r.state != recorded;
+            inner.add_worker(entry);
+        }
+        let mut tasks = tasks;
+        tasks.sort_by_key(|t| task_number(&t.id));
+        for mut task in tasks {
+            inner.next_task = inner.next_task.max(task_number(&task.id) + 1);
+            let id = task.id.clone();
+            if task.state.is_placed() {
+                let worker = task.worker_id.clone().unwrap_or_default();
+                match inner.workers.get_mut(&worker) {
+                    Some(entry) if !entry.presence.removed => {
+                        add(&mut entry.allocated, task.spec.resources);
+                        entry.tasks.insert(id.clone());
+                        task.assigned_at = Some(now);
+                    }
+                    _ => {
+                        task.state = TaskState::Queued;
+                        task.worker_id = None;
+                        task.reason = "its worker is gone; re-queued".into();
+                    }
+                }
+            }
+            if task.state == TaskState::Queued {
+                inner.queue.push_back(id.clone());
+            }
+            inner.tasks.insert(id, task);
         }
     }
 
@@ -236,6 +341,7 @@ impl Registry {
     pub fn register(&self, spec: WorkerSpec) -> Registered {
         let now = Instant::now();
         let mut inner = self.lock();
+        let liveness = inner.settings.liveness;
         if let Some(id) = inner.by_name.get(&spec.name).cloned() {
             let entry = inner
                 .workers
@@ -244,7 +350,7 @@ impl Registry {
             entry.spec = spec;
             entry.presence.removed = false;
             entry.presence.last_seen = now;
-            entry.observe(&self.liveness, now, "re-registered");
+            entry.observe(&liveness, now, "re-registered");
             info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
             return Registered {
                 reregistered: true,
@@ -258,29 +364,13 @@ impl Registry {
                 break candidate;
             }
         };
-        let entry = Entry {
-            id: id.clone(),
-            spec,
-            registered_at_ms: now_ms(),
-            last_heartbeat_ms: 0,
-            last_sequence: 0,
-            usage: pb::Usage::default(),
-            running: Vec::new(),
-            presence: Presence {
-                last_seen: now,
-                connected: false,
-                removed: false,
-            },
-            session: None,
-            recorded: WorkerState::Inactive,
-            dirty: true,
-        };
+        let entry = Entry::new(id.clone(), spec, now);
         info!(worker = %entry.spec.name, %id, cpu = entry.spec.capacity.cpu,
               memory_gb = entry.spec.capacity.memory_gb, gpu = entry.spec.capacity.gpu,
+              runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
               "worker registered");
         let record = record_of(&entry);
-        inner.by_name.insert(entry.spec.name.clone(), id.clone());
-        inner.workers.insert(id.clone(), entry);
+        inner.add_worker(entry);
         Registered {
             id,
             reregistered: false,
@@ -293,13 +383,14 @@ impl Registry {
     pub fn connect(&self, first: &pb::Heartbeat, outbound: Outbound) -> Result<Accepted, Error> {
         let now = Instant::now();
         let mut inner = self.lock();
+        let liveness = inner.settings.liveness;
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let entry = inner
             .workers
             .get_mut(&first.worker_id)
             .ok_or_else(|| unknown_worker(&first.worker_id))?;
-        if self.liveness.state(&entry.presence, now) == WorkerState::Removed {
+        if liveness.state(&entry.presence, now) == WorkerState::Removed {
             return Err(removed_worker(entry));
         }
         let (end_tx, end_rx) = oneshot::channel();
@@ -315,21 +406,23 @@ impl Registry {
             ));
         }
         entry.presence.connected = true;
-        apply_heartbeat(entry, first, now);
-        entry.observe(&self.liveness, now, "heartbeat stream opened");
+        let acked = inner.heartbeat(&first.worker_id, first, now, "heartbeat stream opened");
+        inner.schedule(now);
         Ok(Accepted {
             generation,
             end: end_rx,
+            acked,
         })
     }
 
-    /// Records a heartbeat on the stream `generation` of `worker_id`.
+    /// Records a heartbeat on the stream `generation` of `worker_id`; returns the finished
+    /// tasks to acknowledge.
     pub fn heartbeat(
         &self,
         worker_id: &str,
         generation: u64,
         hb: &pb::Heartbeat,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<String>, Error> {
         if hb.worker_id != worker_id {
             return Err(Error::PermissionDenied(format!(
                 "this stream belongs to worker {worker_id}; it cannot carry heartbeats for {}",
@@ -338,20 +431,49 @@ impl Registry {
         }
         let now = Instant::now();
         let mut inner = self.lock();
-        let entry = inner
-            .workers
-            .get_mut(worker_id)
-            .ok_or_else(|| unknown_worker(worker_id))?;
-        if self.liveness.state(&entry.presence, now) == WorkerState::Removed {
-            return Err(removed_worker(entry));
+        inner.check_session(worker_id, generation, now)?;
+        let was_active = inner.workers[worker_id].recorded == WorkerState::Active;
+        let acked = inner.heartbeat(worker_id, hb, now, "heartbeat received again");
+        if !was_active || !acked.is_empty() {
+            inner.schedule(now);
         }
-        if entry.session.as_ref().map(|s| s.generation) != Some(generation) {
-            return Err(Error::FailedPrecondition(
-                "this heartbeat stream was replaced by a newer one".into(),
-            ));
+        Ok(acked)
+    }
+
+    /// A task update from the worker on stream `generation`.
+    pub fn task_update(
+        &self,
+        worker_id: &str,
+        generation: u64,
+        update: &pb::TaskUpdate,
+    ) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.check_session(worker_id, generation, now)?;
+        if inner.task_update(worker_id, update) {
+            inner.schedule(now);
         }
-        apply_heartbeat(entry, hb, now);
-        entry.observe(&self.liveness, now, "heartbeat received again");
+        Ok(())
+    }
+
+    /// Output of a task from the worker on stream `generation`.
+    pub fn task_output(
+        &self,
+        worker_id: &str,
+        generation: u64,
+        output: &pb::TaskOutput,
+    ) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.check_session(worker_id, generation, now)?;
+        if let Some(task) = inner.tasks.get_mut(&output.task_id)
+            && task.worker_id.as_deref() == Some(worker_id)
+            && task.attempts == output.attempt
+        {
+            task.output
+                .get_or_insert_with(Output::default)
+                .append(&output.data);
+        }
         Ok(())
     }
 
@@ -360,23 +482,26 @@ impl Registry {
     pub fn disconnect(&self, worker_id: &str, generation: u64) {
         let now = Instant::now();
         let mut inner = self.lock();
+        let liveness = inner.settings.liveness;
         if let Some(entry) = inner.workers.get_mut(worker_id)
             && entry.session.as_ref().map(|s| s.generation) == Some(generation)
         {
             entry.session = None;
             entry.presence.connected = false;
-            entry.observe(&self.liveness, now, "heartbeat stream closed");
+            entry.observe(&liveness, now, "heartbeat stream closed");
         }
     }
 
     /// Applies the rule to every worker: logs transitions, ends the streams of newly
-    /// Removed workers, and hands back what SQLite must learn.
+    /// Removed workers and re-queues their tasks, places what waits, and hands back what
+    /// SQLite must learn about workers.
     pub fn tick(&self, now: Instant) -> TickOutcome {
         let mut out = TickOutcome::default();
         let mut inner = self.lock();
+        let liveness = inner.settings.liveness;
         for entry in inner.workers.values_mut() {
             let before = entry.recorded;
-            let state = entry.observe(&self.liveness, now, "no heartbeat within the timeout");
+            let state = entry.observe(&liveness, now, "no heartbeat within the timeout");
             if state == WorkerState::Removed && !entry.presence.removed {
                 entry.presence.removed = true;
                 entry.presence.connected = false;
@@ -396,6 +521,18 @@ impl Registry {
                 });
             }
         }
+        for id in &out.removed {
+            let entry = &inner.workers[id];
+            let why = format!(
+                "worker {} was removed after a long silence",
+                entry.spec.name
+            );
+            let tasks: Vec<String> = entry.tasks.iter().cloned().collect();
+            for task in tasks {
+                inner.requeue_or_fail(&task, &why);
+            }
+        }
+        inner.schedule(now);
         out
     }
 
@@ -413,17 +550,13 @@ impl Registry {
     pub fn list(&self, all: bool) -> Vec<pb::WorkerInfo> {
         let now = Instant::now();
         let inner = self.lock();
-        let mut list: Vec<pb::WorkerInfo> = inner
-            .workers
-            .values()
-            .map(|e| e.info(&self.liveness, now))
+        let liveness = inner.settings.liveness;
+        inner
+            .order
+            .iter()
+            .map(|id| inner.workers[id].info(&liveness, now))
             .filter(|w| all || w.state() != pb::WorkerState::Removed)
-            .collect();
-        list.sort_by(|a, b| {
-            let name = |w: &pb::WorkerInfo| w.description.as_ref().map(|d| d.name.clone());
-            name(a).cmp(&name(b))
-        });
-        list
+            .collect()
     }
 
     /// One worker by id or name.
@@ -438,7 +571,7 @@ impl Registry {
         inner
             .workers
             .get(id)
-            .map(|e| e.info(&self.liveness, now))
+            .map(|e| e.info(&inner.settings.liveness, now))
             .ok_or_else(|| {
                 Error::not_found(format!(
                     "no worker with id or name '{id_or_name}': 'workers --all' lists them"
@@ -457,15 +590,466 @@ impl Registry {
             }
         }
     }
+
+    /// A new task, not yet known to anyone: store it, then [`Registry::enqueue`] it.
+    pub fn new_task(&self, spec: TaskSpec) -> Task {
+        let mut inner = self.lock();
+        let id = format!("t-{}", inner.next_task);
+        inner.next_task += 1;
+        Task {
+            id,
+            spec,
+            state: TaskState::Queued,
+            worker_id: None,
+            attempts: 0,
+            exit_code: None,
+            reason: "waiting for a placement".into(),
+            submitted_ms: now_ms(),
+            started_ms: 0,
+            finished_ms: 0,
+            assigned_at: None,
+            cancel_requested: false,
+            output: Some(Output::default()),
+        }
+    }
+
+    /// Queues a stored task and places what fits.
+    pub fn enqueue(&self, task: Task) -> pb::TaskInfo {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let id = task.id.clone();
+        info!(task = %id, name = %task.spec.name, "task submitted");
+        inner.tasks.insert(id.clone(), task);
+        inner.queue.push_back(id.clone());
+        inner.schedule(now);
+        inner.task_info(&id).expect("just inserted")
+    }
+
+    pub fn task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+        self.lock().task_info(id)
+    }
+
+    /// Tasks in submission order, optionally only those in `state`.
+    pub fn tasks(&self, state: Option<TaskState>) -> Vec<pb::TaskInfo> {
+        let inner = self.lock();
+        let mut ids: Vec<&String> = inner
+            .tasks
+            .values()
+            .filter(|t| state.is_none_or(|s| t.state == s))
+            .map(|t| &t.id)
+            .collect();
+        ids.sort_by_key(|id| task_number(id));
+        ids.into_iter()
+            .filter_map(|id| inner.task_info(id).ok())
+            .collect()
+    }
+
+    /// Cancels a task: a queued one at once, a placed one by telling its worker.
+    pub fn cancel(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+        let mut inner = self.lock();
+        let task = inner.tasks.get_mut(id).ok_or_else(|| unknown_task(id))?;
+        match task.state {
+            s if s.is_final() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "task {id} already {s}; nothing to cancel"
+                )));
+            }
+            TaskState::Queued => {
+                inner.queue.retain(|q| q != id);
+                inner.finish(id, TaskState::Cancelled, None, "cancelled while queued");
+            }
+            _ => {
+                task.cancel_requested = true;
+                task.reason = "cancel requested".into();
+                let attempt = task.attempts;
+                let worker = task.worker_id.clone().unwrap_or_default();
+                let connected = inner
+                    .workers
+                    .get(&worker)
+                    .is_some_and(|w| w.session.is_some());
+                if connected {
+                    inner.workers[&worker].cancel(id, attempt, "cancelled by an operator");
+                } else {
+                    // The worker is away: cancel now; if it comes back with the task, it
+                    // is told to stop it.
+                    inner.finish(id, TaskState::Cancelled, None, "cancelled; worker away");
+                }
+            }
+        }
+        inner.task_info(id)
+    }
+
+    /// Output of a task after the whole-output offset `from`.
+    pub fn logs(&self, id: &str, from: u64) -> Result<Logs, Error> {
+        let inner = self.lock();
+        let task = inner.tasks.get(id).ok_or_else(|| unknown_task(id))?;
+        Ok(match &task.output {
+            Some(output) => {
+                let (data, next) = output.since(from);
+                Logs::Memory {
+                    data,
+                    next,
+                    done: task.state.is_final(),
+                }
+            }
+            None => Logs::Stored,
+        })
+    }
+
+    /// The current policy, after switching to `to` when given.
+    pub fn scheduler(&self, to: Option<SchedulerKind>) -> SchedulerKind {
+        let mut inner = self.lock();
+        if let Some(kind) = to
+            && kind != inner.scheduler.kind()
+        {
+            info!(scheduler = ?kind, "scheduler switched");
+            inner.scheduler = scheduler::new(kind);
+            inner.schedule(Instant::now());
+        }
+        inner.scheduler.kind()
+    }
 }
 
-fn apply_heartbeat(entry: &mut Entry, hb: &pb::Heartbeat, now: Instant) {
-    entry.presence.last_seen = now;
-    entry.last_heartbeat_ms = now_ms();
-    entry.last_sequence = hb.sequence;
-    entry.usage = hb.usage.unwrap_or_default();
-    entry.running.clone_from(&hb.running_task_ids);
-    entry.dirty = true;
+impl Inner {
+    fn add_worker(&mut self, entry: Entry) {
+        let id = entry.id.clone();
+        let name = entry.spec.name.clone();
+        let at = self
+            .order
+            .partition_point(|other| self.workers[other].spec.name < name);
+        self.order.insert(at, id.clone());
+        self.by_name.insert(name, id.clone());
+        self.workers.insert(id, entry);
+    }
+
+    /// The stream must be the worker's current one, and the worker not Removed.
+    fn check_session(&self, worker_id: &str, generation: u64, now: Instant) -> Result<(), Error> {
+        let entry = self
+            .workers
+            .get(worker_id)
+            .ok_or_else(|| unknown_worker(worker_id))?;
+        if self.settings.liveness.state(&entry.presence, now) == WorkerState::Removed {
+            return Err(removed_worker(entry));
+        }
+        if entry.session.as_ref().map(|s| s.generation) != Some(generation) {
+            return Err(Error::FailedPrecondition(
+                "this heartbeat stream was replaced by a newer one".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes in a heartbeat: liveness, usage, finished tasks, and what the worker holds.
+    fn heartbeat(
+        &mut self,
+        worker_id: &str,
+        hb: &pb::Heartbeat,
+        now: Instant,
+        why: &str,
+    ) -> Vec<String> {
+        let liveness = self.settings.liveness;
+        let grace = self.settings.heartbeat_interval * 2 + Duration::from_secs(1);
+        let entry = self
+            .workers
+            .get_mut(worker_id)
+            .expect("checked by the caller");
+        entry.presence.last_seen = now;
+        entry.last_heartbeat_ms = now_ms();
+        entry.last_sequence = hb.sequence;
+        entry.usage = hb.usage.unwrap_or_default();
+        entry.running.clone_from(&hb.running_task_ids);
+        entry.dirty = true;
+        entry.observe(&liveness, now, why);
+
+        let mut acked = Vec::with_capacity(hb.finished.len());
+        for update in &hb.finished {
+            self.task_update(worker_id, update);
+            acked.push(update.task_id.clone());
+        }
+        if hb.running_task_ids.is_empty() && self.workers[worker_id].tasks.is_empty() {
+            return acked;
+        }
+        // Tasks the worker holds that are no longer its own: tell it to stop them.
+        for id in &hb.running_task_ids {
+            match self.tasks.get_mut(id) {
+                Some(task)
+                    if task.state.is_placed() && task.worker_id.as_deref() == Some(worker_id) =>
+                {
+                    if task.state == TaskState::Assigned {
+                        task.state = TaskState::Running;
+                        task.started_ms = now_ms();
+                        persist(&self.store, task);
+                    }
+                    if task.cancel_requested {
+                        let attempt = task.attempts;
+                        self.workers[worker_id].cancel(id, attempt, "cancelled by an operator");
+                    }
+                }
+                other => {
+                    let why = match other {
+                        Some(t) if t.state.is_final() => format!("the task is already {}", t.state),
+                        Some(_) => "the task was re-queued elsewhere".to_string(),
+                        None => "the master does not know this task".to_string(),
+                    };
+                    self.workers[worker_id].cancel(id, 0, &why);
+                }
+            }
+        }
+        // Tasks placed here that the worker no longer holds (past a grace period for
+        // assignments still in flight): lost.
+        let holding: HashSet<&str> = hb
+            .running_task_ids
+            .iter()
+            .chain(hb.finished.iter().map(|u| &u.task_id))
+            .map(String::as_str)
+            .collect();
+        let lost: Vec<String> = self.workers[worker_id]
+            .tasks
+            .iter()
+            .filter(|id| !holding.contains(id.as_str()))
+            .filter(|id| {
+                self.tasks[*id]
+                    .assigned_at
+                    .is_none_or(|at| now.saturating_duration_since(at) > grace)
+            })
+            .cloned()
+            .collect();
+        for id in lost {
+            let why = format!(
+                "worker {} no longer has the task",
+                self.workers[worker_id].spec.name
+            );
+            self.requeue_or_fail(&id, &why);
+        }
+        acked
+    }
+
+    /// Applies a task update; true when resources were freed.
+    fn task_update(&mut self, worker_id: &str, update: &pb::TaskUpdate) -> bool {
+        let Some(task) = self.tasks.get_mut(&update.task_id) else {
+            return false;
+        };
+        let ours = task.worker_id.as_deref() == Some(worker_id)
+            && task.attempts == update.attempt
+            && task.state.is_placed();
+        if !ours {
+            // A stale attempt or a copy that was re-queued elsewhere: if it still runs,
+            // stop it.
+            if update.event() == pb::TaskEvent::Started
+                && let Some(entry) = self.workers.get(worker_id)
+            {
+                entry.cancel(&update.task_id, update.attempt, "no longer assigned to you");
+            }
+            return false;
+        }
+        let (state, default_reason) = match update.event() {
+            pb::TaskEvent::Started => {
+                if task.state == TaskState::Assigned {
+                    task.state = TaskState::Running;
+                    task.started_ms = now_ms();
+                    task.reason.clear();
+                    persist(&self.store, task);
+                    info!(task = %task.id, worker = %self.workers[worker_id].spec.name, "task started");
+                }
+                return false;
+            }
+            pb::TaskEvent::Succeeded => (TaskState::Succeeded, ""),
+            pb::TaskEvent::Failed => (TaskState::Failed, "failed"),
+            pb::TaskEvent::Cancelled => (TaskState::Cancelled, "cancelled"),
+            pb::TaskEvent::Unspecified => return false,
+        };
+        let state = if task.cancel_requested && state != TaskState::Succeeded {
+            TaskState::Cancelled
+        } else {
+            state
+        };
+        let reason = if update.message.is_empty() {
+            default_reason.to_string()
+        } else {
+            update.message.clone()
+        };
+        let id = update.task_id.clone();
+        self.finish(&id, state, update.exit_code, &reason);
+        true
+    }
+
+    /// Ends a task for good, freeing what it held.
+    fn finish(&mut self, id: &str, state: TaskState, exit_code: Option<i32>, reason: &str) {
+        self.release(id);
+        let task = self.tasks.get_mut(id).expect("finish of a known task");
+        task.state = state;
+        task.exit_code = exit_code;
+        task.reason = reason.to_string();
+        task.finished_ms = now_ms();
+        task.assigned_at = None;
+        info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
+        persist(&self.store, task);
+        if let Some(output) = &task.output {
+            self.store.enqueue(Write::TaskOutput {
+                id: id.to_string(),
+                output: output.to_vec(),
+                total: output.total(),
+            });
+        }
+    }
+
+    /// Frees what a placed task held on its worker.
+    fn release(&mut self, id: &str) {
+        let task = &self.tasks[id];
+        if !task.state.is_placed() {
+            return;
+        }
+        let resources = task.spec.resources;
+        if let Some(entry) = task
+            .worker_id
+            .as_ref()
+            .and_then(|w| self.workers.get_mut(w))
+            && entry.tasks.remove(id)
+        {
+            sub(&mut entry.allocated, resources);
+        }
+    }
+
+    /// The task's worker is gone: queue it again, or fail it after too many attempts.
+    fn requeue_or_fail(&mut self, id: &str, why: &str) {
+        let task = &self.tasks[id];
+        if task.cancel_requested {
+            self.finish(id, TaskState::Cancelled, None, why);
+            return;
+        }
+        if task.attempts >= self.settings.max_attempts {
+            let reason = format!("{why}; gave up after {} attempts", task.attempts);
+            self.finish(id, TaskState::Failed, None, &reason);
+            return;
+        }
+        self.release(id);
+        let task = self.tasks.get_mut(id).expect("known task");
+        warn!(task = %id, attempts = task.attempts, why, "task re-queued");
+        task.state = TaskState::Queued;
+        task.worker_id = None;
+        task.assigned_at = None;
+        task.reason = format!("{why}; re-queued");
+        persist(&self.store, task);
+        // It was submitted before anything queued now: it goes first.
+        self.queue.push_front(id.to_string());
+    }
+
+    /// Places queued tasks, oldest first, letting smaller later ones through (backfill).
+    fn schedule(&mut self, now: Instant) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let liveness = self.settings.liveness;
+        let mut candidates: Vec<Candidate> = self
+            .order
+            .iter()
+            .map(|id| {
+                let w = &self.workers[id];
+                Candidate {
+                    capacity: w.spec.capacity,
+                    allocated: w.allocated,
+                    cpu_percent: w.usage.cpu_percent,
+                    schedulable: liveness.state(&w.presence, now) == WorkerState::Active,
+                    has_runtime: w.spec.runtime.is_some(),
+                }
+            })
+            .collect();
+        let any_live = candidates.iter().any(|c| c.schedulable);
+        let queue = std::mem::take(&mut self.queue);
+        for id in queue {
+            let task = &self.tasks[&id];
+            let request = Request {
+                resources: task.spec.resources,
+                needs_runtime: task.spec.image.is_some(),
+            };
+            let placed = any_live
+                && match self.scheduler.place(&candidates, &request) {
+                    Some(i) => {
+                        let worker = self.order[i].clone();
+                        let ok = self.assign(&id, &worker, now);
+                        if ok {
+                            add(&mut candidates[i].allocated, request.resources);
+                        } else {
+                            // Its stream is full or gone: leave it out of this pass.
+                            candidates[i].schedulable = false;
+                        }
+                        ok
+                    }
+                    None => false,
+                };
+            if !placed {
+                let reason = scheduler::why_not(&candidates, &request);
+                let task = self.tasks.get_mut(&id).expect("queued task");
+                task.reason = reason;
+                self.queue.push_back(id);
+            }
+        }
+    }
+
+    /// Sends a task to a worker; false (and nothing changed) when that is not possible.
+    fn assign(&mut self, id: &str, worker_id: &str, now: Instant) -> bool {
+        let task = self.tasks.get_mut(id).expect("known task");
+        let entry = self.workers.get_mut(worker_id).expect("known worker");
+        let attempt = task.attempts + 1;
+        let sent = entry.push(ToWorker::Assign(pb::TaskAssignment {
+            task_id: id.to_string(),
+            attempt,
+            name: task.spec.name.clone(),
+            image: task.spec.image.clone().unwrap_or_default(),
+            command: task.spec.command.clone().unwrap_or_default(),
+            resources: Some(task.spec.resources.into()),
+        }));
+        if !sent {
+            return false;
+        }
+        task.attempts = attempt;
+        task.state = TaskState::Assigned;
+        task.worker_id = Some(worker_id.to_string());
+        task.assigned_at = Some(now);
+        task.reason.clear();
+        add(&mut entry.allocated, task.spec.resources);
+        entry.tasks.insert(id.to_string());
+        info!(task = %id, worker = %entry.spec.name, attempt, "task assigned");
+        persist(&self.store, task);
+        true
+    }
+
+    fn task_info(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+        let task = self.tasks.get(id).ok_or_else(|| unknown_task(id))?;
+        let worker_name = task
+            .worker_id
+            .as_ref()
+            .and_then(|w| self.workers.get(w))
+            .map(|w| w.spec.name.as_str());
+        Ok(task.info(worker_name))
+    }
+}
+
+/// Hands a task's row to the store thread without waiting for the commit.
+fn persist(store: &Store, task: &Task) {
+    store.enqueue(Write::Task(Box::new(Task {
+        output: None,
+        ..task.clone()
+    })));
+}
+
+fn add(total: &mut Resources, r: Resources) {
+    total.cpu += r.cpu;
+    total.memory_gb += r.memory_gb;
+    total.gpu += r.gpu;
+}
+
+fn sub(total: &mut Resources, r: Resources) {
+    total.cpu = (total.cpu - r.cpu).max(0.0);
+    total.memory_gb = (total.memory_gb - r.memory_gb).max(0.0);
+    total.gpu = total.gpu.saturating_sub(r.gpu);
+}
+
+/// The number in a task id (`t-42` → 42), for ordering.
+fn task_number(id: &str) -> u64 {
+    id.strip_prefix("t-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn record_of(entry: &Entry) -> WorkerRecord {
@@ -491,6 +1075,10 @@ fn removed_worker(entry: &Entry) -> Error {
     ))
 }
 
+fn unknown_task(id: &str) -> Error {
+    Error::not_found(format!("no task '{id}': 'tasks' lists them"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,11 +1102,16 @@ mod tests {
 
     fn registry() -> Registry {
         Registry::new(
-            Liveness {
-                heartbeat_timeout: Duration::from_secs(30),
-                worker_timeout: Duration::from_secs(600),
+            Settings {
+                liveness: Liveness {
+                    heartbeat_timeout: Duration::from_secs(30),
+                    worker_timeout: Duration::from_secs(600),
+                },
+                heartbeat_interval: Duration::from_secs(5),
+                max_attempts: 3,
+                scheduler: SchedulerKind::ResourceAware,
             },
-            Duration::from_secs(5),
+            Store::memory(),
         )
     }
 
@@ -633,13 +1226,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
         let r = registry();
-        r.load(vec![WorkerRecord {
-            id: "w-1".into(),
-            spec: spec("a"),
-            registered_at_ms: 1,
-            last_heartbeat_ms: 1, // long, long ago
-            state: WorkerState::Active,
-        }]);
+        r.load(
+            vec![WorkerRecord {
+                id: "w-1".into(),
+                spec: spec("a"),
+                registered_at_ms: 1,
+                last_heartbeat_ms: 1, // long, long ago
+                state: WorkerState::Active,
+            }],
+            Vec::new(),
+        );
         assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
         let out = r.tick(Instant::now());
         assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");

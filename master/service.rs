@@ -11,17 +11,23 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use herd::domain::WorkerSpec;
+use clap::ValueEnum;
+use herd::config::SchedulerKind;
+use herd::domain::{TaskSpec, TaskState, WorkerSpec};
 use herd::pb;
 use herd::pb::worker_message::Body;
 
-use crate::registry::Registry;
+use crate::registry::{Logs, Registry};
 use crate::store::{Store, Write};
+use crate::tasks::Task;
 
 /// How long a new stream may wait before sending its first heartbeat.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages queued towards one worker before acknowledgements are dropped.
-const OUTBOUND_CAPACITY: usize = 64;
+/// Messages queued towards one worker; past this, acknowledgements are dropped and
+/// assignments wait for the next scheduling pass.
+const OUTBOUND_CAPACITY: usize = 1024;
+/// How often `task logs --follow` looks for new output.
+const FOLLOW_PERIOD: Duration = Duration::from_millis(200);
 
 /// Shared by both services.
 #[derive(Clone)]
@@ -82,7 +88,7 @@ impl pb::registry_server::Registry for Master {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let accepted = self.registry.connect(&first, tx.clone())?;
         debug!(id = %first.worker_id, ?peer, "heartbeat stream accepted");
-        let _ = tx.try_send(Ok(ack(first.sequence)));
+        let _ = tx.try_send(Ok(ack(first.sequence, accepted.acked)));
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let id = first.worker_id;
@@ -98,26 +104,27 @@ impl pb::registry_server::Registry for Master {
                     }
                     msg = inbound.message() => msg,
                 };
-                match msg {
-                    Ok(Some(pb::WorkerMessage {
-                        body: Some(Body::Heartbeat(hb)),
-                    })) => match registry.heartbeat(&id, generation, &hb) {
-                        // An acknowledgement may be dropped when the worker reads slowly;
-                        // the next one will do.
-                        Ok(()) => drop(tx.try_send(Ok(ack(hb.sequence)))),
-                        Err(err) => {
-                            let _ = tx.send(Err(err.into())).await;
-                            break;
-                        }
-                    },
-                    Ok(Some(other)) => {
-                        debug!(%id, ?other, "message not handled yet");
-                    }
+                let body = match msg {
+                    Ok(Some(pb::WorkerMessage { body: Some(body) })) => body,
+                    Ok(Some(pb::WorkerMessage { body: None })) => continue,
                     Ok(None) => break,
                     Err(status) => {
                         debug!(%id, %status, "heartbeat stream broke");
                         break;
                     }
+                };
+                let handled = match body {
+                    Body::Heartbeat(hb) => registry
+                        .heartbeat(&id, generation, &hb)
+                        // An acknowledgement may be dropped when the worker reads slowly;
+                        // the next one will do (finished tasks are repeated until acked).
+                        .map(|acked| drop(tx.try_send(Ok(ack(hb.sequence, acked))))),
+                    Body::TaskUpdate(update) => registry.task_update(&id, generation, &update),
+                    Body::Output(output) => registry.task_output(&id, generation, &output),
+                };
+                if let Err(err) = handled {
+                    let _ = tx.send(Err(err.into())).await;
+                    break;
                 }
             }
             registry.disconnect(&id, generation);
@@ -125,10 +132,12 @@ impl pb::registry_server::Registry for Master {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
-
-fn ack(sequence: u64) -> pb::MasterMessage {
+fn ack(sequence: u64, finished_task_ids: Vec<String>) -> pb::MasterMessage {
     pb::MasterMessage {
-        body: Some(pb::master_message::Body::Ack(pb::HeartbeatAck { sequence })),
+        body: Some(pb::master_message::Body::Ack(pb::HeartbeatAck {
+            sequence,
+            finished_task_ids,
+        })),
     }
 }
 
@@ -151,5 +160,128 @@ impl pb::admin_server::Admin for Master {
             return Err(Status::invalid_argument("give a worker id or name"));
         }
         Ok(Response::new(self.registry.get(&worker)?))
+    }
+
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("SubmitTaskRequest has no task spec"))?;
+        let task = self.registry.new_task(TaskSpec::try_from(spec)?);
+        // Stored before its id is handed out: an acknowledged task survives kill -9.
+        self.store
+            .write(Write::Task(Box::new(Task {
+                output: None,
+                ..task.clone()
+            })))
+            .await?;
+        Ok(Response::new(self.registry.enqueue(task)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let state = match request.into_inner().state() {
+            pb::TaskState::Unspecified => None,
+            other => Some(TaskState::try_from(other)?),
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: self.registry.tasks(state),
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        Ok(Response::new(
+            self.registry.task(&request.into_inner().task_id)?,
+        ))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::TaskInfo>, Status> {
+        Ok(Response::new(
+            self.registry.cancel(&request.into_inner().task_id)?,
+        ))
+    }
+
+    type TaskLogsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::TaskLogsChunk, Status>> + Send + 'static>>;
+
+    async fn task_logs(
+        &self,
+        request: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let pb::TaskLogsRequest { task_id, follow } = request.into_inner();
+        let first = self.registry.logs(&task_id, 0)?;
+        let (tx, rx) = mpsc::channel(16);
+        let registry = self.registry.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut logs = first;
+            loop {
+                let (data, next, done) = match logs {
+                    Logs::Memory { data, next, done } => (data, next, done),
+                    Logs::Stored => {
+                        let data = match store.read_output(&task_id).await {
+                            Ok(found) => found.map(|(data, _)| data).unwrap_or_default(),
+                            Err(err) => {
+                                let _ = tx.send(Err(err.into())).await;
+                                return;
+                            }
+                        };
+                        (data, 0, true)
+                    }
+                };
+                if !data.is_empty() && tx.send(Ok(pb::TaskLogsChunk { data })).await.is_err() {
+                    return;
+                }
+                if done || !follow {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
+                    _ = tx.closed() => return,
+                }
+                logs = match registry.logs(&task_id, next) {
+                    Ok(logs) => logs,
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn scheduler(
+        &self,
+        request: Request<pb::SchedulerRequest>,
+    ) -> Result<Response<pb::SchedulerResponse>, Status> {
+        let name = request.into_inner().name;
+        let to = if name.is_empty() {
+            None
+        } else {
+            Some(SchedulerKind::from_str(&name, false).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "unknown scheduler '{name}': use round-robin or resource-aware"
+                ))
+            })?)
+        };
+        let kind = self.registry.scheduler(to);
+        Ok(Response::new(pb::SchedulerResponse {
+            name: kind
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+        }))
     }
 }

@@ -13,10 +13,11 @@ use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use herd::domain::{Resources, Runtime, WorkerSpec, WorkerState};
+use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
 use crate::registry::{LivenessRow, WorkerRecord};
+use crate::tasks::Task;
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -37,6 +38,27 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         registered_at INTEGER NOT NULL
     );",
+    // 2: tasks
+    "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        image TEXT,
+        command TEXT,
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        worker_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        submitted_at INTEGER NOT NULL,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        output BLOB,
+        output_total INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tasks_by_state ON tasks(state);",
 ];
 
 /// A write the store thread performs.
@@ -45,11 +67,34 @@ pub enum Write {
     Worker(WorkerRecord),
     /// The liveness columns of many workers (one tick).
     Liveness(Vec<LivenessRow>),
+    /// Insert or update a task (everything but its output).
+    Task(Box<Task>),
+    /// The output a finished task left (its last MAX_LOG_BYTES) and its whole length.
+    TaskOutput {
+        id: String,
+        output: Vec<u8>,
+        total: u64,
+    },
 }
 
-struct Job {
-    write: Write,
-    done: oneshot::Sender<Result<(), Error>>,
+/// What the store thread is asked to do.
+enum Job {
+    /// A write; `done` hears about the commit when someone waits for it.
+    Write {
+        write: Write,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// Read a finished task's output.
+    ReadOutput {
+        id: String,
+        done: oneshot::Sender<Result<Option<(Vec<u8>, u64)>, Error>>,
+    },
+}
+
+/// Everything the database knows, read at start.
+pub struct Loaded {
+    pub workers: Vec<WorkerRecord>,
+    pub tasks: Vec<Task>,
 }
 
 /// Handle to the store thread. Dropping every handle stops the thread after it has
@@ -65,26 +110,64 @@ const MAX_BATCH: usize = 4096;
 impl Store {
     /// Opens (creating if needed) the database, migrates it, and returns the store with
     /// every worker it knows.
-    pub fn open(path: &Path) -> Result<(Store, Vec<WorkerRecord>), Error> {
-        let mut conn = Connection::open(path)?;
+    pub fn open(path: &Path) -> Result<(Store, Loaded), Error> {
+        Store::start(Connection::open(path)?)
+    }
+
+    /// A store on a private in-memory database.
+    #[cfg(test)]
+    pub fn memory() -> Store {
+        Store::start(Connection::open_in_memory().unwrap())
+            .unwrap()
+            .0
+    }
+
+    fn start(mut conn: Connection) -> Result<(Store, Loaded), Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        let workers = load_workers(&conn)?;
+        let loaded = Loaded {
+            workers: load_workers(&conn)?,
+            tasks: load_tasks(&conn)?,
+        };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         thread::Builder::new()
             .name("herd-store".into())
             .spawn(move || run(conn, rx))
             .map_err(|e| Error::Storage(format!("cannot start the store thread: {e}")))?;
-        Ok((Store { jobs }, workers))
+        Ok((Store { jobs }, loaded))
     }
 
     /// Performs `write` and returns once it is committed.
     pub async fn write(&self, write: Write) -> Result<(), Error> {
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(Job { write, done })
+            .send(Job::Write {
+                write,
+                done: Some(done),
+            })
+            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the store stopped".into()))?
+    }
+
+    /// Hands `write` to the store thread without waiting (never blocks, does no I/O).
+    /// It is committed in order with every other write, within milliseconds.
+    pub fn enqueue(&self, write: Write) {
+        if self.jobs.send(Job::Write { write, done: None }).is_err() {
+            error!("the store is closed; a task change was not saved");
+        }
+    }
+
+    /// The output a finished task left, and its whole length.
+    pub async fn read_output(&self, id: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job::ReadOutput {
+                id: id.to_string(),
+                done,
+            })
             .map_err(|_| Error::Unavailable("the store is closed".into()))?;
         wait.await
             .map_err(|_| Error::Unavailable("the store stopped".into()))?
@@ -152,34 +235,113 @@ fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 }
 
 /// The store thread: waits for a job, takes everything else already queued, and commits
-/// it all in one transaction.
+/// all the writes in one transaction.
 fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write { write, done } => batch.push((write, done)),
+                Job::ReadOutput { id, done } => {
+                    let _ = done.send(read_output(&conn, &id));
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
             }
         }
-        match commit(&mut conn, batch.iter().map(|j| &j.write)) {
-            Ok(()) => batch.into_iter().for_each(|j| {
-                let _ = j.done.send(Ok(()));
+        if batch.is_empty() {
+            continue;
+        }
+        match commit(&mut conn, batch.iter().map(|(w, _)| w)) {
+            Ok(()) => batch.into_iter().for_each(|(_, done)| {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
             }),
             Err(err) if batch.len() > 1 => {
                 // One bad write must not sink the others: retry each alone.
                 warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
-                for job in batch {
-                    let res = commit(&mut conn, std::iter::once(&job.write));
-                    let _ = job.done.send(res);
+                for (write, done) in batch {
+                    let res = commit(&mut conn, std::iter::once(&write));
+                    if let Err(err) = &res {
+                        error!(%err, "SQLite write failed");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(res);
+                    }
                 }
             }
             Err(err) => {
                 error!(%err, "SQLite write failed");
-                let _ = batch.pop().map(|j| j.done.send(Err(err)));
+                if let Some((_, Some(done))) = batch.pop() {
+                    let _ = done.send(Err(err));
+                }
             }
         }
     }
+}
+
+fn read_output(conn: &Connection, id: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT output, output_total FROM tasks WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            },
+        )
+        .optional()?)
+}
+
+fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, image, command, cpu, memory_gb, gpu, state, worker_id, attempts,
+                exit_code, reason, submitted_at, started_at, finished_at
+         FROM tasks",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let state: String = r.get(7)?;
+        Ok(Task {
+            id: r.get(0)?,
+            spec: TaskSpec {
+                name: r.get(1)?,
+                image: r.get(2)?,
+                command: r.get(3)?,
+                resources: Resources {
+                    cpu: r.get(4)?,
+                    memory_gb: r.get(5)?,
+                    gpu: r.get(6)?,
+                },
+            },
+            state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
+            worker_id: r.get(8)?,
+            attempts: r.get(9)?,
+            exit_code: r.get(10)?,
+            reason: r.get(11)?,
+            submitted_ms: r.get(12)?,
+            started_ms: r.get(13)?,
+            finished_ms: r.get(14)?,
+            assigned_at: None,
+            cancel_requested: false,
+            output: None,
+        })
+    })?;
+    let mut tasks = Vec::new();
+    for task in rows {
+        let mut task = task?;
+        // Tasks that never ran have no stored output worth a round trip.
+        if !task.state.is_final() {
+            task.output = Some(Default::default());
+        }
+        tasks.push(task);
+    }
+    Ok(tasks)
 }
 
 fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) -> Result<(), Error> {
@@ -216,6 +378,40 @@ fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) ->
                     r.state.as_str(),
                     r.registered_at_ms,
                 ])?;
+            }
+            Write::Task(t) => {
+                tx.prepare_cached(
+                    "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
+                         worker_id, attempts, exit_code, reason, submitted_at, started_at,
+                         finished_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT(id) DO UPDATE SET
+                         state = excluded.state, worker_id = excluded.worker_id,
+                         attempts = excluded.attempts, exit_code = excluded.exit_code,
+                         reason = excluded.reason, started_at = excluded.started_at,
+                         finished_at = excluded.finished_at",
+                )?
+                .execute(params![
+                    t.id,
+                    t.spec.name,
+                    t.spec.image,
+                    t.spec.command,
+                    t.spec.resources.cpu,
+                    t.spec.resources.memory_gb,
+                    t.spec.resources.gpu,
+                    t.state.as_str(),
+                    t.worker_id,
+                    t.attempts,
+                    t.exit_code,
+                    t.reason,
+                    t.submitted_ms,
+                    t.started_ms,
+                    t.finished_ms,
+                ])?;
+            }
+            Write::TaskOutput { id, output, total } => {
+                tx.prepare_cached("UPDATE tasks SET output = ?2, output_total = ?3 WHERE id = ?1")?
+                    .execute(params![id, output, *total as i64])?;
             }
             Write::Liveness(rows) => {
                 let mut stmt = tx.prepare_cached(
@@ -281,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
         let (store, loaded) = Store::open(&path).unwrap();
-        assert!(loaded.is_empty());
+        assert!(loaded.workers.is_empty());
         store
             .write(Write::Worker(record("w-1", "a")))
             .await
@@ -316,6 +512,7 @@ mod tests {
         drop(conn);
 
         let (_store, loaded) = Store::open(&path).unwrap();
+        let loaded = loaded.workers;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].spec, record("w-1", "a").spec);
         assert_eq!(loaded[0].last_heartbeat_ms, 42);

@@ -52,6 +52,10 @@ pub struct MasterConfig {
     )]
     pub scheduler: SchedulerKind,
 
+    /// Placements of one task before losing its worker makes it fail instead of re-queue.
+    #[arg(long, env = "HERD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
     /// Also start one herd-worker on this machine, stopped with the master.
     #[arg(long, env = "HERD_LOCAL_WORKER")]
     pub local_worker: bool,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -14,8 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use herd::pb;
+use herd::pb::master_message::Body as ToWorker;
 use herd::pb::registry_client::RegistryClient;
 
+use crate::executor::Executor;
 use crate::telemetry::Telemetry;
 
 /// First pause after a failed attempt.
@@ -60,6 +62,9 @@ pub struct Agent {
     pub master: String,
     pub description: pb::WorkerDescription,
     pub telemetry: Telemetry,
+    pub executor: Executor,
+    /// What tasks report; forwarded into whichever stream is open (kept across streams).
+    outbox: Option<mpsc::Receiver<pb::WorkerMessage>>,
     /// Last id the master gave us.
     id: Option<String>,
     /// Heartbeat period the master asked for.
@@ -71,11 +76,19 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(master: String, description: pb::WorkerDescription, telemetry: Telemetry) -> Agent {
+    pub fn new(
+        master: String,
+        description: pb::WorkerDescription,
+        telemetry: Telemetry,
+        executor: Executor,
+        outbox: mpsc::Receiver<pb::WorkerMessage>,
+    ) -> Agent {
         Agent {
             master,
             description,
             telemetry,
+            executor,
+            outbox: Some(outbox),
             id: None,
             interval: Duration::from_secs(5),
             sequence: Arc::new(AtomicU64::new(0)),
@@ -175,6 +188,7 @@ impl Agent {
         let mut heartbeats = HeartbeatSource {
             id: id.clone(),
             telemetry: self.telemetry.clone(),
+            executor: self.executor.clone(),
             sequence: self.sequence.clone(),
         };
         let _ = tx.try_send(heartbeats.next());
@@ -191,6 +205,33 @@ impl Agent {
         self.reachable = true;
         backoff.reset();
         info!(%id, master = %self.master, "heartbeat stream open");
+
+        // Task reports go into the same stream, forwarded by a task of their own; the
+        // outbox survives the stream and is handed back when it ends.
+        let (stop_forwarding, mut stopped) = oneshot::channel::<()>();
+        let forwarder = {
+            let mut outbox = self
+                .outbox
+                .take()
+                .expect("the outbox is home between streams");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        msg = outbox.recv() => match msg {
+                            Some(msg) => {
+                                if tx.send(msg).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                outbox
+            })
+        };
 
         // Heartbeats run on their own task: nothing the worker does can delay them.
         let sender = {
@@ -214,12 +255,18 @@ impl Agent {
                 _ = shutdown.changed() => break Ended::Shutdown,
             };
             match msg {
-                Ok(Some(pb::MasterMessage {
-                    body: Some(pb::master_message::Body::Ack(ack)),
-                })) => {
-                    debug!(sequence = ack.sequence, "heartbeat acknowledged");
-                }
-                Ok(Some(other)) => debug!(?other, "message not handled yet"),
+                Ok(Some(pb::MasterMessage { body: Some(body) })) => match body {
+                    ToWorker::Ack(ack) => {
+                        debug!(sequence = ack.sequence, "heartbeat acknowledged");
+                        self.executor.acknowledged(&ack.finished_task_ids);
+                    }
+                    ToWorker::Assign(task) => {
+                        info!(task = %task.task_id, attempt = task.attempt, "task assigned");
+                        self.executor.assign(task);
+                    }
+                    ToWorker::Cancel(order) => self.executor.cancel(&order),
+                },
+                Ok(Some(pb::MasterMessage { body: None })) => {}
                 Ok(None) => break Ended::Lost("the master closed the stream".into()),
                 Err(status) if status.code() == Code::NotFound => {
                     break Ended::Unknown(status.message().to_string());
@@ -230,6 +277,11 @@ impl Agent {
             }
         };
         sender.abort();
+        let _ = stop_forwarding.send(());
+        match forwarder.await {
+            Ok(outbox) => self.outbox = Some(outbox),
+            Err(err) => panic!("the outbox forwarder failed: {err}"),
+        }
         ended
     }
 }
@@ -238,18 +290,26 @@ impl Agent {
 struct HeartbeatSource {
     id: String,
     telemetry: Telemetry,
+    executor: Executor,
     sequence: Arc<AtomicU64>,
 }
 
 impl HeartbeatSource {
     fn next(&mut self) -> pb::WorkerMessage {
+        let (running, finished) = self.executor.report();
+        let activity = if running.is_empty() {
+            pb::WorkerActivity::Idle
+        } else {
+            pb::WorkerActivity::Busy
+        };
         pb::WorkerMessage {
             body: Some(pb::worker_message::Body::Heartbeat(pb::Heartbeat {
                 worker_id: self.id.clone(),
                 sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
-                activity: pb::WorkerActivity::Idle as i32,
+                activity: activity as i32,
                 usage: Some(self.telemetry.latest()),
-                running_task_ids: Vec::new(),
+                running_task_ids: running,
+                finished,
             })),
         }
     }

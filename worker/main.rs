@@ -1,6 +1,7 @@
 //! herd-worker: registers with the master, keeps a heartbeat stream open, runs tasks.
 
 mod agent;
+mod executor;
 mod telemetry;
 
 use std::net::{ToSocketAddrs, UdpSocket};
@@ -16,7 +17,11 @@ use herd::domain::{Runtime, validate_worker_name};
 use herd::pb;
 
 use crate::agent::Agent;
+use crate::executor::Executor;
 use crate::telemetry::{Telemetry, detect_capacity};
+
+/// Messages waiting to be forwarded to the master (task reports and output).
+const OUTBOX_CAPACITY: usize = 256;
 
 #[derive(Parser)]
 #[command(name = "herd-worker", version, about = "The herd worker agent")]
@@ -92,13 +97,26 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
+    let executor = Executor::new(work_dir, runtime, outbox.clone());
     let agent = Agent::new(
         config.master,
         description,
         Telemetry::start(Duration::from_secs(1)),
+        executor.clone(),
+        outbox_rx,
     );
     let agent = tokio::spawn(agent.run(shutdown_rx));
     wait_for_signal().await;
+    // Stop the tasks and let their reports leave before the stream closes.
+    executor
+        .stop_all("the worker is shutting down", Duration::from_secs(15))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while outbox.capacity() < OUTBOX_CAPACITY && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = shutdown_tx.send(true);
     let _ = agent.await;
     info!("herd-worker stopped");
