@@ -186,10 +186,12 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT, SIGTERM, or the REPL to end.
+/// Waits for SIGTERM, or the REPL to end. Headless, SIGINT stops the master too; with a
+/// REPL, Ctrl-C belongs to the REPL (it clears the line or interrupts a command).
 async fn wait_for_stop(repl_done: Option<oneshot::Receiver<()>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let interactive = repl_done.is_some();
     let repl = async {
         match repl_done {
             Some(done) => {
@@ -198,8 +200,14 @@ async fn wait_for_stop(repl_done: Option<oneshot::Receiver<()>>) {
             None => std::future::pending().await,
         }
     };
+    let interrupt = async {
+        if interactive {
+            std::future::pending::<()>().await;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = interrupt => info!("SIGINT received"),
         _ = term.recv() => info!("SIGTERM received"),
         _ = repl => {}
     }

@@ -3,13 +3,27 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::config::SchedulerKind;
+use crate::domain::TaskState;
+
 /// Text printed by `help`.
 pub const HELP: &str = "\
 commands:
-  workers [--all]          list workers (--all includes Removed ones)
-  worker <id|name>         show one worker in full
-  help                     this text
-  exit | quit              leave (Ctrl-D works too; Ctrl-C clears the line)";
+  workers [--all]                     list workers (--all includes Removed ones)
+  worker <id|name>                    show one worker in full
+  task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
+                                      submit a task (at least one of --docker-image/--command;
+                                      defaults: --cpu 1 --memory 0 --gpu 0); prints its id
+  tasks [--state S]                   list tasks; S: queued, assigned, running, succeeded,
+                                      failed, cancelled
+  task status <id>                    one task in full
+  task logs <id> [--follow]           its output (the last 1 MiB is kept per task);
+                                      --follow streams until it ends (Ctrl-C stops following)
+  task cancel <id>                    stop a task (its whole process group or container)
+  scheduler [round-robin|resource-aware]
+                                      show or switch the placement policy
+  help                                this text
+  exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)";
 
 /// One command of the grammar.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
@@ -25,12 +39,75 @@ pub enum Command {
         /// A worker id or name.
         worker: String,
     },
+    /// Task commands.
+    Task {
+        #[command(subcommand)]
+        action: TaskCommand,
+    },
+    /// List tasks.
+    Tasks {
+        /// Only tasks in this state.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<TaskState>,
+    },
+    /// Show or switch the placement policy.
+    Scheduler {
+        #[arg(value_enum)]
+        name: Option<SchedulerKind>,
+    },
     /// List the commands.
     Help,
     /// Leave.
     Exit,
     /// Leave.
     Quit,
+}
+
+/// `task ...` commands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task; prints its id.
+    #[command(allow_negative_numbers = true)]
+    Submit {
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Container image to run the command in.
+        #[arg(long = "docker-image")]
+        docker_image: Option<String>,
+        /// Shell command.
+        #[arg(long)]
+        command: Option<String>,
+        /// CPUs (fractions allowed).
+        #[arg(long, default_value_t = 1.0)]
+        cpu: f64,
+        /// Memory in GB.
+        #[arg(long, default_value_t = 0.0)]
+        memory: f64,
+        /// Whole GPUs.
+        #[arg(long, default_value_t = 0)]
+        gpu: u32,
+    },
+    /// One task in full.
+    Status { id: String },
+    /// A task's output.
+    Logs {
+        id: String,
+        /// Stream until the task ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a task.
+    Cancel { id: String },
+}
+
+fn parse_state(text: &str) -> Result<TaskState, String> {
+    TaskState::parse(text).ok_or_else(|| {
+        let words: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+        format!(
+            "'{text}' is not a task state; use one of {}",
+            words.join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Parser)]
@@ -114,6 +191,31 @@ mod tests {
             })
         );
         assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(
+            parse_line("task submit --command 'echo hi' --cpu 0.5 --memory 2").unwrap(),
+            Some(Command::Task {
+                action: TaskCommand::Submit {
+                    name: String::new(),
+                    docker_image: None,
+                    command: Some("echo hi".into()),
+                    cpu: 0.5,
+                    memory: 2.0,
+                    gpu: 0,
+                }
+            })
+        );
+        assert_eq!(
+            parse_line("tasks --state running").unwrap(),
+            Some(Command::Tasks {
+                state: Some(TaskState::Running)
+            })
+        );
+        assert_eq!(
+            parse_line("scheduler round-robin").unwrap(),
+            Some(Command::Scheduler {
+                name: Some(SchedulerKind::RoundRobin)
+            })
+        );
         assert_eq!(parse_line("quit").unwrap(), Some(Command::Quit));
     }
 
@@ -128,5 +230,22 @@ mod tests {
         let err = parse_line("workers --bogus").unwrap_err();
         assert!(err.contains("--bogus"), "{err}");
         assert!(parse_line("worker 'open").unwrap_err().contains("quotes"));
+        assert!(
+            parse_line("tasks --state lost")
+                .unwrap_err()
+                .contains("queued")
+        );
+        assert!(
+            parse_line("task submit --gpu 1.5 --command x")
+                .unwrap_err()
+                .contains("--gpu")
+        );
+        assert!(
+            parse_line("scheduler fastest")
+                .unwrap_err()
+                .contains("round-robin")
+        );
+        // Negative numbers reach the master, which says what is wrong with them.
+        assert!(parse_line("task submit --cpu -1 --command x").is_ok());
     }
 }

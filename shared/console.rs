@@ -2,21 +2,21 @@
 //! The master's own REPL and herdctl both go through here, over gRPC, so they always show
 //! the same thing.
 
+use std::io::Write;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::command::{Command, HELP};
+use crate::command::{Command, HELP, TaskCommand};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::render::{self, Style};
 
-/// What a command produced.
+/// What to do after a command.
 #[derive(Debug, PartialEq)]
-pub enum Reply {
-    /// Text to print.
-    Text(String),
+pub enum Flow {
+    Continue,
     /// The user asked to leave.
     Exit,
 }
@@ -42,11 +42,12 @@ impl Console {
         })
     }
 
-    /// Runs one command. Errors come back as one line a person can act on.
-    pub async fn execute(&mut self, command: Command) -> Result<Reply, String> {
+    /// Runs one command, writing what it shows to `out`. Errors come back as one line a
+    /// person can act on.
+    pub async fn execute(&mut self, command: Command, out: &mut dyn Write) -> Result<Flow, String> {
         let text = match command {
             Command::Help => HELP.to_string(),
-            Command::Exit | Command::Quit => return Ok(Reply::Exit),
+            Command::Exit | Command::Quit => return Ok(Flow::Exit),
             Command::Workers { all } => {
                 let list = self
                     .admin
@@ -66,8 +67,116 @@ impl Console {
                     .into_inner();
                 render::worker(&info, self.style)
             }
+            Command::Tasks { state } => {
+                let state = state.map(pb::TaskState::from).unwrap_or_default() as i32;
+                let list = self
+                    .admin
+                    .list_tasks(pb::ListTasksRequest { state })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner()
+                    .tasks;
+                render::tasks(&list)
+            }
+            Command::Scheduler { name } => {
+                let name = name
+                    .and_then(|n| clap::ValueEnum::to_possible_value(&n))
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default();
+                let changed = !name.is_empty();
+                let now = self
+                    .admin
+                    .scheduler(pb::SchedulerRequest { name })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner()
+                    .name;
+                if changed {
+                    format!("scheduler: {now} (switched)")
+                } else {
+                    format!("scheduler: {now}")
+                }
+            }
+            Command::Task { action } => return self.task(action, out).await,
         };
-        Ok(Reply::Text(text))
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+        Ok(Flow::Continue)
+    }
+
+    async fn task(&mut self, action: TaskCommand, out: &mut dyn Write) -> Result<Flow, String> {
+        let text = match action {
+            TaskCommand::Submit {
+                name,
+                docker_image,
+                command,
+                cpu,
+                memory,
+                gpu,
+            } => {
+                let spec = pb::TaskSpec {
+                    name,
+                    image: docker_image.unwrap_or_default(),
+                    command: command.unwrap_or_default(),
+                    resources: Some(pb::Resources {
+                        cpu,
+                        memory_gb: memory,
+                        gpu,
+                    }),
+                };
+                let info = self
+                    .admin
+                    .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                render::submitted(&info)
+            }
+            TaskCommand::Status { id } => {
+                let info = self
+                    .admin
+                    .get_task(pb::GetTaskRequest { task_id: id })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                render::task(&info)
+            }
+            TaskCommand::Cancel { id } => {
+                let info = self
+                    .admin
+                    .cancel_task(pb::CancelTaskRequest { task_id: id })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                match info.state() {
+                    pb::TaskState::Cancelled => format!("{} cancelled", info.id),
+                    _ => format!("{} cancelling: its worker was told to stop it", info.id),
+                }
+            }
+            TaskCommand::Logs { id, follow } => {
+                let mut stream = self
+                    .admin
+                    .task_logs(pb::TaskLogsRequest {
+                        task_id: id,
+                        follow,
+                    })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                let mut last = b'\n';
+                while let Some(chunk) = stream.message().await.map_err(|s| self.explain(s))? {
+                    out.write_all(&chunk.data)
+                        .and_then(|_| out.flush())
+                        .map_err(|e| format!("error: cannot write: {e}"))?;
+                    last = chunk.data.last().copied().unwrap_or(last);
+                }
+                if last != b'\n' {
+                    let _ = writeln!(out);
+                }
+                return Ok(Flow::Continue);
+            }
+        };
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+        Ok(Flow::Continue)
     }
 
     fn explain(&self, status: Status) -> String {

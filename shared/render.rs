@@ -266,3 +266,149 @@ mod tests {
         assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
     }
 }
+
+/// The state word of a task.
+pub fn task_state_word(state: pb::TaskState) -> &'static str {
+    crate::domain::TaskState::try_from(state)
+        .map(|s| s.as_str())
+        .unwrap_or("unknown")
+}
+
+fn resources(r: Option<pb::Resources>) -> String {
+    let r = r.unwrap_or_default();
+    let mut s = format!("{} cpu", num(r.cpu));
+    if r.memory_gb > 0.0 {
+        s.push_str(&format!(", {} GB", num(r.memory_gb)));
+    }
+    if r.gpu > 0 {
+        s.push_str(&format!(", {} gpu", r.gpu));
+    }
+    s
+}
+
+fn what(spec: &pb::TaskSpec) -> String {
+    let mut s = String::new();
+    if !spec.image.is_empty() {
+        s.push_str(&format!("[{}] ", spec.image));
+    }
+    s.push_str(&spec.command);
+    let s = s.trim().replace('\n', " ");
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(39).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The `tasks` table.
+pub fn tasks(list: &[pb::TaskInfo]) -> String {
+    if list.is_empty() {
+        return "no tasks".into();
+    }
+    let now = now_ms();
+    let rows = list
+        .iter()
+        .map(|t| {
+            let spec = t.spec.clone().unwrap_or_default();
+            vec![
+                Cell::plain(&t.id),
+                Cell::plain(if spec.name.is_empty() {
+                    "-"
+                } else {
+                    &spec.name
+                }),
+                Cell::plain(task_state_word(t.state())),
+                Cell::plain(if t.worker_name.is_empty() {
+                    "-"
+                } else {
+                    &t.worker_name
+                }),
+                Cell::plain(resources(spec.resources)),
+                Cell::plain(t.attempts.to_string()),
+                Cell::plain(t.exit_code.map(|c| c.to_string()).unwrap_or("-".into())),
+                Cell::plain(ago(t.submitted_ms, now)),
+                Cell::plain(what(&spec)),
+                Cell::plain(&t.reason),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "STATE",
+            "WORKER",
+            "REQUEST",
+            "ATTEMPTS",
+            "EXIT",
+            "SUBMITTED",
+            "COMMAND",
+            "REASON",
+        ],
+        rows,
+    )
+}
+
+/// One task in full, for `task status <id>`.
+pub fn task(t: &pb::TaskInfo) -> String {
+    let now = now_ms();
+    let spec = t.spec.clone().unwrap_or_default();
+    let when = |ms: i64| {
+        if ms > 0 {
+            ago(ms, now)
+        } else {
+            "-".to_string()
+        }
+    };
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<12}{v}", format!("{k}:"));
+    };
+    field("id", t.id.clone());
+    if !spec.name.is_empty() {
+        field("name", spec.name.clone());
+    }
+    field("state", task_state_word(t.state()).to_string());
+    if !t.reason.is_empty() {
+        field("reason", t.reason.clone());
+    }
+    if !spec.image.is_empty() {
+        field("image", spec.image.clone());
+    }
+    if !spec.command.is_empty() {
+        field("command", spec.command.clone());
+    }
+    field("request", resources(spec.resources));
+    field(
+        "worker",
+        if t.worker_id.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} ({})", t.worker_name, t.worker_id)
+        },
+    );
+    field("attempts", t.attempts.to_string());
+    field(
+        "exit code",
+        t.exit_code.map(|c| c.to_string()).unwrap_or("-".into()),
+    );
+    field("submitted", when(t.submitted_ms));
+    field("started", when(t.started_ms));
+    field("finished", when(t.finished_ms));
+    out.pop();
+    out
+}
+
+/// What `task submit` prints: the id first, so scripts can take the first word.
+pub fn submitted(t: &pb::TaskInfo) -> String {
+    match t.state() {
+        pb::TaskState::Queued => format!("{} queued: {}", t.id, t.reason),
+        state => {
+            let mut s = format!("{} {}", t.id, task_state_word(state));
+            if !t.worker_name.is_empty() {
+                s.push_str(&format!(" on {}", t.worker_name));
+            }
+            s
+        }
+    }
+}

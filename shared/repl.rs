@@ -9,7 +9,7 @@ use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 
 use crate::command::parse_line;
-use crate::console::{Console, Reply};
+use crate::console::{Console, Flow};
 
 type Printer = Box<dyn ExternalPrinter + Send>;
 
@@ -83,10 +83,20 @@ pub fn run(
                         continue;
                     }
                 };
-                match runtime.block_on(console.execute(command)) {
-                    Ok(Reply::Text(text)) => println!("{text}"),
-                    Ok(Reply::Exit) => break Ok(()),
-                    Err(err) => println!("{err}"),
+                // Ctrl-C while a command runs (e.g. `task logs --follow`) stops the command,
+                // not the program.
+                let mut stdout = std::io::stdout();
+                let outcome = runtime.block_on(async {
+                    tokio::select! {
+                        outcome = console.execute(command, &mut stdout) => Some(outcome),
+                        _ = tokio::signal::ctrl_c() => None,
+                    }
+                });
+                match outcome {
+                    Some(Ok(Flow::Continue)) => {}
+                    Some(Ok(Flow::Exit)) => break Ok(()),
+                    Some(Err(err)) => println!("{err}"),
+                    None => println!("interrupted"),
                 }
             }
             // Ctrl-C clears the line, as in a shell.

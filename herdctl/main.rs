@@ -1,0 +1,82 @@
+//! herdctl: the REPL grammar from the shell, for scripts; with no command, the same REPL
+//! connected to a running master.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use herd::command::parse_words;
+use herd::console::Console;
+use herd::render::Style;
+
+#[derive(Parser)]
+#[command(
+    name = "herdctl",
+    version,
+    about = "Control a running herd master",
+    after_help = herd::command::HELP,
+    trailing_var_arg = true
+)]
+struct Cli {
+    /// URL of the master.
+    #[arg(long, env = "HERD_MASTER", default_value = "http://127.0.0.1:50051")]
+    master: String,
+
+    /// A command of the REPL grammar, e.g. `workers --all` or `task submit --command 'echo hi'`.
+    #[arg(allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("herdctl: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let console = match runtime.block_on(async { Console::new(&cli.master, Style::detect()) }) {
+        Ok(console) => console,
+        Err(err) => {
+            eprintln!("herdctl: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.command.is_empty() {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("herdctl: no command given and stdin is not a terminal; try 'herdctl help'");
+            return ExitCode::from(2);
+        }
+        let handle = runtime.handle().clone();
+        let prompt = "herd> ";
+        return match herd::repl::run(console, prompt, None, handle) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("herdctl: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let command = match parse_words(&cli.command) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("herdctl: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut console = console;
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(console.execute(command, &mut stdout)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herdctl: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
