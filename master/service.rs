@@ -231,7 +231,7 @@ impl pb::admin_server::Admin for Master {
                     Logs::Memory { data, next, done } => (data, next, done),
                     Logs::Stored => {
                         let data = match store.read_output(&task_id).await {
-                            Ok(found) => found.map(|(data, _)| data).unwrap_or_default(),
+                            Ok(data) => data,
                             Err(err) => {
                                 let _ = tx.send(Err(err.into())).await;
                                 return;

@@ -87,7 +87,7 @@ enum Job {
     /// Read a finished task's output.
     ReadOutput {
         id: String,
-        done: oneshot::Sender<Result<Option<(Vec<u8>, u64)>, Error>>,
+        done: oneshot::Sender<Result<Vec<u8>, Error>>,
     },
 }
 
@@ -160,8 +160,8 @@ impl Store {
         }
     }
 
-    /// The output a finished task left, and its whole length.
-    pub async fn read_output(&self, id: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+    /// The output a finished task left (empty when there is none).
+    pub async fn read_output(&self, id: &str) -> Result<Vec<u8>, Error> {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job::ReadOutput {
@@ -283,20 +283,15 @@ fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
     }
 }
 
-fn read_output(conn: &Connection, id: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+fn read_output(conn: &Connection, id: &str) -> Result<Vec<u8>, Error> {
     use rusqlite::OptionalExtension;
     Ok(conn
-        .query_row(
-            "SELECT output, output_total FROM tasks WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
-                    r.get::<_, i64>(1)? as u64,
-                ))
-            },
-        )
-        .optional()?)
+        .query_row("SELECT output FROM tasks WHERE id = ?1", [id], |r| {
+            r.get::<_, Option<Vec<u8>>>(0)
+        })
+        .optional()?
+        .flatten()
+        .unwrap_or_default())
 }
 
 fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {

@@ -510,7 +510,8 @@ mod task_tests {
     #[test]
     fn task_specs_are_checked_once() {
         assert!(TaskSpec::try_from(spec()).is_ok());
-        let cases: Vec<(fn(&mut pb::TaskSpec), &str)> = vec![
+        type Mutation = fn(&mut pb::TaskSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|t| t.command.clear(), "--command"),
             (|t| t.resources.as_mut().unwrap().cpu = 0.0, "--cpu"),
             (

@@ -218,55 +218,6 @@ pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(name: &str, state: pb::WorkerState) -> pb::WorkerInfo {
-        pb::WorkerInfo {
-            id: format!("w-{name}"),
-            description: Some(pb::WorkerDescription {
-                name: name.into(),
-                address: "127.0.0.1".into(),
-                capacity: Some(pb::Resources {
-                    cpu: 4.0,
-                    memory_gb: 7.5,
-                    gpu: 0,
-                }),
-                ..Default::default()
-            }),
-            state: state as i32,
-            last_heartbeat_ms: now_ms(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn workers_table_is_aligned_and_plain_without_a_terminal() {
-        let out = workers(
-            &[
-                info("a", pb::WorkerState::Active),
-                info("longer-name", pb::WorkerState::Inactive),
-            ],
-            Style::plain(),
-        );
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("NAME         ID             STATUS"));
-        assert!(lines[1].contains("Active"));
-        assert!(lines[2].contains("Inactive"));
-        assert_eq!(lines[1].find("w-a"), lines[2].find("w-longer-name"));
-        assert!(lines[1].contains("0/7.5 GB"));
-        assert!(!out.contains('\x1b'));
-    }
-
-    #[test]
-    fn colour_puts_a_dot_before_the_status() {
-        let out = workers(&[info("a", pb::WorkerState::Active)], Style { color: true });
-        assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
-    }
-}
-
 /// The state word of a task.
 pub fn task_state_word(state: pb::TaskState) -> &'static str {
     crate::domain::TaskState::try_from(state)
@@ -410,5 +361,54 @@ pub fn submitted(t: &pb::TaskInfo) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, state: pb::WorkerState) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            id: format!("w-{name}"),
+            description: Some(pb::WorkerDescription {
+                name: name.into(),
+                address: "127.0.0.1".into(),
+                capacity: Some(pb::Resources {
+                    cpu: 4.0,
+                    memory_gb: 7.5,
+                    gpu: 0,
+                }),
+                ..Default::default()
+            }),
+            state: state as i32,
+            last_heartbeat_ms: now_ms(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workers_table_is_aligned_and_plain_without_a_terminal() {
+        let out = workers(
+            &[
+                info("a", pb::WorkerState::Active),
+                info("longer-name", pb::WorkerState::Inactive),
+            ],
+            Style::plain(),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME         ID             STATUS"));
+        assert!(lines[1].contains("Active"));
+        assert!(lines[2].contains("Inactive"));
+        assert_eq!(lines[1].find("w-a"), lines[2].find("w-longer-name"));
+        assert!(lines[1].contains("0/7.5 GB"));
+        assert!(!out.contains('\x1b'));
+    }
+
+    #[test]
+    fn colour_puts_a_dot_before_the_status() {
+        let out = workers(&[info("a", pb::WorkerState::Active)], Style { color: true });
+        assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
     }
 }

@@ -249,6 +249,18 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // A task must not outlive a worker that died without stopping it: nobody would
+        // know about it any more. (Tokio spawns from its long-lived worker threads, so the
+        // parent-death signal fires only when the worker process dies.)
+        // SAFETY: prctl is async-signal-safe and only affects the child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Ok(command)
     }
 

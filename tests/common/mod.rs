@@ -154,8 +154,11 @@ impl Worker {
             .arg(master)
             .arg("--name")
             .arg(name)
-            .arg("--runtime")
-            .arg("none")
+            .args(if args.contains(&"--runtime") {
+                &[][..]
+            } else {
+                &["--runtime", "none"][..]
+            })
             .arg("--work-dir")
             .arg(dir.join(format!("work-{name}")))
             .args(args)
@@ -342,4 +345,126 @@ pub async fn local_worker_pid(master: &Master) -> u32 {
         }
         deadline.wait().await;
     }
+}
+
+/// Submits a process task.
+pub async fn submit(admin: &mut AdminClient<Channel>, command: &str, cpu: f64) -> pb::TaskInfo {
+    submit_spec(
+        admin,
+        pb::TaskSpec {
+            command: command.into(),
+            resources: Some(pb::Resources {
+                cpu,
+                memory_gb: 0.0,
+                gpu: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn submit_spec(admin: &mut AdminClient<Channel>, spec: pb::TaskSpec) -> pb::TaskInfo {
+    admin
+        .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn task(admin: &mut AdminClient<Channel>, id: &str) -> pb::TaskInfo {
+    admin
+        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until task `id` is in `state`, and returns it.
+pub async fn wait_task(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    state: pb::TaskState,
+    deadline: Duration,
+) -> pb::TaskInfo {
+    let deadline = Deadline::new(deadline, format!("task {id} is {state:?}"));
+    loop {
+        let t = task(admin, id).await;
+        if t.state() == state {
+            return t;
+        }
+        let finished = matches!(
+            t.state(),
+            pb::TaskState::Succeeded | pb::TaskState::Failed | pb::TaskState::Cancelled
+        );
+        assert!(
+            !finished,
+            "task {id} ended {:?} ({}), not {state:?}",
+            t.state(),
+            t.reason
+        );
+        deadline.wait().await;
+    }
+}
+
+/// A task's whole output as the master serves it.
+pub async fn logs(admin: &mut AdminClient<Channel>, id: &str, follow: bool) -> String {
+    let mut stream = admin
+        .task_logs(pb::TaskLogsRequest {
+            task_id: id.into(),
+            follow,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        out.extend(chunk.data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs herdctl against `master` and returns (success, stdout, stderr).
+pub fn herdctl(master: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herdctl"))
+        .arg("--master")
+        .arg(master)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herdctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Processes whose process group is `pgid` (zombies excluded).
+pub fn group_members(pgid: i32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After "(comm)": state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Tasks rows in SQLite.
+pub fn db_tasks(conn: &rusqlite::Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap()
 }
