@@ -463,7 +463,7 @@ async fn a_killed_master_loses_no_queued_or_running_task() {
     assert_eq!(queued.state(), pb::TaskState::Queued);
     master.kill9();
 
-    let restarted = Master::start_on(dir.path(), &data, port, FAST);
+    let mut restarted = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = restarted.admin().await;
     let listed: Vec<String> = admin
         .list_tasks(pb::ListTasksRequest::default())
@@ -489,6 +489,16 @@ async fn a_killed_master_loses_no_queued_or_running_task() {
             .await
             .contains("queued ran")
     );
+
+    // Finished tasks keep their output across another restart (read back from SQLite).
+    assert!(restarted.terminate().success());
+    let again = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = again.admin().await;
+    assert_eq!(
+        task(&mut admin, &running.id).await.state(),
+        pb::TaskState::Succeeded
+    );
+    assert_eq!(logs(&mut admin, &running.id, false).await, "survived\n");
 }
 
 /// Container tasks need a working runtime (scripts/setup-podman.sh). CI sets
