@@ -5,5 +5,5 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin herd-master --bin herd-worker
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin herd-master --bin herd-worker --bin herdctl
 exec "$target/release/herd-master" "$@"
