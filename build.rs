@@ -1,9 +1,14 @@
 //! Compiles proto/herd.proto into the one set of generated types that master, worker and
-//! herdctl share. protox parses the proto in pure Rust, so no system protoc is needed.
+//! herdctl share. protox parses the proto in pure Rust, so no system protoc is needed. The
+//! encoded descriptor set is kept too, for gRPC server reflection.
+
+use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["herd.proto"], ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("herd_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

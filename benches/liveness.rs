@@ -83,10 +83,7 @@ async fn run(rounds: usize) {
 }
 
 /// Polls as fast as the Admin service answers until the worker reads Inactive.
-async fn poll_inactive(
-    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
-    name: &str,
-) -> pb::WorkerInfo {
+async fn poll_inactive(admin: &mut Admin, name: &str) -> pb::WorkerInfo {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let info = admin

@@ -19,9 +19,16 @@ use herd::render::Style;
     trailing_var_arg = true
 )]
 struct Cli {
-    /// URL of the master.
+    /// URL of the master (https:// with --ca for TLS).
     #[arg(long, env = "HERD_MASTER", default_value = "http://127.0.0.1:50051")]
     master: String,
+
+    #[command(flatten)]
+    access: herd::config::Access,
+
+    /// Print JSON (stable field names, see README.md) instead of tables.
+    #[arg(long)]
+    json: bool,
 
     /// A command of the REPL grammar, e.g. `workers --all` or `task submit --command 'echo hi'`.
     #[arg(allow_hyphen_values = true)]
@@ -41,8 +48,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let console = match runtime.block_on(async { Console::new(&cli.master, Style::detect()) }) {
-        Ok(console) => console,
+    let console = runtime.block_on(async {
+        let bearer = cli.access.bearer()?;
+        Console::connect(
+            &cli.master,
+            cli.access.ca.as_deref(),
+            bearer,
+            Style::detect(),
+        )
+    });
+    let console = match console {
+        Ok(console) => console.json(cli.json),
         Err(err) => {
             eprintln!("herdctl: {err}");
             return ExitCode::from(2);

@@ -1,8 +1,10 @@
 //! herd-master: gRPC server, worker registry, liveness ticker, SQLite store, and the
 //! `master> ` REPL when stdin is a terminal.
 
+mod metrics;
 mod registry;
 mod scheduler;
+mod server;
 mod service;
 mod store;
 mod tasks;
@@ -20,17 +22,18 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info, warn};
 
+use herd::auth::{Bearer, TOKEN_FILE, master_token};
 use herd::config::MasterConfig;
 use herd::console::Console;
-use herd::pb::admin_server::AdminServer;
-use herd::pb::registry_server::RegistryServer;
 use herd::render::Style;
 use herd::repl;
+use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::metrics::Metrics;
 use crate::registry::{Liveness, Registry, Settings};
+use crate::server::Gate;
 use crate::service::Master;
 use crate::store::Store;
 
@@ -89,6 +92,34 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let db_path = config.data_dir.join("herd.db");
     let (store, loaded) =
         Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
+    let metrics = Metrics::new();
+    let token = if config.insecure {
+        warn!(
+            "--insecure: calls need no token; anyone who reaches this master can run commands on every worker"
+        );
+        None
+    } else {
+        let (token, made) =
+            master_token(config.token.clone(), &config.data_dir).map_err(anyhow::Error::msg)?;
+        let path = config.data_dir.join(TOKEN_FILE);
+        if made {
+            info!(file = %path.display(), "generated the cluster token (mode 0600); workers on other machines need it: --token-file or HERD_TOKEN");
+        } else if config.token.is_none() {
+            info!(file = %path.display(), "cluster token");
+        }
+        Some(token)
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key =
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let registry = Arc::new(Registry::new(
         Settings {
             liveness: Liveness {
@@ -100,6 +131,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
             scheduler: config.scheduler,
         },
         store.clone(),
+        metrics.clone(),
     ));
     let known = loaded.workers.len();
     let known_tasks = loaded.tasks.len();
@@ -125,34 +157,52 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let ticker = ticker::spawn(
         registry.clone(),
         store.clone(),
+        metrics.clone(),
         config.check_interval,
         shutdown_rx.clone(),
     );
     let master = Master {
         registry: registry.clone(),
         store: store.clone(),
+        metrics: metrics.clone(),
+        handshake_timeout: config.heartbeat_timeout,
     };
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(RegistryServer::new(master.clone()))
-            .add_service(AdminServer::new(master))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = server_shutdown.changed().await;
-            }),
-    );
+    let gate = Gate::new(token.clone());
+    let server = server::serve_tcp(
+        listener,
+        tls,
+        master.clone(),
+        gate.clone(),
+        shutdown_rx.clone(),
+    )
+    .await?;
+    let metrics_server = config.metrics_listen.map(|addr| {
+        tokio::spawn(metrics::serve(
+            addr,
+            metrics.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
 
-    let url = format!("http://{}", reachable(addr));
+    let url = format!("{scheme}://{}", reachable(addr));
     let mut local_worker = if config.local_worker {
-        Some(start_local_worker(&url, &config.data_dir)?)
+        let ca = config.tls_cert.as_deref();
+        Some(start_local_worker(
+            &url,
+            ca,
+            token.as_deref(),
+            &config.data_dir,
+        )?)
     } else {
         None
     };
 
     let repl_done = if interactive {
         let (done_tx, done_rx) = oneshot::channel();
-        let console = Console::new(&url, Style::detect()).map_err(anyhow::Error::msg)?;
+        let channel = server::in_process(master, gate, shutdown_rx.clone());
+        let bearer = Bearer::new(token.as_deref()).map_err(anyhow::Error::msg)?;
+        let console = Console::new(channel, bearer, &url, Style::detect());
         let history = config.data_dir.join("history");
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -182,6 +232,13 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         Err(_) => warn!("the gRPC server did not stop within 5s"),
     }
     let _ = ticker.await;
+    if let Some(metrics_server) = metrics_server {
+        match metrics_server.await {
+            Ok(Err(err)) => warn!(%err, "the metrics server failed"),
+            Err(err) => warn!(%err, "the metrics server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     info!("herd-master stopped");
     Ok(())
 }
@@ -228,7 +285,12 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 
 /// Starts `herd-worker` from beside this binary. It dies with the master (even on kill -9,
 /// through the parent-death signal), and logs to `<data-dir>/local-worker.log`.
-fn start_local_worker(url: &str, data_dir: &Path) -> anyhow::Result<Child> {
+fn start_local_worker(
+    url: &str,
+    ca: Option<&Path>,
+    token: Option<&str>,
+    data_dir: &Path,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?.with_file_name("herd-worker");
     if !exe.exists() {
         bail!(
@@ -244,10 +306,18 @@ fn start_local_worker(url: &str, data_dir: &Path) -> anyhow::Result<Child> {
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let mut command = Command::new(&exe);
+    command.arg("--master").arg(url);
+    if let Some(ca) = ca {
+        // The master's own certificate is the anchor the local worker trusts.
+        command.arg("--ca").arg(ca);
+    }
+    match token {
+        Some(token) => command.env("HERD_TOKEN", token),
+        None => command.env_remove("HERD_TOKEN"),
+    };
     command
-        .arg("--master")
-        .arg(url)
         .env_remove("HERD_MASTER")
+        .env_remove("HERD_TOKEN_FILE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -8,21 +8,22 @@
 //! store thread as they happen, without waiting for the commit.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use herd::config::SchedulerKind;
-use herd::domain::{Resources, TaskSpec, TaskState, WorkerSpec, WorkerState};
+use herd::domain::{MAX_OUTPUT_CHUNK, Resources, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 use herd::time::now_ms;
 
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Candidate, Request, Scheduler};
 use crate::store::{Store, Write};
 use crate::tasks::{Output, Task};
@@ -74,6 +75,8 @@ pub struct WorkerRecord {
     pub registered_at_ms: i64,
     pub last_heartbeat_ms: i64,
     pub state: WorkerState,
+    /// No new tasks go here.
+    pub draining: bool,
 }
 
 /// The columns the ticker keeps in sync.
@@ -103,6 +106,8 @@ struct Session {
     outbound: Outbound,
     /// Ends the stream with the given status (removed, replaced, master stopping).
     end: oneshot::Sender<Status>,
+    /// Highest heartbeat sequence seen on this stream; older ones are replays.
+    last_sequence: u64,
 }
 
 struct Entry {
@@ -124,6 +129,8 @@ struct Entry {
     allocated: Resources,
     /// Tasks placed here (assigned or running).
     tasks: BTreeSet<String>,
+    /// An operator drained it: running tasks finish, no new ones come.
+    draining: bool,
 }
 
 impl Entry {
@@ -146,6 +153,15 @@ impl Entry {
             dirty: true,
             allocated: Resources::default(),
             tasks: BTreeSet::new(),
+            draining: false,
+        }
+    }
+
+    /// The status word views show: liveness, with Draining over Active.
+    fn shown(&self, liveness: &Liveness, now: Instant) -> pb::WorkerState {
+        match liveness.state(&self.presence, now) {
+            WorkerState::Active if self.draining => pb::WorkerState::Draining,
+            state => state.into(),
         }
     }
 
@@ -153,7 +169,7 @@ impl Entry {
         pb::WorkerInfo {
             id: self.id.clone(),
             description: Some((&self.spec).into()),
-            state: pb::WorkerState::from(liveness.state(&self.presence, now)) as i32,
+            state: self.shown(liveness, now) as i32,
             last_heartbeat_ms: self.last_heartbeat_ms,
             registered_at_ms: self.registered_at_ms,
             usage: Some(self.usage),
@@ -214,6 +230,7 @@ struct Inner {
     queue: VecDeque<String>,
     next_task: u64,
     scheduler: Box<dyn Scheduler>,
+    metrics: Arc<Metrics>,
 }
 
 /// The registry. Cheap to share behind an `Arc`.
@@ -248,6 +265,15 @@ pub struct TickOutcome {
     pub removed: Vec<String>,
 }
 
+/// Counts of workers and tasks by state.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub workers: Vec<(&'static str, usize)>,
+    pub tasks: Vec<(&'static str, usize)>,
+    pub queued: usize,
+    pub scheduler: SchedulerKind,
+}
+
 /// A piece of a task's output.
 pub enum Logs {
     /// Output after the asked offset, the next offset, and whether the task has ended.
@@ -261,7 +287,7 @@ pub enum Logs {
 }
 
 impl Registry {
-    pub fn new(settings: Settings, store: Store) -> Registry {
+    pub fn new(settings: Settings, store: Store, metrics: Arc<Metrics>) -> Registry {
         Registry {
             heartbeat_interval: settings.heartbeat_interval,
             inner: Mutex::new(Inner {
@@ -275,6 +301,7 @@ impl Registry {
                 queue: VecDeque::new(),
                 next_task: 1,
                 scheduler: scheduler::new(settings.scheduler),
+                metrics,
             }),
         }
     }
@@ -305,6 +332,7 @@ impl Registry {
             entry.registered_at_ms = r.registered_at_ms;
             entry.last_heartbeat_ms = r.last_heartbeat_ms;
             entry.presence.removed = removed;
+            entry.draining = r.draining;
             entry.recorded = recorded;
             // Loaded workers were possibly Active in SQLite: write Inactive back.
             entry.dirty = r.state != recorded;
@@ -322,6 +350,7 @@ impl Registry {
                         add(&mut entry.allocated, task.spec.resources);
                         entry.tasks.insert(id.clone());
                         task.assigned_at = Some(now);
+                        task.holders.push(worker.clone());
                     }
                     _ => {
                         task.state = TaskState::Queued;
@@ -398,6 +427,7 @@ impl Registry {
             generation,
             outbound,
             end: end_tx,
+            last_sequence: first.sequence,
         }) {
             warn!(worker = %entry.spec.name, id = %entry.id,
                   "a new heartbeat stream replaced an open one (two processes with one name?)");
@@ -432,6 +462,19 @@ impl Registry {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.check_session(worker_id, generation, now)?;
+        let liveness = inner.settings.liveness;
+        let entry = inner.workers.get_mut(worker_id).expect("checked");
+        let session = entry.session.as_mut().expect("checked");
+        if hb.sequence <= session.last_sequence {
+            // A replayed or reordered heartbeat: it proves the worker is alive, but its
+            // view of tasks may be stale, so nothing else is taken from it.
+            debug!(worker = %entry.spec.name, sequence = hb.sequence,
+                   last = session.last_sequence, "out-of-order heartbeat");
+            entry.presence.last_seen = now;
+            entry.observe(&liveness, now, "heartbeat received again");
+            return Ok(Vec::new());
+        }
+        session.last_sequence = hb.sequence;
         let was_active = inner.workers[worker_id].recorded == WorkerState::Active;
         let acked = inner.heartbeat(worker_id, hb, now, "heartbeat received again");
         if !was_active || !acked.is_empty() {
@@ -450,6 +493,7 @@ impl Registry {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.check_session(worker_id, generation, now)?;
+        inner.may_speak_for(worker_id, &update.task_id)?;
         if inner.task_update(worker_id, update) {
             inner.schedule(now);
         }
@@ -466,6 +510,13 @@ impl Registry {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.check_session(worker_id, generation, now)?;
+        inner.may_speak_for(worker_id, &output.task_id)?;
+        if output.data.len() > MAX_OUTPUT_CHUNK {
+            return Err(Error::invalid(format!(
+                "an output chunk of {} bytes; at most {MAX_OUTPUT_CHUNK} are allowed",
+                output.data.len()
+            )));
+        }
         if let Some(task) = inner.tasks.get_mut(&output.task_id)
             && task.worker_id.as_deref() == Some(worker_id)
             && task.attempts == output.attempt
@@ -563,20 +614,8 @@ impl Registry {
     pub fn get(&self, id_or_name: &str) -> Result<pb::WorkerInfo, Error> {
         let now = Instant::now();
         let inner = self.lock();
-        let id = inner
-            .by_name
-            .get(id_or_name)
-            .map(String::as_str)
-            .unwrap_or(id_or_name);
-        inner
-            .workers
-            .get(id)
-            .map(|e| e.info(&inner.settings.liveness, now))
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "no worker with id or name '{id_or_name}': 'workers --all' lists them"
-                ))
-            })
+        let id = inner.resolve(id_or_name)?;
+        Ok(inner.workers[&id].info(&inner.settings.liveness, now))
     }
 
     /// Ends every open stream (the master is stopping).
@@ -610,6 +649,7 @@ impl Registry {
             assigned_at: None,
             cancel_requested: false,
             output: Some(Output::default()),
+            holders: Vec::new(),
         }
     }
 
@@ -696,6 +736,54 @@ impl Registry {
         })
     }
 
+    /// Drains (or undrains) a worker by id or name; returns the record to store.
+    pub fn drain(&self, id_or_name: &str, drain: bool) -> Result<WorkerRecord, Error> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let id = inner.resolve(id_or_name)?;
+        let entry = inner.workers.get_mut(&id).expect("resolved");
+        if entry.draining != drain {
+            entry.draining = drain;
+            info!(worker = %entry.spec.name, %id, draining = drain,
+                  "{}", if drain { "worker draining" } else { "worker undrained" });
+        }
+        let record = record_of(entry);
+        if !drain {
+            inner.schedule(now);
+        }
+        Ok(record)
+    }
+
+    /// Counts for `status` and metrics.
+    pub fn summary(&self) -> Summary {
+        let now = Instant::now();
+        let inner = self.lock();
+        let liveness = inner.settings.liveness;
+        let mut summary = Summary {
+            scheduler: inner.scheduler.kind(),
+            queued: inner.queue.len(),
+            ..Default::default()
+        };
+        for state in [
+            pb::WorkerState::Active,
+            pb::WorkerState::Draining,
+            pb::WorkerState::Inactive,
+            pb::WorkerState::Removed,
+        ] {
+            let n = inner
+                .workers
+                .values()
+                .filter(|w| w.shown(&liveness, now) == state)
+                .count();
+            summary.workers.push((herd::render::state_word(state), n));
+        }
+        for state in TaskState::ALL {
+            let n = inner.tasks.values().filter(|t| t.state == state).count();
+            summary.tasks.push((state.as_str(), n));
+        }
+        summary
+    }
+
     /// The current policy, after switching to `to` when given.
     pub fn scheduler(&self, to: Option<SchedulerKind>) -> SchedulerKind {
         let mut inner = self.lock();
@@ -711,6 +799,21 @@ impl Registry {
 }
 
 impl Inner {
+    fn resolve(&self, id_or_name: &str) -> Result<String, Error> {
+        let id = self
+            .by_name
+            .get(id_or_name)
+            .map(String::as_str)
+            .unwrap_or(id_or_name);
+        if self.workers.contains_key(id) {
+            Ok(id.to_string())
+        } else {
+            Err(Error::not_found(format!(
+                "no worker with id or name '{id_or_name}': 'workers --all' lists them"
+            )))
+        }
+    }
+
     fn add_worker(&mut self, entry: Entry) {
         let id = entry.id.clone();
         let name = entry.spec.name.clone();
@@ -720,6 +823,16 @@ impl Inner {
         self.order.insert(at, id.clone());
         self.by_name.insert(name, id.clone());
         self.workers.insert(id, entry);
+    }
+
+    /// A worker may report only on tasks it holds or held.
+    fn may_speak_for(&self, worker_id: &str, task_id: &str) -> Result<(), Error> {
+        match self.tasks.get(task_id) {
+            Some(task) if task.holders.iter().any(|h| h == worker_id) => Ok(()),
+            _ => Err(Error::PermissionDenied(format!(
+                "task '{task_id}' was never assigned to worker {worker_id}"
+            ))),
+        }
     }
 
     /// The stream must be the worker's current one, and the worker not Removed.
@@ -763,7 +876,11 @@ impl Inner {
 
         let mut acked = Vec::with_capacity(hb.finished.len());
         for update in &hb.finished {
-            self.task_update(worker_id, update);
+            // Results of tasks this worker never held are acknowledged and ignored, so a
+            // worker cannot be stuck repeating them (e.g. after the master lost state).
+            if self.may_speak_for(worker_id, &update.task_id).is_ok() {
+                self.task_update(worker_id, update);
+            }
             acked.push(update.task_id.clone());
         }
         if hb.running_task_ids.is_empty() && self.workers[worker_id].tasks.is_empty() {
@@ -939,6 +1056,12 @@ impl Inner {
         if self.queue.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
+        self.schedule_queue(now);
+        Metrics::observe(&self.metrics.scheduling, started.elapsed());
+    }
+
+    fn schedule_queue(&mut self, now: Instant) {
         let liveness = self.settings.liveness;
         let mut candidates: Vec<Candidate> = self
             .order
@@ -949,7 +1072,8 @@ impl Inner {
                     capacity: w.spec.capacity,
                     allocated: w.allocated,
                     cpu_percent: w.usage.cpu_percent,
-                    schedulable: liveness.state(&w.presence, now) == WorkerState::Active,
+                    schedulable: !w.draining
+                        && liveness.state(&w.presence, now) == WorkerState::Active,
                     has_runtime: w.spec.runtime.is_some(),
                 }
             })
@@ -1003,6 +1127,9 @@ impl Inner {
             return false;
         }
         task.attempts = attempt;
+        if !task.holders.iter().any(|h| h == worker_id) {
+            task.holders.push(worker_id.to_string());
+        }
         task.state = TaskState::Assigned;
         task.worker_id = Some(worker_id.to_string());
         task.assigned_at = Some(now);
@@ -1059,6 +1186,7 @@ fn record_of(entry: &Entry) -> WorkerRecord {
         registered_at_ms: entry.registered_at_ms,
         last_heartbeat_ms: entry.last_heartbeat_ms,
         state: entry.recorded,
+        draining: entry.draining,
     }
 }
 
@@ -1112,6 +1240,7 @@ mod tests {
                 scheduler: SchedulerKind::ResourceAware,
             },
             Store::memory(),
+            Metrics::new(),
         )
     }
 
@@ -1233,6 +1362,7 @@ mod tests {
                 registered_at_ms: 1,
                 last_heartbeat_ms: 1, // long, long ago
                 state: WorkerState::Active,
+                draining: false,
             }],
             Vec::new(),
         );

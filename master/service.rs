@@ -17,12 +17,11 @@ use herd::domain::{TaskSpec, TaskState, WorkerSpec};
 use herd::pb;
 use herd::pb::worker_message::Body;
 
+use crate::metrics::Metrics;
 use crate::registry::{Logs, Registry};
 use crate::store::{Store, Write};
 use crate::tasks::Task;
 
-/// How long a new stream may wait before sending its first heartbeat.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
 /// assignments wait for the next scheduling pass.
 const OUTBOUND_CAPACITY: usize = 1024;
@@ -34,6 +33,10 @@ const FOLLOW_PERIOD: Duration = Duration::from_millis(200);
 pub struct Master {
     pub registry: Arc<Registry>,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// How long a new stream may stay silent before its first heartbeat: a worker sends
+    /// it at once, and one that cannot would be Inactive anyway.
+    pub handshake_timeout: Duration,
 }
 
 #[tonic::async_trait]
@@ -66,11 +69,13 @@ impl pb::registry_server::Registry for Master {
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await {
+        let first = match tokio::time::timeout(self.handshake_timeout, inbound.message()).await {
             Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no heartbeat within 10s of opening the stream",
-                ));
+                debug!(?peer, "a heartbeat stream stayed silent; closed");
+                return Err(Status::deadline_exceeded(format!(
+                    "no heartbeat within {:?} of opening the stream",
+                    self.handshake_timeout
+                )));
             }
             Ok(Err(status)) => return Err(status),
             Ok(Ok(None)) => {
@@ -90,6 +95,8 @@ impl pb::registry_server::Registry for Master {
         debug!(id = %first.worker_id, ?peer, "heartbeat stream accepted");
         let _ = tx.try_send(Ok(ack(first.sequence, accepted.acked)));
         let registry = self.registry.clone();
+        let metrics = self.metrics.clone();
+        metrics.heartbeats.inc();
         tokio::spawn(async move {
             let id = first.worker_id;
             let generation = accepted.generation;
@@ -116,6 +123,9 @@ impl pb::registry_server::Registry for Master {
                 let handled = match body {
                     Body::Heartbeat(hb) => registry
                         .heartbeat(&id, generation, &hb)
+                        .inspect(|_| {
+                            metrics.heartbeats.inc();
+                        })
                         // An acknowledgement may be dropped when the worker reads slowly;
                         // the next one will do (finished tasks are repeated until acked).
                         .map(|acked| drop(tx.try_send(Ok(ack(hb.sequence, acked))))),
@@ -278,10 +288,51 @@ impl pb::admin_server::Admin for Master {
         };
         let kind = self.registry.scheduler(to);
         Ok(Response::new(pb::SchedulerResponse {
-            name: kind
-                .to_possible_value()
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default(),
+            name: scheduler_name(kind),
         }))
     }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::WorkerInfo>, Status> {
+        let pb::DrainRequest { worker, drain } = request.into_inner();
+        let record = self.registry.drain(&worker, drain)?;
+        let id = record.id.clone();
+        // Acknowledged only once stored: a drain survives a restart.
+        self.store
+            .write(Write::Draining {
+                id: record.id,
+                draining: drain,
+            })
+            .await?;
+        Ok(Response::new(self.registry.get(&id)?))
+    }
+
+    async fn summary(
+        &self,
+        _request: Request<pb::SummaryRequest>,
+    ) -> Result<Response<pb::ClusterSummary>, Status> {
+        let summary = self.registry.summary();
+        let counts = |list: Vec<(&str, usize)>| {
+            list.into_iter()
+                .map(|(state, n)| pb::StateCount {
+                    state: state.to_string(),
+                    count: n as u32,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ClusterSummary {
+            workers: counts(summary.workers),
+            tasks: counts(summary.tasks),
+            queue_length: summary.queued as u32,
+            scheduler: scheduler_name(summary.scheduler),
+        }))
+    }
+}
+
+fn scheduler_name(kind: SchedulerKind) -> String {
+    kind.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }

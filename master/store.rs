@@ -59,6 +59,8 @@ const MIGRATIONS: &[&str] = &[
         output_total INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX tasks_by_state ON tasks(state);",
+    // 3: drain survives restarts
+    "ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A write the store thread performs.
@@ -67,6 +69,8 @@ pub enum Write {
     Worker(WorkerRecord),
     /// The liveness columns of many workers (one tick).
     Liveness(Vec<LivenessRow>),
+    /// Whether a worker is drained.
+    Draining { id: String, draining: bool },
     /// Insert or update a task (everything but its output).
     Task(Box<Task>),
     /// The output a finished task left (its last MAX_LOG_BYTES) and its whole length.
@@ -196,7 +200,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT id, name, host, address, version, cpu, memory_gb, gpu, labels,
-                container_runtime, last_heartbeat, state, registered_at
+                container_runtime, last_heartbeat, state, registered_at, draining
          FROM workers ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -218,17 +222,19 @@ fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, i64>(10)?,
             r.get::<_, String>(11)?,
             r.get::<_, i64>(12)?,
+            r.get::<_, bool>(13)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, spec, last_heartbeat_ms, state, registered_at_ms) = row?;
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining) = row?;
         out.push(WorkerRecord {
             id,
             spec,
             registered_at_ms,
             last_heartbeat_ms,
             state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
+            draining,
         });
     }
     Ok(out)
@@ -325,6 +331,7 @@ fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
             assigned_at: None,
             cancel_requested: false,
             output: None,
+            holders: Vec::new(),
         })
     })?;
     let mut tasks = Vec::new();
@@ -404,6 +411,10 @@ fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) ->
                     t.finished_ms,
                 ])?;
             }
+            Write::Draining { id, draining } => {
+                tx.prepare_cached("UPDATE workers SET draining = ?2 WHERE id = ?1")?
+                    .execute(params![id, draining])?;
+            }
             Write::TaskOutput { id, output, total } => {
                 tx.prepare_cached("UPDATE tasks SET output = ?2, output_total = ?3 WHERE id = ?1")?
                     .execute(params![id, output, *total as i64])?;
@@ -464,6 +475,7 @@ mod tests {
             registered_at_ms: 10,
             last_heartbeat_ms: 0,
             state: WorkerState::Inactive,
+            draining: false,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct Task {
     pub cancel_requested: bool,
     /// Output kept in memory; `None` when it lives only in SQLite (loaded at start).
     pub output: Option<Output>,
+    /// Workers that held an attempt of this task (they may report on it).
+    pub holders: Vec<String>,
 }
 
 impl Task {

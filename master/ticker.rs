@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, Write};
 
@@ -17,6 +18,7 @@ use crate::store::{Store, Write};
 pub fn spawn(
     registry: Arc<Registry>,
     store: Store,
+    metrics: Arc<Metrics>,
     period: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -25,9 +27,9 @@ pub fn spawn(
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&registry, &store).await,
+                _ = interval.tick() => tick(&registry, &store, &metrics).await,
                 _ = shutdown.changed() => {
-                    tick(&registry, &store).await;
+                    tick(&registry, &store, &metrics).await;
                     break;
                 }
             }
@@ -36,13 +38,16 @@ pub fn spawn(
 }
 
 /// One tick: apply the rule, flush the dirty rows. A failed flush is retried next tick.
-pub async fn tick(registry: &Registry, store: &Store) {
+pub async fn tick(registry: &Registry, store: &Store, metrics: &Metrics) {
     let outcome = registry.tick(Instant::now());
     if outcome.rows.is_empty() {
         return;
     }
     let ids: Vec<String> = outcome.rows.iter().map(|r| r.id.clone()).collect();
-    if let Err(err) = store.write(Write::Liveness(outcome.rows)).await {
+    let started = std::time::Instant::now();
+    let flushed = store.write(Write::Liveness(outcome.rows)).await;
+    Metrics::observe(&metrics.flush, started.elapsed());
+    if let Err(err) = flushed {
         warn!(%err, rows = ids.len(), "liveness flush failed; retrying next tick");
         registry.mark_dirty(ids);
     }

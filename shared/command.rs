@@ -22,6 +22,9 @@ commands:
   task cancel <id>                    stop a task (its whole process group or container)
   scheduler [round-robin|resource-aware]
                                       show or switch the placement policy
+  drain <id|name>                     no new tasks on a worker; running ones finish
+  undrain <id|name>                   take new tasks again
+  status                              cluster at a glance, refreshed every 2s until a key
   help                                this text
   exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)";
 
@@ -55,6 +58,12 @@ pub enum Command {
         #[arg(value_enum)]
         name: Option<SchedulerKind>,
     },
+    /// Stop placing new tasks on a worker.
+    Drain { worker: String },
+    /// Place new tasks on a worker again.
+    Undrain { worker: String },
+    /// Workers and tasks by state, refreshed until a key is pressed.
+    Status,
     /// List the commands.
     Help,
     /// Leave.

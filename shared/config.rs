@@ -10,9 +10,10 @@ use clap::{Args, ValueEnum};
 use crate::time::parse_duration;
 
 /// Which placement policy the scheduler uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum SchedulerKind {
     RoundRobin,
+    #[default]
     ResourceAware,
 }
 
@@ -63,6 +64,28 @@ pub struct MasterConfig {
     /// Run without the interactive REPL (also the case when stdin is not a terminal).
     #[arg(long)]
     pub no_repl: bool,
+
+    /// Cluster token every call must carry (default: generated once, kept in
+    /// <data-dir>/token).
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Accept calls without a token. Anyone who reaches the master can then run commands
+    /// on every worker.
+    #[arg(long, env = "HERD_INSECURE")]
+    pub insecure: bool,
+
+    /// TLS certificate (PEM) for the gRPC server; needs --tls-key.
+    #[arg(long, env = "HERD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the gRPC server; needs --tls-cert.
+    #[arg(long, env = "HERD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "HERD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl MasterConfig {
@@ -122,6 +145,33 @@ pub struct WorkerConfig {
     /// Labels, `key=value`, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub access: Access,
+}
+
+/// How a client authenticates to the master and checks who it talks to.
+#[derive(Debug, Clone, Args)]
+pub struct Access {
+    /// Cluster token (default: the master's <data-dir>/token when on the master's machine).
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the cluster token.
+    #[arg(long, env = "HERD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) to check the master's TLS certificate (with an https:// URL).
+    #[arg(long, env = "HERD_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Access {
+    /// The token to present, found as [`crate::auth::resolve_token`] says.
+    pub fn bearer(&self) -> Result<crate::auth::Bearer, String> {
+        let token = crate::auth::resolve_token(self.token.clone(), self.token_file.clone())?;
+        crate::auth::Bearer::new(token.as_deref())
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

@@ -2,16 +2,18 @@
 //! The master's own REPL and herdctl both go through here, over gRPC, so they always show
 //! the same thing.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::auth::Bearer;
+use crate::client::{Authed, endpoint};
 use crate::command::{Command, HELP, TaskCommand};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
-use crate::render::{self, Style};
+use crate::render::{self, Style, json};
 
 /// What to do after a command.
 #[derive(Debug, PartialEq)]
@@ -23,23 +25,50 @@ pub enum Flow {
 
 /// A connection to one master's Admin service.
 pub struct Console {
-    admin: AdminClient<Channel>,
+    admin: AdminClient<Authed>,
+    /// Where the master is, for messages.
     url: String,
     style: Style,
+    /// Print stable JSON instead of tables (`herdctl --json`).
+    json: bool,
+    /// A person watches: `status` refreshes until a key is pressed.
+    live: bool,
 }
 
 impl Console {
-    /// A console for the master at `url`; the connection is made on first use.
-    pub fn new(url: &str, style: Style) -> Result<Console, String> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("'{url}' is not a master URL ({e}): use http://HOST:PORT"))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
-        Ok(Console {
-            admin: AdminClient::new(endpoint.connect_lazy()),
+    /// A console over an existing channel (`url` only names the master in messages).
+    pub fn new(channel: Channel, token: Bearer, url: &str, style: Style) -> Console {
+        let admin = AdminClient::with_interceptor(channel, token)
+            .max_decoding_message_size(crate::domain::MAX_MESSAGE_BYTES);
+        Console {
+            admin,
             url: url.to_string(),
             style,
-        })
+            json: false,
+            live: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// Answers in JSON (see README.md for the field names).
+    pub fn json(mut self, json: bool) -> Console {
+        self.json = json;
+        self
+    }
+
+    /// A console for the master at `url`; the connection is made on first use.
+    pub fn connect(
+        url: &str,
+        ca: Option<&std::path::Path>,
+        token: Bearer,
+        style: Style,
+    ) -> Result<Console, String> {
+        let channel = endpoint(url, ca)?.connect_lazy();
+        Ok(Console::new(channel, token, url, style))
+    }
+
+    /// The Admin client, for callers that need more than the grammar (completion).
+    pub fn admin(&mut self) -> &mut AdminClient<Authed> {
+        &mut self.admin
     }
 
     /// Runs one command, writing what it shows to `out`. Errors come back as one line a
@@ -56,7 +85,11 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .workers;
-                render::workers(&list, self.style)
+                if self.json {
+                    json::workers(&list).to_string()
+                } else {
+                    render::workers(&list, self.style)
+                }
             }
             Command::Worker { worker } => {
                 let info = self
@@ -65,8 +98,11 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                render::worker(&info, self.style)
+                self.show_worker(&info)
             }
+            Command::Drain { worker } => self.drain(worker, true).await?,
+            Command::Undrain { worker } => self.drain(worker, false).await?,
+            Command::Status => return self.status(out).await,
             Command::Tasks { state } => {
                 let state = state.map(pb::TaskState::from).unwrap_or_default() as i32;
                 let list = self
@@ -76,7 +112,11 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .tasks;
-                render::tasks(&list)
+                if self.json {
+                    json::tasks(&list).to_string()
+                } else {
+                    render::tasks(&list)
+                }
             }
             Command::Scheduler { name } => {
                 let name = name
@@ -91,7 +131,9 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .name;
-                if changed {
+                if self.json {
+                    serde_json::json!({ "scheduler": now }).to_string()
+                } else if changed {
                     format!("scheduler: {now} (switched)")
                 } else {
                     format!("scheduler: {now}")
@@ -129,7 +171,11 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                render::submitted(&info)
+                if self.json {
+                    json::task(&info).to_string()
+                } else {
+                    render::submitted(&info)
+                }
             }
             TaskCommand::Status { id } => {
                 let info = self
@@ -138,7 +184,11 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                render::task(&info)
+                if self.json {
+                    json::task(&info).to_string()
+                } else {
+                    render::task(&info)
+                }
             }
             TaskCommand::Cancel { id } => {
                 let info = self
@@ -148,11 +198,13 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner();
                 match info.state() {
+                    _ if self.json => json::task(&info).to_string(),
                     pb::TaskState::Cancelled => format!("{} cancelled", info.id),
                     _ => format!("{} cancelling: its worker was told to stop it", info.id),
                 }
             }
             TaskCommand::Logs { id, follow } => {
+                let id_for_json = id.clone();
                 let mut stream = self
                     .admin
                     .task_logs(pb::TaskLogsRequest {
@@ -162,6 +214,18 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
+                if self.json && !follow {
+                    let mut data = Vec::new();
+                    while let Some(chunk) = stream.message().await.map_err(|s| self.explain(s))? {
+                        data.extend(chunk.data);
+                    }
+                    let text = serde_json::json!({
+                        "id": id_for_json,
+                        "output": String::from_utf8_lossy(&data),
+                    });
+                    writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+                    return Ok(Flow::Continue);
+                }
                 let mut last = b'\n';
                 while let Some(chunk) = stream.message().await.map_err(|s| self.explain(s))? {
                     out.write_all(&chunk.data)
@@ -179,8 +243,80 @@ impl Console {
         Ok(Flow::Continue)
     }
 
+    async fn drain(&mut self, worker: String, drain: bool) -> Result<String, String> {
+        let info = self
+            .admin
+            .drain(pb::DrainRequest { worker, drain })
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner();
+        if self.json {
+            return Ok(json::worker(&info).to_string());
+        }
+        let name = info.description.map(|d| d.name).unwrap_or_default();
+        Ok(if drain {
+            format!("{name} draining: running tasks finish, no new ones start")
+        } else {
+            format!("{name} takes new tasks again")
+        })
+    }
+
+    fn show_worker(&self, info: &pb::WorkerInfo) -> String {
+        if self.json {
+            json::worker(info).to_string()
+        } else {
+            render::worker(info, self.style)
+        }
+    }
+
+    /// `status`: once, or (for a person at a terminal) every 2 s until a key is pressed.
+    async fn status(&mut self, out: &mut dyn Write) -> Result<Flow, String> {
+        loop {
+            let summary = self
+                .admin
+                .summary(pb::SummaryRequest {})
+                .await
+                .map_err(|s| self.explain(s))?
+                .into_inner();
+            let live = self.live && !self.json;
+            let text = if self.json {
+                json::summary(&summary).to_string()
+            } else {
+                render::summary(&summary, self.style)
+            };
+            let shown = if live {
+                // Clear the screen, then the view and how to leave it.
+                format!(
+                    "\x1b[2J\x1b[H{text}\n\n(refreshing every 2s at {}; press any key to stop)",
+                    self.url
+                )
+            } else {
+                text
+            };
+            writeln!(out, "{shown}")
+                .and_then(|_| out.flush())
+                .map_err(|e| format!("error: cannot write: {e}"))?;
+            if !live {
+                return Ok(Flow::Continue);
+            }
+            let pressed = tokio::task::spawn_blocking(|| {
+                crate::terminal::key_pressed_within(Duration::from_secs(2))
+            })
+            .await
+            .unwrap_or(true);
+            if pressed {
+                return Ok(Flow::Continue);
+            }
+        }
+    }
+
     fn explain(&self, status: Status) -> String {
         match status.code() {
+            Code::Unauthenticated => format!(
+                "error: the master at {} refused the call: {}",
+                self.url,
+                status.message()
+            ),
             Code::Unavailable => format!(
                 "error: cannot reach the master at {}: {} (is herd-master running?)",
                 self.url,

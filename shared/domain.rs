@@ -315,6 +315,11 @@ mod tests {
 pub const MAX_COMMAND_LEN: usize = 64 * 1024;
 /// Longest container image reference accepted.
 pub const MAX_IMAGE_LEN: usize = 512;
+/// Largest gRPC message accepted by any herd program.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest piece of task output in one message.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
 /// Output kept per task (the most recent bytes); older output is dropped.
 pub const MAX_LOG_BYTES: usize = 1024 * 1024;
 

@@ -412,3 +412,109 @@ mod tests {
         assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
     }
 }
+
+/// Stable JSON shapes for `herdctl --json` (documented in README.md). Field names never
+/// change meaning; new fields may be added.
+pub mod json {
+    use serde_json::{Value, json};
+
+    use super::{state_word, task_state_word};
+    use crate::pb;
+
+    pub fn worker(w: &pb::WorkerInfo) -> Value {
+        let d = w.description.clone().unwrap_or_default();
+        let cap = d.capacity.unwrap_or_default();
+        let used = w.allocated.unwrap_or_default();
+        let usage = w.usage.unwrap_or_default();
+        json!({
+            "id": w.id,
+            "name": d.name,
+            "status": state_word(w.state()),
+            "host": d.host,
+            "address": d.address,
+            "version": d.version,
+            "runtime": d.container_runtime,
+            "labels": d.labels,
+            "cpu": {"allocated": used.cpu, "total": cap.cpu, "usage_percent": usage.cpu_percent},
+            "memory_gb": {"allocated": used.memory_gb, "total": cap.memory_gb, "in_use": usage.memory_used_gb},
+            "gpu": {"allocated": used.gpu, "total": cap.gpu},
+            "tasks": w.running_task_ids,
+            "connected": w.connected,
+            "last_heartbeat_ms": w.last_heartbeat_ms,
+            "registered_at_ms": w.registered_at_ms,
+        })
+    }
+
+    pub fn workers(list: &[pb::WorkerInfo]) -> Value {
+        Value::Array(list.iter().map(worker).collect())
+    }
+
+    pub fn task(t: &pb::TaskInfo) -> Value {
+        let spec = t.spec.clone().unwrap_or_default();
+        let r = spec.resources.unwrap_or_default();
+        json!({
+            "id": t.id,
+            "name": spec.name,
+            "state": task_state_word(t.state()),
+            "image": spec.image,
+            "command": spec.command,
+            "cpu": r.cpu,
+            "memory_gb": r.memory_gb,
+            "gpu": r.gpu,
+            "worker_id": t.worker_id,
+            "worker_name": t.worker_name,
+            "attempts": t.attempts,
+            "exit_code": t.exit_code,
+            "reason": t.reason,
+            "submitted_ms": t.submitted_ms,
+            "started_ms": t.started_ms,
+            "finished_ms": t.finished_ms,
+        })
+    }
+
+    pub fn tasks(list: &[pb::TaskInfo]) -> Value {
+        Value::Array(list.iter().map(task).collect())
+    }
+
+    pub fn summary(s: &pb::ClusterSummary) -> Value {
+        let counts = |list: &[pb::StateCount]| {
+            list.iter()
+                .map(|c| (c.state.clone(), Value::from(c.count)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        json!({
+            "workers": counts(&s.workers),
+            "tasks": counts(&s.tasks),
+            "queue_length": s.queue_length,
+            "scheduler": s.scheduler,
+        })
+    }
+}
+
+/// The `status` view: counts of workers and tasks by state, and the queue.
+pub fn summary(s: &pb::ClusterSummary, style: Style) -> String {
+    let mut out = String::new();
+    let workers: Vec<String> = s
+        .workers
+        .iter()
+        .map(|c| {
+            let state = match c.state.as_str() {
+                "Active" => pb::WorkerState::Active,
+                "Draining" => pb::WorkerState::Draining,
+                "Inactive" => pb::WorkerState::Inactive,
+                _ => pb::WorkerState::Removed,
+            };
+            format!("{} {}", style.state(state).text, c.count)
+        })
+        .collect();
+    let tasks: Vec<String> = s
+        .tasks
+        .iter()
+        .map(|c| format!("{} {}", c.state, c.count))
+        .collect();
+    let _ = writeln!(out, "workers:    {}", workers.join("   "));
+    let _ = writeln!(out, "tasks:      {}", tasks.join("   "));
+    let _ = writeln!(out, "queue:      {} waiting", s.queue_length);
+    let _ = write!(out, "scheduler:  {}", s.scheduler);
+    out
+}

@@ -19,14 +19,13 @@ async fn the_repl_lists_workers_and_survives_bad_commands() {
         .arg(dir.path().join("data"))
         .args(FAST)
         .env("TERM", "xterm")
+        .env("HERD_TOKEN", TOKEN)
         .env_remove("NO_COLOR");
     let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
     repl.exp_string("master> ").unwrap();
 
     let _w = Worker::start(dir.path(), &url, "repl-worker", &[]);
-    let mut admin = pb::admin_client::AdminClient::connect(url.clone())
-        .await
-        .unwrap();
+    let mut admin = clients(&url).await.unwrap().0;
     wait_state(
         &mut admin,
         "repl-worker",

@@ -64,9 +64,7 @@ async fn one_name_registering_from_many_connections_at_once_gets_one_id() {
     for _ in 0..16 {
         let url = master.url();
         calls.push(tokio::spawn(async move {
-            let mut client = pb::registry_client::RegistryClient::connect(url)
-                .await
-                .unwrap();
+            let (_, mut client) = clients(&url).await.unwrap();
             client
                 .register(pb::RegisterRequest {
                     worker: Some(description("twin")),

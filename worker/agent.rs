@@ -11,6 +11,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+
+use herd::auth::Bearer;
+use herd::client::Authed;
 use tracing::{debug, info, warn};
 
 use herd::pb;
@@ -59,6 +62,10 @@ enum Ended {
 }
 
 pub struct Agent {
+    /// How to reach the master (TLS settings included).
+    endpoint: Endpoint,
+    /// The cluster token on every call.
+    bearer: Bearer,
     pub master: String,
     pub description: pb::WorkerDescription,
     pub telemetry: Telemetry,
@@ -77,6 +84,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(
+        endpoint: Endpoint,
+        bearer: Bearer,
         master: String,
         description: pb::WorkerDescription,
         telemetry: Telemetry,
@@ -84,6 +93,8 @@ impl Agent {
         outbox: mpsc::Receiver<pb::WorkerMessage>,
     ) -> Agent {
         Agent {
+            endpoint,
+            bearer,
             master,
             description,
             telemetry,
@@ -131,16 +142,13 @@ impl Agent {
     }
 
     async fn connect(&self) -> Result<Channel, String> {
-        Endpoint::from_shared(self.master.clone())
-            .map_err(|e| format!("bad master URL: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
+        self.endpoint
             .connect()
             .await
             .map_err(|e| format!("cannot connect: {e}"))
     }
 
-    async fn register(&mut self, client: &mut RegistryClient<Channel>) -> Result<String, Ended> {
+    async fn register(&mut self, client: &mut RegistryClient<Authed>) -> Result<String, Ended> {
         let response = client
             .register(pb::RegisterRequest {
                 worker: Some(self.description.clone()),
@@ -172,7 +180,8 @@ impl Agent {
         backoff: &mut Backoff,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended {
-        let mut client = RegistryClient::new(channel);
+        let mut client = RegistryClient::with_interceptor(channel, self.bearer.clone())
+            .max_decoding_message_size(herd::domain::MAX_MESSAGE_BYTES);
         let id = match self.id.clone() {
             Some(id) => id,
             None => match self.register(&mut client).await {

@@ -21,8 +21,8 @@ use herd::pb::worker_message::Body;
 /// Where everything the worker tells the master goes (forwarded by the agent).
 pub type Outbox = mpsc::Sender<pb::WorkerMessage>;
 
-/// Largest output chunk sent in one message.
-const CHUNK: usize = 64 * 1024;
+/// Largest output read sent in one message (room left for a dropped-output note).
+const CHUNK: usize = herd::domain::MAX_OUTPUT_CHUNK - 128;
 /// How long a cancelled task has to exit after SIGTERM before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 

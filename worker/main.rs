@@ -99,7 +99,12 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
     let executor = Executor::new(work_dir, runtime, outbox.clone());
+    let bearer = config.access.bearer().map_err(anyhow::Error::msg)?;
+    let endpoint = herd::client::endpoint(&config.master, config.access.ca.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let agent = Agent::new(
+        endpoint,
+        bearer,
         config.master,
         description,
         Telemetry::start(Duration::from_secs(1)),

@@ -8,10 +8,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use herd::auth::Bearer;
+use herd::client::Authed;
 use herd::pb;
 use herd::pb::admin_client::AdminClient;
 use herd::pb::registry_client::RegistryClient;
 use tonic::transport::Channel;
+
+/// The cluster token every test master, worker and client uses.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// An Admin client that presents [`TOKEN`].
+pub type Admin = AdminClient<Authed>;
+/// A Registry client that presents [`TOKEN`].
+pub type Registry = RegistryClient<Authed>;
+
+/// Clients for `url` with [`TOKEN`].
+pub async fn clients(url: &str) -> Result<(Admin, Registry), tonic::transport::Error> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await?;
+    let bearer = Bearer::new(Some(TOKEN)).unwrap();
+    Ok((
+        AdminClient::with_interceptor(channel.clone(), bearer.clone()),
+        RegistryClient::with_interceptor(channel, bearer),
+    ))
+}
 
 pub const MASTER: &str = env!("CARGO_BIN_EXE_herd-master");
 pub const WORKER: &str = env!("CARGO_BIN_EXE_herd-worker");
@@ -74,6 +97,7 @@ impl Master {
             .arg("--no-repl")
             .args(args)
             .env("HERD_LOG", "info,herd_master=debug")
+            .env("HERD_TOKEN", TOKEN)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -93,10 +117,10 @@ impl Master {
     }
 
     /// An Admin client, once the master answers.
-    pub async fn admin(&self) -> AdminClient<Channel> {
+    pub async fn admin(&self) -> Admin {
         let deadline = Deadline::new(Duration::from_secs(15), "the master answers");
         loop {
-            if let Ok(mut c) = AdminClient::connect(self.url()).await
+            if let Ok((mut c, _)) = clients(&self.url()).await
                 && c.list_workers(pb::ListWorkersRequest { all: true })
                     .await
                     .is_ok()
@@ -107,9 +131,9 @@ impl Master {
         }
     }
 
-    pub async fn registry(&self) -> RegistryClient<Channel> {
+    pub async fn registry(&self) -> Registry {
         self.admin().await;
-        RegistryClient::connect(self.url()).await.unwrap()
+        clients(&self.url()).await.unwrap().1
     }
 
     pub fn db(&self) -> rusqlite::Connection {
@@ -162,6 +186,7 @@ impl Worker {
             .arg("--work-dir")
             .arg(dir.join(format!("work-{name}")))
             .args(args)
+            .env("HERD_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -233,7 +258,7 @@ impl Deadline {
 }
 
 /// Every worker the master lists (Removed included).
-pub async fn workers(admin: &mut AdminClient<Channel>) -> Vec<pb::WorkerInfo> {
+pub async fn workers(admin: &mut Admin) -> Vec<pb::WorkerInfo> {
     admin
         .list_workers(pb::ListWorkersRequest { all: true })
         .await
@@ -243,7 +268,7 @@ pub async fn workers(admin: &mut AdminClient<Channel>) -> Vec<pb::WorkerInfo> {
 }
 
 /// One worker by name, if the master knows it.
-pub async fn worker(admin: &mut AdminClient<Channel>, name: &str) -> Option<pb::WorkerInfo> {
+pub async fn worker(admin: &mut Admin, name: &str) -> Option<pb::WorkerInfo> {
     workers(admin)
         .await
         .into_iter()
@@ -252,7 +277,7 @@ pub async fn worker(admin: &mut AdminClient<Channel>, name: &str) -> Option<pb::
 
 /// Waits until the worker `name` is in `state`, and returns it.
 pub async fn wait_state(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut Admin,
     name: &str,
     state: pb::WorkerState,
     deadline: Duration,
@@ -348,7 +373,7 @@ pub async fn local_worker_pid(master: &Master) -> u32 {
 }
 
 /// Submits a process task.
-pub async fn submit(admin: &mut AdminClient<Channel>, command: &str, cpu: f64) -> pb::TaskInfo {
+pub async fn submit(admin: &mut Admin, command: &str, cpu: f64) -> pb::TaskInfo {
     submit_spec(
         admin,
         pb::TaskSpec {
@@ -364,7 +389,7 @@ pub async fn submit(admin: &mut AdminClient<Channel>, command: &str, cpu: f64) -
     .await
 }
 
-pub async fn submit_spec(admin: &mut AdminClient<Channel>, spec: pb::TaskSpec) -> pb::TaskInfo {
+pub async fn submit_spec(admin: &mut Admin, spec: pb::TaskSpec) -> pb::TaskInfo {
     admin
         .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
         .await
@@ -372,7 +397,7 @@ pub async fn submit_spec(admin: &mut AdminClient<Channel>, spec: pb::TaskSpec) -
         .into_inner()
 }
 
-pub async fn task(admin: &mut AdminClient<Channel>, id: &str) -> pb::TaskInfo {
+pub async fn task(admin: &mut Admin, id: &str) -> pb::TaskInfo {
     admin
         .get_task(pb::GetTaskRequest { task_id: id.into() })
         .await
@@ -382,7 +407,7 @@ pub async fn task(admin: &mut AdminClient<Channel>, id: &str) -> pb::TaskInfo {
 
 /// Waits until task `id` is in `state`, and returns it.
 pub async fn wait_task(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut Admin,
     id: &str,
     state: pb::TaskState,
     deadline: Duration,
@@ -408,7 +433,7 @@ pub async fn wait_task(
 }
 
 /// A task's whole output as the master serves it.
-pub async fn logs(admin: &mut AdminClient<Channel>, id: &str, follow: bool) -> String {
+pub async fn logs(admin: &mut Admin, id: &str, follow: bool) -> String {
     let mut stream = admin
         .task_logs(pb::TaskLogsRequest {
             task_id: id.into(),
@@ -431,6 +456,7 @@ pub fn herdctl(master: &str, args: &[&str]) -> (bool, String, String) {
         .arg(master)
         .args(args)
         .env("NO_COLOR", "1")
+        .env("HERD_TOKEN", TOKEN)
         .stdin(Stdio::null())
         .output()
         .expect("run herdctl");

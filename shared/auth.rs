@@ -1,0 +1,165 @@
+//! The cluster token: how clients find it and present it, and how the master checks it.
+//!
+//! Every Registry and Admin call carries `authorization: Bearer <token>`. The master
+//! generates the token on first start and keeps it in `<data-dir>/token` (mode 0600);
+//! programs on the master's machine find it there by themselves.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// File name of the token inside the data dir.
+pub const TOKEN_FILE: &str = "token";
+
+/// Adds the bearer token to every outgoing call (no header when there is no token).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
+        token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "the token has characters a header cannot carry".to_string())
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Finds the token a client should present: `--token`/`HERD_TOKEN`, else `--token-file`,
+/// else the master's own token file when this machine runs the master
+/// (`$HERD_DATA_DIR/token`, then `./herd-data/token`). `None` when there is none.
+pub fn resolve_token(
+    token: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>, String> {
+    if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Some(file) = file {
+        return read_token(&file).map(Some);
+    }
+    let data_dir = std::env::var_os("HERD_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./herd-data"));
+    let local = data_dir.join(TOKEN_FILE);
+    if local.exists() {
+        return read_token(&local).map(Some);
+    }
+    Ok(None)
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+/// The master's token: the one given, else the one in `<data-dir>/token`, else a new
+/// random one written there with mode 0600. Returns the token and whether it was made now.
+pub fn master_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
+    if let Some(token) = given.filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_string(), false));
+    }
+    let path = data_dir.join(TOKEN_FILE);
+    if path.exists() {
+        return read_token(&path).map(|t| (t, false));
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("cannot read random bytes for the token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
+    writeln!(file, "{token}")
+        .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
+    Ok((token, true))
+}
+
+/// Compares in time that depends only on the lengths, not on where the bytes differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a request carries `authorization: Bearer <expected>`.
+pub fn authorized<T>(request: &Request<T>, expected: &str) -> bool {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_generated_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, made) = master_token(None, dir.path()).unwrap();
+        assert!(made);
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert_eq!(
+            master_token(None, dir.path()).unwrap(),
+            (token.clone(), false)
+        );
+        assert_eq!(
+            resolve_token(None, Some(dir.path().join(TOKEN_FILE))).unwrap(),
+            Some(token)
+        );
+    }
+
+    #[test]
+    fn the_check_wants_the_exact_bearer_token() {
+        let good = Bearer::new(Some("s3cret"))
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap();
+        assert!(authorized(&good, "s3cret"));
+        let bad = Bearer::new(Some("s3cres"))
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap();
+        assert!(!authorized(&bad, "s3cret"));
+        assert!(!authorized(&Request::new(()), "s3cret"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,39 @@
+//! How herd programs reach a master: plain HTTP/2 or TLS (with the CA the operator gives),
+//! and the bearer token on every call.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::auth::Bearer;
+
+/// A channel that adds the cluster token to every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// An endpoint for `url`: `http://` in plain text, `https://` with TLS trusting `ca`.
+pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("'{url}' is not a master URL ({e}): use http://HOST:PORT"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    match (url.starts_with("https://"), ca) {
+        (true, Some(ca)) => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+            endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| format!("bad TLS settings: {e}"))
+        }
+        (true, None) => Err(format!(
+            "{url} uses TLS: give the CA that signed the master's certificate with --ca"
+        )),
+        (false, Some(_)) => Err(format!(
+            "--ca was given but {url} is plain http: use https://HOST:PORT"
+        )),
+        (false, None) => Ok(endpoint),
+    }
+}
