@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client;
 pub mod command;
+pub mod complete;
 pub mod config;
 pub mod console;
 pub mod domain;

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use rustyline::error::ReadlineError;
-use rustyline::{DefaultEditor, ExternalPrinter};
+use rustyline::history::DefaultHistory;
+use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
 
 use crate::command::parse_line;
+use crate::complete::Completion;
 use crate::console::{Console, Flow};
 
 type Printer = Box<dyn ExternalPrinter + Send>;
@@ -61,7 +63,15 @@ pub fn run(
     history: Option<PathBuf>,
     runtime: tokio::runtime::Handle,
 ) -> rustyline::Result<()> {
-    let mut editor = DefaultEditor::new()?;
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .auto_add_history(false)
+        .build();
+    let mut editor: Editor<Completion, DefaultHistory> = Editor::with_config(config)?;
+    editor.set_helper(Some(Completion::new(
+        console.admin().clone(),
+        runtime.clone(),
+    )));
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
@@ -74,6 +84,10 @@ pub fn run(
             Ok(line) => {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
+                    // Saved at once: a master killed later keeps what was typed.
+                    if let Some(path) = &history {
+                        let _ = editor.save_history(path);
+                    }
                 }
                 let command = match parse_line(&line) {
                     Ok(Some(command)) => command,
