@@ -151,6 +151,7 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
     assert_eq!(db_count(&master.db()), 0);
     let _ = wrong.kill();
     let _ = missing.kill();
+    let _ = missing.wait();
     let mut err = String::new();
     wrong.wait().unwrap();
     wrong
@@ -371,7 +372,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     let master = Master::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut registry = master.registry().await;
-    let mut register = |name: &'static str| {
+    let register = |name: &'static str| {
         let mut registry = registry.clone();
         async move {
             registry
