@@ -217,13 +217,67 @@ impl Entry {
     }
 }
 
+/// Workers in a slab (never removed: Removed workers stay known), found by id. A
+/// scheduling pass walks the slab without hashing a single id.
+#[derive(Default)]
+struct Workers {
+    slab: Vec<Entry>,
+    index: HashMap<String, usize>,
+}
+
+impl Workers {
+    fn get(&self, id: &str) -> Option<&Entry> {
+        self.index.get(id).map(|&slot| &self.slab[slot])
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.index.get(id).map(|&slot| &mut self.slab[slot])
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Adds a worker; returns its slot.
+    fn insert(&mut self, entry: Entry) -> usize {
+        let slot = self.slab.len();
+        self.index.insert(entry.id.clone(), slot);
+        self.slab.push(entry);
+        slot
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, Entry> {
+        self.slab.iter()
+    }
+
+    fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry> {
+        self.slab.iter_mut()
+    }
+}
+
+impl std::ops::Index<&str> for Workers {
+    type Output = Entry;
+
+    fn index(&self, id: &str) -> &Entry {
+        self.get(id).expect("a known worker id")
+    }
+}
+
+impl std::ops::Index<&String> for Workers {
+    type Output = Entry;
+
+    fn index(&self, id: &String) -> &Entry {
+        &self[id.as_str()]
+    }
+}
+
 struct Inner {
     settings: Settings,
     store: Store,
-    workers: HashMap<String, Entry>,
+    workers: Workers,
     by_name: HashMap<String, String>,
-    /// Worker ids ordered by name: the scheduler's stable order.
-    order: Vec<String>,
+    /// Worker slots ordered by name: the scheduler's stable order.
+    order: Vec<usize>,
     next_generation: u64,
     tasks: HashMap<String, Task>,
     /// Queued task ids, oldest first.
@@ -293,7 +347,7 @@ impl Registry {
             inner: Mutex::new(Inner {
                 settings,
                 store,
-                workers: HashMap::new(),
+                workers: Workers::default(),
                 by_name: HashMap::new(),
                 order: Vec::new(),
                 next_generation: 0,
@@ -605,7 +659,7 @@ impl Registry {
         inner
             .order
             .iter()
-            .map(|id| inner.workers[id].info(&liveness, now))
+            .map(|&slot| inner.workers.slab[slot].info(&liveness, now))
             .filter(|w| all || w.state() != pb::WorkerState::Removed)
             .collect()
     }
@@ -815,14 +869,13 @@ impl Inner {
     }
 
     fn add_worker(&mut self, entry: Entry) {
-        let id = entry.id.clone();
         let name = entry.spec.name.clone();
         let at = self
             .order
-            .partition_point(|other| self.workers[other].spec.name < name);
-        self.order.insert(at, id.clone());
-        self.by_name.insert(name, id.clone());
-        self.workers.insert(id, entry);
+            .partition_point(|&other| self.workers.slab[other].spec.name < name);
+        self.by_name.insert(name, entry.id.clone());
+        let slot = self.workers.insert(entry);
+        self.order.insert(at, slot);
     }
 
     /// A worker may report only on tasks it holds or held.
@@ -1066,8 +1119,8 @@ impl Inner {
         let mut candidates: Vec<Candidate> = self
             .order
             .iter()
-            .map(|id| {
-                let w = &self.workers[id];
+            .map(|&slot| {
+                let w = &self.workers.slab[slot];
                 Candidate {
                     capacity: w.spec.capacity,
                     allocated: w.allocated,
@@ -1089,7 +1142,7 @@ impl Inner {
             let placed = any_live
                 && match self.scheduler.place(&candidates, &request) {
                     Some(i) => {
-                        let worker = self.order[i].clone();
+                        let worker = self.workers.slab[self.order[i]].id.clone();
                         let ok = self.assign(&id, &worker, now);
                         if ok {
                             add(&mut candidates[i].allocated, request.resources);

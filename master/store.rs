@@ -67,7 +67,8 @@ const MIGRATIONS: &[&str] = &[
 pub enum Write {
     /// Insert or update a worker's description (registration).
     Worker(WorkerRecord),
-    /// The liveness columns of many workers (one tick).
+    /// The liveness columns of many workers (one tick), sorted by id so the updates walk
+    /// the primary key in order.
     Liveness(Vec<LivenessRow>),
     /// Whether a worker is drained.
     Draining { id: String, draining: bool },
@@ -129,6 +130,8 @@ impl Store {
     fn start(mut conn: Connection) -> Result<(Store, Loaded), Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Keep the whole working set in memory: a tick touches every worker's row.
+        conn.pragma_update(None, "cache_size", -64 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let loaded = Loaded {

@@ -43,9 +43,11 @@ pub async fn tick(registry: &Registry, store: &Store, metrics: &Metrics) {
     if outcome.rows.is_empty() {
         return;
     }
-    let ids: Vec<String> = outcome.rows.iter().map(|r| r.id.clone()).collect();
+    let mut rows = outcome.rows;
+    rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let started = std::time::Instant::now();
-    let flushed = store.write(Write::Liveness(outcome.rows)).await;
+    let flushed = store.write(Write::Liveness(rows)).await;
     Metrics::observe(&metrics.flush, started.elapsed());
     if let Err(err) = flushed {
         warn!(%err, rows = ids.len(), "liveness flush failed; retrying next tick");
