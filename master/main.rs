@@ -90,9 +90,9 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herd.db");
-    let (store, loaded) =
-        Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
     let metrics = Metrics::new();
+    let (store, loaded) = Store::open(&db_path, metrics.flush.clone())
+        .with_context(|| format!("cannot open {}", db_path.display()))?;
     let token = if config.insecure {
         warn!(
             "--insecure: calls need no token; anyone who reaches this master can run commands on every worker"
@@ -157,7 +157,6 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let ticker = ticker::spawn(
         registry.clone(),
         store.clone(),
-        metrics.clone(),
         config.check_interval,
         shutdown_rx.clone(),
     );

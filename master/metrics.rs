@@ -33,7 +33,14 @@ impl Metrics {
         let heartbeats = Counter::<u64, AtomicU64>::default();
         // 10 µs .. ~5 s.
         let scheduling = Histogram::new(exponential_buckets(1e-5, 3.0, 12));
-        let flush = Histogram::new(exponential_buckets(1e-5, 3.0, 12));
+        // Fine buckets where the goal lies (10 ms).
+        let flush = Histogram::new(
+            [
+                0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 250.0,
+            ]
+            .into_iter()
+            .map(|ms| ms / 1000.0),
+        );
         let workers = Family::<Vec<(String, String)>, Gauge>::default();
         let tasks = Family::<Vec<(String, String)>, Gauge>::default();
         let queue = Gauge::default();

@@ -28,6 +28,13 @@ use crate::scheduler::{self, Candidate, Request, Scheduler};
 use crate::store::{Store, Write};
 use crate::tasks::{Output, Task};
 
+/// How far the `last_heartbeat` column may lag behind the last heartbeat. Changes of state
+/// are written at the next tick; the timestamp alone is informational (liveness after a
+/// restart starts afresh), and rewriting every worker's row every second would make
+/// SQLite the cost of a large cluster (as with Kubernetes' node leases, heartbeats are
+/// cheap in memory and persisted coarsely).
+pub const HEARTBEAT_PERSIST_EVERY_MS: i64 = 10_000;
+
 /// What the master pushes down a worker's heartbeat stream.
 pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
 
@@ -123,8 +130,10 @@ struct Entry {
     session: Option<Session>,
     /// The state last logged and handed to SQLite; a difference is a transition.
     recorded: WorkerState,
-    /// Something SQLite has not seen yet.
+    /// A change of state (or description) SQLite has not seen yet.
     dirty: bool,
+    /// The `last_heartbeat` SQLite has.
+    persisted_heartbeat_ms: i64,
     /// Held by the tasks placed here.
     allocated: Resources,
     /// Tasks placed here (assigned or running).
@@ -151,6 +160,7 @@ impl Entry {
             session: None,
             recorded: WorkerState::Inactive,
             dirty: true,
+            persisted_heartbeat_ms: 0,
             allocated: Resources::default(),
             tasks: BTreeSet::new(),
             draining: false,
@@ -390,6 +400,7 @@ impl Registry {
             entry.recorded = recorded;
             // Loaded workers were possibly Active in SQLite: write Inactive back.
             entry.dirty = r.state != recorded;
+            entry.persisted_heartbeat_ms = r.last_heartbeat_ms;
             inner.add_worker(entry);
         }
         let mut tasks = tasks;
@@ -599,11 +610,19 @@ impl Registry {
 
     /// Applies the rule to every worker: logs transitions, ends the streams of newly
     /// Removed workers and re-queues their tasks, places what waits, and hands back what
-    /// SQLite must learn about workers.
-    pub fn tick(&self, now: Instant) -> TickOutcome {
+    /// SQLite must learn about workers: every change of state, and `last_heartbeat` once it
+    /// is [`HEARTBEAT_PERSIST_EVERY_MS`] behind (or always, with `everything`, at shutdown).
+    pub fn tick(&self, now: Instant, everything: bool) -> TickOutcome {
         let mut out = TickOutcome::default();
         let mut inner = self.lock();
         let liveness = inner.settings.liveness;
+        // Stale timestamps are written a fifth of the workers at a time, so workers that
+        // registered together do not all fall due in the same tick.
+        let mut stale_budget = if everything {
+            usize::MAX
+        } else {
+            inner.workers.slab.len() / 5 + 1
+        };
         for entry in inner.workers.values_mut() {
             let before = entry.recorded;
             let state = entry.observe(&liveness, now, "no heartbeat within the timeout");
@@ -617,8 +636,15 @@ impl Registry {
                     out.removed.push(entry.id.clone());
                 }
             }
-            if entry.dirty {
+            let behind = entry.last_heartbeat_ms - entry.persisted_heartbeat_ms;
+            let stale = stale_budget > 0
+                && (behind >= HEARTBEAT_PERSIST_EVERY_MS || (everything && behind != 0));
+            if stale && !entry.dirty {
+                stale_budget -= 1;
+            }
+            if entry.dirty || stale {
                 entry.dirty = false;
+                entry.persisted_heartbeat_ms = entry.last_heartbeat_ms;
                 out.rows.push(LivenessRow {
                     id: entry.id.clone(),
                     state,
@@ -924,7 +950,6 @@ impl Inner {
         entry.last_sequence = hb.sequence;
         entry.usage = hb.usage.unwrap_or_default();
         entry.running.clone_from(&hb.running_task_ids);
-        entry.dirty = true;
         entry.observe(&liveness, now, why);
 
         let mut acked = Vec::with_capacity(hb.finished.len());
@@ -1340,7 +1365,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(600)).await;
         assert_eq!(state(&r, &id), pb::WorkerState::Removed);
-        let out = r.tick(Instant::now());
+        let out = r.tick(Instant::now(), false);
         assert_eq!(out.removed, vec![id.clone()]);
         assert_eq!(out.rows.last().unwrap().state, WorkerState::Removed);
         let err = r.heartbeat(&id, acc.generation, &hb(&id, 3)).unwrap_err();
@@ -1420,7 +1445,7 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
-        let out = r.tick(Instant::now());
+        let out = r.tick(Instant::now(), false);
         assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");
         assert!(out.removed.is_empty());
         assert_eq!(r.register(spec("a")).id, "w-1");

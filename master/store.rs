@@ -5,10 +5,12 @@
 //! together cost one commit, and a tick's liveness flush is always exactly one commit.
 //! WAL with `synchronous=NORMAL`: a commit survives kill -9 of the master.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -67,8 +69,7 @@ const MIGRATIONS: &[&str] = &[
 pub enum Write {
     /// Insert or update a worker's description (registration).
     Worker(WorkerRecord),
-    /// The liveness columns of many workers (one tick), sorted by id so the updates walk
-    /// the primary key in order.
+    /// The liveness columns of many workers (one tick).
     Liveness(Vec<LivenessRow>),
     /// Whether a worker is drained.
     Draining { id: String, draining: bool },
@@ -115,23 +116,29 @@ const MAX_BATCH: usize = 4096;
 impl Store {
     /// Opens (creating if needed) the database, migrates it, and returns the store with
     /// every worker it knows.
-    pub fn open(path: &Path) -> Result<(Store, Loaded), Error> {
-        Store::start(Connection::open(path)?)
+    /// `flushes` gets the duration of every commit that carries a tick's liveness rows.
+    pub fn open(path: &Path, flushes: Histogram) -> Result<(Store, Loaded), Error> {
+        let started = Store::start(Connection::open(path)?, Some(flushes))?;
+        start_checkpointer(path)?;
+        Ok(started)
     }
 
     /// A store on a private in-memory database.
     #[cfg(test)]
     pub fn memory() -> Store {
-        Store::start(Connection::open_in_memory().unwrap())
+        Store::start(Connection::open_in_memory().unwrap(), None)
             .unwrap()
             .0
     }
 
-    fn start(mut conn: Connection) -> Result<(Store, Loaded), Error> {
+    fn start(mut conn: Connection, flushes: Option<Histogram>) -> Result<(Store, Loaded), Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Keep the whole working set in memory: a tick touches every worker's row.
         conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        // Checkpoints run on a thread of their own (see `start_checkpointer`), not inside
+        // a tick's commit; this is only the safety net if that thread falls behind.
+        conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let loaded = Loaded {
@@ -141,7 +148,7 @@ impl Store {
         let (jobs, rx) = std_mpsc::channel::<Job>();
         thread::Builder::new()
             .name("herd-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, flushes))
             .map_err(|e| Error::Storage(format!("cannot start the store thread: {e}")))?;
         Ok((Store { jobs }, loaded))
     }
@@ -243,9 +250,61 @@ fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     Ok(out)
 }
 
+/// Copies the WAL back into the database every second from a connection of its own
+/// (PASSIVE: it never blocks the writer), so no tick pays for a checkpoint.
+fn start_checkpointer(path: &Path) -> Result<(), Error> {
+    let conn = Connection::open(path)?;
+    thread::Builder::new()
+        .name("herd-checkpoint".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    warn!(%err, "WAL checkpoint failed; retrying");
+                }
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(())
+}
+
+/// Row ids of the `workers` table by worker id: a tick updates each row by its rowid,
+/// one B-tree descent instead of two (index, then table). Rowids of a table without an
+/// INTEGER PRIMARY KEY stay put unless the database is vacuumed, which herd never does.
+type RowIds = HashMap<String, i64>;
+
+fn load_rowids(conn: &Connection) -> Result<RowIds, Error> {
+    let mut stmt = conn.prepare("SELECT id, rowid FROM workers")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Learns the rowids of workers just committed.
+fn learn_rowids<'a>(
+    conn: &Connection,
+    rowids: &mut RowIds,
+    writes: impl Iterator<Item = &'a Write>,
+) {
+    for write in writes {
+        if let Write::Worker(r) = write
+            && !rowids.contains_key(&r.id)
+            && let Ok(rowid) =
+                conn.query_row("SELECT rowid FROM workers WHERE id = ?1", [&r.id], |row| {
+                    row.get(0)
+                })
+        {
+            rowids.insert(r.id.clone(), rowid);
+        }
+    }
+}
+
 /// The store thread: waits for a job, takes everything else already queued, and commits
 /// all the writes in one transaction.
-fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, flushes: Option<Histogram>) {
+    let mut rowids = load_rowids(&conn).unwrap_or_else(|err| {
+        warn!(%err, "cannot read worker rowids; ticks will update by id");
+        RowIds::new()
+    });
     while let Ok(first) = jobs.recv() {
         let mut batch = Vec::new();
         let mut next = Some(first);
@@ -263,17 +322,30 @@ fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>) {
         if batch.is_empty() {
             continue;
         }
-        match commit(&mut conn, batch.iter().map(|(w, _)| w)) {
-            Ok(()) => batch.into_iter().for_each(|(_, done)| {
-                if let Some(done) = done {
-                    let _ = done.send(Ok(()));
-                }
-            }),
+        let started = std::time::Instant::now();
+        let committed = commit(&mut conn, &rowids, batch.iter().map(|(w, _)| w));
+        if let Some(flushes) = &flushes
+            && batch.iter().any(|(w, _)| matches!(w, Write::Liveness(_)))
+        {
+            flushes.observe(started.elapsed().as_secs_f64());
+        }
+        match committed {
+            Ok(()) => {
+                learn_rowids(&conn, &mut rowids, batch.iter().map(|(w, _)| w));
+                batch.into_iter().for_each(|(_, done)| {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                })
+            }
             Err(err) if batch.len() > 1 => {
                 // One bad write must not sink the others: retry each alone.
                 warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
                 for (write, done) in batch {
-                    let res = commit(&mut conn, std::iter::once(&write));
+                    let res = commit(&mut conn, &rowids, std::iter::once(&write));
+                    if res.is_ok() {
+                        learn_rowids(&conn, &mut rowids, std::iter::once(&write));
+                    }
                     if let Err(err) = &res {
                         error!(%err, "SQLite write failed");
                     }
@@ -349,7 +421,11 @@ fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
     Ok(tasks)
 }
 
-fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) -> Result<(), Error> {
+fn commit<'a>(
+    conn: &mut Connection,
+    rowids: &RowIds,
+    writes: impl Iterator<Item = &'a Write>,
+) -> Result<(), Error> {
     let tx = conn.transaction()?;
     for write in writes {
         match write {
@@ -423,17 +499,28 @@ fn commit<'a>(conn: &mut Connection, writes: impl Iterator<Item = &'a Write>) ->
                     .execute(params![id, output, *total as i64])?;
             }
             Write::Liveness(rows) => {
-                let mut stmt = tx.prepare_cached(
+                let mut by_rowid = tx.prepare_cached(
+                    "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
+                     WHERE rowid = ?1",
+                )?;
+                let mut by_id = tx.prepare_cached(
                     "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
                      WHERE id = ?1",
                 )?;
                 for row in rows {
-                    stmt.execute(params![
-                        row.id,
-                        row.state == WorkerState::Active,
-                        row.last_heartbeat_ms,
-                        row.state.as_str(),
-                    ])?;
+                    let active = row.state == WorkerState::Active;
+                    let state = row.state.as_str();
+                    match rowids.get(&row.id) {
+                        Some(rowid) => by_rowid.execute(params![
+                            rowid,
+                            active,
+                            row.last_heartbeat_ms,
+                            state
+                        ])?,
+                        None => {
+                            by_id.execute(params![row.id, active, row.last_heartbeat_ms, state])?
+                        }
+                    };
                 }
             }
         }
@@ -486,7 +573,7 @@ mod tests {
     async fn workers_round_trip_and_liveness_updates_land() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
-        let (store, loaded) = Store::open(&path).unwrap();
+        let (store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
         assert!(loaded.workers.is_empty());
         store
             .write(Write::Worker(record("w-1", "a")))
@@ -521,7 +608,7 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
 
-        let (_store, loaded) = Store::open(&path).unwrap();
+        let (_store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
         let loaded = loaded.workers;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].spec, record("w-1", "a").spec);
@@ -532,7 +619,11 @@ mod tests {
     #[tokio::test]
     async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(&dir.path().join("herd.db")).unwrap();
+        let (store, _) = Store::open(
+            &dir.path().join("herd.db"),
+            Histogram::new([1.0].into_iter()),
+        )
+        .unwrap();
         store
             .write(Write::Worker(record("w-1", "a")))
             .await

@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
 
-use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, Write};
 
@@ -18,7 +17,6 @@ use crate::store::{Store, Write};
 pub fn spawn(
     registry: Arc<Registry>,
     store: Store,
-    metrics: Arc<Metrics>,
     period: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -27,9 +25,9 @@ pub fn spawn(
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&registry, &store, &metrics).await,
+                _ = interval.tick() => tick(&registry, &store, false).await,
                 _ = shutdown.changed() => {
-                    tick(&registry, &store, &metrics).await;
+                    tick(&registry, &store, true).await;
                     break;
                 }
             }
@@ -37,19 +35,16 @@ pub fn spawn(
     })
 }
 
-/// One tick: apply the rule, flush the dirty rows. A failed flush is retried next tick.
-pub async fn tick(registry: &Registry, store: &Store, metrics: &Metrics) {
-    let outcome = registry.tick(Instant::now());
+/// One tick: apply the rule, flush the changed rows (all of them with `everything`). A
+/// failed flush is retried next tick.
+pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
+    let outcome = registry.tick(Instant::now(), everything);
     if outcome.rows.is_empty() {
         return;
     }
-    let mut rows = outcome.rows;
-    rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let rows = outcome.rows;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let started = std::time::Instant::now();
-    let flushed = store.write(Write::Liveness(rows)).await;
-    Metrics::observe(&metrics.flush, started.elapsed());
-    if let Err(err) = flushed {
+    if let Err(err) = store.write(Write::Liveness(rows)).await {
         warn!(%err, rows = ids.len(), "liveness flush failed; retrying next tick");
         registry.mark_dirty(ids);
     }

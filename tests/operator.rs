@@ -110,8 +110,8 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
     let mut admin = master.admin().await;
 
     // Workers with a wrong or no token never appear.
-    let mut wrong = std::process::Command::new(WORKER);
-    wrong
+    let wrong_log = dir.path().join("wrong.log");
+    let mut wrong = std::process::Command::new(WORKER)
         .args([
             "--master",
             &master.url(),
@@ -121,8 +121,9 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
             "none",
         ])
         .env("HERD_TOKEN", "not-the-token")
-        .stderr(std::process::Stdio::piped());
-    let mut wrong = wrong.spawn().unwrap();
+        .stderr(std::fs::File::create(&wrong_log).unwrap())
+        .spawn()
+        .unwrap();
     let mut missing = std::process::Command::new(WORKER)
         .args([
             "--master",
@@ -135,32 +136,27 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
         .env_remove("HERD_TOKEN")
         .env("HERD_DATA_DIR", dir.path().join("nowhere"))
         .current_dir(dir.path())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Deadline::new(T, "the master logs both refusals");
+    let deadline = Deadline::new(T, "both are refused and the worker says why");
     while master
         .log_text()
         .matches("refused a call without a valid token")
         .count()
         < 2
+        || !std::fs::read_to_string(&wrong_log)
+            .unwrap_or_default()
+            .contains("wrong cluster token")
     {
         deadline.wait().await;
     }
     assert!(workers(&mut admin).await.is_empty());
     assert_eq!(db_count(&master.db()), 0);
-    let _ = wrong.kill();
-    let _ = missing.kill();
-    let _ = missing.wait();
-    let mut err = String::new();
-    wrong.wait().unwrap();
-    wrong
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(err.contains("wrong cluster token"), "{err}");
+    for child in [&mut wrong, &mut missing] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     assert!(
         master.log_text().contains("peer=Some(127.0.0.1"),
         "the refusal names the peer"
