@@ -184,7 +184,12 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         ))
     });
 
-    let url = format!("{scheme}://{}", reachable(addr));
+    // Under TLS the local worker checks the certificate by name: certificates name
+    // `localhost`, not an address.
+    let url = match scheme {
+        "https" => format!("https://localhost:{}", addr.port()),
+        _ => format!("http://{}", reachable(addr)),
+    };
     let mut local_worker = if config.local_worker {
         let ca = config.tls_cert.as_deref();
         Some(start_local_worker(

@@ -288,13 +288,14 @@ async fn tls_works_with_the_ca_and_plain_text_is_refused() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let port = free_port();
-    let master = Master::start_on(
+    let master = Master::start_with_env(
         dir.path(),
         &dir.path().join("data"),
         port,
         &[
             FAST,
             &[
+                "--local-worker",
                 "--tls-cert",
                 cert_path.to_str().unwrap(),
                 "--tls-key",
@@ -302,6 +303,7 @@ async fn tls_works_with_the_ca_and_plain_text_is_refused() {
             ],
         ]
         .concat(),
+        &[("HERD_WORKER_NAME", "local-tls"), ("HERD_RUNTIME", "none")],
     );
     let url = format!("https://localhost:{port}");
     let ca = cert_path.to_str().unwrap();
@@ -309,7 +311,12 @@ async fn tls_works_with_the_ca_and_plain_text_is_refused() {
     let deadline = Deadline::new(T, "the TLS worker is Active");
     loop {
         let (ok, out, _) = herdctl(&url, &["--ca", ca, "--json", "workers"]);
-        if ok && json(&out)[0]["status"] == "Active" {
+        // The remote worker and the master's own local worker, both over TLS.
+        if ok
+            && json(&out)
+                .as_array()
+                .is_some_and(|list| list.len() == 2 && list.iter().all(|w| w["status"] == "Active"))
+        {
             break;
         }
         deadline.wait().await;
