@@ -108,8 +108,6 @@ struct Shared {
 struct Sim {
     id: String,
     mode: watch::Sender<Mode>,
-    /// Unix-ms of the last heartbeat sent.
-    last_sent: Arc<AtomicU64>,
 }
 
 struct MasterProcess {
@@ -401,7 +399,6 @@ async fn simulate(
     name: pb::WorkerDescription,
     sim_id: String,
     mut mode: watch::Receiver<Mode>,
-    last_sent: Arc<AtomicU64>,
 ) {
     let mut registry = RegistryClient::with_interceptor(channel, bearer());
     let mut id = sim_id;
@@ -414,7 +411,6 @@ async fn simulate(
         let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(64);
         sequence += 1;
         let _ = tx.try_send(heartbeat(&id, sequence));
-        last_sent.store(now_ms(), Ordering::Relaxed);
         let mut inbound = match registry.heartbeat(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
@@ -465,8 +461,7 @@ async fn simulate(
                         if tx.send(heartbeat(&id, sequence)).await.is_err() {
                             break true;
                         }
-                        last_sent.store(now_ms(), Ordering::Relaxed);
-                        pending.push_back((sequence, Instant::now()));
+                                        pending.push_back((sequence, Instant::now()));
                         // Acks may be dropped by a busy master; forget old sends.
                         while pending.len() > 16 {
                             pending.pop_front();
@@ -646,11 +641,9 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     let mut sims = Vec::with_capacity(n);
     for (i, id) in ids.iter().enumerate() {
         let (mode, mode_rx) = watch::channel(Mode::Normal);
-        let last_sent = Arc::new(AtomicU64::new(0));
         sims.push(Sim {
             id: id.clone(),
             mode: mode.clone(),
-            last_sent: last_sent.clone(),
         });
         tokio::spawn(simulate(
             shared.clone(),
@@ -658,7 +651,6 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
             description(i),
             id.clone(),
             mode_rx,
-            last_sent,
         ));
         // Spread the first heartbeats over one interval, as real workers would be.
         if i % 100 == 99 {
@@ -871,7 +863,6 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     for &i in closed.iter().chain(&silent) {
         let mut admin = admin.clone();
         let id = sims[i].id.clone();
-        let last_sent = sims[i].last_sent.clone();
         let is_closed = i < k;
         waits.push(tokio::spawn(async move {
             let limit = Instant::now() + Duration::from_secs(30);
@@ -885,10 +876,12 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
                     .as_ref()
                     .is_some_and(|w| w.state() == pb::WorkerState::Inactive)
                 {
+                    // Silence as the master saw it: since the last heartbeat it received.
+                    let last = info.map_or(0, |w| w.last_heartbeat_ms) as u64;
                     return Some(if is_closed {
                         closed_at.elapsed().as_secs_f64() * 1000.0
                     } else {
-                        (now_ms() - last_sent.load(Ordering::Relaxed)) as f64
+                        now_ms().saturating_sub(last) as f64
                     });
                 }
                 if Instant::now() > limit {
