@@ -849,7 +849,9 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     tokio::time::sleep(cli.heartbeat_interval * 2).await;
 
     // Time to Inactive: closed streams and silent ones.
-    let k = (n / 20).clamp(1, 200);
+    // A sample: polling thousands of workers every few ms would load the master being
+    // measured.
+    let k = (n / 20).clamp(1, 50);
     let closed: Vec<usize> = (0..k).collect();
     let silent: Vec<usize> = (k..2 * k).collect();
     let mut waits = Vec::new();
@@ -887,7 +889,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
                 if Instant::now() > limit {
                     return None;
                 }
-                tokio::time::sleep(Duration::from_millis(if is_closed { 5 } else { 20 })).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }));
     }
