@@ -846,6 +846,23 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
             sat_cpu * 100.0
         ),
     );
+    // Let the master work off the flood before measuring anything that depends on how
+    // fast it answers: wait until a second brings no more heartbeats than the steady rate.
+    let steady = n as f64 * rate * 1.5;
+    for _ in 0..30 {
+        let before = scrape(master.metrics_port)
+            .get("herd_heartbeats_received_total")
+            .copied()
+            .unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = scrape(master.metrics_port)
+            .get("herd_heartbeats_received_total")
+            .copied()
+            .unwrap_or(0.0);
+        if after - before <= steady {
+            break;
+        }
+    }
     tokio::time::sleep(cli.heartbeat_interval * 2).await;
 
     // Time to Inactive: closed streams and silent ones.
