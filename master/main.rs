@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let interactive = !cli.config.no_repl && std::io::stdin().is_terminal();
-    init_logging();
+    herd::init_logging(repl::LogWriter::default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,17 +73,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(repl::LogWriter::default)
-        .init();
 }
 
 async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {

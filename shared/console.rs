@@ -85,11 +85,7 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .workers;
-                if self.json {
-                    json::workers(&list).to_string()
-                } else {
-                    render::workers(&list, self.style)
-                }
+                self.either(json::workers(&list), || render::workers(&list, self.style))
             }
             Command::Worker { worker } => {
                 let info = self
@@ -112,11 +108,7 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .tasks;
-                if self.json {
-                    json::tasks(&list).to_string()
-                } else {
-                    render::tasks(&list)
-                }
+                self.either(json::tasks(&list), || render::tasks(&list))
             }
             Command::Scheduler { name } => {
                 let name = name
@@ -171,11 +163,7 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                if self.json {
-                    json::task(&info).to_string()
-                } else {
-                    render::submitted(&info)
-                }
+                self.either(json::task(&info), || render::submitted(&info))
             }
             TaskCommand::Status { id } => {
                 let info = self
@@ -184,11 +172,7 @@ impl Console {
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                if self.json {
-                    json::task(&info).to_string()
-                } else {
-                    render::task(&info)
-                }
+                self.either(json::task(&info), || render::task(&info))
             }
             TaskCommand::Cancel { id } => {
                 let info = self
@@ -262,11 +246,12 @@ impl Console {
     }
 
     fn show_worker(&self, info: &pb::WorkerInfo) -> String {
-        if self.json {
-            json::worker(info).to_string()
-        } else {
-            render::worker(info, self.style)
-        }
+        self.either(json::worker(info), || render::worker(info, self.style))
+    }
+
+    /// The JSON answer with `--json`, the text one otherwise.
+    fn either(&self, json: serde_json::Value, text: impl FnOnce() -> String) -> String {
+        if self.json { json.to_string() } else { text() }
     }
 
     /// `status`: once, or (for a person at a terminal) every 2 s until a key is pressed.

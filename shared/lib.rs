@@ -27,5 +27,22 @@ pub mod pb {
 
 pub use error::Error;
 
+/// Sets up `tracing` for a herd program: `HERD_LOG` filters (default `info`), colour only
+/// on a terminal without `NO_COLOR`, lines through `writer`.
+pub fn init_logging<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(writer)
+        .init();
+}
+
 /// The version every herd program reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,6 +10,22 @@ use herd::pb;
 
 const T: Duration = Duration::from_secs(30);
 
+/// The process group a task printed as `pgid=$$`.
+async fn printed_pgid(admin: &mut Admin, id: &str) -> i32 {
+    let deadline = Deadline::new(T, "the task prints its process group");
+    loop {
+        let out = logs(admin, id, false).await;
+        if let Some(pgid) = out
+            .split("pgid=")
+            .nth(1)
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pgid;
+        }
+        deadline.wait().await;
+    }
+}
+
 /// Timings with a short worker-timeout, for tests of lost workers.
 const QUICK_REMOVAL: &[&str] = &[
     "--heartbeat-interval",
@@ -252,18 +268,7 @@ async fn cancel_kills_the_whole_process_group() {
     wait_state(&mut admin, "victim", pb::WorkerState::Active, T).await;
     let t = submit(&mut admin, "echo pgid=$$; sleep 300 & sleep 300; wait", 0.5).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
-    let deadline = Deadline::new(T, "the task prints its process group");
-    let pgid: i32 = loop {
-        let out = logs(&mut admin, &t.id, false).await;
-        if let Some(pgid) = out
-            .split("pgid=")
-            .nth(1)
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pgid;
-        }
-        deadline.wait().await;
-    };
+    let pgid = printed_pgid(&mut admin, &t.id).await;
     let deadline = Deadline::new(T, "both sleeps run");
     while group_members(pgid).len() < 3 {
         deadline.wait().await;
@@ -391,18 +396,7 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
     // Back after Removed, its task re-queued elsewhere: its copy is stopped.
     let t = submit(&mut admin, "echo pgid=$$; sleep 60", 1.0).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
-    let deadline = Deadline::new(T, "the task prints its process group");
-    let pgid: i32 = loop {
-        let out = logs(&mut admin, &t.id, false).await;
-        if let Some(pgid) = out
-            .split("pgid=")
-            .nth(1)
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pgid;
-        }
-        deadline.wait().await;
-    };
+    let pgid = printed_pgid(&mut admin, &t.id).await;
     napper.signal(libc::SIGSTOP);
     let _other = Worker::start(dir.path(), &master.url(), "other", &[]);
     wait_state(&mut admin, "napper", pb::WorkerState::Removed, T).await;

@@ -32,7 +32,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let config = Cli::parse().config;
-    init_logging();
+    herd::init_logging(std::io::stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,18 +50,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
