@@ -124,8 +124,6 @@ struct Entry {
     last_heartbeat_ms: i64,
     last_sequence: u64,
     usage: pb::Usage,
-    /// Task ids the worker reported holding in its last heartbeat.
-    running: Vec<String>,
     presence: Presence,
     session: Option<Session>,
     /// The state last logged and handed to SQLite; a difference is a transition.
@@ -151,7 +149,6 @@ impl Entry {
             last_heartbeat_ms: 0,
             last_sequence: 0,
             usage: pb::Usage::default(),
-            running: Vec::new(),
             presence: Presence {
                 last_seen: now,
                 connected: false,
@@ -949,7 +946,6 @@ impl Inner {
         entry.last_heartbeat_ms = now_ms();
         entry.last_sequence = hb.sequence;
         entry.usage = hb.usage.unwrap_or_default();
-        entry.running.clone_from(&hb.running_task_ids);
         entry.observe(&liveness, now, why);
 
         let mut acked = Vec::with_capacity(hb.finished.len());
