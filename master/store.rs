@@ -63,6 +63,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_by_state ON tasks(state);",
     // 3: drain survives restarts
     "ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;",
+    // 4: the description moves to a table of its own. `workers` keeps identity and
+    // liveness: a tick rewrites narrow rows (~3 ms for 10,000 instead of 20-30 ms).
+    "CREATE TABLE worker_specs (
+        id TEXT PRIMARY KEY REFERENCES workers(id),
+        host TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        version TEXT NOT NULL DEFAULT '',
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        container_runtime TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO worker_specs
+        SELECT id, host, address, version, cpu, memory_gb, gpu, labels, container_runtime
+        FROM workers;
+    ALTER TABLE workers DROP COLUMN host;
+    ALTER TABLE workers DROP COLUMN address;
+    ALTER TABLE workers DROP COLUMN version;
+    ALTER TABLE workers DROP COLUMN cpu;
+    ALTER TABLE workers DROP COLUMN memory_gb;
+    ALTER TABLE workers DROP COLUMN gpu;
+    ALTER TABLE workers DROP COLUMN labels;
+    ALTER TABLE workers DROP COLUMN container_runtime;",
 ];
 
 /// A write the store thread performs.
@@ -209,9 +233,10 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 
 fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
-        "SELECT id, name, host, address, version, cpu, memory_gb, gpu, labels,
-                container_runtime, last_heartbeat, state, registered_at, draining
-         FROM workers ORDER BY name",
+        "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
+                s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
+                w.draining
+         FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -433,19 +458,32 @@ fn commit<'a>(
                 let labels = serde_json::to_string(&r.spec.labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 tx.prepare_cached(
-                    "INSERT INTO workers (id, name, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, is_active, last_heartbeat, state, registered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                    "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(id) DO UPDATE SET
-                         name = excluded.name, host = excluded.host, address = excluded.address,
-                         version = excluded.version, cpu = excluded.cpu,
-                         memory_gb = excluded.memory_gb, gpu = excluded.gpu,
-                         labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         is_active = excluded.is_active, state = excluded.state",
+                         name = excluded.name, is_active = excluded.is_active,
+                         state = excluded.state",
                 )?
                 .execute(params![
                     r.id,
                     r.spec.name,
+                    r.state == WorkerState::Active,
+                    r.last_heartbeat_ms,
+                    r.state.as_str(),
+                    r.registered_at_ms,
+                ])?;
+                tx.prepare_cached(
+                    "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
+                         labels, container_runtime)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET
+                         host = excluded.host, address = excluded.address,
+                         version = excluded.version, cpu = excluded.cpu,
+                         memory_gb = excluded.memory_gb, gpu = excluded.gpu,
+                         labels = excluded.labels, container_runtime = excluded.container_runtime",
+                )?
+                .execute(params![
+                    r.id,
                     r.spec.host,
                     r.spec.address,
                     r.spec.version,
@@ -454,10 +492,6 @@ fn commit<'a>(
                     r.spec.capacity.gpu,
                     labels,
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
-                    r.state == WorkerState::Active,
-                    r.last_heartbeat_ms,
-                    r.state.as_str(),
-                    r.registered_at_ms,
                 ])?;
             }
             Write::Task(t) => {
@@ -614,6 +648,39 @@ mod tests {
         assert_eq!(loaded[0].spec, record("w-1", "a").spec);
         assert_eq!(loaded[0].last_heartbeat_ms, 42);
         assert_eq!(loaded[0].state, WorkerState::Active);
+    }
+
+    #[test]
+    fn a_version_3_database_migrates_with_its_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO workers (id, name, host, address, version, cpu, memory_gb, gpu,
+                     labels, container_runtime, is_active, last_heartbeat, state,
+                     registered_at, draining)
+                 VALUES ('w-1', 'a', 'h', 'a', 'v', 4.0, 8.0, 1, '{\"zone\":\"a\"}',
+                     'podman', 1, 42, 'Active', 10, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let (_store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
+        assert_eq!(loaded.workers.len(), 1);
+        let w = &loaded.workers[0];
+        assert_eq!(w.spec, record("w-1", "a").spec);
+        assert_eq!((w.last_heartbeat_ms, w.draining), (42, true));
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            read_state(&conn, "w-1").unwrap(),
+            Some((true, "Active".into()))
+        );
     }
 
     #[tokio::test]
