@@ -607,7 +607,7 @@ mod tests {
     async fn workers_round_trip_and_liveness_updates_land() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
-        let (store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
+        let (store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
         assert!(loaded.workers.is_empty());
         store
             .write(Write::Worker(record("w-1", "a")))
@@ -642,7 +642,7 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
 
-        let (_store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
+        let (_store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
         let loaded = loaded.workers;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].spec, record("w-1", "a").spec);
@@ -671,7 +671,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (_store, loaded) = Store::open(&path, Histogram::new([1.0].into_iter())).unwrap();
+        let (_store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
         assert_eq!(loaded.workers.len(), 1);
         let w = &loaded.workers[0];
         assert_eq!(w.spec, record("w-1", "a").spec);
@@ -686,11 +686,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(
-            &dir.path().join("herd.db"),
-            Histogram::new([1.0].into_iter()),
-        )
-        .unwrap();
+        let (store, _) = Store::open(&dir.path().join("herd.db"), Histogram::new([1.0])).unwrap();
         store
             .write(Write::Worker(record("w-1", "a")))
             .await
