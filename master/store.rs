@@ -349,10 +349,19 @@ fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, flushes: Option<Hist
         }
         let started = std::time::Instant::now();
         let committed = commit(&mut conn, &rowids, batch.iter().map(|(w, _)| w));
-        if let Some(flushes) = &flushes
-            && batch.iter().any(|(w, _)| matches!(w, Write::Liveness(_)))
-        {
-            flushes.observe(started.elapsed().as_secs_f64());
+        let rows: usize = batch
+            .iter()
+            .map(|(w, _)| match w {
+                Write::Liveness(rows) => rows.len(),
+                _ => 0,
+            })
+            .sum();
+        if rows > 0 {
+            let took = started.elapsed();
+            tracing::debug!(rows, writes = batch.len(), ?took, "liveness flushed");
+            if let Some(flushes) = &flushes {
+                flushes.observe(took.as_secs_f64());
+            }
         }
         match committed {
             Ok(()) => {
