@@ -287,6 +287,7 @@ fn histogram_max(samples: &HashMap<String, f64>, name: &str) -> f64 {
 }
 
 struct Percentiles {
+    min: f64,
     p50: f64,
     p99: f64,
     max: f64,
@@ -295,6 +296,7 @@ struct Percentiles {
 fn percentiles(samples: &mut [f64]) -> Percentiles {
     if samples.is_empty() {
         return Percentiles {
+            min: f64::NAN,
             p50: f64::NAN,
             p99: f64::NAN,
             max: f64::NAN,
@@ -303,6 +305,7 @@ fn percentiles(samples: &mut [f64]) -> Percentiles {
     samples.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     Percentiles {
+        min: at(0.0),
         p50: at(0.5),
         p99: at(0.99),
         max: at(1.0),
@@ -385,10 +388,6 @@ fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
             finished: Vec::new(),
         })),
     }
-}
-
-fn now_ms() -> u64 {
-    herd::time::now_ms() as u64
 }
 
 /// One simulated worker: keeps its stream, heartbeats by its mode, runs tasks instantly,
@@ -885,23 +884,26 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
         let is_closed = i < k;
         waits.push(tokio::spawn(async move {
             let limit = Instant::now() + Duration::from_secs(30);
+            // For a silent worker: the longest silence (by the master's clock) it was still
+            // shown Active with, and the silence when it was first shown Inactive.
+            let mut longest_active = 0i64;
             loop {
                 let info = admin
                     .get_worker(pb::GetWorkerRequest { worker: id.clone() })
                     .await
                     .ok()
                     .map(|r| r.into_inner());
-                if info
-                    .as_ref()
-                    .is_some_and(|w| w.state() == pb::WorkerState::Inactive)
-                {
-                    // Silence as the master saw it: since the last heartbeat it received.
-                    let last = info.map_or(0, |w| w.last_heartbeat_ms) as u64;
-                    return Some(if is_closed {
-                        closed_at.elapsed().as_secs_f64() * 1000.0
-                    } else {
-                        now_ms().saturating_sub(last) as f64
-                    });
+                if let Some(w) = &info {
+                    let silence = w.as_of_ms - w.last_heartbeat_ms;
+                    match w.state() {
+                        pb::WorkerState::Inactive if is_closed => {
+                            return Some((closed_at.elapsed().as_secs_f64() * 1000.0, 0.0));
+                        }
+                        pb::WorkerState::Inactive => {
+                            return Some((silence as f64, longest_active as f64));
+                        }
+                        _ => longest_active = longest_active.max(silence),
+                    }
                 }
                 if Instant::now() > limit {
                     return None;
@@ -912,18 +914,19 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     }
     let mut closed_ms = Vec::new();
     let mut silent_ms = Vec::new();
+    let mut still_active_ms = Vec::new();
     for (j, wait) in waits.into_iter().enumerate() {
-        let value = wait.await?.context("a worker never went Inactive")?;
+        let (value, active) = wait.await?.context("a worker never went Inactive")?;
         if j < k {
             closed_ms.push(value);
         } else {
             silent_ms.push(value);
+            still_active_ms.push(active);
         }
     }
     let closed_p = percentiles(&mut closed_ms);
     let silent_p = percentiles(&mut silent_ms);
     let timeout_ms = HEARTBEAT_TIMEOUT.as_secs_f64() * 1000.0;
-    let tick_ms = CHECK_INTERVAL.as_secs_f64() * 1000.0;
     figures.push(Figure {
         name: "closed stream to Inactive p99",
         goal: "< 1000 ms".into(),
@@ -931,12 +934,24 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
         unit: "ms",
         ok: Some(closed_p.p99 < 1000.0),
     });
+    // Liveness is decided at read time: no answer may show Active after the timeout, and
+    // none Inactive before it. (When an answer comes is up to the poller; what it says is
+    // the master's.)
+    let longest_active = still_active_ms.iter().copied().fold(0.0, f64::max);
+    let earliest_inactive = silent_p.min;
     figures.push(Figure {
-        name: "silent to Inactive (max)",
-        goal: format!("<= {timeout_ms:.0} + {tick_ms:.0} ms"),
-        value: silent_p.max,
+        name: "silent: longest silence shown Active",
+        goal: format!("< {timeout_ms:.0} ms (the timeout)"),
+        value: longest_active,
         unit: "ms",
-        ok: Some(silent_p.max <= timeout_ms + tick_ms && silent_p.p50 >= timeout_ms),
+        ok: Some(longest_active < timeout_ms),
+    });
+    figures.push(Figure {
+        name: "silent: shortest silence shown Inactive",
+        goal: format!(">= {timeout_ms:.0} ms"),
+        value: earliest_inactive,
+        unit: "ms",
+        ok: Some(earliest_inactive >= timeout_ms),
     });
     progress(
         json,

@@ -184,6 +184,7 @@ impl Entry {
             running_task_ids: self.tasks.iter().cloned().collect(),
             connected: self.session.is_some(),
             last_sequence: self.last_sequence,
+            as_of_ms: now_ms(),
         }
     }
 

@@ -104,6 +104,12 @@ fn num(x: f64) -> String {
     }
 }
 
+/// The master's clock when it answered, so "last seen" does not depend on this machine's
+/// clock; ours when the master did not say.
+fn as_of(w: &pb::WorkerInfo, now: i64) -> i64 {
+    if w.as_of_ms > 0 { w.as_of_ms } else { now }
+}
+
 /// The `workers` table.
 pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
     if list.is_empty() {
@@ -125,7 +131,7 @@ pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
                 Cell::plain(format!("{}/{} GB", num(used.memory_gb), num(cap.memory_gb))),
                 Cell::plain(format!("{}/{}", used.gpu, cap.gpu)),
                 Cell::plain(w.running_task_ids.len().to_string()),
-                Cell::plain(ago(w.last_heartbeat_ms, now)),
+                Cell::plain(ago(w.last_heartbeat_ms, as_of(w, now))),
             ]
         })
         .collect();
@@ -211,7 +217,11 @@ pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
     );
     field(
         "last heartbeat",
-        format!("{} (#{})", ago(w.last_heartbeat_ms, now), w.last_sequence),
+        format!(
+            "{} (#{})",
+            ago(w.last_heartbeat_ms, as_of(w, now)),
+            w.last_sequence
+        ),
     );
     field("registered", ago(w.registered_at_ms, now));
     out.pop();
