@@ -163,3 +163,46 @@ async fn the_repl_completes_remembers_and_honours_no_color() {
     repl.send_line("exit").unwrap();
     repl.exp_eof().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herdctl_without_a_command_opens_the_same_repl_remotely() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "remote-seen", &[]);
+    wait_state(
+        &mut admin,
+        "remote-seen",
+        pb::WorkerState::Active,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herdctl"));
+    command
+        .args(["--master", &master.url()])
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("HERD_TOKEN", TOKEN);
+    let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
+    repl.exp_string("herd> ").unwrap();
+    repl.send_line("workers").unwrap();
+    repl.exp_regex(r"remote-seen\s+w-[0-9a-f]{8}\s+Active")
+        .unwrap();
+    repl.exp_string("herd> ").unwrap();
+    repl.send_line("task submit --command 'echo from afar'")
+        .unwrap();
+    let (_, id) = repl.exp_regex(r"t-[0-9]+").unwrap();
+    repl.exp_string("herd> ").unwrap();
+    wait_task(
+        &mut admin,
+        &id,
+        pb::TaskState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
+    repl.send_line(&format!("task logs {id}")).unwrap();
+    repl.exp_string("from afar").unwrap();
+    repl.send_line("quit").unwrap();
+    repl.exp_eof().unwrap();
+}
