@@ -27,17 +27,7 @@ fn main() {
 
 async fn run(rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(
-        dir.path(),
-        &[
-            "--heartbeat-interval",
-            "200ms",
-            "--heartbeat-timeout",
-            "1s",
-            "--check-interval",
-            "100ms",
-        ],
-    );
+    let master = Master::start(dir.path(), TIGHT);
     let mut admin = master.admin().await;
     let patience = Duration::from_secs(20);
 

@@ -110,19 +110,7 @@ async fn a_stopped_worker_goes_inactive_exactly_after_the_timeout_then_removed()
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(1);
     let tick = Duration::from_millis(100);
-    let master = Master::start(
-        dir.path(),
-        &[
-            "--heartbeat-interval",
-            "200ms",
-            "--heartbeat-timeout",
-            "1s",
-            "--check-interval",
-            "100ms",
-            "--worker-timeout",
-            "4s",
-        ],
-    );
+    let master = Master::start(dir.path(), &[TIGHT, &["--worker-timeout", "4s"]].concat());
     let mut admin = master.admin().await;
     let w = Worker::start(dir.path(), &master.url(), "epsilon", &[]);
     let active = wait_state(&mut admin, "epsilon", pb::WorkerState::Active, T).await;

@@ -26,17 +26,10 @@ async fn printed_pgid(admin: &mut Admin, id: &str) -> i32 {
     }
 }
 
-/// Timings with a short worker-timeout, for tests of lost workers.
-const QUICK_REMOVAL: &[&str] = &[
-    "--heartbeat-interval",
-    "200ms",
-    "--heartbeat-timeout",
-    "1s",
-    "--check-interval",
-    "100ms",
-    "--worker-timeout",
-    "3s",
-];
+/// A short worker-timeout too, for tests of lost workers.
+fn quick_removal() -> Vec<&'static str> {
+    [TIGHT, &["--worker-timeout", "3s"]].concat()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_tasks_succeed_or_report_their_exit_code_and_output() {
@@ -325,7 +318,7 @@ async fn logs_stream_while_running_and_outlive_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_task_is_requeued_after_the_worker_timeout_and_succeeds_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), QUICK_REMOVAL);
+    let master = Master::start(dir.path(), &quick_removal());
     let mut admin = master.admin().await;
     let mut first = Worker::start(dir.path(), &master.url(), "doomed", &[]);
     wait_state(&mut admin, "doomed", pb::WorkerState::Active, T).await;
@@ -360,7 +353,7 @@ async fn tasks_give_up_after_max_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(
         dir.path(),
-        &[QUICK_REMOVAL, &["--max-attempts", "1"]].concat(),
+        &[&quick_removal()[..], &["--max-attempts", "1"]].concat(),
     );
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "flaky", &[]);
@@ -379,7 +372,7 @@ async fn tasks_give_up_after_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_its_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), QUICK_REMOVAL);
+    let master = Master::start(dir.path(), &quick_removal());
     let mut admin = master.admin().await;
     let napper = Worker::start(dir.path(), &master.url(), "napper", &[]);
     wait_state(&mut admin, "napper", pb::WorkerState::Active, T).await;

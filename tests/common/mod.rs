@@ -51,6 +51,16 @@ pub const FAST: &[&str] = &[
     "60s",
 ];
 
+/// A 1 s heartbeat timeout checked every 100 ms: for tests that time liveness itself.
+pub const TIGHT: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "1s",
+    "--check-interval",
+    "100ms",
+];
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
