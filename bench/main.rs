@@ -264,6 +264,14 @@ fn scrape(port: u16) -> HashMap<String, f64> {
     out
 }
 
+/// The master's count of heartbeats received so far.
+fn heartbeats_received(metrics_port: u16) -> f64 {
+    scrape(metrics_port)
+        .get("herd_heartbeats_received_total")
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// The upper bound of the bucket holding the largest observation of a histogram.
 fn histogram_max(samples: &HashMap<String, f64>, name: &str) -> f64 {
     let total = samples
@@ -678,10 +686,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     tokio::time::sleep(cli.heartbeat_interval * 2).await;
     shared.recording.store(1, Ordering::Relaxed);
     let cpu_before = cpu_time(master.pid());
-    let hb_before = scrape(master.metrics_port)
-        .get("herd_heartbeats_received_total")
-        .copied()
-        .unwrap_or(0.0);
+    let hb_before = heartbeats_received(master.metrics_port);
     let started = Instant::now();
     let mut false_inactive = 0u32;
     let mut peak_rss = 0;
@@ -710,10 +715,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     let elapsed = started.elapsed();
     shared.recording.store(0, Ordering::Relaxed);
     let cpu = (cpu_time(master.pid()) - cpu_before).as_secs_f64() / elapsed.as_secs_f64() * 100.0;
-    let hb_after = scrape(master.metrics_port)
-        .get("herd_heartbeats_received_total")
-        .copied()
-        .unwrap_or(0.0);
+    let hb_after = heartbeats_received(master.metrics_port);
     let hb_rate = (hb_after - hb_before) / elapsed.as_secs_f64();
     let mut latencies: Vec<f64> = shared
         .latencies
@@ -805,18 +807,12 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
         sim.mode.send_replace(Mode::Flood);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let hb_before = scrape(master.metrics_port)
-        .get("herd_heartbeats_received_total")
-        .copied()
-        .unwrap_or(0.0);
+    let hb_before = heartbeats_received(master.metrics_port);
     let cpu_before = cpu_time(master.pid());
     let started = Instant::now();
     tokio::time::sleep(cli.saturation).await;
     let elapsed = started.elapsed();
-    let hb_after = scrape(master.metrics_port)
-        .get("herd_heartbeats_received_total")
-        .copied()
-        .unwrap_or(0.0);
+    let hb_after = heartbeats_received(master.metrics_port);
     let sat_cpu = (cpu_time(master.pid()) - cpu_before).as_secs_f64() / elapsed.as_secs_f64();
     let sat_rate = (hb_after - hb_before) / elapsed.as_secs_f64();
     // Per core of master CPU actually used.
@@ -849,15 +845,9 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     // fast it answers: wait until a second brings no more heartbeats than the steady rate.
     let steady = n as f64 * rate * 1.5;
     for _ in 0..30 {
-        let before = scrape(master.metrics_port)
-            .get("herd_heartbeats_received_total")
-            .copied()
-            .unwrap_or(0.0);
+        let before = heartbeats_received(master.metrics_port);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = scrape(master.metrics_port)
-            .get("herd_heartbeats_received_total")
-            .copied()
-            .unwrap_or(0.0);
+        let after = heartbeats_received(master.metrics_port);
         if after - before <= steady {
             break;
         }
