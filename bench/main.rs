@@ -376,6 +376,29 @@ fn description(i: usize) -> pb::WorkerDescription {
     }
 }
 
+/// Waits (up to 60 s) until at least `count` workers are Active. No worker may be Removed
+/// meanwhile: nothing this bench does is long enough to justify it.
+async fn wait_active(
+    admin: &mut AdminClient<Authed>,
+    count: u32,
+    after: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = summary(admin).await;
+        if counts.get("Removed").copied().unwrap_or(0) > 0 {
+            bail!("a worker was Removed after {after}");
+        }
+        if counts.get("Active").copied().unwrap_or(0) >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("fewer than {count} workers Active 60 s after {after}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn summary(admin: &mut AdminClient<Authed>) -> HashMap<String, u32> {
     let s = admin
         .summary(pb::SummaryRequest {})
@@ -664,19 +687,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
             tokio::time::sleep(cli.heartbeat_interval.mul_f64(100.0 / n as f64)).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while summary(&mut admin)
-        .await
-        .get("Active")
-        .copied()
-        .unwrap_or(0)
-        < n as u32
-    {
-        if Instant::now() > deadline {
-            bail!("not all {n} workers became Active within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_active(&mut admin, n as u32, "the workers' first streams").await?;
     progress(
         json,
         &format!("all {n} Active; steady phase for {:?}", cli.duration),
@@ -954,19 +965,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
         sims[i].mode.send_replace(Mode::Normal);
     }
     let live = (n - k) as u32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while summary(&mut admin)
-        .await
-        .get("Active")
-        .copied()
-        .unwrap_or(0)
-        < live
-    {
-        if Instant::now() > deadline {
-            bail!("the silent workers did not come back");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_active(&mut admin, live, "the silent workers' return").await?;
 
     // Tasks: submit-to-start one at a time, then placements in bulk.
     let mut latency = Vec::new();
@@ -1082,20 +1081,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     let reload = started.elapsed();
     let counts = summary(&mut admin).await;
     let listed: u32 = counts.values().sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let counts = summary(&mut admin).await;
-        if counts.get("Removed").copied().unwrap_or(0) > 0 {
-            bail!("a worker was Removed after the restart");
-        }
-        if counts.get("Active").copied().unwrap_or(0) >= live {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("not all workers came back within 60 s of the restart");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_active(&mut admin, live, "the master's restart").await?;
     let back = started.elapsed();
     // Every worker changed state twice (Inactive at load, Active again): flushes of all N.
     tokio::time::sleep(CHECK_INTERVAL * 2).await;

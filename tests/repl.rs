@@ -13,16 +13,7 @@ async fn the_repl_lists_workers_and_survives_bad_commands() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(MASTER);
-    command
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(FAST)
-        .env("TERM", "xterm")
-        .env("HERD_TOKEN", TOKEN)
-        .env_remove("NO_COLOR");
-    let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
-    repl.exp_string("master> ").unwrap();
+    let mut repl = repl_master(&dir.path().join("data"), port, false);
 
     let _w = Worker::start(dir.path(), &url, "repl-worker", &[]);
     let mut admin = clients(&url).await.unwrap().0;

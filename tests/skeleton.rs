@@ -293,13 +293,16 @@ async fn the_local_worker_registers_and_stops_with_the_master() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let env = [("HERD_WORKER_NAME", "local-one"), ("HERD_RUNTIME", "none")];
-    let mut master = Master::start_with_env(
-        dir.path(),
-        &data,
-        free_port(),
-        &[FAST, &["--local-worker"]].concat(),
-        &env,
-    );
+    let start = || {
+        Master::start_with_env(
+            dir.path(),
+            &data,
+            free_port(),
+            &[FAST, &["--local-worker"]].concat(),
+            &env,
+        )
+    };
+    let mut master = start();
     let mut admin = master.admin().await;
     wait_state(&mut admin, "local-one", pb::WorkerState::Active, T).await;
     let pid = local_worker_pid(&master).await;
@@ -315,13 +318,7 @@ async fn the_local_worker_registers_and_stops_with_the_master() {
     assert!(master.log_text().contains("herd-master stopped"));
 
     // kill -9 of the master: the worker dies with it (parent-death signal).
-    let mut master = Master::start_with_env(
-        dir.path(),
-        &data,
-        free_port(),
-        &[FAST, &["--local-worker"]].concat(),
-        &env,
-    );
+    let mut master = start();
     let mut admin = master.admin().await;
     let again = wait_state(&mut admin, "local-one", pb::WorkerState::Active, T).await;
     assert_eq!(workers(&mut admin).await.len(), 1, "same name, same worker");
