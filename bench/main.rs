@@ -373,7 +373,8 @@ fn description(i: usize) -> pb::WorkerDescription {
         }),
         labels: Default::default(),
         container_runtime: String::new(),
-    }
+    ..Default::default()
+}
 }
 
 /// Waits (up to 60 s) until at least `count` workers are Active. No worker may be Removed
@@ -417,6 +418,7 @@ fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
             usage: Some(pb::Usage::default()),
             running_task_ids: Vec::new(),
             finished: Vec::new(),
+            held: Vec::new(),
         })),
     }
 }

@@ -1300,6 +1300,7 @@ mod tests {
             },
             labels: Default::default(),
             runtime: None,
+            isolation: String::new(),
         }
     }
 

@@ -147,6 +147,7 @@ fn ack(sequence: u64, finished_task_ids: Vec<String>) -> pb::MasterMessage {
         body: Some(pb::master_message::Body::Ack(pb::HeartbeatAck {
             sequence,
             finished_task_ids,
+            resume: Vec::new(),
         })),
     }
 }

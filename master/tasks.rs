@@ -79,6 +79,7 @@ impl Task {
             submitted_ms: self.submitted_ms,
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
+            history: Vec::new(),
         }
     }
 }

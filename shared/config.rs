@@ -146,6 +146,15 @@ pub struct WorkerConfig {
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
+    /// How long a cancelled task has between SIGTERM and SIGKILL.
+    #[arg(long, env = "HERD_KILL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+
+    /// On SIGTERM, wait for the running tasks to end before leaving (default: leave them
+    /// running under their supervisors, to be reattached at the next start).
+    #[arg(long, env = "HERD_DRAIN_ON_EXIT")]
+    pub drain_on_exit: bool,
+
     #[command(flatten)]
     pub access: Access,
 }

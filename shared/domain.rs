@@ -76,6 +76,9 @@ pub struct WorkerSpec {
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
     pub runtime: Option<Runtime>,
+    /// How the worker contains tasks ("cgroup v1", "cgroup v2", "process group"); empty
+    /// for a worker too old to say.
+    pub isolation: String,
 }
 
 impl From<&WorkerSpec> for pb::WorkerDescription {
@@ -88,6 +91,7 @@ impl From<&WorkerSpec> for pb::WorkerDescription {
             capacity: Some(spec.capacity.into()),
             labels: spec.labels.clone().into_iter().collect(),
             container_runtime: spec.runtime.map(Runtime::as_str).unwrap_or("").into(),
+            isolation: spec.isolation.clone(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
         check_text("host", &d.host, 255)?;
         check_text("address", &d.address, 255)?;
         check_text("version", &d.version, 64)?;
+        check_text("isolation", &d.isolation, 64)?;
         let capacity = check_capacity(
             d.capacity
                 .as_ref()
@@ -196,6 +201,7 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
             version: d.version,
             capacity,
             labels: d.labels.into_iter().collect(),
+            isolation: d.isolation,
         })
     }
 }
@@ -264,7 +270,8 @@ mod tests {
             }),
             labels: [("zone".to_string(), "a".to_string())].into(),
             container_runtime: "podman".into(),
-        }
+    ..Default::default()
+}
     }
 
     #[test]

@@ -426,6 +426,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
             task_id: victim_task.id.clone(),
             attempt: 1,
             data: b"forged output".to_vec(),
+            ..Default::default()
         })),
     })
     .await

@@ -319,6 +319,7 @@ impl HeartbeatSource {
                 usage: Some(self.telemetry.latest()),
                 running_task_ids: running,
                 finished,
+                held: Vec::new(),
             })),
         }
     }

@@ -371,6 +371,7 @@ impl Executor {
                         task_id: task_id.clone(),
                         attempt,
                         data,
+                        ..Default::default()
                     })),
                 };
                 match outbox.try_send(msg) {

@@ -76,6 +76,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         capacity: Some(capacity),
         labels: config.labels.into_iter().collect(),
         container_runtime: runtime.map(Runtime::as_str).unwrap_or("").into(),
+        isolation: String::new(),
     };
     info!(
         worker = %name, master = %config.master, cpu = capacity.cpu,
