@@ -373,8 +373,8 @@ fn description(i: usize) -> pb::WorkerDescription {
         }),
         labels: Default::default(),
         container_runtime: String::new(),
-    ..Default::default()
-}
+        ..Default::default()
+    }
 }
 
 /// Waits (up to 60 s) until at least `count` workers are Active. No worker may be Removed

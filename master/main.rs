@@ -1,7 +1,12 @@
 //! herd-master: gRPC server, worker registry, liveness ticker, SQLite store, and the
 //! `master> ` REPL when stdin is a terminal.
 
+mod liveness;
+mod local_worker;
+mod lock;
 mod metrics;
+mod output;
+mod records;
 mod registry;
 mod scheduler;
 mod server;
@@ -9,18 +14,17 @@ mod service;
 mod store;
 mod tasks;
 mod ticker;
+mod workers;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -31,8 +35,11 @@ use herd::render::Style;
 use herd::repl;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::liveness::Liveness;
+use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
-use crate::registry::{Liveness, Registry, Settings};
+use crate::output::OutputDir;
+use crate::registry::{Registry, Settings};
 use crate::server::Gate;
 use crate::service::Master;
 use crate::store::Store;
@@ -78,9 +85,12 @@ fn main() -> ExitCode {
 async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Before anything in the dir is touched: one master per data dir.
+    let _lock = lock::lock(&config.data_dir)?;
     let db_path = config.data_dir.join("herd.db");
     let metrics = Metrics::new();
-    let (store, loaded) = Store::open(&db_path, metrics.flush.clone())
+    let output = OutputDir::new(config.data_dir.join("output"));
+    let (store, loaded) = Store::open(&db_path, output.clone(), metrics.flush.clone())
         .with_context(|| format!("cannot open {}", db_path.display()))?;
     let token = if config.insecure {
         warn!(
@@ -111,11 +121,9 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let registry = Arc::new(Registry::new(
         Settings {
-            liveness: Liveness {
-                heartbeat_timeout: config.heartbeat_timeout,
-                worker_timeout: config.worker_timeout,
-            },
+            liveness: Liveness::new(config.heartbeat_timeout, config.worker_timeout),
             heartbeat_interval: config.heartbeat_interval,
+            check_interval: config.check_interval,
             max_attempts: config.max_attempts,
             scheduler: config.scheduler,
         },
@@ -149,9 +157,11 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         config.check_interval,
         shutdown_rx.clone(),
     );
+    let sweeper = output::spawn_sweeper(output.clone(), config.task_retention, shutdown_rx.clone());
     let master = Master {
         registry: registry.clone(),
         store: store.clone(),
+        output,
         metrics: metrics.clone(),
         handshake_timeout: config.heartbeat_timeout,
     };
@@ -179,14 +189,14 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         "https" => format!("https://localhost:{}", addr.port()),
         _ => format!("http://{}", reachable(addr)),
     };
-    let mut local_worker = if config.local_worker {
-        let ca = config.tls_cert.as_deref();
-        Some(start_local_worker(
-            &url,
-            ca,
+    let local_worker = if config.local_worker {
+        let worker = LocalWorker::new(
+            url.clone(),
+            config.tls_cert.as_deref(),
             token.as_deref(),
             &config.data_dir,
-        )?)
+        )?;
+        Some(worker.supervise(shutdown_rx.clone())?)
     } else {
         None
     };
@@ -215,9 +225,10 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     info!("stopping: closing worker streams and flushing state");
     registry.close_all();
     let _ = shutdown_tx.send(true);
-    if let Some(child) = local_worker.as_mut() {
-        stop_child(child).await;
+    if let Some(local_worker) = local_worker {
+        let _ = local_worker.await;
     }
+    let _ = sweeper.await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => warn!(%err, "the gRPC server stopped with an error"),
@@ -273,75 +284,5 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
             SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
         }
         _ => addr,
-    }
-}
-
-/// Starts `herd-worker` from beside this binary. It dies with the master (even on kill -9,
-/// through the parent-death signal), and logs to `<data-dir>/local-worker.log`.
-fn start_local_worker(
-    url: &str,
-    ca: Option<&Path>,
-    token: Option<&str>,
-    data_dir: &Path,
-) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe()?.with_file_name("herd-worker");
-    if !exe.exists() {
-        bail!(
-            "--local-worker needs herd-worker next to herd-master ({} is missing): \
-             build both with cargo build --release",
-            exe.display()
-        );
-    }
-    let log_path = data_dir.join("local-worker.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let mut command = Command::new(&exe);
-    command.arg("--master").arg(url);
-    if let Some(ca) = ca {
-        // The master's own certificate is the anchor the local worker trusts.
-        command.arg("--ca").arg(ca);
-    }
-    match token {
-        Some(token) => command.env("HERD_TOKEN", token),
-        None => command.env_remove("HERD_TOKEN"),
-    };
-    command
-        .env_remove("HERD_MASTER")
-        .env_remove("HERD_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    info!(pid = child.id(), log = %log_path.display(), "local worker started");
-    Ok(child)
-}
-
-/// Asks a child to stop (SIGTERM), and kills it if it has not within 5 s.
-async fn stop_child(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: sending a signal to our own child's pid.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        warn!("the local worker did not stop within 5s; killing it");
-        let _ = child.kill().await;
     }
 }

@@ -18,21 +18,24 @@ use herd::pb;
 use herd::pb::worker_message::Body;
 
 use crate::metrics::Metrics;
-use crate::registry::{Logs, Registry};
+use crate::output::OutputDir;
+use crate::registry::Registry;
 use crate::store::{Store, Write};
-use crate::tasks::Task;
 
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
 /// assignments wait for the next scheduling pass.
 const OUTBOUND_CAPACITY: usize = 1024;
 /// How often `task logs --follow` looks for new output.
 const FOLLOW_PERIOD: Duration = Duration::from_millis(200);
+/// Largest piece of output in one TaskLogsChunk, far below the message limit.
+const LOG_CHUNK: usize = 256 * 1024;
 
 /// Shared by both services.
 #[derive(Clone)]
 pub struct Master {
     pub registry: Arc<Registry>,
     pub store: Store,
+    pub output: OutputDir,
     pub metrics: Arc<Metrics>,
     /// How long a new stream may stay silent before its first heartbeat: a worker sends
     /// it at once, and one that cannot would be Inactive anyway.
@@ -52,7 +55,9 @@ impl pb::registry_server::Registry for Master {
         let spec = WorkerSpec::try_from(description)?;
         let registered = self.registry.register(spec);
         // The id is only handed out once it is stored: a restarted master knows it.
-        self.store.write(Write::Worker(registered.record)).await?;
+        self.store
+            .write(Write::Worker(Box::new(registered.record)))
+            .await?;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: registered.id,
             heartbeat_interval_ms: self.registry.heartbeat_interval().as_millis() as u64,
@@ -93,8 +98,13 @@ impl pb::registry_server::Registry for Master {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let accepted = self.registry.connect(&first, tx.clone())?;
         debug!(id = %first.worker_id, ?peer, "heartbeat stream accepted");
-        let _ = tx.try_send(Ok(ack(first.sequence, accepted.acked)));
+        let mut first_ack = ack(first.sequence, Vec::new());
+        if let Some(pb::master_message::Body::Ack(a)) = first_ack.body.as_mut() {
+            a.resume = accepted.resume;
+        }
+        acknowledge(&self.store, &tx, first_ack, accepted.acked);
         let registry = self.registry.clone();
+        let store = self.store.clone();
         let metrics = self.metrics.clone();
         metrics.heartbeats.inc();
         tokio::spawn(async move {
@@ -126,9 +136,7 @@ impl pb::registry_server::Registry for Master {
                         .inspect(|_| {
                             metrics.heartbeats.inc();
                         })
-                        // An acknowledgement may be dropped when the worker reads slowly;
-                        // the next one will do (finished tasks are repeated until acked).
-                        .map(|acked| drop(tx.try_send(Ok(ack(hb.sequence, acked))))),
+                        .map(|acked| acknowledge(&store, &tx, ack(hb.sequence, Vec::new()), acked)),
                     Body::TaskUpdate(update) => registry.task_update(&id, generation, &update),
                     Body::Output(output) => registry.task_output(&id, generation, &output),
                 };
@@ -150,6 +158,31 @@ fn ack(sequence: u64, finished_task_ids: Vec<String>) -> pb::MasterMessage {
             resume: Vec::new(),
         })),
     }
+}
+
+/// Sends a heartbeat's acknowledgement. One that names finished tasks leaves only once
+/// their results are committed (off the stream's reader, so heartbeats keep flowing); a
+/// plain one goes at once, and may be dropped when the worker reads slowly (the next one
+/// will do: finished tasks are repeated until acknowledged).
+fn acknowledge(
+    store: &Store,
+    tx: &mpsc::Sender<Result<pb::MasterMessage, Status>>,
+    mut message: pb::MasterMessage,
+    finished: Vec<String>,
+) {
+    if finished.is_empty() {
+        let _ = tx.try_send(Ok(message));
+        return;
+    }
+    let (store, tx) = (store.clone(), tx.clone());
+    tokio::spawn(async move {
+        if store.sync().await.is_ok() {
+            if let Some(pb::master_message::Body::Ack(a)) = message.body.as_mut() {
+                a.finished_task_ids = finished;
+            }
+            let _ = tx.send(Ok(message)).await;
+        }
+    });
 }
 
 #[tonic::async_trait]
@@ -184,10 +217,7 @@ impl pb::admin_server::Admin for Master {
         let task = self.registry.new_task(TaskSpec::try_from(spec)?);
         // Stored before its id is handed out: an acknowledged task survives kill -9.
         self.store
-            .write(Write::Task(Box::new(Task {
-                output: None,
-                ..task.clone()
-            })))
+            .write(Write::Task(Box::new(task.clone())))
             .await?;
         Ok(Response::new(self.registry.enqueue(task)))
     }
@@ -218,9 +248,10 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::TaskInfo>, Status> {
-        Ok(Response::new(
-            self.registry.cancel(&request.into_inner().task_id)?,
-        ))
+        let info = self.registry.cancel(&request.into_inner().task_id)?;
+        // "Cancelled" is said only once it is stored.
+        self.store.sync().await?;
+        Ok(Response::new(info))
     }
 
     type TaskLogsStream =
@@ -231,43 +262,18 @@ impl pb::admin_server::Admin for Master {
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let pb::TaskLogsRequest { task_id, follow } = request.into_inner();
-        let first = self.registry.logs(&task_id, 0)?;
-        let (tx, rx) = mpsc::channel(16);
-        let registry = self.registry.clone();
-        let store = self.store.clone();
+        self.registry.logs(&task_id)?;
+        let (tx, rx) = mpsc::channel(4);
+        let (registry, store, output) = (
+            self.registry.clone(),
+            self.store.clone(),
+            self.output.clone(),
+        );
         tokio::spawn(async move {
-            let mut logs = first;
-            loop {
-                let (data, next, done) = match logs {
-                    Logs::Memory { data, next, done } => (data, next, done),
-                    Logs::Stored => {
-                        let data = match store.read_output(&task_id).await {
-                            Ok(data) => data,
-                            Err(err) => {
-                                let _ = tx.send(Err(err.into())).await;
-                                return;
-                            }
-                        };
-                        (data, 0, true)
-                    }
-                };
-                if !data.is_empty() && tx.send(Ok(pb::TaskLogsChunk { data })).await.is_err() {
-                    return;
-                }
-                if done || !follow {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
-                    _ = tx.closed() => return,
-                }
-                logs = match registry.logs(&task_id, next) {
-                    Ok(logs) => logs,
-                    Err(err) => {
-                        let _ = tx.send(Err(err.into())).await;
-                        return;
-                    }
-                };
+            if let Err(status) =
+                stream_logs(&registry, &store, &output, &task_id, follow, &tx).await
+            {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -336,4 +342,62 @@ fn scheduler_name(kind: SchedulerKind) -> String {
     kind.to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default()
+}
+
+/// Sends a task's output (what the master keeps of its latest attempt) in chunks well under
+/// the message limit; with `follow`, goes on until the task ends.
+async fn stream_logs(
+    registry: &Registry,
+    store: &Store,
+    output: &OutputDir,
+    task_id: &str,
+    follow: bool,
+    tx: &mpsc::Sender<Result<pb::TaskLogsChunk, Status>>,
+) -> Result<(), Status> {
+    let first = registry.logs(task_id)?;
+    if first.done && !output.exists(task_id) {
+        // Ended before output moved to files: what SQLite kept.
+        let data = store.read_output(task_id).await?;
+        for piece in data.chunks(LOG_CHUNK) {
+            let chunk = pb::TaskLogsChunk {
+                data: piece.to_vec(),
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    let (mut attempt, mut from) = (first.attempt, 0u64);
+    loop {
+        // Everything handed to the store so far is on disk after this.
+        store.sync().await?;
+        let view = registry.logs(task_id)?;
+        if view.attempt != attempt {
+            (attempt, from) = (view.attempt, 0);
+        }
+        while from < view.len {
+            let want = LOG_CHUNK.min((view.len - from) as usize);
+            let (task, out) = (task_id.to_string(), output.clone());
+            let read = tokio::task::spawn_blocking(move || out.read(&task, attempt, from, want))
+                .await
+                .map_err(|e| Status::internal(format!("reading the output failed: {e}")))?
+                .map_err(|e| Status::internal(format!("cannot read the task's output: {e}")))?;
+            let (start, data) = read;
+            if data.is_empty() {
+                break;
+            }
+            from = start + data.len() as u64;
+            if tx.send(Ok(pb::TaskLogsChunk { data })).await.is_err() {
+                return Ok(());
+            }
+        }
+        if view.done || !follow {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
+            _ = tx.closed() => return Ok(()),
+        }
+    }
 }

@@ -18,8 +18,8 @@ use tracing::{error, warn};
 use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
-use crate::registry::{LivenessRow, WorkerRecord};
-use crate::tasks::Task;
+use crate::output::OutputDir;
+use crate::records::{LivenessRow, Task, WorkerRecord};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -87,33 +87,65 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workers DROP COLUMN gpu;
     ALTER TABLE workers DROP COLUMN labels;
     ALTER TABLE workers DROP COLUMN container_runtime;",
+    // 5: every attempt of a task (JSON), and how a worker contains its tasks. Output now
+    // lives in files under <data-dir>/output; the old column stays for tasks that ended
+    // before.
+    "ALTER TABLE tasks ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE worker_specs ADD COLUMN isolation TEXT NOT NULL DEFAULT '';",
 ];
 
 /// A write the store thread performs.
 pub enum Write {
     /// Insert or update a worker's description (registration).
-    Worker(WorkerRecord),
+    Worker(Box<WorkerRecord>),
     /// The liveness columns of many workers (one tick).
     Liveness(Vec<LivenessRow>),
     /// Whether a worker is drained.
     Draining { id: String, draining: bool },
     /// Insert or update a task (everything but its output).
     Task(Box<Task>),
-    /// The output a finished task left (its last MAX_LOG_BYTES) and its whole length.
-    TaskOutput {
-        id: String,
-        output: Vec<u8>,
-        total: u64,
+    /// Output of a task attempt, appended to its files (before the rows committed with it,
+    /// so a committed final update never has less output than the worker sent before it).
+    Output {
+        task: String,
+        attempt: u32,
+        offset: u64,
+        data: Vec<u8>,
     },
+    /// Nothing: waiting for it waits for everything handed over before it.
+    Barrier,
+}
+
+/// Who hears about a write's commit.
+enum Done {
+    Nobody,
+    /// An awaiting caller.
+    Reply(oneshot::Sender<Result<(), Error>>),
+    /// Runs on the store thread right after a successful commit (e.g. sends an assignment
+    /// that may only leave once it is stored). Must be quick and must not block.
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), Error>) {
+        match self {
+            Done::Nobody => {}
+            Done::Reply(reply) => {
+                let _ = reply.send(result);
+            }
+            Done::Then(then) => {
+                if result.is_ok() {
+                    then()
+                }
+            }
+        }
+    }
 }
 
 /// What the store thread is asked to do.
 enum Job {
-    /// A write; `done` hears about the commit when someone waits for it.
-    Write {
-        write: Write,
-        done: Option<oneshot::Sender<Result<(), Error>>>,
-    },
+    /// A write and who hears about its commit.
+    Write { write: Write, done: Done },
     /// Read a finished task's output.
     ReadOutput {
         id: String,
@@ -141,21 +173,34 @@ impl Store {
     /// Opens (creating if needed) the database, migrates it, and returns the store with
     /// every worker it knows.
     /// `flushes` gets the duration of every commit that carries a tick's liveness rows.
-    pub fn open(path: &Path, flushes: Histogram) -> Result<(Store, Loaded), Error> {
-        let started = Store::start(Connection::open(path)?, Some(flushes))?;
+    pub fn open(
+        path: &Path,
+        output: OutputDir,
+        flushes: Histogram,
+    ) -> Result<(Store, Loaded), Error> {
+        let started = Store::start(Connection::open(path)?, output, Some(flushes))?;
         start_checkpointer(path)?;
         Ok(started)
     }
 
-    /// A store on a private in-memory database.
+    /// A store on a private in-memory database (output in a temporary folder).
     #[cfg(test)]
     pub fn memory() -> Store {
-        Store::start(Connection::open_in_memory().unwrap(), None)
-            .unwrap()
-            .0
+        let output = std::env::temp_dir().join(format!("herd-test-output-{}", fastrand::u64(..)));
+        Store::start(
+            Connection::open_in_memory().unwrap(),
+            OutputDir::new(output),
+            None,
+        )
+        .unwrap()
+        .0
     }
 
-    fn start(mut conn: Connection, flushes: Option<Histogram>) -> Result<(Store, Loaded), Error> {
+    fn start(
+        mut conn: Connection,
+        output: OutputDir,
+        flushes: Option<Histogram>,
+    ) -> Result<(Store, Loaded), Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Keep the whole working set in memory: a tick touches every worker's row.
@@ -167,12 +212,12 @@ impl Store {
         migrate(&mut conn)?;
         let loaded = Loaded {
             workers: load_workers(&conn)?,
-            tasks: load_tasks(&conn)?,
+            tasks: load_tasks(&conn, &output)?,
         };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         thread::Builder::new()
             .name("herd-store".into())
-            .spawn(move || run(conn, rx, flushes))
+            .spawn(move || run(conn, output, rx, flushes))
             .map_err(|e| Error::Storage(format!("cannot start the store thread: {e}")))?;
         Ok((Store { jobs }, loaded))
     }
@@ -183,18 +228,34 @@ impl Store {
         self.jobs
             .send(Job::Write {
                 write,
-                done: Some(done),
+                done: Done::Reply(done),
             })
             .map_err(|_| Error::Unavailable("the store is closed".into()))?;
         wait.await
             .map_err(|_| Error::Unavailable("the store stopped".into()))?
     }
 
+    /// Returns once everything handed to the store before is committed: what is
+    /// acknowledged after this is durable.
+    pub async fn sync(&self) -> Result<(), Error> {
+        self.write(Write::Barrier).await
+    }
+
     /// Hands `write` to the store thread without waiting (never blocks, does no I/O).
     /// It is committed in order with every other write, within milliseconds.
     pub fn enqueue(&self, write: Write) {
-        if self.jobs.send(Job::Write { write, done: None }).is_err() {
-            error!("the store is closed; a task change was not saved");
+        self.send(write, Done::Nobody);
+    }
+
+    /// Like [`Store::enqueue`], and runs `then` on the store thread once the write is
+    /// committed (never when it failed).
+    pub fn enqueue_then(&self, write: Write, then: impl FnOnce() + Send + 'static) {
+        self.send(write, Done::Then(Box::new(then)));
+    }
+
+    fn send(&self, write: Write, done: Done) {
+        if self.jobs.send(Job::Write { write, done }).is_err() {
+            error!("the store is closed; a change was not saved");
         }
     }
 
@@ -235,7 +296,7 @@ fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining
+                w.draining, s.isolation
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -253,7 +314,7 @@ fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
                 },
                 labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
-                isolation: String::new(),
+                isolation: r.get(14)?,
             },
             r.get::<_, i64>(10)?,
             r.get::<_, String>(11)?,
@@ -326,7 +387,12 @@ fn learn_rowids<'a>(
 
 /// The store thread: waits for a job, takes everything else already queued, and commits
 /// all the writes in one transaction.
-fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, flushes: Option<Histogram>) {
+fn run(
+    mut conn: Connection,
+    output: OutputDir,
+    jobs: std_mpsc::Receiver<Job>,
+    flushes: Option<Histogram>,
+) {
     let mut rowids = load_rowids(&conn).unwrap_or_else(|err| {
         warn!(%err, "cannot read worker rowids; ticks will update by id");
         RowIds::new()
@@ -349,7 +415,7 @@ fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, flushes: Option<Hist
             continue;
         }
         let started = std::time::Instant::now();
-        let committed = commit(&mut conn, &rowids, batch.iter().map(|(w, _)| w));
+        let committed = commit(&mut conn, &output, &rowids, batch.iter().map(|(w, _)| w));
         let rows: usize = batch
             .iter()
             .map(|(w, _)| match w {
@@ -367,32 +433,31 @@ fn run(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, flushes: Option<Hist
         match committed {
             Ok(()) => {
                 learn_rowids(&conn, &mut rowids, batch.iter().map(|(w, _)| w));
-                batch.into_iter().for_each(|(_, done)| {
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(()));
-                    }
-                })
+                batch.into_iter().for_each(|(_, done)| done.send(Ok(())))
             }
             Err(err) if batch.len() > 1 => {
                 // One bad write must not sink the others: retry each alone.
                 warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
                 for (write, done) in batch {
-                    let res = commit(&mut conn, &rowids, std::iter::once(&write));
+                    // Output was appended by the failed attempt already; only rows retry.
+                    if matches!(write, Write::Output { .. }) {
+                        done.send(Ok(()));
+                        continue;
+                    }
+                    let res = commit(&mut conn, &output, &rowids, std::iter::once(&write));
                     if res.is_ok() {
                         learn_rowids(&conn, &mut rowids, std::iter::once(&write));
                     }
                     if let Err(err) = &res {
                         error!(%err, "SQLite write failed");
                     }
-                    if let Some(done) = done {
-                        let _ = done.send(res);
-                    }
+                    done.send(res);
                 }
             }
             Err(err) => {
                 error!(%err, "SQLite write failed");
-                if let Some((_, Some(done))) = batch.pop() {
-                    let _ = done.send(Err(err));
+                if let Some((_, done)) = batch.pop() {
+                    done.send(Err(err));
                 }
             }
         }
@@ -410,10 +475,10 @@ fn read_output(conn: &Connection, id: &str) -> Result<Vec<u8>, Error> {
         .unwrap_or_default())
 }
 
-fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
+fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
     let mut stmt = conn.prepare(
         "SELECT id, name, image, command, cpu, memory_gb, gpu, state, worker_id, attempts,
-                exit_code, reason, submitted_at, started_at, finished_at
+                exit_code, reason, submitted_at, started_at, finished_at, history
          FROM tasks",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -438,18 +503,20 @@ fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
             submitted_ms: r.get(12)?,
             started_ms: r.get(13)?,
             finished_ms: r.get(14)?,
+            history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
             assigned_at: None,
             cancel_requested: false,
-            output: None,
-            holders: Vec::new(),
+            output_len: 0,
         })
     })?;
     let mut tasks = Vec::new();
     for task in rows {
         let mut task = task?;
-        // Tasks that never ran have no stored output worth a round trip.
-        if !task.state.is_final() {
-            task.output = Some(Default::default());
+        // Output goes on where the master's files end (unfinished tasks only).
+        if !task.state.is_final() && task.attempts > 0 {
+            task.output_len = output.len(&task.id, task.attempts).map_err(|e| {
+                Error::Storage(format!("cannot read the output of {}: {e}", task.id))
+            })?;
         }
         tasks.push(task);
     }
@@ -458,6 +525,7 @@ fn load_tasks(conn: &Connection) -> Result<Vec<Task>, Error> {
 
 fn commit<'a>(
     conn: &mut Connection,
+    output: &OutputDir,
     rowids: &RowIds,
     writes: impl Iterator<Item = &'a Write>,
 ) -> Result<(), Error> {
@@ -484,13 +552,14 @@ fn commit<'a>(
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         labels, container_runtime, isolation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT(id) DO UPDATE SET
                          host = excluded.host, address = excluded.address,
                          version = excluded.version, cpu = excluded.cpu,
                          memory_gb = excluded.memory_gb, gpu = excluded.gpu,
-                         labels = excluded.labels, container_runtime = excluded.container_runtime",
+                         labels = excluded.labels, container_runtime = excluded.container_runtime,
+                         isolation = excluded.isolation",
                 )?
                 .execute(params![
                     r.id,
@@ -502,19 +571,21 @@ fn commit<'a>(
                     r.spec.capacity.gpu,
                     labels,
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
+                    r.spec.isolation,
                 ])?;
             }
             Write::Task(t) => {
                 tx.prepare_cached(
                     "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                          worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                         finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                         finished_at, history)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                         ?16)
                      ON CONFLICT(id) DO UPDATE SET
                          state = excluded.state, worker_id = excluded.worker_id,
                          attempts = excluded.attempts, exit_code = excluded.exit_code,
                          reason = excluded.reason, started_at = excluded.started_at,
-                         finished_at = excluded.finished_at",
+                         finished_at = excluded.finished_at, history = excluded.history",
                 )?
                 .execute(params![
                     t.id,
@@ -532,16 +603,22 @@ fn commit<'a>(
                     t.submitted_ms,
                     t.started_ms,
                     t.finished_ms,
+                    serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
             Write::Draining { id, draining } => {
                 tx.prepare_cached("UPDATE workers SET draining = ?2 WHERE id = ?1")?
                     .execute(params![id, draining])?;
             }
-            Write::TaskOutput { id, output, total } => {
-                tx.prepare_cached("UPDATE tasks SET output = ?2, output_total = ?3 WHERE id = ?1")?
-                    .execute(params![id, output, *total as i64])?;
-            }
+            Write::Output {
+                task,
+                attempt,
+                offset,
+                data,
+            } => output
+                .append(task, *attempt, *offset, data)
+                .map_err(|e| Error::Storage(format!("cannot write the output of {task}: {e}")))?,
+            Write::Barrier => {}
             Write::Liveness(rows) => {
                 let mut by_rowid = tx.prepare_cached(
                     "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
@@ -590,6 +667,10 @@ fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Err
 mod tests {
     use super::*;
 
+    fn out(dir: &tempfile::TempDir) -> OutputDir {
+        OutputDir::new(dir.path().join("output"))
+    }
+
     fn record(id: &str, name: &str) -> WorkerRecord {
         WorkerRecord {
             id: id.into(),
@@ -618,14 +699,14 @@ mod tests {
     async fn workers_round_trip_and_liveness_updates_land() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
-        let (store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
+        let (store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
         assert!(loaded.workers.is_empty());
         store
-            .write(Write::Worker(record("w-1", "a")))
+            .write(Write::Worker(Box::new(record("w-1", "a"))))
             .await
             .unwrap();
         store
-            .write(Write::Worker(record("w-1", "a")))
+            .write(Write::Worker(Box::new(record("w-1", "a"))))
             .await
             .unwrap();
         store
@@ -653,7 +734,7 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
 
-        let (_store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
+        let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
         let loaded = loaded.workers;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].spec, record("w-1", "a").spec);
@@ -682,7 +763,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (_store, loaded) = Store::open(&path, Histogram::new([1.0])).unwrap();
+        let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
         assert_eq!(loaded.workers.len(), 1);
         let w = &loaded.workers[0];
         assert_eq!(w.spec, record("w-1", "a").spec);
@@ -697,13 +778,18 @@ mod tests {
     #[tokio::test]
     async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(&dir.path().join("herd.db"), Histogram::new([1.0])).unwrap();
+        let (store, _) = Store::open(
+            &dir.path().join("herd.db"),
+            out(&dir),
+            Histogram::new([1.0]),
+        )
+        .unwrap();
         store
-            .write(Write::Worker(record("w-1", "a")))
+            .write(Write::Worker(Box::new(record("w-1", "a"))))
             .await
             .unwrap();
-        let dup = store.write(Write::Worker(record("w-2", "a")));
-        let other = store.write(Write::Worker(record("w-3", "b")));
+        let dup = store.write(Write::Worker(Box::new(record("w-2", "a"))));
+        let other = store.write(Write::Worker(Box::new(record("w-3", "b"))));
         let (dup, other) = tokio::join!(dup, other);
         assert!(matches!(dup, Err(Error::Storage(_))));
         other.unwrap();

@@ -86,6 +86,11 @@ pub struct MasterConfig {
     /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "HERD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// How long the output of a task is kept under <data-dir>/output after it was last
+    /// written.
+    #[arg(long, env = "HERD_TASK_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub task_retention: Duration,
 }
 
 impl MasterConfig {

@@ -270,8 +270,8 @@ mod tests {
             }),
             labels: [("zone".to_string(), "a".to_string())].into(),
             container_runtime: "podman".into(),
-    ..Default::default()
-}
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod render;
 pub mod repl;
 pub mod terminal;
+pub mod text;
 pub mod time;
 
 /// The generated types of `proto/herd.proto` (package `herd.v1`): the only contract between

@@ -345,8 +345,8 @@ pub fn description(name: &str) -> pb::WorkerDescription {
         }),
         labels: Default::default(),
         container_runtime: String::new(),
-    ..Default::default()
-}
+        ..Default::default()
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -1,0 +1,144 @@
+//! Where liveness is decided: the one rule ([`Liveness::state`]) that every view, the
+//! scheduler and the ticker apply, and the two guards that keep a master's own trouble from
+//! being taken for the death of its workers ([`StallGuard`], and the hold on mass removals
+//! in [`Liveness::hold_removals`]).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use herd::domain::WorkerState;
+
+/// The liveness rule and its two timeouts. This is the only place they live.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Silent this long (or stream closed): Inactive.
+    pub heartbeat_timeout: Duration,
+    /// Silent this long: Removed.
+    pub worker_timeout: Duration,
+    /// Set while a tick holds back a mass removal: silent workers stay Inactive.
+    pub hold_removals: bool,
+}
+
+impl Liveness {
+    pub fn new(heartbeat_timeout: Duration, worker_timeout: Duration) -> Liveness {
+        Liveness {
+            heartbeat_timeout,
+            worker_timeout,
+            hold_removals: false,
+        }
+    }
+
+    /// The state of a worker at `now`, from the facts the registry keeps.
+    pub fn state(&self, presence: &Presence, now: Instant) -> WorkerState {
+        let silent = now.saturating_duration_since(presence.last_seen);
+        if presence.removed || (silent >= self.worker_timeout && !self.hold_removals) {
+            WorkerState::Removed
+        } else if !presence.connected || silent >= self.heartbeat_timeout {
+            WorkerState::Inactive
+        } else {
+            WorkerState::Active
+        }
+    }
+
+    /// How long a mass removal is held back before it goes ahead.
+    pub fn removal_hold(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    /// Whether removing `due` workers at once, out of `known` not yet Removed, looks more
+    /// like the master's failure (its network, its clock) than the workers': more than half
+    /// of them, and more than one.
+    pub fn is_mass_removal(due: usize, known: usize) -> bool {
+        due >= 2 && due * 2 > known
+    }
+}
+
+/// The facts liveness is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    /// Last heartbeat (or registration, or master start for workers loaded from SQLite, or
+    /// the end of a stall of the master: time the master did not run is not the workers'
+    /// fault).
+    pub last_seen: Instant,
+    /// A heartbeat stream is open (and the worker has not said it is shutting down).
+    pub connected: bool,
+    /// The ticker removed this worker (its tasks were re-queued); only re-registering
+    /// brings it back.
+    pub removed: bool,
+}
+
+/// Notices when the master itself has not run (SIGSTOP, a VM freeze, a suspended laptop, a
+/// long stall). The registry is touched at least every check interval (the ticker), so a
+/// far larger gap between two touches means the master, not its workers, was away.
+#[derive(Debug)]
+pub struct StallGuard {
+    threshold: Duration,
+    last_run: Instant,
+}
+
+impl StallGuard {
+    /// A gap above `max(4 × check_interval, 2 s)` counts as a stall.
+    pub fn new(check_interval: Duration, now: Instant) -> StallGuard {
+        StallGuard {
+            threshold: (check_interval * 4).max(Duration::from_secs(2)),
+            last_run: now,
+        }
+    }
+
+    /// Records that the master runs at `now`; returns the gap when it was a stall.
+    pub fn ran(&mut self, now: Instant) -> Option<Duration> {
+        let gap = now.saturating_duration_since(self.last_run);
+        self.last_run = self.last_run.max(now);
+        (gap > self.threshold).then_some(gap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presence(last_seen: Instant) -> Presence {
+        Presence {
+            last_seen,
+            connected: true,
+            removed: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rule_follows_the_timeouts_and_a_hold_keeps_workers_inactive() {
+        let mut l = Liveness::new(Duration::from_secs(2), Duration::from_secs(6));
+        let p = presence(Instant::now());
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert_eq!(l.state(&p, Instant::now()), WorkerState::Active);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(l.state(&p, Instant::now()), WorkerState::Inactive);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(l.state(&p, Instant::now()), WorkerState::Removed);
+        l.hold_removals = true;
+        assert_eq!(l.state(&p, Instant::now()), WorkerState::Inactive);
+    }
+
+    #[test]
+    fn mass_removal_is_more_than_half_and_more_than_one() {
+        assert!(
+            !Liveness::is_mass_removal(1, 1),
+            "a lone worker is not a mass"
+        );
+        assert!(!Liveness::is_mass_removal(1, 2));
+        assert!(!Liveness::is_mass_removal(2, 4));
+        assert!(Liveness::is_mass_removal(3, 4));
+        assert!(Liveness::is_mass_removal(2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_far_above_the_check_interval_is_a_stall() {
+        let mut g = StallGuard::new(Duration::from_millis(100), Instant::now());
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(g.ran(Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(g.ran(Instant::now()), Some(Duration::from_secs(8)));
+        assert_eq!(g.ran(Instant::now()), None, "once");
+    }
+}

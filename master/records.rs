@@ -1,0 +1,161 @@
+//! The shapes the registry, the task lifecycle and the store share: what a worker and a
+//! task look like in SQLite. Plain data, no behaviour beyond conversions, so the store
+//! depends on nothing that depends on it.
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use herd::domain::{TaskSpec, TaskState, WorkerSpec, WorkerState};
+use herd::pb;
+
+/// A row for the `workers` table, written at registration.
+#[derive(Debug, Clone)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub spec: WorkerSpec,
+    pub registered_at_ms: i64,
+    pub last_heartbeat_ms: i64,
+    pub state: WorkerState,
+    /// No new tasks go here.
+    pub draining: bool,
+}
+
+/// The columns the ticker keeps in sync.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivenessRow {
+    pub id: String,
+    pub state: WorkerState,
+    pub last_heartbeat_ms: i64,
+}
+
+/// How one placement of a task went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Its worker was Removed, or no longer had it: the task was queued again.
+    Lost,
+    /// A stale copy the master told its worker to stop.
+    Fenced,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Assigned => "assigned",
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Lost => "lost",
+            Outcome::Fenced => "fenced",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, Outcome::Assigned | Outcome::Running)
+    }
+}
+
+impl From<TaskState> for Outcome {
+    fn from(state: TaskState) -> Outcome {
+        match state {
+            TaskState::Queued | TaskState::Assigned => Outcome::Assigned,
+            TaskState::Running => Outcome::Running,
+            TaskState::Succeeded => Outcome::Succeeded,
+            TaskState::Failed => Outcome::Failed,
+            TaskState::Cancelled => Outcome::Cancelled,
+        }
+    }
+}
+
+/// One placement of a task: attempt `attempt` on worker `worker_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub assigned_ms: i64,
+    #[serde(default)]
+    pub finished_ms: i64,
+}
+
+/// One task: its row in `tasks`, plus what only a running master needs.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    /// Where it is placed (or last ran).
+    pub worker_id: Option<String>,
+    /// Placements so far; the current attempt's number.
+    pub attempts: u32,
+    pub exit_code: Option<i32>,
+    /// Queue reason, or why it failed or was cancelled.
+    pub reason: String,
+    pub submitted_ms: i64,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// Every placement, oldest first (`history` in SQLite, as JSON).
+    pub history: Vec<Attempt>,
+    /// Not stored: when the current attempt was sent (a worker gets a grace period to
+    /// report it).
+    pub assigned_at: Option<Instant>,
+    /// Not stored: a cancel was sent to the worker; the task ends as Cancelled.
+    pub cancel_requested: bool,
+    /// Not stored: bytes of the current attempt's output the master has (on disk).
+    pub output_len: u64,
+}
+
+impl Task {
+    /// Workers that held an attempt of this task: they may report on it.
+    pub fn held_by(&self, worker_id: &str) -> bool {
+        self.history.iter().any(|a| a.worker_id == worker_id)
+    }
+
+    /// The current attempt's entry, if the task was ever placed.
+    pub fn current(&mut self) -> Option<&mut Attempt> {
+        let n = self.attempts;
+        self.history.iter_mut().rev().find(|a| a.attempt == n)
+    }
+
+    /// The view clients get; `name_of` finds a worker's name by id.
+    pub fn info<'a>(&self, name_of: impl Fn(&str) -> Option<&'a str>) -> pb::TaskInfo {
+        let name = |id: &str| name_of(id).unwrap_or_default().to_string();
+        pb::TaskInfo {
+            id: self.id.clone(),
+            spec: Some((&self.spec).into()),
+            state: pb::TaskState::from(self.state) as i32,
+            worker_id: self.worker_id.clone().unwrap_or_default(),
+            worker_name: self.worker_id.as_deref().map(name).unwrap_or_default(),
+            attempts: self.attempts,
+            exit_code: self.exit_code,
+            reason: self.reason.clone(),
+            submitted_ms: self.submitted_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            history: self
+                .history
+                .iter()
+                .map(|a| pb::AttemptInfo {
+                    attempt: a.attempt,
+                    worker_id: a.worker_id.clone(),
+                    worker_name: name(&a.worker_id),
+                    outcome: a.outcome.as_str().to_string(),
+                    exit_code: a.exit_code,
+                    reason: a.reason.clone(),
+                    assigned_ms: a.assigned_ms,
+                    finished_ms: a.finished_ms,
+                })
+                .collect(),
+        }
+    }
+}

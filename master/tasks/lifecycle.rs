@@ -1,0 +1,455 @@
+//! How a task's state changes: placement (an attempt, dispatched only once it is
+//! committed), what workers report (started, finished, output, the attempts they hold),
+//! fencing of stale attempts, cancel, and re-queueing when a worker is gone.
+
+use std::collections::HashSet;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use herd::domain::{MAX_OUTPUT_CHUNK, TaskState};
+use herd::error::Error;
+use herd::pb;
+use herd::pb::master_message::Body as ToWorker;
+use herd::time::now_ms;
+
+use super::{Tasks, persist, unknown_task};
+use crate::records::{Attempt, Outcome};
+use crate::store::Write;
+use crate::workers::Workers;
+
+impl Tasks {
+    /// Places task `id` on `worker_id` as its next attempt. The assignment reaches the
+    /// worker only after the placement is committed: a master killed at any moment never
+    /// has a worker run an attempt that SQLite does not know.
+    pub(super) fn assign(
+        &mut self,
+        id: &str,
+        worker_id: &str,
+        workers: &mut Workers,
+        now: Instant,
+    ) {
+        let task = self.tasks.get_mut(id).expect("known task");
+        let entry = workers.get_mut(worker_id).expect("known worker");
+        let attempt = task.attempts + 1;
+        task.attempts = attempt;
+        task.state = TaskState::Assigned;
+        task.worker_id = Some(worker_id.to_string());
+        task.assigned_at = Some(now);
+        task.reason.clear();
+        task.output_len = 0;
+        task.history.push(Attempt {
+            attempt,
+            worker_id: worker_id.to_string(),
+            outcome: Outcome::Assigned,
+            exit_code: None,
+            reason: String::new(),
+            assigned_ms: now_ms(),
+            finished_ms: 0,
+        });
+        entry.add(task.spec.resources);
+        entry.tasks.insert(id.to_string());
+        info!(task = %id, worker = %entry.spec.name, attempt, "task assigned");
+        let message = pb::MasterMessage {
+            body: Some(ToWorker::Assign(pb::TaskAssignment {
+                task_id: id.to_string(),
+                attempt,
+                name: task.spec.name.clone(),
+                image: task.spec.image.clone().unwrap_or_default(),
+                command: task.spec.command.clone().unwrap_or_default(),
+                resources: Some(task.spec.resources.into()),
+            })),
+        };
+        let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
+        let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
+        self.store
+            .enqueue_then(Write::Task(Box::new(task.clone())), move || {
+                // A full or closed stream: the worker never hears of it, does not report
+                // it, and the task is queued again after the grace period.
+                if outbound.is_none_or(|o| o.try_send(Ok(message)).is_err()) {
+                    warn!(task = %task_id, %worker, "the assignment could not be sent; it will be re-queued");
+                }
+            });
+    }
+
+    /// Takes in what a heartbeat says about tasks: final results (returned: the ids to
+    /// acknowledge once committed), the attempts the worker holds (stale ones are told to
+    /// stop), and placements the worker no longer has (queued again).
+    pub fn on_heartbeat(
+        &mut self,
+        worker_id: &str,
+        hb: &pb::Heartbeat,
+        workers: &mut Workers,
+        now: Instant,
+    ) -> Vec<String> {
+        let mut acked = Vec::with_capacity(hb.finished.len());
+        for update in &hb.finished {
+            // Results of tasks this worker never held are acknowledged and ignored, so a
+            // worker cannot be stuck repeating them (e.g. after the master lost state).
+            if self.may_speak_for(worker_id, &update.task_id).is_ok() {
+                self.update(worker_id, update, workers);
+            }
+            acked.push(update.task_id.clone());
+        }
+        let held = held_attempts(hb);
+        if held.is_empty() && workers[worker_id].tasks.is_empty() {
+            return acked;
+        }
+        for &(id, attempt) in &held {
+            self.check_held(worker_id, id, attempt, workers);
+        }
+        // Tasks placed here that the worker no longer holds (past the grace period of an
+        // assignment still in flight): lost.
+        let holding: HashSet<&str> = held
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(hb.finished.iter().map(|u| u.task_id.as_str()))
+            .collect();
+        let lost: Vec<String> = workers[worker_id]
+            .tasks
+            .iter()
+            .filter(|id| !holding.contains(id.as_str()))
+            .filter(|id| {
+                self.tasks[id.as_str()]
+                    .assigned_at
+                    .is_none_or(|at| now.saturating_duration_since(at) > self.grace)
+            })
+            .cloned()
+            .collect();
+        for id in lost {
+            let why = format!(
+                "worker {} no longer has the task",
+                workers[worker_id].spec.name
+            );
+            self.requeue_or_fail(&id, &why, workers);
+        }
+        acked
+    }
+
+    /// A worker says it holds `attempt` of task `id` (0: an old worker that does not say
+    /// which): the current one is confirmed running; anything else is told to stop.
+    fn check_held(&mut self, worker_id: &str, id: &str, attempt: u32, workers: &mut Workers) {
+        let entry = &workers[worker_id];
+        match self.tasks.get_mut(id) {
+            Some(task)
+                if task.state.is_placed()
+                    && task.worker_id.as_deref() == Some(worker_id)
+                    && (attempt == 0 || attempt == task.attempts) =>
+            {
+                if task.state == TaskState::Assigned {
+                    mark_running(task);
+                    persist(&self.store, task);
+                }
+                if task.cancel_requested {
+                    entry.cancel(id, task.attempts, "cancelled by an operator");
+                }
+            }
+            Some(task) => {
+                let why = if task.state.is_final() {
+                    format!("the task is already {}", task.state)
+                } else {
+                    "a newer attempt of the task replaced this one".to_string()
+                };
+                info!(task = %id, attempt, worker = %entry.spec.name, %why, "stopping a stale attempt");
+                entry.cancel(id, attempt, &why);
+                if fence(task, worker_id, attempt, &why) {
+                    persist(&self.store, task);
+                }
+            }
+            None => entry.cancel(id, attempt, "the master does not know this task"),
+        }
+    }
+
+    /// A task update from a worker (already known to speak for the task); true when
+    /// resources were freed.
+    pub fn update(
+        &mut self,
+        worker_id: &str,
+        update: &pb::TaskUpdate,
+        workers: &mut Workers,
+    ) -> bool {
+        let Some(task) = self.tasks.get_mut(&update.task_id) else {
+            return false;
+        };
+        let ours = task.worker_id.as_deref() == Some(worker_id)
+            && task.attempts == update.attempt
+            && task.state.is_placed();
+        if !ours {
+            // A stale attempt, a copy re-queued elsewhere, or an update applied already.
+            debug!(task = %update.task_id, attempt = update.attempt, "update of a stale attempt ignored");
+            if update.event() == pb::TaskEvent::Started
+                && let Some(entry) = workers.get(worker_id)
+            {
+                let why = "a newer attempt of the task replaced this one";
+                entry.cancel(&update.task_id, update.attempt, why);
+                if fence(task, worker_id, update.attempt, why) {
+                    persist(&self.store, task);
+                }
+            }
+            return false;
+        }
+        let (state, default_reason) = match update.event() {
+            pb::TaskEvent::Started => {
+                if task.state == TaskState::Assigned {
+                    mark_running(task);
+                    persist(&self.store, task);
+                    info!(task = %task.id, worker = %workers[worker_id].spec.name, "task started");
+                }
+                return false;
+            }
+            pb::TaskEvent::Succeeded => (TaskState::Succeeded, ""),
+            pb::TaskEvent::Failed => (TaskState::Failed, "failed"),
+            pb::TaskEvent::Cancelled => (TaskState::Cancelled, "cancelled"),
+            pb::TaskEvent::Unspecified => return false,
+        };
+        let state = if task.cancel_requested && state != TaskState::Succeeded {
+            TaskState::Cancelled
+        } else {
+            state
+        };
+        let reason = if update.message.is_empty() {
+            default_reason.to_string()
+        } else {
+            update.message.clone()
+        };
+        let id = update.task_id.clone();
+        self.finish(&id, state, update.exit_code, &reason, workers);
+        true
+    }
+
+    /// Output of the current attempt from the worker that holds it: the bytes past what
+    /// the master has are appended (on disk, by the store thread, in order with the task's
+    /// final update). Output of other attempts, duplicates and gaps are ignored.
+    pub fn output(&mut self, worker_id: &str, output: &pb::TaskOutput) -> Result<(), Error> {
+        self.may_speak_for(worker_id, &output.task_id)?;
+        if output.data.len() > MAX_OUTPUT_CHUNK {
+            return Err(Error::invalid(format!(
+                "TaskOutput.data is {} bytes; at most {MAX_OUTPUT_CHUNK} are allowed",
+                output.data.len()
+            )));
+        }
+        let Some(task) = self.tasks.get_mut(&output.task_id) else {
+            return Ok(());
+        };
+        if task.worker_id.as_deref() != Some(worker_id)
+            || task.attempts != output.attempt
+            || task.state.is_final()
+        {
+            return Ok(());
+        }
+        let end = output.offset + output.data.len() as u64;
+        if output.offset > task.output_len || end <= task.output_len {
+            return Ok(());
+        }
+        let skip = (task.output_len - output.offset) as usize;
+        self.store.enqueue(Write::Output {
+            task: task.id.clone(),
+            attempt: task.attempts,
+            offset: task.output_len,
+            data: output.data[skip..].to_vec(),
+        });
+        task.output_len = end;
+        Ok(())
+    }
+
+    /// For each attempt a worker holds that is still wanted: how much output the master
+    /// has, so the worker sends the rest.
+    pub fn resume(&self, worker_id: &str, hb: &pb::Heartbeat) -> Vec<pb::OutputResume> {
+        held_attempts(hb)
+            .into_iter()
+            .filter_map(|(id, attempt)| {
+                let task = self.tasks.get(id)?;
+                (task.worker_id.as_deref() == Some(worker_id)
+                    && task.state.is_placed()
+                    && (attempt == 0 || attempt == task.attempts))
+                    .then(|| pb::OutputResume {
+                        task_id: id.to_string(),
+                        attempt: task.attempts,
+                        offset: task.output_len,
+                    })
+            })
+            .collect()
+    }
+
+    /// Cancels a task: a queued one at once, a placed one by telling its worker.
+    pub fn cancel(&mut self, id: &str, workers: &mut Workers) -> Result<(), Error> {
+        let task = self.tasks.get_mut(id).ok_or_else(|| unknown_task(id))?;
+        match task.state {
+            s if s.is_final() => Err(Error::FailedPrecondition(format!(
+                "task {id} already {s}; nothing to cancel"
+            ))),
+            TaskState::Queued => {
+                self.queue.retain(|q| q != id);
+                self.finish(
+                    id,
+                    TaskState::Cancelled,
+                    None,
+                    "cancelled while queued",
+                    workers,
+                );
+                Ok(())
+            }
+            _ => {
+                let worker = task.worker_id.clone().unwrap_or_default();
+                match workers.get(&worker).filter(|w| w.session.is_some()) {
+                    Some(entry) => {
+                        task.cancel_requested = true;
+                        task.reason = "cancel requested".into();
+                        entry.cancel(id, task.attempts, "cancelled by an operator");
+                        persist(&self.store, task);
+                    }
+                    None => {
+                        // The worker is away: cancel now; if it comes back with the task,
+                        // it is told to stop it.
+                        self.finish(
+                            id,
+                            TaskState::Cancelled,
+                            None,
+                            "cancelled; worker away",
+                            workers,
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Worker `worker_id` was Removed: its unfinished tasks are queued again.
+    pub fn worker_removed(&mut self, worker_id: &str, workers: &mut Workers) {
+        let entry = &workers[worker_id];
+        let why = format!(
+            "worker {} was removed after a long silence",
+            entry.spec.name
+        );
+        let placed: Vec<String> = entry.tasks.iter().cloned().collect();
+        for id in placed {
+            self.requeue_or_fail(&id, &why, workers);
+        }
+    }
+
+    /// A worker may report only on tasks it holds or held.
+    pub fn may_speak_for(&self, worker_id: &str, task_id: &str) -> Result<(), Error> {
+        match self.tasks.get(task_id) {
+            Some(task) if task.held_by(worker_id) => Ok(()),
+            _ => Err(Error::PermissionDenied(format!(
+                "task '{}' was never assigned to worker {worker_id}",
+                herd::text::clip(task_id)
+            ))),
+        }
+    }
+
+    /// Ends a task for good, freeing what it held.
+    fn finish(
+        &mut self,
+        id: &str,
+        state: TaskState,
+        exit_code: Option<i32>,
+        reason: &str,
+        workers: &mut Workers,
+    ) {
+        self.release(id, workers);
+        let task = self.tasks.get_mut(id).expect("finish of a known task");
+        task.state = state;
+        task.exit_code = exit_code;
+        task.reason = reason.to_string();
+        task.finished_ms = now_ms();
+        task.assigned_at = None;
+        if let Some(a) = task.current().filter(|a| a.outcome.is_open()) {
+            a.outcome = state.into();
+            a.exit_code = exit_code;
+            a.reason = reason.to_string();
+            a.finished_ms = now_ms();
+        }
+        info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
+        persist(&self.store, task);
+    }
+
+    /// Frees what a placed task held on its worker.
+    fn release(&mut self, id: &str, workers: &mut Workers) {
+        let task = &self.tasks[id];
+        if !task.state.is_placed() {
+            return;
+        }
+        let resources = task.spec.resources;
+        if let Some(entry) = task.worker_id.as_ref().and_then(|w| workers.get_mut(w))
+            && entry.tasks.remove(id)
+        {
+            entry.sub(resources);
+        }
+    }
+
+    /// The task's worker is gone: queue it again, or fail it after too many attempts.
+    fn requeue_or_fail(&mut self, id: &str, why: &str, workers: &mut Workers) {
+        let task = self.tasks.get_mut(id).expect("known task");
+        if let Some(a) = task.current().filter(|a| a.outcome.is_open()) {
+            a.outcome = Outcome::Lost;
+            a.reason = why.to_string();
+            a.finished_ms = now_ms();
+        }
+        if task.cancel_requested {
+            self.finish(id, TaskState::Cancelled, None, why, workers);
+            return;
+        }
+        if task.attempts >= self.max_attempts {
+            let reason = format!("{why}; gave up after {} attempts", task.attempts);
+            self.finish(id, TaskState::Failed, None, &reason, workers);
+            return;
+        }
+        self.release(id, workers);
+        let task = self.tasks.get_mut(id).expect("known task");
+        warn!(task = %id, attempts = task.attempts, why, "task re-queued");
+        task.state = TaskState::Queued;
+        task.worker_id = None;
+        task.assigned_at = None;
+        task.reason = format!("{why}; re-queued");
+        persist(&self.store, task);
+        // It was submitted before anything queued now: it goes first.
+        self.queue.push_front(id.to_string());
+    }
+}
+
+/// The attempts a heartbeat says the worker holds; workers that do not fill `held` list
+/// task ids only (attempt 0: whichever).
+fn held_attempts(hb: &pb::Heartbeat) -> Vec<(&str, u32)> {
+    if hb.held.is_empty() {
+        hb.running_task_ids
+            .iter()
+            .map(|id| (id.as_str(), 0))
+            .collect()
+    } else {
+        hb.held
+            .iter()
+            .map(|a| (a.task_id.as_str(), a.attempt))
+            .collect()
+    }
+}
+
+fn mark_running(task: &mut crate::records::Task) {
+    task.state = TaskState::Running;
+    task.started_ms = now_ms();
+    task.reason.clear();
+    if let Some(a) = task.current().filter(|a| a.outcome == Outcome::Assigned) {
+        a.outcome = Outcome::Running;
+    }
+}
+
+/// Marks `attempt` of a task on `worker_id` as fenced, if it was still open; true when the
+/// history changed.
+fn fence(task: &mut crate::records::Task, worker_id: &str, attempt: u32, why: &str) -> bool {
+    let Some(a) = task
+        .history
+        .iter_mut()
+        .find(|a| a.worker_id == worker_id && (attempt == 0 || a.attempt == attempt))
+        .filter(|a| a.outcome.is_open() || a.outcome == Outcome::Lost)
+    else {
+        return false;
+    };
+    if a.outcome == Outcome::Fenced {
+        return false;
+    }
+    a.outcome = Outcome::Fenced;
+    a.reason = why.to_string();
+    a.finished_ms = now_ms();
+    true
+}

@@ -1,0 +1,261 @@
+//! The workers the master knows, as the registry keeps them in memory: identity, the open
+//! heartbeat stream (to push to the worker), liveness facts, what is allocated there. The
+//! registry decides what happens to them; the task lifecycle reads and books allocations.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::{info, warn};
+
+use herd::domain::{Resources, WorkerSpec, WorkerState};
+use herd::error::Error;
+use herd::pb;
+use herd::pb::master_message::Body as ToWorker;
+use herd::time::now_ms;
+
+use crate::liveness::{Liveness, Presence};
+use crate::records::WorkerRecord;
+
+/// What the master pushes down a worker's heartbeat stream.
+pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
+
+/// An open heartbeat stream.
+pub struct Session {
+    /// Tells this stream apart from a newer one of the same worker.
+    pub generation: u64,
+    /// Pushes messages to the worker.
+    pub outbound: Outbound,
+    /// Ends the stream with the given status (removed, replaced, master stopping).
+    pub end: oneshot::Sender<Status>,
+    /// Highest heartbeat sequence seen on this stream; older ones are replays.
+    pub last_sequence: u64,
+}
+
+pub struct Entry {
+    pub id: String,
+    pub spec: WorkerSpec,
+    pub registered_at_ms: i64,
+    pub last_heartbeat_ms: i64,
+    pub last_sequence: u64,
+    pub usage: pb::Usage,
+    pub presence: Presence,
+    pub session: Option<Session>,
+    /// The state last logged and handed to SQLite; a difference is a transition.
+    pub recorded: WorkerState,
+    /// A change of state (or description) SQLite has not seen yet.
+    pub dirty: bool,
+    /// The `last_heartbeat` SQLite has.
+    pub persisted_heartbeat_ms: i64,
+    /// Held by the tasks placed here.
+    pub allocated: Resources,
+    /// Tasks placed here (assigned or running).
+    pub tasks: BTreeSet<String>,
+    /// An operator drained it: running tasks finish, no new ones come.
+    pub draining: bool,
+}
+
+impl Entry {
+    pub fn new(id: String, spec: WorkerSpec, now: Instant) -> Entry {
+        Entry {
+            id,
+            spec,
+            registered_at_ms: now_ms(),
+            last_heartbeat_ms: 0,
+            last_sequence: 0,
+            usage: pb::Usage::default(),
+            presence: Presence {
+                last_seen: now,
+                connected: false,
+                removed: false,
+            },
+            session: None,
+            recorded: WorkerState::Inactive,
+            dirty: true,
+            persisted_heartbeat_ms: 0,
+            allocated: Resources::default(),
+            tasks: BTreeSet::new(),
+            draining: false,
+        }
+    }
+
+    /// The status word views show: liveness, with Draining over Active.
+    pub fn shown(&self, liveness: &Liveness, now: Instant) -> pb::WorkerState {
+        match liveness.state(&self.presence, now) {
+            WorkerState::Active if self.draining => pb::WorkerState::Draining,
+            state => state.into(),
+        }
+    }
+
+    pub fn info(&self, liveness: &Liveness, now: Instant) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            id: self.id.clone(),
+            description: Some((&self.spec).into()),
+            state: self.shown(liveness, now) as i32,
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            registered_at_ms: self.registered_at_ms,
+            usage: Some(self.usage),
+            allocated: Some(self.allocated.into()),
+            running_task_ids: self.tasks.iter().cloned().collect(),
+            connected: self.session.is_some(),
+            last_sequence: self.last_sequence,
+            as_of_ms: now_ms(),
+        }
+    }
+
+    /// Applies the rule; logs and marks dirty when the state changed.
+    pub fn observe(&mut self, liveness: &Liveness, now: Instant, why: &str) -> WorkerState {
+        let state = liveness.state(&self.presence, now);
+        if state != self.recorded {
+            let from = self.recorded;
+            self.recorded = state;
+            self.dirty = true;
+            match state {
+                WorkerState::Active => {
+                    info!(worker = %self.spec.name, id = %self.id, %from, to = %state, "{why}")
+                }
+                _ => {
+                    warn!(worker = %self.spec.name, id = %self.id, %from, to = %state, "{why}")
+                }
+            }
+        }
+        state
+    }
+
+    /// Pushes a message to the worker; false when there is no stream or it is full.
+    pub fn push(&self, body: ToWorker) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.outbound
+                .try_send(Ok(pb::MasterMessage { body: Some(body) }))
+                .is_ok()
+        })
+    }
+
+    /// Tells the worker to stop `attempt` of a task (0: whichever it holds).
+    pub fn cancel(&self, task_id: &str, attempt: u32, reason: &str) {
+        self.push(ToWorker::Cancel(pb::TaskCancel {
+            task_id: task_id.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        }));
+    }
+
+    pub fn record(&self) -> WorkerRecord {
+        WorkerRecord {
+            id: self.id.clone(),
+            spec: self.spec.clone(),
+            registered_at_ms: self.registered_at_ms,
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            state: self.recorded,
+            draining: self.draining,
+        }
+    }
+
+    pub fn add(&mut self, r: Resources) {
+        self.allocated.cpu += r.cpu;
+        self.allocated.memory_gb += r.memory_gb;
+        self.allocated.gpu += r.gpu;
+    }
+
+    pub fn sub(&mut self, r: Resources) {
+        let a = &mut self.allocated;
+        a.cpu = (a.cpu - r.cpu).max(0.0);
+        a.memory_gb = (a.memory_gb - r.memory_gb).max(0.0);
+        a.gpu = a.gpu.saturating_sub(r.gpu);
+    }
+}
+
+/// Workers in a slab (never removed: Removed workers stay known), found by id or name. A
+/// scheduling pass walks the slab in name order without hashing a single id.
+#[derive(Default)]
+pub struct Workers {
+    pub slab: Vec<Entry>,
+    index: HashMap<String, usize>,
+    by_name: HashMap<String, String>,
+    /// Slots ordered by name: the scheduler's stable order.
+    pub order: Vec<usize>,
+}
+
+impl Workers {
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.index.get(id).map(|&slot| &self.slab[slot])
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.index.get(id).map(|&slot| &mut self.slab[slot])
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The id registered under `name`.
+    pub fn id_of(&self, name: &str) -> Option<&str> {
+        self.by_name.get(name).map(String::as_str)
+    }
+
+    /// A worker's name by id (for views).
+    pub fn name_of(&self, id: &str) -> Option<&str> {
+        self.get(id).map(|w| w.spec.name.as_str())
+    }
+
+    /// Adds a worker, keeping the name order.
+    pub fn insert(&mut self, entry: Entry) {
+        let name = entry.spec.name.clone();
+        let at = self
+            .order
+            .partition_point(|&other| self.slab[other].spec.name < name);
+        self.by_name.insert(name, entry.id.clone());
+        let slot = self.slab.len();
+        self.index.insert(entry.id.clone(), slot);
+        self.slab.push(entry);
+        self.order.insert(at, slot);
+    }
+
+    /// The id of a worker named by id or by name.
+    pub fn resolve(&self, id_or_name: &str) -> Result<String, Error> {
+        let id = self.id_of(id_or_name).unwrap_or(id_or_name);
+        if self.contains_key(id) {
+            Ok(id.to_string())
+        } else {
+            Err(Error::not_found(format!(
+                "no worker with id or name '{id_or_name}': 'workers --all' lists them"
+            )))
+        }
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, Entry> {
+        self.slab.iter()
+    }
+
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry> {
+        self.slab.iter_mut()
+    }
+
+    /// In name order.
+    pub fn ordered(&self) -> impl Iterator<Item = &Entry> {
+        self.order.iter().map(|&slot| &self.slab[slot])
+    }
+}
+
+impl std::ops::Index<&str> for Workers {
+    type Output = Entry;
+
+    fn index(&self, id: &str) -> &Entry {
+        self.get(id).expect("a known worker id")
+    }
+}
+
+pub fn unknown_worker(id: &str) -> Error {
+    Error::not_found(format!(
+        "unknown worker id '{id}': register again to get an id from this master"
+    ))
+}
+
+pub fn removed_worker(entry: &Entry) -> Error {
+    Error::not_found(format!(
+        "worker {} ({}) was removed after a long silence: register again",
+        entry.spec.name, entry.id
+    ))
+}
