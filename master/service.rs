@@ -376,8 +376,11 @@ async fn stream_logs(
         if view.attempt != attempt {
             (attempt, from) = (view.attempt, 0);
         }
-        while from < view.len {
-            let want = LOG_CHUNK.min((view.len - from) as usize);
+        // A finished task's length is what its files hold (not kept in memory after a
+        // restart).
+        let end = if view.done { u64::MAX } else { view.len };
+        while from < end {
+            let want = LOG_CHUNK.min((end - from).min(LOG_CHUNK as u64) as usize);
             let (task, out) = (task_id.to_string(), output.clone());
             let read = tokio::task::spawn_blocking(move || out.read(&task, attempt, from, want))
                 .await

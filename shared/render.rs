@@ -180,6 +180,14 @@ pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
     field("address", d.address.clone());
     field("version", d.version.clone());
     field(
+        "isolation",
+        if d.isolation.is_empty() {
+            "unknown".to_string()
+        } else {
+            d.isolation.clone()
+        },
+    );
+    field(
         "runtime",
         if d.container_runtime.is_empty() {
             "none".to_string()
@@ -356,6 +364,20 @@ pub fn task(t: &pb::TaskInfo) -> String {
     field("submitted", when(t.submitted_ms));
     field("started", when(t.started_ms));
     field("finished", when(t.finished_ms));
+    for a in &t.history {
+        let mut line = format!(
+            "#{} on {} ({}): {}",
+            a.attempt, a.worker_name, a.worker_id, a.outcome
+        );
+        if let Some(code) = a.exit_code {
+            let _ = write!(line, ", exit {code}");
+        }
+        if !a.reason.is_empty() {
+            let _ = write!(line, ", {}", a.reason);
+        }
+        let _ = write!(line, ", assigned {}", when(a.assigned_ms));
+        field("attempt", line);
+    }
     out.pop();
     out
 }
@@ -444,6 +466,7 @@ pub mod json {
             "address": d.address,
             "version": d.version,
             "runtime": d.container_runtime,
+            "isolation": d.isolation,
             "labels": d.labels,
             "cpu": {"allocated": used.cpu, "total": cap.cpu, "usage_percent": usage.cpu_percent},
             "memory_gb": {"allocated": used.memory_gb, "total": cap.memory_gb, "in_use": usage.memory_used_gb},
@@ -479,6 +502,16 @@ pub mod json {
             "submitted_ms": t.submitted_ms,
             "started_ms": t.started_ms,
             "finished_ms": t.finished_ms,
+            "history": t.history.iter().map(|a| json!({
+                "attempt": a.attempt,
+                "worker_id": a.worker_id,
+                "worker_name": a.worker_name,
+                "outcome": a.outcome,
+                "exit_code": a.exit_code,
+                "reason": a.reason,
+                "assigned_ms": a.assigned_ms,
+                "finished_ms": a.finished_ms,
+            })).collect::<Vec<_>>(),
         })
     }
 
