@@ -1,5 +1,5 @@
 //! Just enough terminal control for the live `status` view: wait for one key press with a
-//! timeout, without echo or line buffering, and restore the terminal afterwards.
+//! timeout, without echo, line buffering or signal keys, and restore the terminal afterwards.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -20,7 +20,9 @@ impl RawInput {
             return None;
         }
         let mut raw = saved;
-        raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+        // ISIG off too: Ctrl-C is a key press that ends the view like any other, rather
+        // than a SIGINT that would leave this read behind to swallow the next line typed.
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
         // SAFETY: as above, with a termios derived from the current one.

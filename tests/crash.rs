@@ -161,7 +161,10 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
         .iter()
         .map(|a| (a.attempt, a.worker_name.as_str(), a.outcome.as_str()))
         .collect();
-    assert_eq!(history, vec![(1, "stale", "fenced"), (2, "fresh", "succeeded")]);
+    assert_eq!(
+        history,
+        vec![(1, "stale", "fenced"), (2, "fresh", "succeeded")]
+    );
     let marker = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(marker, "start-1\nstart-2\ndone-2\n");
     // `task status` shows every attempt.
@@ -232,12 +235,19 @@ async fn sigterm_stops_the_master_at_once_and_loses_nothing() {
     let started = Instant::now();
     let status = master.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     let master = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = master.admin().await;
     let t = task(&mut admin, &done.id).await;
     assert_eq!(t.state(), pb::TaskState::Succeeded);
     assert_eq!(logs(&mut admin, &done.id, false).await, "finished-before\n");
-    assert_eq!(task(&mut admin, &queued.id).await.state(), pb::TaskState::Queued);
+    assert_eq!(
+        task(&mut admin, &queued.id).await.state(),
+        pb::TaskState::Queued
+    );
 }

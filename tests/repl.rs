@@ -8,6 +8,8 @@ use std::time::Duration;
 use common::*;
 use herd::pb;
 
+const T: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_repl_lists_workers_and_survives_bad_commands() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,5 +197,127 @@ async fn herdctl_without_a_command_opens_the_same_repl_remotely() {
     repl.send_line(&format!("task logs {id}")).unwrap();
     repl.exp_string("from afar").unwrap();
     repl.send_line("quit").unwrap();
+    repl.exp_eof().unwrap();
+}
+
+/// Pids of the live children of `parent` whose command is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if comm == name && ppid == Some(parent) && process_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The pid of the herd-master started with `--listen 127.0.0.1:PORT`.
+fn master_listening_on(port: u16) -> u32 {
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"herd-master"))
+                    && args.contains(&listen.as_bytes())
+            })
+        })
+        .expect("the master runs")
+}
+
+/// The one local worker of the master `parent`, once it runs.
+async fn the_local_worker(parent: u32) -> u32 {
+    let deadline = Deadline::new(Duration::from_secs(20), "the local worker runs");
+    loop {
+        if let [pid] = children_named(parent, "herd-worker")[..] {
+            return pid;
+        }
+        deadline.wait().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_at_the_repl_never_reach_the_local_worker_and_a_killed_one_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(MASTER);
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(FAST)
+        .arg("--local-worker")
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_WORKER_NAME", "local-keys")
+        .env("HERD_RUNTIME", "none");
+    let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
+    repl.exp_string("master> ").unwrap();
+    let master_pid = master_listening_on(port);
+    let mut admin = clients(&url).await.unwrap().0;
+    wait_state(&mut admin, "local-keys", pb::WorkerState::Active, T).await;
+    let pid = the_local_worker(master_pid).await;
+
+    // Ctrl-C during `task logs --follow` and during `status` interrupts them only.
+    let t = submit(&mut admin, "echo following; sleep 30", 0.1).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    repl.send_line(&format!("task logs {} --follow", t.id))
+        .unwrap();
+    repl.exp_string("following").unwrap();
+    repl.send_control('c').unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("status").unwrap();
+    repl.exp_string("press any key to stop").unwrap();
+    repl.send_control('c').unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("workers").unwrap();
+    repl.exp_regex(r"local-keys\s+w-[0-9a-f]{8}\s+Active")
+        .unwrap();
+    repl.exp_string("master> ").unwrap();
+    assert!(
+        process_alive(pid),
+        "the local worker died of a key pressed at the REPL"
+    );
+    assert_eq!(
+        the_local_worker(master_pid).await,
+        pid,
+        "restarted, not spared"
+    );
+    assert_eq!(
+        wait_state(&mut admin, "local-keys", pb::WorkerState::Active, T)
+            .await
+            .state(),
+        pb::WorkerState::Active
+    );
+
+    // kill -9 of the local worker: the master starts it again, and it is Active again.
+    // SAFETY: signalling a process this test found as the master's child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_state(&mut admin, "local-keys", pb::WorkerState::Inactive, T).await;
+    let deadline = Deadline::new(T, "a new local worker runs");
+    let again = loop {
+        match children_named(master_pid, "herd-worker")[..] {
+            [p] if p != pid => break p,
+            _ => deadline.wait().await,
+        }
+    };
+    wait_state(&mut admin, "local-keys", pb::WorkerState::Active, T).await;
+    assert!(process_alive(again));
+    repl.send_line("exit").unwrap();
     repl.exp_eof().unwrap();
 }
