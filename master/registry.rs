@@ -805,4 +805,58 @@ mod tests {
         assert!(out.removed.is_empty());
         assert_eq!(r.register(spec("a")).id, "w-1");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
+        let r = registry();
+        let id = r.register(spec("a")).id;
+        let (tx, _rx) = mpsc::channel(4);
+        r.connect(&hb(&id, 1), tx).unwrap();
+        // Paused far past the worker timeout: nothing ran, so nothing is held against it.
+        tokio::time::advance(Duration::from_secs(700)).await;
+        assert_eq!(state(&r, &id), pb::WorkerState::Active, "a fresh timeout");
+        assert!(r.tick(Instant::now(), false).removed.is_empty());
+        // Its own silence after the stall still counts.
+        pass(&r, Duration::from_secs(30)).await;
+        assert_eq!(state(&r, &id), pb::WorkerState::Inactive);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_most_workers_at_once_is_held_back_for_a_while() {
+        let r = registry();
+        let ids: Vec<String> = ["a", "b", "c"]
+            .into_iter()
+            .map(|n| r.register(spec(n)).id)
+            .collect();
+        let mut streams = Vec::new();
+        for id in &ids {
+            let (tx, rx) = mpsc::channel(4);
+            r.connect(&hb(id, 1), tx).unwrap();
+            streams.push(rx);
+        }
+        // All three go silent while the master keeps running (ticks every half second).
+        let mut left = Duration::from_secs(600);
+        while !left.is_zero() {
+            let step = left.min(Duration::from_millis(500));
+            tokio::time::advance(step).await;
+            assert!(r.tick(Instant::now(), false).removed.is_empty(), "held");
+            left -= step;
+        }
+        assert_eq!(
+            state(&r, &ids[0]),
+            pb::WorkerState::Inactive,
+            "held, not Removed"
+        );
+        // After the hold (one heartbeat timeout), they go.
+        let mut removed = Vec::new();
+        let mut waited = Duration::ZERO;
+        while removed.is_empty() {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            waited += Duration::from_millis(500);
+            removed = r.tick(Instant::now(), false).removed;
+        }
+        assert!(waited >= Duration::from_secs(30), "{waited:?}");
+        assert_eq!(removed.len(), 3);
+        assert_eq!(state(&r, &ids[0]), pb::WorkerState::Removed);
+    }
 }
