@@ -175,10 +175,11 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     )
     .await?;
     let metrics_server = config.metrics_listen.map(|addr| {
+        let registry = registry.clone();
         tokio::spawn(metrics::serve(
             addr,
             metrics.clone(),
-            registry.clone(),
+            Arc::new(move || registry.summary()),
             shutdown_rx.clone(),
         ))
     });

@@ -15,7 +15,10 @@ use prometheus_client::registry::Registry as Prometheus;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::registry::Registry;
+use crate::records::Summary;
+
+/// Reads the counts by state at the moment of a scrape.
+pub type Counts = Arc<dyn Fn() -> Summary + Send + Sync>;
 
 /// The master's instruments. Cheap to update from any thread.
 pub struct Metrics {
@@ -82,9 +85,8 @@ impl Metrics {
         histogram.observe(took.as_secs_f64());
     }
 
-    /// Prometheus text, with the by-state gauges read from the registry now.
-    pub fn render(&self, registry: &Registry) -> String {
-        let summary = registry.summary();
+    /// Prometheus text, with the by-state gauges set from `summary`.
+    pub fn render(&self, summary: Summary) -> String {
         for (state, n) in summary.workers {
             self.workers
                 .get_or_create(&vec![("state".into(), state.into())])
@@ -108,7 +110,7 @@ impl Metrics {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    counts: Counts,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -117,7 +119,7 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let text = metrics.render(&registry);
+            let text = metrics.render(counts());
             async move {
                 (
                     [(

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use herd::config::SchedulerKind;
 use herd::domain::{TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::pb;
 
@@ -26,6 +27,15 @@ pub struct LivenessRow {
     pub id: String,
     pub state: WorkerState,
     pub last_heartbeat_ms: i64,
+}
+
+/// Counts of workers and tasks by state (the `status` view and the metrics).
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub workers: Vec<(&'static str, usize)>,
+    pub tasks: Vec<(&'static str, usize)>,
+    pub queued: usize,
+    pub scheduler: SchedulerKind,
 }
 
 /// How one placement of a task went.

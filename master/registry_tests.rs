@@ -1,0 +1,230 @@
+//! Unit tests of the registry: liveness at read time, streams, stalls, mass removals.
+use super::*;
+use herd::domain::Resources;
+use tokio::sync::mpsc;
+
+fn spec(name: &str) -> WorkerSpec {
+    WorkerSpec {
+        name: name.into(),
+        host: "h".into(),
+        address: "127.0.0.1".into(),
+        version: "t".into(),
+        capacity: Resources {
+            cpu: 2.0,
+            memory_gb: 4.0,
+            gpu: 0,
+        },
+        labels: Default::default(),
+        runtime: None,
+        isolation: String::new(),
+    }
+}
+
+fn registry() -> Registry {
+    Registry::new(
+        Settings {
+            liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
+            heartbeat_interval: Duration::from_secs(5),
+            check_interval: Duration::from_secs(1),
+            max_attempts: 3,
+            scheduler: SchedulerKind::ResourceAware,
+        },
+        Store::memory(),
+        Metrics::new(),
+    )
+}
+
+fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
+    pb::Heartbeat {
+        worker_id: id.into(),
+        sequence,
+        ..Default::default()
+    }
+}
+
+fn state(r: &Registry, id: &str) -> pb::WorkerState {
+    r.get(id).unwrap().state()
+}
+
+/// Lets `d` pass while the master keeps running (touched every half second, as the
+/// ticker would), so no stall is seen.
+async fn pass(r: &Registry, d: Duration) {
+    let mut left = d;
+    while !left.is_zero() {
+        let step = left.min(Duration::from_millis(500));
+        tokio::time::advance(step).await;
+        r.summary();
+        left -= step;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_follows_the_timeouts_exactly() {
+    let r = registry();
+    let id = r.register(spec("a")).id;
+    assert_eq!(state(&r, &id), pb::WorkerState::Inactive, "no stream yet");
+    let (tx, _rx) = mpsc::channel(4);
+    let acc = r.connect(&hb(&id, 1), tx).unwrap();
+    assert_eq!(state(&r, &id), pb::WorkerState::Active);
+
+    pass(&r, Duration::from_millis(29_999)).await;
+    assert_eq!(
+        state(&r, &id),
+        pb::WorkerState::Active,
+        "before the timeout"
+    );
+    pass(&r, Duration::from_millis(1)).await;
+    assert_eq!(
+        state(&r, &id),
+        pb::WorkerState::Inactive,
+        "read time, no tick"
+    );
+
+    r.heartbeat(&id, acc.generation, &hb(&id, 2)).unwrap();
+    assert_eq!(
+        state(&r, &id),
+        pb::WorkerState::Active,
+        "a heartbeat revives it"
+    );
+
+    pass(&r, Duration::from_secs(600)).await;
+    assert_eq!(state(&r, &id), pb::WorkerState::Removed);
+    let out = r.tick(Instant::now(), false);
+    assert_eq!(out.removed, vec![id.clone()]);
+    assert_eq!(out.rows.last().unwrap().state, WorkerState::Removed);
+    let err = r.heartbeat(&id, acc.generation, &hb(&id, 3)).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    assert!(r.list(false).is_empty(), "Removed is hidden without --all");
+    assert_eq!(r.list(true).len(), 1);
+
+    let again = r.register(spec("a"));
+    assert_eq!(again.id, id, "coming back by name keeps the id");
+    assert!(again.reregistered);
+    let (tx, _rx) = mpsc::channel(4);
+    r.connect(&hb(&id, 1), tx).unwrap();
+    assert_eq!(state(&r, &id), pb::WorkerState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_stream_is_inactive_at_once() {
+    let r = registry();
+    let id = r.register(spec("a")).id;
+    let (tx, _rx) = mpsc::channel(4);
+    let acc = r.connect(&hb(&id, 1), tx).unwrap();
+    r.disconnect(&id, acc.generation);
+    assert_eq!(state(&r, &id), pb::WorkerState::Inactive);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_stream_wins_and_the_old_one_is_ended() {
+    let r = registry();
+    let id = r.register(spec("a")).id;
+    let (tx1, _rx1) = mpsc::channel(4);
+    let old = r.connect(&hb(&id, 1), tx1).unwrap();
+    let (tx2, _rx2) = mpsc::channel(4);
+    let new = r.connect(&hb(&id, 1), tx2).unwrap();
+    assert_eq!(old.end.await.unwrap().code(), tonic::Code::Aborted);
+    assert!(r.heartbeat(&id, old.generation, &hb(&id, 2)).is_err());
+    r.disconnect(&id, old.generation);
+    assert_eq!(
+        state(&r, &id),
+        pb::WorkerState::Active,
+        "old close is ignored"
+    );
+    r.heartbeat(&id, new.generation, &hb(&id, 2)).unwrap();
+}
+
+#[test]
+fn names_map_to_one_id_and_strangers_are_refused() {
+    let r = registry();
+    let a = r.register(spec("a")).id;
+    let b = r.register(spec("b")).id;
+    assert_ne!(a, b);
+    assert_eq!(r.register(spec("a")).id, a);
+    assert_eq!(r.list(true).len(), 2);
+    assert_eq!(r.get("b").unwrap().id, b);
+    let (tx, _rx) = mpsc::channel(4);
+    assert!(matches!(
+        r.connect(&hb("w-nope", 1), tx),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        r.heartbeat(&a, 1, &hb(&b, 1)),
+        Err(Error::PermissionDenied(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
+    let r = registry();
+    r.load(
+        vec![WorkerRecord {
+            id: "w-1".into(),
+            spec: spec("a"),
+            registered_at_ms: 1,
+            last_heartbeat_ms: 1, // long, long ago
+            state: WorkerState::Active,
+            draining: false,
+        }],
+        Vec::new(),
+    );
+    assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
+    let out = r.tick(Instant::now(), false);
+    assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");
+    assert!(out.removed.is_empty());
+    assert_eq!(r.register(spec("a")).id, "w-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
+    let r = registry();
+    let id = r.register(spec("a")).id;
+    let (tx, _rx) = mpsc::channel(4);
+    r.connect(&hb(&id, 1), tx).unwrap();
+    // Paused far past the worker timeout: nothing ran, so nothing is held against it.
+    tokio::time::advance(Duration::from_secs(700)).await;
+    assert_eq!(state(&r, &id), pb::WorkerState::Active, "a fresh timeout");
+    assert!(r.tick(Instant::now(), false).removed.is_empty());
+    // Its own silence after the stall still counts.
+    pass(&r, Duration::from_secs(30)).await;
+    assert_eq!(state(&r, &id), pb::WorkerState::Inactive);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_most_workers_at_once_is_held_back_for_a_while() {
+    let r = registry();
+    let ids: Vec<String> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| r.register(spec(n)).id)
+        .collect();
+    let mut streams = Vec::new();
+    for id in &ids {
+        let (tx, rx) = mpsc::channel(4);
+        r.connect(&hb(id, 1), tx).unwrap();
+        streams.push(rx);
+    }
+    // All three go silent while the master keeps running (ticks every half second).
+    let mut left = Duration::from_secs(600);
+    while !left.is_zero() {
+        let step = left.min(Duration::from_millis(500));
+        tokio::time::advance(step).await;
+        assert!(r.tick(Instant::now(), false).removed.is_empty(), "held");
+        left -= step;
+    }
+    assert_eq!(
+        state(&r, &ids[0]),
+        pb::WorkerState::Inactive,
+        "held, not Removed"
+    );
+    // After the hold (one heartbeat timeout), they go.
+    let mut removed = Vec::new();
+    let mut waited = Duration::ZERO;
+    while removed.is_empty() {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        waited += Duration::from_millis(500);
+        removed = r.tick(Instant::now(), false).removed;
+    }
+    assert!(waited >= Duration::from_secs(30), "{waited:?}");
+    assert_eq!(removed.len(), 3);
+    assert_eq!(state(&r, &ids[0]), pb::WorkerState::Removed);
+}

@@ -1,0 +1,195 @@
+//! The schema of `herd.db`: versioned migrations (`PRAGMA user_version`) and what is read
+//! back at start.
+
+use rusqlite::Connection;
+
+use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
+use herd::error::Error;
+
+use crate::output::OutputDir;
+use crate::records::{Task, WorkerRecord};
+
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: workers
+    "CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        name TEXT UNIQUE NOT NULL,
+        host TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        version TEXT NOT NULL DEFAULT '',
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        container_runtime TEXT NOT NULL DEFAULT '',
+        is_active INTEGER NOT NULL DEFAULT 0,
+        last_heartbeat INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+    );",
+    // 2: tasks
+    "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        image TEXT,
+        command TEXT,
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        worker_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        submitted_at INTEGER NOT NULL,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        output BLOB,
+        output_total INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tasks_by_state ON tasks(state);",
+    // 3: drain survives restarts
+    "ALTER TABLE workers ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;",
+    // 4: the description moves to a table of its own. `workers` keeps identity and
+    // liveness: a tick rewrites narrow rows (~3 ms for 10,000 instead of 20-30 ms).
+    "CREATE TABLE worker_specs (
+        id TEXT PRIMARY KEY REFERENCES workers(id),
+        host TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        version TEXT NOT NULL DEFAULT '',
+        cpu REAL NOT NULL,
+        memory_gb REAL NOT NULL,
+        gpu INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        container_runtime TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO worker_specs
+        SELECT id, host, address, version, cpu, memory_gb, gpu, labels, container_runtime
+        FROM workers;
+    ALTER TABLE workers DROP COLUMN host;
+    ALTER TABLE workers DROP COLUMN address;
+    ALTER TABLE workers DROP COLUMN version;
+    ALTER TABLE workers DROP COLUMN cpu;
+    ALTER TABLE workers DROP COLUMN memory_gb;
+    ALTER TABLE workers DROP COLUMN gpu;
+    ALTER TABLE workers DROP COLUMN labels;
+    ALTER TABLE workers DROP COLUMN container_runtime;",
+    // 5: every attempt of a task (JSON), and how a worker contains its tasks. Output now
+    // lives in files under <data-dir>/output; the old column stays for tasks that ended
+    // before.
+    "ALTER TABLE tasks ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE worker_specs ADD COLUMN isolation TEXT NOT NULL DEFAULT '';",
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(Error::Storage(format!(
+            "herd.db has schema version {version}, newer than this herd-master knows ({}); \
+             use a newer herd-master",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
+                s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
+                w.draining, s.isolation
+         FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            WorkerSpec {
+                name: r.get(1)?,
+                host: r.get(2)?,
+                address: r.get(3)?,
+                version: r.get(4)?,
+                capacity: Resources {
+                    cpu: r.get(5)?,
+                    memory_gb: r.get(6)?,
+                    gpu: r.get(7)?,
+                },
+                labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
+                isolation: r.get(14)?,
+            },
+            r.get::<_, i64>(10)?,
+            r.get::<_, String>(11)?,
+            r.get::<_, i64>(12)?,
+            r.get::<_, bool>(13)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining) = row?;
+        out.push(WorkerRecord {
+            id,
+            spec,
+            registered_at_ms,
+            last_heartbeat_ms,
+            state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
+            draining,
+        });
+    }
+    Ok(out)
+}
+
+pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, image, command, cpu, memory_gb, gpu, state, worker_id, attempts,
+                exit_code, reason, submitted_at, started_at, finished_at, history
+         FROM tasks",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let state: String = r.get(7)?;
+        Ok(Task {
+            id: r.get(0)?,
+            spec: TaskSpec {
+                name: r.get(1)?,
+                image: r.get(2)?,
+                command: r.get(3)?,
+                resources: Resources {
+                    cpu: r.get(4)?,
+                    memory_gb: r.get(5)?,
+                    gpu: r.get(6)?,
+                },
+            },
+            state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
+            worker_id: r.get(8)?,
+            attempts: r.get(9)?,
+            exit_code: r.get(10)?,
+            reason: r.get(11)?,
+            submitted_ms: r.get(12)?,
+            started_ms: r.get(13)?,
+            finished_ms: r.get(14)?,
+            history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+            assigned_at: None,
+            cancel_requested: false,
+            output_len: 0,
+        })
+    })?;
+    let mut tasks = Vec::new();
+    for task in rows {
+        let mut task = task?;
+        // Output goes on where the master's files end (unfinished tasks only).
+        if !task.state.is_final() && task.attempts > 0 {
+            task.output_len = output.len(&task.id, task.attempts).map_err(|e| {
+                Error::Storage(format!("cannot read the output of {}: {e}", task.id))
+            })?;
+        }
+        tasks.push(task);
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,144 @@
+//! Tests of the store: round trips, migrations, refused writes.
+use super::schema::MIGRATIONS;
+use super::*;
+use herd::domain::{Resources, WorkerSpec};
+
+fn out(dir: &tempfile::TempDir) -> OutputDir {
+    OutputDir::new(dir.path().join("output"))
+}
+
+fn record(id: &str, name: &str) -> WorkerRecord {
+    WorkerRecord {
+        id: id.into(),
+        spec: WorkerSpec {
+            name: name.into(),
+            host: "h".into(),
+            address: "a".into(),
+            version: "v".into(),
+            capacity: Resources {
+                cpu: 4.0,
+                memory_gb: 8.0,
+                gpu: 1,
+            },
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            runtime: Some(Runtime::Podman),
+            isolation: String::new(),
+        },
+        registered_at_ms: 10,
+        last_heartbeat_ms: 0,
+        state: WorkerState::Inactive,
+        draining: false,
+    }
+}
+
+#[tokio::test]
+async fn workers_round_trip_and_liveness_updates_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    assert!(loaded.workers.is_empty());
+    store
+        .write(Write::Worker(Box::new(record("w-1", "a"))))
+        .await
+        .unwrap();
+    store
+        .write(Write::Worker(Box::new(record("w-1", "a"))))
+        .await
+        .unwrap();
+    store
+        .write(Write::Liveness(vec![LivenessRow {
+            id: "w-1".into(),
+            state: WorkerState::Active,
+            last_heartbeat_ms: 42,
+        }]))
+        .await
+        .unwrap();
+    drop(store);
+
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(
+        read_state(&conn, "w-1").unwrap(),
+        Some((true, "Active".into()))
+    );
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(conn);
+
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let loaded = loaded.workers;
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].spec, record("w-1", "a").spec);
+    assert_eq!(loaded[0].last_heartbeat_ms, 42);
+    assert_eq!(loaded[0].state, WorkerState::Active);
+}
+
+#[test]
+fn a_version_3_database_migrates_with_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO workers (id, name, host, address, version, cpu, memory_gb, gpu,
+                 labels, container_runtime, is_active, last_heartbeat, state,
+                 registered_at, draining)
+             VALUES ('w-1', 'a', 'h', 'a', 'v', 4.0, 8.0, 1, '{\"zone\":\"a\"}',
+                 'podman', 1, 42, 'Active', 10, 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    assert_eq!(loaded.workers.len(), 1);
+    let w = &loaded.workers[0];
+    assert_eq!(w.spec, record("w-1", "a").spec);
+    assert_eq!((w.last_heartbeat_ms, w.draining), (42, true));
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(
+        read_state(&conn, "w-1").unwrap(),
+        Some((true, "Active".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(
+        &dir.path().join("herd.db"),
+        out(&dir),
+        Histogram::new([1.0]),
+    )
+    .unwrap();
+    store
+        .write(Write::Worker(Box::new(record("w-1", "a"))))
+        .await
+        .unwrap();
+    let dup = store.write(Write::Worker(Box::new(record("w-2", "a"))));
+    let other = store.write(Write::Worker(Box::new(record("w-3", "b"))));
+    let (dup, other) = tokio::join!(dup, other);
+    assert!(matches!(dup, Err(Error::Storage(_))));
+    other.unwrap();
+}
+
+/// Reads one worker's liveness columns.
+fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Error> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT is_active, state FROM workers WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
