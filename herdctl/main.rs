@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     };
     let mut console = console;
     let mut stdout = std::io::stdout();
-    match runtime.block_on(console.execute(command, &mut stdout)) {
+    match runtime.block_on(console.run(command, &mut stdout)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("herdctl: {err}");

@@ -1,10 +1,13 @@
 //! herd-master: gRPC server, worker registry, liveness ticker, SQLite store, and the
 //! `master> ` REPL when stdin is a terminal.
 
+mod admin;
 mod liveness;
 mod local_worker;
 mod lock;
+mod logs;
 mod metrics;
+mod ops;
 mod output;
 mod records;
 mod registry;
@@ -119,20 +122,33 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // A flag given wins; else the policy last switched to at run time; else the default.
+    let scheduler = config
+        .scheduler
+        .or_else(|| {
+            let kept = loaded.scheduler.as_deref()?;
+            clap::ValueEnum::from_str(kept, false).ok()
+        })
+        .unwrap_or_default();
     let registry = Arc::new(Registry::new(
         Settings {
             liveness: Liveness::new(config.heartbeat_timeout, config.worker_timeout),
             heartbeat_interval: config.heartbeat_interval,
             check_interval: config.check_interval,
             max_attempts: config.max_attempts,
-            scheduler: config.scheduler,
+            scheduler,
         },
         store.clone(),
         metrics.clone(),
     ));
     let known = loaded.workers.len();
     let known_tasks = loaded.tasks.len();
-    registry.load(loaded.workers, loaded.tasks);
+    registry.load(
+        loaded.workers,
+        loaded.tasks,
+        loaded.finished,
+        loaded.last_task,
+    );
 
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
@@ -145,7 +161,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     info!(
         %addr, data = %db_path.display(), known_workers = known, known_tasks,
-        scheduler = ?config.scheduler,
+        ?scheduler,
         heartbeat_timeout = ?config.heartbeat_timeout, worker_timeout = ?config.worker_timeout,
         "herd-master listening"
     );

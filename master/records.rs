@@ -38,6 +38,32 @@ pub struct Summary {
     pub scheduler: SchedulerKind,
 }
 
+/// Which tasks a list asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    /// Placed (now or last) on this worker.
+    pub worker_id: Option<String>,
+    /// Submitted at or after (unix ms).
+    pub since_ms: i64,
+}
+
+impl TaskFilter {
+    pub fn matches(&self, task: &Task) -> bool {
+        self.state.is_none_or(|s| task.state == s)
+            && self
+                .worker_id
+                .as_ref()
+                .is_none_or(|w| task.worker_id.as_ref() == Some(w))
+            && task.submitted_ms >= self.since_ms
+    }
+}
+
+/// The number in a task id (`t-42` → 42): its order of submission.
+pub fn task_number(id: &str) -> Option<u64> {
+    id.strip_prefix("t-")?.parse().ok()
+}
+
 /// How one placement of a task went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

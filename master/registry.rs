@@ -23,9 +23,9 @@ use herd::pb;
 
 use crate::liveness::{Liveness, StallGuard};
 use crate::metrics::Metrics;
-use crate::records::{LivenessRow, Summary, Task, WorkerRecord};
+use crate::records::{LivenessRow, Summary, Task, TaskFilter, WorkerRecord, task_number};
 use crate::store::Store;
-use crate::tasks::{LogsView, Tasks};
+use crate::tasks::{LogsView, Lookup, Tasks};
 use crate::workers::{Entry, Outbound, Session, Workers, removed_worker, unknown_worker};
 
 /// How far the `last_heartbeat` column may lag behind the last heartbeat. Changes of state
@@ -145,7 +145,13 @@ impl Registry {
     /// Loads what SQLite knows at start. Workers are Inactive until they heartbeat, and
     /// their Removed clock starts now. Placed tasks stay placed: their worker re-attaches
     /// them when it reports them, or they are re-queued when it is Removed.
-    pub fn load(&self, workers: Vec<WorkerRecord>, tasks: Vec<Task>) {
+    pub fn load(
+        &self,
+        workers: Vec<WorkerRecord>,
+        tasks: Vec<Task>,
+        finished: Vec<(TaskState, u64)>,
+        last_task: u64,
+    ) {
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         for r in workers {
@@ -166,7 +172,9 @@ impl Registry {
             entry.persisted_heartbeat_ms = r.last_heartbeat_ms;
             inner.workers.insert(entry);
         }
-        inner.tasks.load(&mut inner.workers, tasks, now);
+        inner
+            .tasks
+            .load(&mut inner.workers, tasks, finished, last_task, now);
     }
 
     /// Registers a worker, or re-registers it by name keeping its id.
@@ -384,8 +392,13 @@ impl Registry {
             }
         }
         for id in &out.removed {
-            inner.tasks.worker_removed(id, &mut inner.workers);
+            let why = format!(
+                "worker {} was removed after a long silence",
+                inner.workers[id.as_str()].spec.name
+            );
+            inner.tasks.worker_gone(id, &why, &mut inner.workers);
         }
+        inner.tasks.drop_retired();
         inner
             .tasks
             .schedule(&mut inner.workers, &inner.liveness, now);
@@ -402,15 +415,33 @@ impl Registry {
         }
     }
 
-    /// Every worker as of now, ordered by name; Removed ones only with `all`.
-    pub fn list(&self, all: bool) -> Vec<pb::WorkerInfo> {
+    /// Workers as of now, ordered by name, from the first name after `after`: at most
+    /// `limit` and at most `max_bytes` encoded (at least one). Removed ones only with
+    /// `all`. Also says whether more follow.
+    pub fn list(
+        &self,
+        all: bool,
+        after: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<pb::WorkerInfo>, bool) {
+        use prost::Message;
         let (inner, now) = self.lock();
-        inner
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut listed = inner
             .workers
-            .ordered()
+            .ordered_after(after)
             .map(|w| w.info(&inner.liveness, now))
-            .filter(|w| all || w.state() != pb::WorkerState::Removed)
-            .collect()
+            .filter(|w| all || w.state() != pb::WorkerState::Removed);
+        for w in listed.by_ref() {
+            bytes += w.encoded_len() + 8;
+            if !page.is_empty() && (page.len() >= limit || bytes > max_bytes) {
+                return (page, true);
+            }
+            page.push(w);
+        }
+        (page, false)
     }
 
     /// One worker by id or name.
@@ -445,18 +476,52 @@ impl Registry {
         inner
             .tasks
             .schedule(&mut inner.workers, &inner.liveness, now);
-        inner.tasks.info(&id, &inner.workers).expect("just queued")
+        match inner.tasks.info(&id, &inner.workers) {
+            Ok(Lookup::Here(info)) => info,
+            _ => unreachable!("a task just queued is in memory"),
+        }
     }
 
-    pub fn task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+    /// One task as the master has it in memory (`Stored`: ask SQLite).
+    pub fn task(&self, id: &str) -> Result<Lookup<pb::TaskInfo>, Error> {
         let (inner, _) = self.lock();
         inner.tasks.info(id, &inner.workers)
     }
 
-    /// Tasks in submission order, optionally only those in `state`.
-    pub fn tasks(&self, state: Option<TaskState>) -> Vec<pb::TaskInfo> {
+    /// The tasks in memory numbered below `before` matching `filter`, newest first, with
+    /// their numbers; and the number a first page starts below.
+    pub fn task_page(
+        &self,
+        filter: &TaskFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> (Vec<(u64, pb::TaskInfo)>, u64) {
         let (inner, _) = self.lock();
-        inner.tasks.list(state, &inner.workers)
+        let next = inner.tasks.next_number();
+        let page = inner
+            .tasks
+            .page(filter, before.unwrap_or(next), limit)
+            .into_iter()
+            .map(|t| {
+                let n = task_number(&t.id).unwrap_or(0);
+                (n, t.info(|w| inner.workers.name_of(w)))
+            })
+            .collect();
+        (page, next)
+    }
+
+    /// Views of tasks read from SQLite (with their workers' names).
+    pub fn task_infos(&self, tasks: &[Task]) -> Vec<pb::TaskInfo> {
+        let (inner, _) = self.lock();
+        tasks
+            .iter()
+            .map(|t| t.info(|w| inner.workers.name_of(w)))
+            .collect()
+    }
+
+    /// The id of a worker named by id or name.
+    pub fn resolve_worker(&self, id_or_name: &str) -> Result<String, Error> {
+        self.lock().0.workers.resolve(id_or_name)
     }
 
     /// Cancels a task: a queued one at once, a placed one by telling its worker.
@@ -464,12 +529,46 @@ impl Registry {
         let (mut guard, _) = self.lock();
         let inner = &mut *guard;
         inner.tasks.cancel(id, &mut inner.workers)?;
-        inner.tasks.info(id, &inner.workers)
+        match inner.tasks.info(id, &inner.workers)? {
+            Lookup::Here(info) => Ok(info),
+            Lookup::Stored => Err(Error::FailedPrecondition(format!("task {id} has ended"))),
+        }
     }
 
-    /// Where a task's output stands.
-    pub fn logs(&self, id: &str) -> Result<LogsView, Error> {
+    /// Where a task's output stands (`Stored`: it ended and only SQLite knows it).
+    pub fn logs(&self, id: &str) -> Result<Lookup<LogsView>, Error> {
         self.lock().0.tasks.logs(id)
+    }
+
+    /// Forgets a worker that is not Active: its unfinished tasks are queued again and its
+    /// name is free. Returns its last view and the id to delete from SQLite.
+    pub fn forget(&self, id_or_name: &str) -> Result<pb::WorkerInfo, Error> {
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
+        let id = inner.workers.resolve(id_or_name)?;
+        let entry = &inner.workers[id.as_str()];
+        let state = inner.liveness.state(&entry.presence, now);
+        if state == WorkerState::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "worker {} ({id}) is Active; stop it first (only Inactive or Removed workers \
+                 can be forgotten)",
+                entry.spec.name
+            )));
+        }
+        let info = entry.info(&inner.liveness, now);
+        let why = format!("worker {} was forgotten", entry.spec.name);
+        inner.tasks.worker_gone(&id, &why, &mut inner.workers);
+        let entry = inner.workers.forget(&id);
+        if let Some(session) = entry.and_then(|e| e.session.take()) {
+            let _ = session.end.send(Status::not_found(
+                "this worker was forgotten: register again",
+            ));
+        }
+        info!(worker = %info.description.as_ref().map(|d| d.name.as_str()).unwrap_or(""), %id, "worker forgotten");
+        inner
+            .tasks
+            .schedule(&mut inner.workers, &inner.liveness, now);
+        Ok(info)
     }
 
     /// Drains (or undrains) a worker by id or name; returns the record to store.

@@ -20,8 +20,9 @@ fn spec(name: &str) -> WorkerSpec {
     }
 }
 
-fn registry() -> Registry {
-    Registry::new(
+fn registry() -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Registry::new(
         Settings {
             liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
             heartbeat_interval: Duration::from_secs(5),
@@ -29,9 +30,14 @@ fn registry() -> Registry {
             max_attempts: 3,
             scheduler: SchedulerKind::ResourceAware,
         },
-        Store::memory(),
+        Store::scratch(dir.path()),
         Metrics::new(),
-    )
+    );
+    (r, dir)
+}
+
+fn listed(r: &Registry, all: bool) -> usize {
+    r.list(all, "", usize::MAX, usize::MAX).0.len()
 }
 
 fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
@@ -60,7 +66,7 @@ async fn pass(r: &Registry, d: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn liveness_follows_the_timeouts_exactly() {
-    let r = registry();
+    let (r, _dir) = registry();
     let id = r.register(spec("a")).id;
     assert_eq!(state(&r, &id), pb::WorkerState::Inactive, "no stream yet");
     let (tx, _rx) = mpsc::channel(4);
@@ -94,8 +100,8 @@ async fn liveness_follows_the_timeouts_exactly() {
     assert_eq!(out.rows.last().unwrap().state, WorkerState::Removed);
     let err = r.heartbeat(&id, acc.generation, &hb(&id, 3)).unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-    assert!(r.list(false).is_empty(), "Removed is hidden without --all");
-    assert_eq!(r.list(true).len(), 1);
+    assert!(listed(&r, false) == 0, "Removed is hidden without --all");
+    assert_eq!(listed(&r, true), 1);
 
     let again = r.register(spec("a"));
     assert_eq!(again.id, id, "coming back by name keeps the id");
@@ -107,7 +113,7 @@ async fn liveness_follows_the_timeouts_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_stream_is_inactive_at_once() {
-    let r = registry();
+    let (r, _dir) = registry();
     let id = r.register(spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
     let acc = r.connect(&hb(&id, 1), tx).unwrap();
@@ -117,7 +123,7 @@ async fn a_closed_stream_is_inactive_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_newer_stream_wins_and_the_old_one_is_ended() {
-    let r = registry();
+    let (r, _dir) = registry();
     let id = r.register(spec("a")).id;
     let (tx1, _rx1) = mpsc::channel(4);
     let old = r.connect(&hb(&id, 1), tx1).unwrap();
@@ -136,12 +142,12 @@ async fn a_newer_stream_wins_and_the_old_one_is_ended() {
 
 #[test]
 fn names_map_to_one_id_and_strangers_are_refused() {
-    let r = registry();
+    let (r, _dir) = registry();
     let a = r.register(spec("a")).id;
     let b = r.register(spec("b")).id;
     assert_ne!(a, b);
     assert_eq!(r.register(spec("a")).id, a);
-    assert_eq!(r.list(true).len(), 2);
+    assert_eq!(listed(&r, true), 2);
     assert_eq!(r.get("b").unwrap().id, b);
     let (tx, _rx) = mpsc::channel(4);
     assert!(matches!(
@@ -156,7 +162,7 @@ fn names_map_to_one_id_and_strangers_are_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
-    let r = registry();
+    let (r, _dir) = registry();
     r.load(
         vec![WorkerRecord {
             id: "w-1".into(),
@@ -167,6 +173,8 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
             draining: false,
         }],
         Vec::new(),
+        Vec::new(),
+        0,
     );
     assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
     let out = r.tick(Instant::now(), false);
@@ -177,7 +185,7 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
-    let r = registry();
+    let (r, _dir) = registry();
     let id = r.register(spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
     r.connect(&hb(&id, 1), tx).unwrap();
@@ -192,7 +200,7 @@ async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn removing_most_workers_at_once_is_held_back_for_a_while() {
-    let r = registry();
+    let (r, _dir) = registry();
     let ids: Vec<String> = ["a", "b", "c"]
         .into_iter()
         .map(|n| r.register(spec(n)).id)

@@ -1,5 +1,6 @@
-//! The gRPC services: thin adapters that convert the proto, call the registry or the
-//! store, and map errors to statuses.
+//! The Registry gRPC service (what workers call): registration and the heartbeat stream,
+//! a thin adapter over the registry. [`Master`] is shared with the Admin service
+//! (`admin.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,9 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use clap::ValueEnum;
-use herd::config::SchedulerKind;
-use herd::domain::{TaskSpec, TaskState, WorkerSpec};
+use herd::domain::WorkerSpec;
 use herd::pb;
 use herd::pb::worker_message::Body;
 
@@ -25,10 +24,6 @@ use crate::store::{Store, Write};
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
 /// assignments wait for the next scheduling pass.
 const OUTBOUND_CAPACITY: usize = 1024;
-/// How often `task logs --follow` looks for new output.
-const FOLLOW_PERIOD: Duration = Duration::from_millis(200);
-/// Largest piece of output in one TaskLogsChunk, far below the message limit.
-const LOG_CHUNK: usize = 256 * 1024;
 
 /// Shared by both services.
 #[derive(Clone)]
@@ -183,224 +178,4 @@ fn acknowledge(
             let _ = tx.send(Ok(message)).await;
         }
     });
-}
-
-#[tonic::async_trait]
-impl pb::admin_server::Admin for Master {
-    async fn list_workers(
-        &self,
-        request: Request<pb::ListWorkersRequest>,
-    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self.registry.list(request.into_inner().all);
-        Ok(Response::new(pb::ListWorkersResponse { workers }))
-    }
-
-    async fn get_worker(
-        &self,
-        request: Request<pb::GetWorkerRequest>,
-    ) -> Result<Response<pb::WorkerInfo>, Status> {
-        let worker = request.into_inner().worker;
-        if worker.is_empty() {
-            return Err(Status::invalid_argument("give a worker id or name"));
-        }
-        Ok(Response::new(self.registry.get(&worker)?))
-    }
-
-    async fn submit_task(
-        &self,
-        request: Request<pb::SubmitTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("SubmitTaskRequest has no task spec"))?;
-        let task = self.registry.new_task(TaskSpec::try_from(spec)?);
-        // Stored before its id is handed out: an acknowledged task survives kill -9.
-        self.store
-            .write(Write::Task(Box::new(task.clone())))
-            .await?;
-        Ok(Response::new(self.registry.enqueue(task)))
-    }
-
-    async fn list_tasks(
-        &self,
-        request: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let state = match request.into_inner().state() {
-            pb::TaskState::Unspecified => None,
-            other => Some(TaskState::try_from(other)?),
-        };
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: self.registry.tasks(state),
-        }))
-    }
-
-    async fn get_task(
-        &self,
-        request: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
-        Ok(Response::new(
-            self.registry.task(&request.into_inner().task_id)?,
-        ))
-    }
-
-    async fn cancel_task(
-        &self,
-        request: Request<pb::CancelTaskRequest>,
-    ) -> Result<Response<pb::TaskInfo>, Status> {
-        let info = self.registry.cancel(&request.into_inner().task_id)?;
-        // "Cancelled" is said only once it is stored.
-        self.store.sync().await?;
-        Ok(Response::new(info))
-    }
-
-    type TaskLogsStream =
-        Pin<Box<dyn Stream<Item = Result<pb::TaskLogsChunk, Status>> + Send + 'static>>;
-
-    async fn task_logs(
-        &self,
-        request: Request<pb::TaskLogsRequest>,
-    ) -> Result<Response<Self::TaskLogsStream>, Status> {
-        let pb::TaskLogsRequest { task_id, follow } = request.into_inner();
-        self.registry.logs(&task_id)?;
-        let (tx, rx) = mpsc::channel(4);
-        let (registry, store, output) = (
-            self.registry.clone(),
-            self.store.clone(),
-            self.output.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(status) =
-                stream_logs(&registry, &store, &output, &task_id, follow, &tx).await
-            {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn scheduler(
-        &self,
-        request: Request<pb::SchedulerRequest>,
-    ) -> Result<Response<pb::SchedulerResponse>, Status> {
-        let name = request.into_inner().name;
-        let to = if name.is_empty() {
-            None
-        } else {
-            Some(SchedulerKind::from_str(&name, false).map_err(|_| {
-                Status::invalid_argument(format!(
-                    "unknown scheduler '{name}': use round-robin or resource-aware"
-                ))
-            })?)
-        };
-        let kind = self.registry.scheduler(to);
-        Ok(Response::new(pb::SchedulerResponse {
-            name: scheduler_name(kind),
-        }))
-    }
-
-    async fn drain(
-        &self,
-        request: Request<pb::DrainRequest>,
-    ) -> Result<Response<pb::WorkerInfo>, Status> {
-        let pb::DrainRequest { worker, drain } = request.into_inner();
-        let record = self.registry.drain(&worker, drain)?;
-        let id = record.id.clone();
-        // Acknowledged only once stored: a drain survives a restart.
-        self.store
-            .write(Write::Draining {
-                id: record.id,
-                draining: drain,
-            })
-            .await?;
-        Ok(Response::new(self.registry.get(&id)?))
-    }
-
-    async fn summary(
-        &self,
-        _request: Request<pb::SummaryRequest>,
-    ) -> Result<Response<pb::ClusterSummary>, Status> {
-        let summary = self.registry.summary();
-        let counts = |list: Vec<(&str, usize)>| {
-            list.into_iter()
-                .map(|(state, n)| pb::StateCount {
-                    state: state.to_string(),
-                    count: n as u32,
-                })
-                .collect()
-        };
-        Ok(Response::new(pb::ClusterSummary {
-            workers: counts(summary.workers),
-            tasks: counts(summary.tasks),
-            queue_length: summary.queued as u32,
-            scheduler: scheduler_name(summary.scheduler),
-        }))
-    }
-}
-
-fn scheduler_name(kind: SchedulerKind) -> String {
-    kind.to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default()
-}
-
-/// Sends a task's output (what the master keeps of its latest attempt) in chunks well under
-/// the message limit; with `follow`, goes on until the task ends.
-async fn stream_logs(
-    registry: &Registry,
-    store: &Store,
-    output: &OutputDir,
-    task_id: &str,
-    follow: bool,
-    tx: &mpsc::Sender<Result<pb::TaskLogsChunk, Status>>,
-) -> Result<(), Status> {
-    let first = registry.logs(task_id)?;
-    if first.done && !output.exists(task_id) {
-        // Ended before output moved to files: what SQLite kept.
-        let data = store.read_output(task_id).await?;
-        for piece in data.chunks(LOG_CHUNK) {
-            let chunk = pb::TaskLogsChunk {
-                data: piece.to_vec(),
-            };
-            if tx.send(Ok(chunk)).await.is_err() {
-                return Ok(());
-            }
-        }
-        return Ok(());
-    }
-    let (mut attempt, mut from) = (first.attempt, 0u64);
-    loop {
-        // Everything handed to the store so far is on disk after this.
-        store.sync().await?;
-        let view = registry.logs(task_id)?;
-        if view.attempt != attempt {
-            (attempt, from) = (view.attempt, 0);
-        }
-        // A finished task's length is what its files hold (not kept in memory after a
-        // restart).
-        let end = if view.done { u64::MAX } else { view.len };
-        while from < end {
-            let want = LOG_CHUNK.min((end - from).min(LOG_CHUNK as u64) as usize);
-            let (task, out) = (task_id.to_string(), output.clone());
-            let read = tokio::task::spawn_blocking(move || out.read(&task, attempt, from, want))
-                .await
-                .map_err(|e| Status::internal(format!("reading the output failed: {e}")))?
-                .map_err(|e| Status::internal(format!("cannot read the task's output: {e}")))?;
-            let (start, data) = read;
-            if data.is_empty() {
-                break;
-            }
-            from = start + data.len() as u64;
-            if tx.send(Ok(pb::TaskLogsChunk { data })).await.is_err() {
-                return Ok(());
-            }
-        }
-        if view.done || !follow {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
-            _ = tx.closed() => return Ok(()),
-        }
-    }
 }

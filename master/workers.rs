@@ -54,6 +54,8 @@ pub struct Entry {
     pub tasks: BTreeSet<String>,
     /// An operator drained it: running tasks finish, no new ones come.
     pub draining: bool,
+    /// Forgotten: no longer listed or found; its slot stays so others keep theirs.
+    pub forgotten: bool,
 }
 
 impl Entry {
@@ -77,6 +79,7 @@ impl Entry {
             allocated: Resources::default(),
             tasks: BTreeSet::new(),
             draining: false,
+            forgotten: false,
         }
     }
 
@@ -225,17 +228,36 @@ impl Workers {
         }
     }
 
-    pub fn values(&self) -> std::slice::Iter<'_, Entry> {
-        self.slab.iter()
+    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slab.iter().filter(|e| !e.forgotten)
     }
 
-    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry> {
-        self.slab.iter_mut()
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.slab.iter_mut().filter(|e| !e.forgotten)
     }
 
     /// In name order.
     pub fn ordered(&self) -> impl Iterator<Item = &Entry> {
         self.order.iter().map(|&slot| &self.slab[slot])
+    }
+
+    /// In name order, from the first name after `after` ("" for all).
+    pub fn ordered_after(&self, after: &str) -> impl Iterator<Item = &Entry> {
+        let from = self
+            .order
+            .partition_point(|&slot| self.slab[slot].spec.name.as_str() <= after);
+        self.order[from..].iter().map(|&slot| &self.slab[slot])
+    }
+
+    /// Forgets a worker: it is found and listed no more and its name is free. Returns it.
+    pub fn forget(&mut self, id: &str) -> Option<&mut Entry> {
+        let slot = self.index.remove(id)?;
+        let entry = &mut self.slab[slot];
+        self.by_name.remove(&entry.spec.name);
+        self.order.retain(|&s| s != slot);
+        entry.forgotten = true;
+        entry.tasks.clear();
+        Some(entry)
     }
 }
 

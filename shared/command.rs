@@ -11,22 +11,29 @@ pub const HELP: &str = "\
 commands:
   workers [--all]                     list workers (--all includes Removed ones)
   worker <id|name>                    show one worker in full
+  worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
                                       submit a task (at least one of --docker-image/--command;
                                       defaults: --cpu 1 --memory 0 --gpu 0); prints its id
-  tasks [--state S]                   list tasks; S: queued, assigned, running, succeeded,
-                                      failed, cancelled
-  task status <id>                    one task in full
-  task logs <id> [--follow]           its output (the last 1 MiB is kept per task);
-                                      --follow streams until it ends (Ctrl-C stops following)
-  task cancel <id>                    stop a task (its whole process group or container)
+  tasks [--state S] [--limit N | --all]
+                                      the newest tasks (50 unless --limit; --all for every
+                                      one); S: queued, assigned, running, succeeded, failed,
+                                      cancelled
+  task status <id>                    one task in full, with every attempt
+  task logs <id> [--all] [--follow]   its output: the last 1 MiB (--all: all the master
+                                      keeps); --follow streams until it ends (Ctrl-C stops)
+  task cancel <id>                    stop a task (every process of it, or its container)
   scheduler [round-robin|resource-aware]
                                       show or switch the placement policy
   drain <id|name>                     no new tasks on a worker; running ones finish
   undrain <id|name>                   take new tasks again
   status                              cluster at a glance, refreshed every 2s until a key
   help                                this text
-  exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)";
+  exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)
+--json anywhere on a line prints JSON instead of tables";
+
+/// How many tasks `tasks` shows without --limit or --all.
+pub const DEFAULT_TASK_LIMIT: usize = 50;
 
 /// One command of the grammar.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
@@ -37,21 +44,31 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show one worker in full.
+    /// Show one worker in full, or act on it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Worker {
         /// A worker id or name.
-        worker: String,
+        #[arg(required = true)]
+        worker: Option<String>,
+        #[command(subcommand)]
+        action: Option<WorkerCommand>,
     },
     /// Task commands.
     Task {
         #[command(subcommand)]
         action: TaskCommand,
     },
-    /// List tasks.
+    /// List tasks, newest first.
     Tasks {
         /// Only tasks in this state.
         #[arg(long, value_parser = parse_state)]
         state: Option<TaskState>,
+        /// At most this many (default 50).
+        #[arg(long, conflicts_with = "all")]
+        limit: Option<usize>,
+        /// Every task, page by page.
+        #[arg(long)]
+        all: bool,
     },
     /// Show or switch the placement policy.
     Scheduler {
@@ -70,6 +87,13 @@ pub enum Command {
     Exit,
     /// Leave.
     Quit,
+}
+
+/// `worker ...` commands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum WorkerCommand {
+    /// Remove a worker that is not Active.
+    Forget { worker: String },
 }
 
 /// `task ...` commands.
@@ -104,6 +128,9 @@ pub enum TaskCommand {
         /// Stream until the task ends.
         #[arg(long, short)]
         follow: bool,
+        /// All the output the master keeps, not only the last 1 MiB.
+        #[arg(long)]
+        all: bool,
     },
     /// Stop a task.
     Cancel { id: String },
@@ -129,21 +156,34 @@ fn parse_state(text: &str) -> Result<TaskState, String> {
 struct Line {
     #[command(subcommand)]
     command: Command,
+    /// Print JSON instead of tables (anywhere on the line).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// A parsed line: the command and whether its answer is wanted in JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub command: Command,
+    pub json: bool,
 }
 
 /// Parses words already split (herdctl's arguments).
-pub fn parse_words<I, S>(words: I) -> Result<Command, String>
+pub fn parse_words<I, S>(words: I) -> Result<Parsed, String>
 where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString> + Clone,
 {
     Line::try_parse_from(words)
-        .map(|line| line.command)
+        .map(|line| Parsed {
+            command: line.command,
+            json: line.json,
+        })
         .map_err(|e| one_line(&e.render().to_string()))
 }
 
 /// Parses one line typed at a prompt. `Ok(None)` for a blank line.
-pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
+pub fn parse_line(line: &str) -> Result<Option<Parsed>, String> {
     let words = shlex::split(line).ok_or_else(|| {
         "error: unbalanced quotes in the line; close the quote or escape it with \\".to_string()
     })?;
@@ -186,22 +226,25 @@ mod tests {
     #[test]
     fn parses_the_grammar() {
         assert_eq!(
-            parse_line("workers").unwrap(),
+            parse_line("workers").unwrap().map(|p| p.command),
             Some(Command::Workers { all: false })
         );
         assert_eq!(
-            parse_line("  workers --all ").unwrap(),
+            parse_line("  workers --all ").unwrap().map(|p| p.command),
             Some(Command::Workers { all: true })
         );
         assert_eq!(
-            parse_line("worker 'node 1'").unwrap(),
+            parse_line("worker 'node 1'").unwrap().map(|p| p.command),
             Some(Command::Worker {
-                worker: "node 1".into()
+                worker: Some("node 1".into()),
+                action: None,
             })
         );
         assert_eq!(parse_line("").unwrap(), None);
         assert_eq!(
-            parse_line("task submit --command 'echo hi' --cpu 0.5 --memory 2").unwrap(),
+            parse_line("task submit --command 'echo hi' --cpu 0.5 --memory 2")
+                .unwrap()
+                .map(|p| p.command),
             Some(Command::Task {
                 action: TaskCommand::Submit {
                     name: String::new(),
@@ -214,18 +257,55 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_line("tasks --state running").unwrap(),
+            parse_line("tasks --state running")
+                .unwrap()
+                .map(|p| p.command),
             Some(Command::Tasks {
-                state: Some(TaskState::Running)
+                state: Some(TaskState::Running),
+                limit: None,
+                all: false,
             })
         );
         assert_eq!(
-            parse_line("scheduler round-robin").unwrap(),
+            parse_line("scheduler round-robin")
+                .unwrap()
+                .map(|p| p.command),
             Some(Command::Scheduler {
                 name: Some(SchedulerKind::RoundRobin)
             })
         );
-        assert_eq!(parse_line("quit").unwrap(), Some(Command::Quit));
+        assert_eq!(
+            parse_line("quit").unwrap().map(|p| p.command),
+            Some(Command::Quit)
+        );
+        assert_eq!(
+            parse_line("worker forget old-box")
+                .unwrap()
+                .map(|p| p.command),
+            Some(Command::Worker {
+                worker: None,
+                action: Some(WorkerCommand::Forget {
+                    worker: "old-box".into()
+                }),
+            })
+        );
+    }
+
+    #[test]
+    fn json_is_taken_anywhere_on_the_line() {
+        for line in [
+            "--json tasks",
+            "tasks --json",
+            "tasks --state queued --json",
+        ] {
+            let parsed = parse_line(line).unwrap().unwrap();
+            assert!(parsed.json, "{line}");
+            assert!(matches!(parsed.command, Command::Tasks { .. }), "{line}");
+        }
+        let parsed = parse_line("task status t-1 --json").unwrap().unwrap();
+        assert!(parsed.json);
+        assert!(!parse_line("tasks").unwrap().unwrap().json);
+        assert!(parse_line("tasks --limit 5 --all").is_err());
     }
 
     #[test]

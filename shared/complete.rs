@@ -68,7 +68,11 @@ impl Completion {
         let fetched = self.runtime.block_on(async move {
             let ask = async {
                 let workers = admin
-                    .list_workers(pb::ListWorkersRequest { all: true })
+                    .list_workers(pb::ListWorkersRequest {
+                        all: true,
+                        page_size: 1000,
+                        ..Default::default()
+                    })
                     .await
                     .ok()?
                     .into_inner()

@@ -44,14 +44,10 @@ pub struct MasterConfig {
     #[arg(long, env = "HERD_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// Placement policy.
-    #[arg(
-        long,
-        env = "HERD_SCHEDULER",
-        value_enum,
-        default_value = "resource-aware"
-    )]
-    pub scheduler: SchedulerKind,
+    /// Placement policy [default: resource-aware, or the one last switched to at run
+    /// time, which is kept in the data dir].
+    #[arg(long, env = "HERD_SCHEDULER", value_enum)]
+    pub scheduler: Option<SchedulerKind>,
 
     /// Placements of one task before losing its worker makes it fail instead of re-queue.
     #[arg(long, env = "HERD_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 
 use crate::auth::Bearer;
 use crate::client::{Authed, endpoint};
-use crate::command::{Command, HELP, TaskCommand};
+use crate::command::{Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, WorkerCommand};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::render::{self, Style, json};
@@ -31,6 +31,8 @@ pub struct Console {
     style: Style,
     /// Print stable JSON instead of tables (`herdctl --json`).
     json: bool,
+    /// The line being run asked for JSON (`--json` anywhere on it).
+    line_json: bool,
     /// A person watches: `status` refreshes until a key is pressed.
     live: bool,
 }
@@ -45,6 +47,7 @@ impl Console {
             url: url.to_string(),
             style,
             json: false,
+            line_json: false,
             live: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         }
     }
@@ -71,6 +74,18 @@ impl Console {
         &mut self.admin
     }
 
+    fn wants_json(&self) -> bool {
+        self.json || self.line_json
+    }
+
+    /// Runs one parsed line (`--json` on it asks for JSON), writing what it shows to `out`.
+    pub async fn run(&mut self, parsed: Parsed, out: &mut dyn Write) -> Result<Flow, String> {
+        self.line_json = parsed.json;
+        let flow = self.execute(parsed.command, out).await;
+        self.line_json = false;
+        flow
+    }
+
     /// Runs one command, writing what it shows to `out`. Errors come back as one line a
     /// person can act on.
     pub async fn execute(&mut self, command: Command, out: &mut dyn Write) -> Result<Flow, String> {
@@ -78,19 +93,30 @@ impl Console {
             Command::Help => HELP.to_string(),
             Command::Exit | Command::Quit => return Ok(Flow::Exit),
             Command::Workers { all } => {
-                let list = self
-                    .admin
-                    .list_workers(pb::ListWorkersRequest { all })
-                    .await
-                    .map_err(|s| self.explain(s))?
-                    .into_inner()
-                    .workers;
+                let list = self.all_workers(all).await?;
                 self.either(json::workers(&list), || render::workers(&list, self.style))
             }
-            Command::Worker { worker } => {
+            Command::Worker {
+                action: Some(WorkerCommand::Forget { worker }),
+                ..
+            } => {
                 let info = self
                     .admin
-                    .get_worker(pb::GetWorkerRequest { worker })
+                    .forget_worker(pb::ForgetWorkerRequest { worker })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                let name = info.description.as_ref().map(|d| d.name.clone());
+                self.either(json::worker(&info), || {
+                    format!("{} ({}) forgotten", name.unwrap_or_default(), info.id)
+                })
+            }
+            Command::Worker { worker, .. } => {
+                let info = self
+                    .admin
+                    .get_worker(pb::GetWorkerRequest {
+                        worker: worker.unwrap_or_default(),
+                    })
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
@@ -99,16 +125,14 @@ impl Console {
             Command::Drain { worker } => self.drain(worker, true).await?,
             Command::Undrain { worker } => self.drain(worker, false).await?,
             Command::Status => return self.status(out).await,
-            Command::Tasks { state } => {
+            Command::Tasks { state, limit, all } => {
                 let state = state.map(pb::TaskState::from).unwrap_or_default() as i32;
-                let list = self
-                    .admin
-                    .list_tasks(pb::ListTasksRequest { state })
-                    .await
-                    .map_err(|s| self.explain(s))?
-                    .into_inner()
-                    .tasks;
-                self.either(json::tasks(&list), || render::tasks(&list))
+                let limit = if all {
+                    usize::MAX
+                } else {
+                    limit.unwrap_or(DEFAULT_TASK_LIMIT)
+                };
+                return self.tasks(state, limit, out).await;
             }
             Command::Scheduler { name } => {
                 let name = name
@@ -123,7 +147,7 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner()
                     .name;
-                if self.json {
+                if self.wants_json() {
                     serde_json::json!({ "scheduler": now }).to_string()
                 } else if changed {
                     format!("scheduler: {now} (switched)")
@@ -182,23 +206,25 @@ impl Console {
                     .map_err(|s| self.explain(s))?
                     .into_inner();
                 match info.state() {
-                    _ if self.json => json::task(&info).to_string(),
+                    _ if self.wants_json() => json::task(&info).to_string(),
                     pb::TaskState::Cancelled => format!("{} cancelled", info.id),
                     _ => format!("{} cancelling: its worker was told to stop it", info.id),
                 }
             }
-            TaskCommand::Logs { id, follow } => {
+            TaskCommand::Logs { id, follow, all } => {
                 let id_for_json = id.clone();
                 let mut stream = self
                     .admin
                     .task_logs(pb::TaskLogsRequest {
                         task_id: id,
                         follow,
+                        offset: all.then_some(0),
+                        length: 0,
                     })
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
-                if self.json && !follow {
+                if self.wants_json() && !follow {
                     let mut data = Vec::new();
                     while let Some(chunk) = stream.message().await.map_err(|s| self.explain(s))? {
                         data.extend(chunk.data);
@@ -227,6 +253,78 @@ impl Console {
         Ok(Flow::Continue)
     }
 
+    /// Every worker (Removed ones with `all`), page by page.
+    async fn all_workers(&mut self, all: bool) -> Result<Vec<pb::WorkerInfo>, String> {
+        let mut list = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .admin
+                .list_workers(pb::ListWorkersRequest {
+                    all,
+                    page_size: 0,
+                    page_token,
+                })
+                .await
+                .map_err(|s| self.explain(s))?
+                .into_inner();
+            list.extend(page.workers);
+            if page.next_page_token.is_empty() {
+                return Ok(list);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// `tasks`: the newest `limit`, page by page. In JSON each page is written as it comes,
+    /// so `--json --all` streams however many tasks there are.
+    async fn tasks(
+        &mut self,
+        state: i32,
+        limit: usize,
+        out: &mut dyn Write,
+    ) -> Result<Flow, String> {
+        let json = self.wants_json();
+        let write_err = |e: std::io::Error| format!("error: cannot write: {e}");
+        let mut shown = Vec::new();
+        let (mut count, mut page_token) = (0usize, String::new());
+        if json {
+            write!(out, "[").map_err(write_err)?;
+        }
+        while count < limit {
+            let page = self
+                .admin
+                .list_tasks(pb::ListTasksRequest {
+                    state,
+                    page_size: (limit - count).min(1000) as u32,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| self.explain(s))?
+                .into_inner();
+            for task in page.tasks.into_iter().take(limit - count) {
+                if json {
+                    let sep = if count == 0 { "" } else { "," };
+                    write!(out, "{sep}{}", json::task(&task)).map_err(write_err)?;
+                } else {
+                    shown.push(task);
+                }
+                count += 1;
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if json {
+            writeln!(out, "]").map_err(write_err)?;
+        } else {
+            writeln!(out, "{}", render::tasks(&shown)).map_err(write_err)?;
+        }
+        Ok(Flow::Continue)
+    }
+
     async fn drain(&mut self, worker: String, drain: bool) -> Result<String, String> {
         let info = self
             .admin
@@ -234,7 +332,7 @@ impl Console {
             .await
             .map_err(|s| self.explain(s))?
             .into_inner();
-        if self.json {
+        if self.wants_json() {
             return Ok(json::worker(&info).to_string());
         }
         let name = info.description.map(|d| d.name).unwrap_or_default();
@@ -251,7 +349,11 @@ impl Console {
 
     /// The JSON answer with `--json`, the text one otherwise.
     fn either(&self, json: serde_json::Value, text: impl FnOnce() -> String) -> String {
-        if self.json { json.to_string() } else { text() }
+        if self.wants_json() {
+            json.to_string()
+        } else {
+            text()
+        }
     }
 
     /// `status`: once, or (for a person at a terminal) every 2 s until a key is pressed.
@@ -263,8 +365,8 @@ impl Console {
                 .await
                 .map_err(|s| self.explain(s))?
                 .into_inner();
-            let live = self.live && !self.json;
-            let text = if self.json {
+            let live = self.live && !self.wants_json();
+            let text = if self.wants_json() {
                 json::summary(&summary).to_string()
             } else {
                 render::summary(&summary, self.style)

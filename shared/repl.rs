@@ -102,7 +102,7 @@ pub fn run(
                 let mut stdout = std::io::stdout();
                 let outcome = runtime.block_on(async {
                     tokio::select! {
-                        outcome = console.execute(command, &mut stdout) => Some(outcome),
+                        outcome = console.run(command, &mut stdout) => Some(outcome),
                         _ = tokio::signal::ctrl_c() => None,
                     }
                 });

@@ -152,7 +152,7 @@ async fn a_stopped_worker_goes_inactive_exactly_after_the_timeout_then_removed()
     wait_db(&db, &active.id, (false, "Removed"), Duration::from_secs(2)).await;
     // `workers` without --all hides it.
     let visible = admin
-        .list_workers(pb::ListWorkersRequest { all: false })
+        .list_workers(pb::ListWorkersRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -20,9 +21,9 @@ use herd::error::Error;
 
 mod schema;
 
-use self::schema::{load_tasks, load_workers, migrate};
+use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
 use crate::output::OutputDir;
-use crate::records::{LivenessRow, Task, WorkerRecord};
+use crate::records::{LivenessRow, Task, TaskFilter, WorkerRecord, task_number};
 
 /// A write the store thread performs.
 pub enum Write {
@@ -42,6 +43,10 @@ pub enum Write {
         offset: u64,
         data: Vec<u8>,
     },
+    /// A setting kept across restarts.
+    Setting { key: String, value: String },
+    /// A worker forgotten by an operator: its rows go (its tasks keep their history).
+    ForgetWorker { id: String },
     /// Nothing: waiting for it waits for everything handed over before it.
     Barrier,
 }
@@ -86,7 +91,14 @@ enum Job {
 /// Everything the database knows, read at start.
 pub struct Loaded {
     pub workers: Vec<WorkerRecord>,
+    /// The unfinished tasks (finished ones stay in SQLite, read by index when asked for).
     pub tasks: Vec<Task>,
+    /// Finished tasks by state.
+    pub finished: Vec<(herd::domain::TaskState, u64)>,
+    /// The highest task number given out so far.
+    pub last_task: u64,
+    /// The scheduler chosen at run time, if one was.
+    pub scheduler: Option<String>,
 }
 
 /// Handle to the store thread. Dropping every handle stops the thread after it has
@@ -94,6 +106,9 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Store {
     jobs: std_mpsc::Sender<Job>,
+    /// A connection of its own for reads of finished tasks (WAL lets it read while the
+    /// store thread writes), used from blocking tasks.
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// Most jobs folded into one transaction.
@@ -108,29 +123,24 @@ impl Store {
         output: OutputDir,
         flushes: Histogram,
     ) -> Result<(Store, Loaded), Error> {
-        let started = Store::start(Connection::open(path)?, output, Some(flushes))?;
+        let started = Store::start(path, output, Some(flushes))?;
         start_checkpointer(path)?;
         Ok(started)
     }
 
-    /// A store on a private in-memory database (output in a temporary folder).
+    /// A store on a private database in `dir` (a test's temporary folder).
     #[cfg(test)]
-    pub fn memory() -> Store {
-        let output = std::env::temp_dir().join(format!("herd-test-output-{}", fastrand::u64(..)));
-        Store::start(
-            Connection::open_in_memory().unwrap(),
-            OutputDir::new(output),
-            None,
-        )
-        .unwrap()
-        .0
+    pub fn scratch(dir: &Path) -> Store {
+        let output = OutputDir::new(dir.join("output"));
+        Store::start(&dir.join("herd.db"), output, None).unwrap().0
     }
 
     fn start(
-        mut conn: Connection,
+        path: &Path,
         output: OutputDir,
         flushes: Option<Histogram>,
     ) -> Result<(Store, Loaded), Error> {
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Keep the whole working set in memory: a tick touches every worker's row.
@@ -143,13 +153,22 @@ impl Store {
         let loaded = Loaded {
             workers: load_workers(&conn)?,
             tasks: load_tasks(&conn, &output)?,
+            finished: final_counts(&conn)?,
+            last_task: last_task_number(&conn)?,
+            scheduler: setting(&conn, "scheduler")?,
         };
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let (jobs, rx) = std_mpsc::channel::<Job>();
         thread::Builder::new()
             .name("herd-store".into())
             .spawn(move || run(conn, output, rx, flushes))
             .map_err(|e| Error::Storage(format!("cannot start the store thread: {e}")))?;
-        Ok((Store { jobs }, loaded))
+        let store = Store {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+        };
+        Ok((store, loaded))
     }
 
     /// Performs `write` and returns once it is committed.
@@ -187,6 +206,37 @@ impl Store {
         if self.jobs.send(Job::Write { write, done }).is_err() {
             error!("the store is closed; a change was not saved");
         }
+    }
+
+    /// Runs `read` on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            read(&conn)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("a read failed: {e}")))?
+    }
+
+    /// Finished tasks numbered below `before`, newest first, matching `filter`.
+    pub async fn finished_page(
+        &self,
+        filter: TaskFilter,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.read(move |conn| schema::finished_page(conn, &filter, before, limit))
+            .await
+    }
+
+    /// One task by id, as SQLite has it.
+    pub async fn task(&self, id: &str) -> Result<Option<Task>, Error> {
+        let id = id.to_string();
+        self.read(move |conn| schema::task_by_id(conn, &id)).await
     }
 
     /// The output a finished task left (empty when there is none).
@@ -396,9 +446,9 @@ fn commit<'a>(
                 tx.prepare_cached(
                     "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                          worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                         finished_at, history)
+                         finished_at, history, seq)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16)
+                         ?16, ?17)
                      ON CONFLICT(id) DO UPDATE SET
                          state = excluded.state, worker_id = excluded.worker_id,
                          attempts = excluded.attempts, exit_code = excluded.exit_code,
@@ -422,6 +472,7 @@ fn commit<'a>(
                     t.started_ms,
                     t.finished_ms,
                     serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
+                    task_number(&t.id).unwrap_or(0) as i64,
                 ])?;
             }
             Write::Draining { id, draining } => {
@@ -436,6 +487,19 @@ fn commit<'a>(
             } => output
                 .append(task, *attempt, *offset, data)
                 .map_err(|e| Error::Storage(format!("cannot write the output of {task}: {e}")))?,
+            Write::Setting { key, value } => {
+                tx.prepare_cached(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![key, value])?;
+            }
+            Write::ForgetWorker { id } => {
+                tx.prepare_cached("DELETE FROM worker_specs WHERE id = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
+                    .execute([id])?;
+            }
             Write::Barrier => {}
             Write::Liveness(rows) => {
                 let mut by_rowid = tx.prepare_cached(

@@ -7,7 +7,7 @@ use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerSt
 use herd::error::Error;
 
 use crate::output::OutputDir;
-use crate::records::{Task, WorkerRecord};
+use crate::records::{Task, TaskFilter, WorkerRecord};
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 pub const MIGRATIONS: &[&str] = &[
@@ -80,7 +80,25 @@ pub const MIGRATIONS: &[&str] = &[
     // before.
     "ALTER TABLE tasks ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE worker_specs ADD COLUMN isolation TEXT NOT NULL DEFAULT '';",
+    // 6: finished tasks are read from SQLite by index (the master keeps only unfinished
+    // ones in memory), in task-number order; settings that survive a restart.
+    "ALTER TABLE tasks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE tasks SET seq = CAST(substr(id, 3) AS INTEGER);
+    CREATE INDEX tasks_by_seq ON tasks(seq);
+    CREATE INDEX tasks_by_state_seq ON tasks(state, seq);
+    CREATE INDEX tasks_by_worker_seq ON tasks(worker_id, seq);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
+
+/// A setting kept across restarts (e.g. the scheduler chosen at run time).
+pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
 
 pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -146,45 +164,52 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     Ok(out)
 }
 
-pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
-    let mut stmt = conn.prepare(
-        "SELECT id, name, image, command, cpu, memory_gb, gpu, state, worker_id, attempts,
-                exit_code, reason, submitted_at, started_at, finished_at, history
-         FROM tasks",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let state: String = r.get(7)?;
-        Ok(Task {
-            id: r.get(0)?,
-            spec: TaskSpec {
-                name: r.get(1)?,
-                image: r.get(2)?,
-                command: r.get(3)?,
-                resources: Resources {
-                    cpu: r.get(4)?,
-                    memory_gb: r.get(5)?,
-                    gpu: r.get(6)?,
-                },
+/// The columns a task is read from, in the order [`task_from_row`] takes them.
+const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
+    attempts, exit_code, reason, submitted_at, started_at, finished_at, history";
+
+/// The states in which a task is done: these rows live in SQLite only.
+const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
+    let state: String = r.get(7)?;
+    Ok(Task {
+        id: r.get(0)?,
+        spec: TaskSpec {
+            name: r.get(1)?,
+            image: r.get(2)?,
+            command: r.get(3)?,
+            resources: Resources {
+                cpu: r.get(4)?,
+                memory_gb: r.get(5)?,
+                gpu: r.get(6)?,
             },
-            state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
-            worker_id: r.get(8)?,
-            attempts: r.get(9)?,
-            exit_code: r.get(10)?,
-            reason: r.get(11)?,
-            submitted_ms: r.get(12)?,
-            started_ms: r.get(13)?,
-            finished_ms: r.get(14)?,
-            history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
-            assigned_at: None,
-            cancel_requested: false,
-            output_len: 0,
-        })
-    })?;
+        },
+        state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
+        worker_id: r.get(8)?,
+        attempts: r.get(9)?,
+        exit_code: r.get(10)?,
+        reason: r.get(11)?,
+        submitted_ms: r.get(12)?,
+        started_ms: r.get(13)?,
+        finished_ms: r.get(14)?,
+        history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+        assigned_at: None,
+        cancel_requested: false,
+        output_len: 0,
+    })
+}
+
+/// The tasks that are not finished (the master keeps those in memory), with how much
+/// output of their current attempt is on disk.
+pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE state NOT IN {FINAL_STATES}"
+    ))?;
     let mut tasks = Vec::new();
-    for task in rows {
+    for task in stmt.query_map([], task_from_row)? {
         let mut task = task?;
-        // Output goes on where the master's files end (unfinished tasks only).
-        if !task.state.is_final() && task.attempts > 0 {
+        if task.attempts > 0 {
             task.output_len = output.len(&task.id, task.attempts).map_err(|e| {
                 Error::Storage(format!("cannot read the output of {}: {e}", task.id))
             })?;
@@ -192,4 +217,65 @@ pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Er
         tasks.push(task);
     }
     Ok(tasks)
+}
+
+/// How many finished tasks there are in each final state.
+pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>, Error> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT state, count(*) FROM tasks WHERE state IN {FINAL_STATES} GROUP BY state"
+    ))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, n) = row?;
+        if let Some(state) = TaskState::parse(&state) {
+            out.push((state, n));
+        }
+    }
+    Ok(out)
+}
+
+/// The highest task number ever given out.
+pub fn last_task_number(conn: &Connection) -> Result<u64, Error> {
+    let n: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM tasks", [], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Finished tasks numbered below `before`, newest first, matching `filter`.
+pub fn finished_page(
+    conn: &Connection,
+    filter: &TaskFilter,
+    before: u64,
+    limit: usize,
+) -> Result<Vec<Task>, Error> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq < ?1");
+    match filter.state {
+        Some(state) if state.is_final() => sql.push_str(" AND state = ?2"),
+        Some(_) => return Ok(Vec::new()),
+        None => sql.push_str(&format!(" AND state IN {FINAL_STATES} AND ?2 = ''")),
+    }
+    sql.push_str(" AND (?3 = '' OR worker_id = ?3) AND submitted_at >= ?4");
+    sql.push_str(" ORDER BY seq DESC LIMIT ?5");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        rusqlite::params![
+            before.min(i64::MAX as u64) as i64,
+            filter.state.map(TaskState::as_str).unwrap_or(""),
+            filter.worker_id.as_deref().unwrap_or(""),
+            filter.since_ms,
+            limit as i64,
+        ],
+        task_from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One task by id, whatever its state.
+pub fn task_by_id(conn: &Connection, id: &str) -> Result<Option<Task>, Error> {
+    use rusqlite::OptionalExtension;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], task_from_row).optional()?)
 }

@@ -273,6 +273,11 @@ impl Tasks {
 
     /// Cancels a task: a queued one at once, a placed one by telling its worker.
     pub fn cancel(&mut self, id: &str, workers: &mut Workers) -> Result<(), Error> {
+        if let super::Lookup::Stored = self.find(id)? {
+            return Err(Error::FailedPrecondition(format!(
+                "task {id} has already ended; nothing to cancel"
+            )));
+        }
         let task = self.tasks.get_mut(id).ok_or_else(|| unknown_task(id))?;
         match task.state {
             s if s.is_final() => Err(Error::FailedPrecondition(format!(
@@ -315,23 +320,21 @@ impl Tasks {
         }
     }
 
-    /// Worker `worker_id` was Removed: its unfinished tasks are queued again.
-    pub fn worker_removed(&mut self, worker_id: &str, workers: &mut Workers) {
-        let entry = &workers[worker_id];
-        let why = format!(
-            "worker {} was removed after a long silence",
-            entry.spec.name
-        );
-        let placed: Vec<String> = entry.tasks.iter().cloned().collect();
+    /// Worker `worker_id` is gone (Removed, or forgotten): its unfinished tasks are queued
+    /// again.
+    pub fn worker_gone(&mut self, worker_id: &str, why: &str, workers: &mut Workers) {
+        let placed: Vec<String> = workers[worker_id].tasks.iter().cloned().collect();
         for id in placed {
-            self.requeue_or_fail(&id, &why, workers);
+            self.requeue_or_fail(&id, why, workers);
         }
     }
 
-    /// A worker may report only on tasks it holds or held.
+    /// A worker may report only on tasks it holds or held. A finished task the master
+    /// no longer keeps in memory passes (whatever is said of it is ignored: it is done).
     pub fn may_speak_for(&self, worker_id: &str, task_id: &str) -> Result<(), Error> {
-        match self.tasks.get(task_id) {
-            Some(task) if task.held_by(worker_id) => Ok(()),
+        match self.find(task_id) {
+            Ok(super::Lookup::Here(task)) if task.held_by(worker_id) => Ok(()),
+            Ok(super::Lookup::Stored) => Ok(()),
             _ => Err(Error::PermissionDenied(format!(
                 "task '{}' was never assigned to worker {worker_id}",
                 herd::text::clip(task_id)
@@ -362,7 +365,15 @@ impl Tasks {
             a.finished_ms = now_ms();
         }
         info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
-        persist(&self.store, task);
+        *self.finished.entry(state.as_str()).or_default() += 1;
+        // Once the final row is committed, SQLite answers for the task.
+        let (retired, n) = (self.retired.clone(), crate::records::task_number(id));
+        self.store
+            .enqueue_then(Write::Task(Box::new(task.clone())), move || {
+                if let Some(n) = n {
+                    retired.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+                }
+            });
     }
 
     /// Frees what a placed task held on its worker.

@@ -11,8 +11,8 @@
 
 mod lifecycle;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use herd::time::now_ms;
 
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
-use crate::records::Task;
+use crate::records::{Task, TaskFilter, task_number};
 use crate::scheduler::{self, Candidate, Request, Scheduler};
 use crate::store::{Store, Write};
 use crate::workers::Workers;
@@ -42,9 +42,52 @@ pub struct LogsView {
     pub done: bool,
 }
 
-/// Every task the master keeps in memory, and the queue.
+/// Tasks by number (the order of submission).
+#[derive(Default)]
+struct TaskMap(BTreeMap<u64, Task>);
+
+impl TaskMap {
+    fn get(&self, id: &str) -> Option<&Task> {
+        self.0.get(&task_number(id)?)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.0.get_mut(&task_number(id)?)
+    }
+
+    fn insert(&mut self, task: Task) {
+        self.0.insert(task_number(&task.id).unwrap_or(0), task);
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Task> {
+        self.0.values()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.0.values_mut()
+    }
+}
+
+impl std::ops::Index<&str> for TaskMap {
+    type Output = Task;
+
+    fn index(&self, id: &str) -> &Task {
+        self.get(id).expect("a known task")
+    }
+}
+
+/// What the master knows of a task id.
+pub enum Lookup<T> {
+    /// In memory: unfinished, or finished a moment ago.
+    Here(T),
+    /// Finished and only in SQLite.
+    Stored,
+}
+
+/// The tasks the master keeps in memory (the unfinished ones, and finished ones until
+/// their final row is committed), the queue, and counts of the finished ones.
 pub struct Tasks {
-    tasks: HashMap<String, Task>,
+    tasks: TaskMap,
     /// Queued task ids, oldest first.
     queue: VecDeque<String>,
     next_task: u64,
@@ -55,6 +98,10 @@ pub struct Tasks {
     grace: Duration,
     store: Store,
     metrics: Arc<Metrics>,
+    /// Finished tasks by state (all of them, in memory or not).
+    finished: BTreeMap<&'static str, u64>,
+    /// Finished tasks whose final row is committed: the next tick lets go of them.
+    retired: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Tasks {
@@ -66,7 +113,7 @@ impl Tasks {
         metrics: Arc<Metrics>,
     ) -> Tasks {
         Tasks {
-            tasks: HashMap::new(),
+            tasks: TaskMap::default(),
             queue: VecDeque::new(),
             next_task: 1,
             scheduler: scheduler::new(kind),
@@ -74,16 +121,28 @@ impl Tasks {
             grace,
             store,
             metrics,
+            finished: BTreeMap::new(),
+            retired: Arc::default(),
         }
     }
 
     /// Takes in what SQLite knows. Placed tasks stay placed on a worker that is not
     /// Removed (it reattaches them when it reports them, or they are re-queued when it is
     /// Removed); the others are queued again.
-    pub fn load(&mut self, workers: &mut Workers, mut loaded: Vec<Task>, now: Instant) {
-        loaded.sort_by_key(|t| task_number(&t.id));
+    pub fn load(
+        &mut self,
+        workers: &mut Workers,
+        mut loaded: Vec<Task>,
+        finished: Vec<(TaskState, u64)>,
+        last_task: u64,
+        now: Instant,
+    ) {
+        self.next_task = last_task + 1;
+        for (state, n) in finished {
+            *self.finished.entry(state.as_str()).or_default() += n;
+        }
+        loaded.sort_by_key(|t| task_number(&t.id).unwrap_or(0));
         for mut task in loaded {
-            self.next_task = self.next_task.max(task_number(&task.id) + 1);
             let id = task.id.clone();
             if task.state.is_placed() {
                 let worker = task.worker_id.clone().unwrap_or_default();
@@ -110,7 +169,31 @@ impl Tasks {
             if task.state == TaskState::Queued {
                 self.queue.push_back(id.clone());
             }
-            self.tasks.insert(id, task);
+            self.tasks.insert(task);
+        }
+    }
+
+    /// Whether `id` names a task this master gave out.
+    fn known(&self, id: &str) -> bool {
+        task_number(id).is_some_and(|n| n > 0 && n < self.next_task)
+    }
+
+    /// Looks a task up in memory; `Stored` when it is finished and only in SQLite.
+    pub fn find(&self, id: &str) -> Result<Lookup<&Task>, Error> {
+        match self.tasks.get(id) {
+            Some(task) => Ok(Lookup::Here(task)),
+            None if self.known(id) => Ok(Lookup::Stored),
+            None => Err(unknown_task(id)),
+        }
+    }
+
+    /// Lets go of finished tasks whose final row is committed (SQLite answers for them).
+    pub fn drop_retired(&mut self) {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        for n in retired {
+            if self.tasks.0.get(&n).is_some_and(|t| t.state.is_final()) {
+                self.tasks.0.remove(&n);
+            }
         }
     }
 
@@ -140,37 +223,45 @@ impl Tasks {
     pub fn enqueue(&mut self, task: Task) -> String {
         let id = task.id.clone();
         info!(task = %id, name = %task.spec.name, "task submitted");
-        self.tasks.insert(id.clone(), task);
+        self.tasks.insert(task);
         self.queue.push_back(id.clone());
         id
     }
 
-    pub fn info(&self, id: &str, workers: &Workers) -> Result<pb::TaskInfo, Error> {
-        let task = self.tasks.get(id).ok_or_else(|| unknown_task(id))?;
-        Ok(task.info(|w| workers.name_of(w)))
+    pub fn info(&self, id: &str, workers: &Workers) -> Result<Lookup<pb::TaskInfo>, Error> {
+        Ok(match self.find(id)? {
+            Lookup::Here(task) => Lookup::Here(task.info(|w| workers.name_of(w))),
+            Lookup::Stored => Lookup::Stored,
+        })
     }
 
-    /// Tasks in submission order, optionally only those in `state`.
-    pub fn list(&self, state: Option<TaskState>, workers: &Workers) -> Vec<pb::TaskInfo> {
-        let mut found: Vec<&Task> = self
-            .tasks
-            .values()
-            .filter(|t| state.is_none_or(|s| t.state == s))
-            .collect();
-        found.sort_by_key(|t| task_number(&t.id));
-        found
-            .into_iter()
-            .map(|t| t.info(|w| workers.name_of(w)))
+    /// The tasks in memory numbered below `before` that match `filter`, newest first, at
+    /// most `limit`.
+    pub fn page(&self, filter: &TaskFilter, before: u64, limit: usize) -> Vec<&Task> {
+        self.tasks
+            .0
+            .range(..before)
+            .rev()
+            .map(|(_, t)| t)
+            .filter(|t| filter.matches(t))
+            .take(limit)
             .collect()
     }
 
+    /// The next task number (pages start below it).
+    pub fn next_number(&self) -> u64 {
+        self.next_task
+    }
+
     /// Where the output of task `id` stands.
-    pub fn logs(&self, id: &str) -> Result<LogsView, Error> {
-        let task = self.tasks.get(id).ok_or_else(|| unknown_task(id))?;
-        Ok(LogsView {
-            attempt: task.attempts,
-            len: task.output_len,
-            done: task.state.is_final(),
+    pub fn logs(&self, id: &str) -> Result<Lookup<LogsView>, Error> {
+        Ok(match self.find(id)? {
+            Lookup::Here(task) => Lookup::Here(LogsView {
+                attempt: task.attempts,
+                len: task.output_len,
+                done: task.state.is_final(),
+            }),
+            Lookup::Stored => Lookup::Stored,
         })
     }
 
@@ -179,7 +270,11 @@ impl Tasks {
         let by_state = TaskState::ALL
             .iter()
             .map(|&s| {
-                let n = self.tasks.values().filter(|t| t.state == s).count();
+                let n = if s.is_final() {
+                    self.finished.get(s.as_str()).copied().unwrap_or(0) as usize
+                } else {
+                    self.tasks.values().filter(|t| t.state == s).count()
+                };
                 (s.as_str(), n)
             })
             .collect();
@@ -270,13 +365,9 @@ fn persist(store: &Store, task: &Task) {
     store.enqueue(Write::Task(Box::new(task.clone())));
 }
 
-/// The number in a task id (`t-42` → 42), for ordering.
-fn task_number(id: &str) -> u64 {
-    id.strip_prefix("t-")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn unknown_task(id: &str) -> Error {
-    Error::not_found(format!("no task '{id}': 'tasks' lists them"))
+    Error::not_found(format!(
+        "no task '{}': 'tasks' lists them",
+        herd::text::clip(id)
+    ))
 }

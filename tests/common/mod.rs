@@ -131,9 +131,12 @@ impl Master {
         let deadline = Deadline::new(Duration::from_secs(15), "the master answers");
         loop {
             if let Ok((mut c, _)) = clients(&self.url()).await
-                && c.list_workers(pb::ListWorkersRequest { all: true })
-                    .await
-                    .is_ok()
+                && c.list_workers(pb::ListWorkersRequest {
+                    all: true,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
             {
                 return c;
             }
@@ -267,14 +270,48 @@ impl Deadline {
     }
 }
 
-/// Every worker the master lists (Removed included).
+/// Every worker the master lists (Removed included), page by page.
 pub async fn workers(admin: &mut Admin) -> Vec<pb::WorkerInfo> {
-    admin
-        .list_workers(pb::ListWorkersRequest { all: true })
-        .await
-        .unwrap()
-        .into_inner()
-        .workers
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_workers(pb::ListWorkersRequest {
+                all: true,
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every task the master lists, newest first, page by page.
+pub async fn all_tasks(admin: &mut Admin) -> Vec<pb::TaskInfo> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// One worker by name, if the master knows it.
@@ -449,6 +486,8 @@ pub async fn logs(admin: &mut Admin, id: &str, follow: bool) -> String {
         .task_logs(pb::TaskLogsRequest {
             task_id: id.into(),
             follow,
+            offset: Some(0),
+            length: 0,
         })
         .await
         .unwrap()

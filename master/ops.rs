@@ -1,0 +1,234 @@
+//! The operations operators call — one implementation each, behind the gRPC Admin service
+//! (`admin.rs`), the master's own REPL (through it) and the HTTP API: lists in pages that
+//! merge what is in memory with what only SQLite keeps, lookups, and every change, each
+//! answered only once it is durable.
+
+use clap::ValueEnum;
+use prost::Message;
+
+use herd::config::SchedulerKind;
+use herd::domain::{TaskSpec, TaskState};
+use herd::error::Error;
+use herd::pb;
+
+use crate::records::{TaskFilter, task_number};
+use crate::service::Master;
+use crate::store::Write;
+use crate::tasks::Lookup;
+
+/// Items in a page when the caller does not say.
+pub const DEFAULT_PAGE: usize = 100;
+/// Most items in a page.
+pub const MAX_PAGE: usize = 1000;
+/// Most bytes of items in a page, far below the 1 MiB message limit whatever the items
+/// hold (a task may carry a 64 KiB command).
+pub const MAX_PAGE_BYTES: usize = 512 * 1024;
+
+fn page_size(asked: u32) -> usize {
+    match asked as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+impl Master {
+    pub fn list_workers(&self, req: pb::ListWorkersRequest) -> pb::ListWorkersResponse {
+        let (workers, more) = self.registry.list(
+            req.all,
+            &req.page_token,
+            page_size(req.page_size),
+            MAX_PAGE_BYTES,
+        );
+        let next_page_token = match (more, workers.last()) {
+            (true, Some(last)) => last
+                .description
+                .as_ref()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        pb::ListWorkersResponse {
+            workers,
+            next_page_token,
+        }
+    }
+
+    pub fn get_worker(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {
+        if worker.is_empty() {
+            return Err(Error::invalid("give a worker id or name"));
+        }
+        self.registry.get(worker)
+    }
+
+    /// Stores the task before its id is handed out: an acknowledged task survives kill -9.
+    pub async fn submit(&self, spec: Option<pb::TaskSpec>) -> Result<pb::TaskInfo, Error> {
+        let spec = spec.ok_or_else(|| Error::invalid("SubmitTaskRequest has no task spec"))?;
+        let task = self.registry.new_task(TaskSpec::try_from(spec)?);
+        self.store
+            .write(Write::Task(Box::new(task.clone())))
+            .await?;
+        Ok(self.registry.enqueue(task))
+    }
+
+    /// A page of tasks, newest first: the unfinished (and just finished) ones from memory
+    /// merged with the finished ones from SQLite.
+    pub async fn list_tasks(
+        &self,
+        req: pb::ListTasksRequest,
+    ) -> Result<pb::ListTasksResponse, Error> {
+        let state = match req.state() {
+            pb::TaskState::Unspecified => None,
+            other => Some(TaskState::try_from(other)?),
+        };
+        let worker_id = match req.worker.as_str() {
+            "" => None,
+            w => Some(self.registry.resolve_worker(w)?),
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            token => Some(token.parse::<u64>().map_err(|_| {
+                Error::invalid(format!(
+                    "page_token '{}' is not one this master gave out",
+                    herd::text::clip(token)
+                ))
+            })?),
+        };
+        let filter = TaskFilter {
+            state,
+            worker_id,
+            since_ms: req.submitted_since_ms,
+        };
+        let limit = page_size(req.page_size);
+        let (mut page, next) = self.registry.task_page(&filter, before, limit);
+        let stored = self
+            .store
+            .finished_page(filter, before.unwrap_or(next), limit)
+            .await?;
+        let stored_numbers: Vec<u64> = stored
+            .iter()
+            .map(|t| task_number(&t.id).unwrap_or(0))
+            .collect();
+        let infos = self.registry.task_infos(&stored);
+        // A task that finished between the two reads is in both: memory's copy wins.
+        for (n, info) in stored_numbers.into_iter().zip(infos) {
+            if !page.iter().any(|(m, _)| *m == n) {
+                page.push((n, info));
+            }
+        }
+        page.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        let candidates = page.len();
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        let mut last = 0;
+        for (n, info) in page {
+            bytes += info.encoded_len() + 8;
+            if tasks.len() >= limit || (!tasks.is_empty() && bytes > MAX_PAGE_BYTES) {
+                break;
+            }
+            last = n;
+            tasks.push(info);
+        }
+        let more = tasks.len() < candidates || tasks.len() == limit;
+        Ok(pb::ListTasksResponse {
+            next_page_token: if more && last > 1 {
+                last.to_string()
+            } else {
+                String::new()
+            },
+            tasks,
+        })
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+        match self.registry.task(id)? {
+            Lookup::Here(info) => Ok(info),
+            Lookup::Stored => {
+                let task = self.store.task(id).await?.ok_or_else(|| {
+                    Error::not_found(format!("no task '{}' in the store", herd::text::clip(id)))
+                })?;
+                Ok(self.registry.task_infos(&[task]).remove(0))
+            }
+        }
+    }
+
+    /// "Cancelled" is said only once it is stored.
+    pub async fn cancel(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+        let info = self.registry.cancel(id)?;
+        self.store.sync().await?;
+        Ok(info)
+    }
+
+    /// Shows or switches the policy; a switch is kept across restarts.
+    pub async fn scheduler(&self, name: &str) -> Result<pb::SchedulerResponse, Error> {
+        let to = if name.is_empty() {
+            None
+        } else {
+            Some(SchedulerKind::from_str(name, false).map_err(|_| {
+                Error::invalid(format!(
+                    "unknown scheduler '{}': use round-robin or resource-aware",
+                    herd::text::clip(name)
+                ))
+            })?)
+        };
+        let kind = self.registry.scheduler(to);
+        if to.is_some() {
+            self.store
+                .write(Write::Setting {
+                    key: "scheduler".into(),
+                    value: scheduler_name(kind),
+                })
+                .await?;
+        }
+        Ok(pb::SchedulerResponse {
+            name: scheduler_name(kind),
+        })
+    }
+
+    /// Acknowledged only once stored: a drain survives a restart.
+    pub async fn drain(&self, worker: &str, drain: bool) -> Result<pb::WorkerInfo, Error> {
+        let record = self.registry.drain(worker, drain)?;
+        let id = record.id.clone();
+        self.store
+            .write(Write::Draining {
+                id: record.id,
+                draining: drain,
+            })
+            .await?;
+        self.registry.get(&id)
+    }
+
+    /// Forgets a worker that is not Active, in memory and in SQLite.
+    pub async fn forget(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {
+        let info = self.registry.forget(worker)?;
+        self.store
+            .write(Write::ForgetWorker {
+                id: info.id.clone(),
+            })
+            .await?;
+        Ok(info)
+    }
+
+    pub fn summary(&self) -> pb::ClusterSummary {
+        let summary = self.registry.summary();
+        let counts = |list: Vec<(&str, usize)>| {
+            list.into_iter()
+                .map(|(state, n)| pb::StateCount {
+                    state: state.to_string(),
+                    count: n as u32,
+                })
+                .collect()
+        };
+        pb::ClusterSummary {
+            workers: counts(summary.workers),
+            tasks: counts(summary.tasks),
+            queue_length: summary.queued as u32,
+            scheduler: scheduler_name(summary.scheduler),
+        }
+    }
+}
+
+pub fn scheduler_name(kind: SchedulerKind) -> String {
+    kind.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
