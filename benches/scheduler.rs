@@ -27,6 +27,7 @@ fn snapshot(n: usize, rng: &mut fastrand::Rng) -> Vec<Candidate> {
             // One in ten is Inactive or draining.
             schedulable: rng.usize(..10) != 0,
             has_runtime: rng.bool(),
+            draining: false,
         })
         .collect()
 }

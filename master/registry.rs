@@ -220,6 +220,7 @@ impl Registry {
     /// Opens a heartbeat stream for `first.worker_id`, replacing an older stream of the
     /// same worker. Unknown or Removed ids get NOT_FOUND: the worker must register again.
     pub fn connect(&self, first: &pb::Heartbeat, outbound: Outbound) -> Result<Accepted, Error> {
+        herd::domain::check_heartbeat(first)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         inner.next_generation += 1;
@@ -272,6 +273,7 @@ impl Registry {
                 herd::text::clip(&hb.worker_id)
             )));
         }
+        herd::domain::check_heartbeat(hb)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         inner.check_session(worker_id, generation, now)?;
@@ -305,6 +307,7 @@ impl Registry {
         generation: u64,
         update: &pb::TaskUpdate,
     ) -> Result<(), Error> {
+        herd::domain::check_task_id("TaskUpdate", &update.task_id)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         inner.check_session(worker_id, generation, now)?;
@@ -324,6 +327,7 @@ impl Registry {
         generation: u64,
         output: &pb::TaskOutput,
     ) -> Result<(), Error> {
+        herd::domain::check_task_id("TaskOutput", &output.task_id)?;
         let (mut inner, now) = self.lock();
         inner.check_session(worker_id, generation, now)?;
         inner.tasks.output(worker_id, output)

@@ -121,7 +121,10 @@ impl pb::registry_server::Registry for Master {
                     Ok(Some(pb::WorkerMessage { body: None })) => continue,
                     Ok(None) => break,
                     Err(status) => {
+                        // Undecodable or oversized: the stream ends with a status that says
+                        // so, never OK.
                         debug!(%id, %status, "heartbeat stream broke");
+                        let _ = tx.send(Err(bad_message(&status))).await;
                         break;
                     }
                 };
@@ -145,6 +148,25 @@ impl pb::registry_server::Registry for Master {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+/// The status a stream ends with when a message on it could not be read.
+fn bad_message(status: &Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Status::resource_exhausted(format!(
+                "a message on the heartbeat stream is larger than {} bytes",
+                herd::domain::MAX_MESSAGE_BYTES
+            ))
+        }
+        tonic::Code::Internal | tonic::Code::InvalidArgument | tonic::Code::Unknown => {
+            Status::invalid_argument(format!(
+                "a message on the heartbeat stream could not be decoded: {}",
+                herd::text::clip(status.message())
+            ))
+        }
+        _ => status.clone(),
+    }
+}
+
 fn ack(sequence: u64, finished_task_ids: Vec<String>) -> pb::MasterMessage {
     pb::MasterMessage {
         body: Some(pb::master_message::Body::Ack(pb::HeartbeatAck {

@@ -223,7 +223,8 @@ impl Workers {
             Ok(id.to_string())
         } else {
             Err(Error::not_found(format!(
-                "no worker with id or name '{id_or_name}': 'workers --all' lists them"
+                "no worker with id or name '{}': 'workers --all' lists them",
+                herd::text::clip(id_or_name)
             )))
         }
     }

@@ -114,12 +114,96 @@ pub fn validate_worker_name(name: &str) -> Result<(), Error> {
     if let Some(bad) = name.chars().find(|c| !ok_char(*c)) {
         return Err(Error::invalid(format!(
             "worker name '{}' contains {bad:?}: use letters, digits, '.', '_' and '-'",
-            name.escape_debug()
+            crate::text::clip(&name.escape_debug().to_string())
         )));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(Error::invalid(format!(
-            "worker name '{name}' must start with a letter or a digit"
+            "worker name '{}' must start with a letter or a digit",
+            crate::text::clip(name)
+        )));
+    }
+    if looks_like_worker_id(name) {
+        return Err(Error::invalid(format!(
+            "worker name '{name}' has the shape of a worker id (w- and 8 hex digits), which \
+             the master gives out; choose another name"
+        )));
+    }
+    Ok(())
+}
+
+/// Longest reason or message the master keeps with a task (longer ones are cut, with a
+/// marker saying so).
+pub const MAX_REASON_LEN: usize = 1024;
+/// Longest task id a worker may speak of (ids are `t-` and a number).
+pub const MAX_TASK_ID_LEN: usize = 64;
+/// Most task attempts one heartbeat may list as held, or as finished.
+pub const MAX_HELD: usize = 10_000;
+
+/// Whether `text` has the shape of a worker id (`w-` and eight hex digits): names of that
+/// shape are refused, so a lookup by id or by name can never reach the wrong worker.
+pub fn looks_like_worker_id(text: &str) -> bool {
+    text.strip_prefix("w-")
+        .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `text` cut to [`MAX_REASON_LEN`] bytes (at a character boundary) with a marker.
+pub fn bounded_reason(text: &str) -> String {
+    if text.len() <= MAX_REASON_LEN {
+        return text.to_string();
+    }
+    let mut at = MAX_REASON_LEN;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}… [cut: {} bytes in all]", &text[..at], text.len())
+}
+
+/// Checks what a heartbeat says before anything is taken from it.
+pub fn check_heartbeat(hb: &pb::Heartbeat) -> Result<(), Error> {
+    if let Some(u) = &hb.usage {
+        if !u.cpu_percent.is_finite() || !(0.0..=100.0).contains(&u.cpu_percent) {
+            return Err(Error::invalid(format!(
+                "Heartbeat.usage.cpu_percent must be a number from 0 to 100, got {}",
+                u.cpu_percent
+            )));
+        }
+        if !u.memory_used_gb.is_finite() || !(0.0..=MAX_MEMORY_GB).contains(&u.memory_used_gb) {
+            return Err(Error::invalid(format!(
+                "Heartbeat.usage.memory_used_gb must be a number from 0 to {MAX_MEMORY_GB}, got {}",
+                u.memory_used_gb
+            )));
+        }
+    }
+    for (field, n) in [
+        ("held", hb.held.len()),
+        ("running_task_ids", hb.running_task_ids.len()),
+        ("finished", hb.finished.len()),
+    ] {
+        if n > MAX_HELD {
+            return Err(Error::invalid(format!(
+                "Heartbeat.{field} lists {n} tasks; at most {MAX_HELD} are allowed"
+            )));
+        }
+    }
+    let ids = hb
+        .held
+        .iter()
+        .map(|a| &a.task_id)
+        .chain(&hb.running_task_ids)
+        .chain(hb.finished.iter().map(|u| &u.task_id));
+    for id in ids {
+        check_task_id("Heartbeat", id)?;
+    }
+    Ok(())
+}
+
+/// A task id a worker speaks of must be short (`field` names the message).
+pub fn check_task_id(field: &str, id: &str) -> Result<(), Error> {
+    if id.len() > MAX_TASK_ID_LEN {
+        return Err(Error::invalid(format!(
+            "{field} names a task id of {} bytes; at most {MAX_TASK_ID_LEN} are allowed",
+            id.len()
         )));
     }
     Ok(())
@@ -191,7 +275,11 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
                 return Err(Error::invalid("a label has an empty key"));
             }
             check_text("a label key", k, MAX_LABEL_LEN)?;
-            check_text(&format!("label '{k}'"), v, MAX_LABEL_LEN)?;
+            check_text(
+                &format!("label '{}'", crate::text::clip(k)),
+                v,
+                MAX_LABEL_LEN,
+            )?;
         }
         Ok(WorkerSpec {
             runtime: Runtime::parse_optional(&d.container_runtime)?,
@@ -368,7 +456,8 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
             check_text("image", image, MAX_IMAGE_LEN)?;
             if image.chars().any(char::is_whitespace) || image.starts_with('-') {
                 return Err(Error::invalid(format!(
-                    "'{image}' is not an image reference (e.g. localhost/busybox:test)"
+                    "'{}' is not an image reference (e.g. localhost/busybox:test)",
+                    crate::text::clip(image)
                 )));
             }
         }
@@ -550,5 +639,52 @@ mod task_tests {
         for s in TaskState::ALL {
             assert_eq!(TaskState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn names_shaped_like_ids_are_refused_and_bad_usage_too() {
+        assert!(looks_like_worker_id("w-0123abcd"));
+        assert!(!looks_like_worker_id("w-0123abcde"));
+        assert!(!looks_like_worker_id("web-1"));
+        let err = validate_worker_name("w-5c1e0a9f").unwrap_err().to_string();
+        assert!(err.contains("shape of a worker id"), "{err}");
+        validate_worker_name("w-5c1e0a9f-gpu").unwrap();
+
+        let mut hb = pb::Heartbeat {
+            usage: Some(pb::Usage {
+                cpu_percent: f64::NAN,
+                memory_used_gb: 1.0,
+            }),
+            ..Default::default()
+        };
+        let err = check_heartbeat(&hb).unwrap_err().to_string();
+        assert!(err.contains("cpu_percent"), "{err}");
+        hb.usage = Some(pb::Usage {
+            cpu_percent: 5.0,
+            memory_used_gb: -1.0,
+        });
+        assert!(
+            check_heartbeat(&hb)
+                .unwrap_err()
+                .to_string()
+                .contains("memory_used_gb")
+        );
+        hb.usage = None;
+        hb.running_task_ids = vec!["t".repeat(65)];
+        assert!(
+            check_heartbeat(&hb)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 64")
+        );
+    }
+
+    #[test]
+    fn reasons_are_cut_with_a_marker() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = "é".repeat(5000);
+        let cut = bounded_reason(&long);
+        assert!(cut.len() < MAX_REASON_LEN + 64, "{}", cut.len());
+        assert!(cut.ends_with("[cut: 10000 bytes in all]"), "{cut}");
     }
 }

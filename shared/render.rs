@@ -96,12 +96,10 @@ fn table(header: &[&str], rows: Vec<Vec<Cell>>) -> String {
     out
 }
 
+/// A number with the precision it was given (up to three decimals): 0.25 stays 0.25.
 fn num(x: f64) -> String {
-    if (x - x.round()).abs() < 0.05 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.1}")
-    }
+    let s = format!("{x:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// The master's clock when it answered, so "last seen" does not depend on this machine's

@@ -461,7 +461,11 @@ async fn a_killed_master_loses_no_queued_or_running_task() {
         .into_iter()
         .map(|t| t.id)
         .collect();
-    assert_eq!(listed, vec![queued.id.clone(), running.id.clone()], "newest first");
+    assert_eq!(
+        listed,
+        vec![queued.id.clone(), running.id.clone()],
+        "newest first"
+    );
     // The running task re-attaches when its worker reports it, and finishes there.
     let done = wait_task(&mut admin, &running.id, pb::TaskState::Succeeded, T).await;
     assert_eq!((done.attempts, done.worker_name.as_str()), (1, "steady"));

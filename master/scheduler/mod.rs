@@ -19,6 +19,8 @@ pub struct Candidate {
     pub schedulable: bool,
     /// Has a container runtime (needed for image tasks).
     pub has_runtime: bool,
+    /// Active but drained by an operator (so not schedulable): named in queue reasons.
+    pub draining: bool,
 }
 
 impl Candidate {
@@ -140,7 +142,10 @@ impl Scheduler for ResourceAware {
 pub fn why_not(workers: &[Candidate], req: &Request) -> String {
     let live: Vec<&Candidate> = workers.iter().filter(|w| w.schedulable).collect();
     if live.is_empty() {
-        return "no Active worker".into();
+        return match workers.iter().filter(|w| w.draining).count() {
+            0 => "no Active worker".into(),
+            n => format!("no Active worker that is not draining ({n} draining: 'undrain' one)"),
+        };
     }
     let live: Vec<&Candidate> = if req.needs_runtime {
         let with: Vec<_> = live.into_iter().filter(|w| w.has_runtime).collect();
@@ -253,6 +258,15 @@ mod tests {
             "no Active worker with a container runtime"
         );
         assert_eq!(why_not(&[], &req(1.0, 1.0, 0)), "no Active worker");
+        let drained = Candidate {
+            schedulable: false,
+            draining: true,
+            ..worker(4.0, 8.0, 0)
+        };
+        assert_eq!(
+            why_not(&[drained], &req(1.0, 1.0, 0)),
+            "no Active worker that is not draining (1 draining: 'undrain' one)"
+        );
     }
 
     fn arb_candidate() -> impl Strategy<Value = Candidate> {
@@ -281,6 +295,7 @@ mod tests {
                 cpu_percent: live,
                 schedulable: sched,
                 has_runtime: rt,
+                draining: false,
             })
     }
 

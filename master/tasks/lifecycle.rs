@@ -210,7 +210,7 @@ impl Tasks {
         let reason = if update.message.is_empty() {
             default_reason.to_string()
         } else {
-            update.message.clone()
+            herd::domain::bounded_reason(&update.message)
         };
         let id = update.task_id.clone();
         self.finish(&id, state, update.exit_code, &reason, workers);

@@ -327,6 +327,7 @@ impl Tasks {
                         .as_ref()
                         .is_some_and(|s| s.outbound.capacity() > 0),
                 has_runtime: w.spec.runtime.is_some(),
+                draining: w.draining && liveness.state(&w.presence, now) == WorkerState::Active,
             })
             .collect();
         let any_live = candidates.iter().any(|c| c.schedulable);
