@@ -90,6 +90,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     // Before anything in the dir is touched: one master per data dir.
     let _lock = lock::lock(&config.data_dir)?;
+    info!(data_dir = %config.data_dir.display(), "data dir (herd.db, token, task output)");
     let db_path = config.data_dir.join("herd.db");
     let metrics = Metrics::new();
     let output = OutputDir::new(config.data_dir.join("output"));

@@ -45,7 +45,7 @@ impl Interceptor for Bearer {
 
 /// Finds the token a client should present: `--token`/`HERD_TOKEN`, else `--token-file`,
 /// else the master's own token file when this machine runs the master
-/// (`$HERD_DATA_DIR/token`, then `./herd-data/token`). `None` when there is none.
+/// (`$HERD_DATA_DIR/token`, else the default data dir's). `None` when there is none.
 pub fn resolve_token(
     token: Option<String>,
     file: Option<PathBuf>,
@@ -56,10 +56,7 @@ pub fn resolve_token(
     if let Some(file) = file {
         return read_token(&file).map(Some);
     }
-    let data_dir = std::env::var_os("HERD_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("./herd-data"));
-    let local = data_dir.join(TOKEN_FILE);
+    let local = crate::config::local_data_dir().join(TOKEN_FILE);
     if local.exists() {
         return read_token(&local).map(Some);
     }

@@ -12,8 +12,18 @@ use crate::auth::Bearer;
 /// A channel that adds the cluster token to every call.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// An endpoint for `url`: `http://` in plain text, `https://` with TLS trusting `ca`.
+/// `url` with `http://` in front when it names no scheme (`host:50051`).
+pub fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// An endpoint for `url` (`http://` is assumed when it has no scheme): `http://` in plain text, `https://` with TLS trusting `ca`.
 pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+    let url = &with_scheme(url);
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("'{url}' is not a master URL ({e}): use http://HOST:PORT"))?
         .connect_timeout(Duration::from_secs(3))

@@ -188,7 +188,12 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_made_once_and_found_on_the_masters_machine() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("herd-data");
+    // No --data-dir: the per-user state folder, whatever folder a program starts in.
+    let state = dir.path().join("state");
+    let data = state.join("herd");
+    let (here, there) = (dir.path().join("here"), dir.path().join("there"));
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::create_dir_all(&there).unwrap();
     let port = free_port();
     // No HERD_TOKEN: the master makes one.
     let mut master = std::process::Command::new(MASTER)
@@ -199,8 +204,10 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
             "--local-worker",
         ])
         .args(FAST)
-        .current_dir(dir.path())
+        .current_dir(&here)
         .env_remove("HERD_TOKEN")
+        .env_remove("HERD_DATA_DIR")
+        .env("XDG_STATE_HOME", &state)
         .env("HERD_WORKER_NAME", "found-it")
         .env("HERD_RUNTIME", "none")
         .stderr(std::process::Stdio::piped())
@@ -222,15 +229,17 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
         .to_string();
     assert_eq!(token.len(), 64);
 
-    // herdctl run from the master's folder finds it by itself; so did --local-worker.
-    let url = format!("http://127.0.0.1:{port}");
+    // herdctl on the master's machine finds it by itself, from any folder; so did
+    // --local-worker. A URL without a scheme means http://.
+    let url = format!("127.0.0.1:{port}");
     let deadline = Deadline::new(T, "the local worker is Active");
     loop {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_herdctl"))
-            .args(["--master", &url, "--json", "workers"])
-            .current_dir(dir.path())
+            .args(["--master", &url, "workers", "--json"])
+            .current_dir(&there)
             .env_remove("HERD_TOKEN")
             .env_remove("HERD_DATA_DIR")
+            .env("XDG_STATE_HOME", &state)
             .output()
             .unwrap();
         if out.status.success() {
@@ -253,6 +262,11 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(err.contains("generated the cluster token"), "{err}");
+    assert!(
+        err.contains(&data.display().to_string()),
+        "the data dir is printed: {err}"
+    );
+    assert!(!here.join("herd-data").exists() && !there.join("herd-data").exists());
     let (again, made) = herd::auth::master_token(None, &data).unwrap();
     assert_eq!((again, made), (token, false));
 }
