@@ -1,6 +1,7 @@
 //! The interactive shell (`master> `) over a [`Console`], and the log writer that keeps
 //! log lines from tearing through the line being typed.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -15,11 +16,59 @@ use crate::console::{Console, Flow};
 
 type Printer = Box<dyn ExternalPrinter + Send>;
 
-/// Where log lines go while a prompt is on screen.
-static PRINTER: Mutex<Option<Printer>> = Mutex::new(None);
+/// Most log lines held back while a command prints its reply; older ones are counted, not
+/// kept.
+const HELD_LINES: usize = 1000;
+
+/// Where log lines go while a REPL is open: above the prompt while one is on screen, held
+/// back while a command writes its reply (so no log line lands inside it), and printed
+/// whole once the reply is done.
+struct Sink {
+    printer: Option<Printer>,
+    /// A command is writing its reply.
+    busy: bool,
+    held: VecDeque<String>,
+    dropped: usize,
+}
+
+static SINK: Mutex<Sink> = Mutex::new(Sink {
+    printer: None,
+    busy: false,
+    held: VecDeque::new(),
+    dropped: 0,
+});
+
+fn sink() -> std::sync::MutexGuard<'static, Sink> {
+    SINK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks the start (`true`) or end of a reply; at the end, what was held is printed.
+fn replying(busy: bool) {
+    let (held, dropped) = {
+        let mut sink = sink();
+        sink.busy = busy;
+        if busy {
+            return;
+        }
+        (
+            std::mem::take(&mut sink.held),
+            std::mem::take(&mut sink.dropped),
+        )
+    };
+    let mut err = std::io::stderr().lock();
+    if dropped > 0 {
+        let _ = writeln!(
+            err,
+            "[{dropped} more log lines while the command ran were dropped]"
+        );
+    }
+    for line in held {
+        let _ = writeln!(err, "{line}");
+    }
+}
 
 /// A `tracing` writer: one buffer per log event, printed above the prompt while the REPL
-/// runs, to stderr otherwise.
+/// runs (held back while a command replies), to stderr otherwise.
 #[derive(Default)]
 pub struct LogWriter {
     buf: Vec<u8>,
@@ -41,15 +90,22 @@ impl Drop for LogWriter {
         if self.buf.is_empty() {
             return;
         }
-        let mut printer = PRINTER.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(printer) = printer.as_mut() {
-            let text = String::from_utf8_lossy(&self.buf);
-            if printer
-                .print(text.trim_end_matches('\n').to_string())
-                .is_ok()
-            {
-                return;
+        let mut sink = sink();
+        let text = String::from_utf8_lossy(&self.buf)
+            .trim_end_matches('\n')
+            .to_string();
+        if sink.busy {
+            if sink.held.len() == HELD_LINES {
+                sink.held.pop_front();
+                sink.dropped += 1;
             }
+            sink.held.push_back(text);
+            return;
+        }
+        if let Some(printer) = sink.printer.as_mut()
+            && printer.print(text).is_ok()
+        {
+            return;
         }
         let _ = std::io::stderr().write_all(&self.buf);
     }
@@ -76,7 +132,7 @@ pub fn run(
         let _ = editor.load_history(path);
     }
     if let Ok(printer) = editor.create_external_printer() {
-        *PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(printer));
+        sink().printer = Some(Box::new(printer));
     }
     println!("type 'help' for the commands, 'exit' or Ctrl-D to leave");
     let result = loop {
@@ -100,6 +156,7 @@ pub fn run(
                 // Ctrl-C while a command runs (e.g. `task logs --follow`) stops the command,
                 // not the program.
                 let mut stdout = std::io::stdout();
+                replying(true);
                 let outcome = runtime.block_on(async {
                     tokio::select! {
                         outcome = console.run(command, &mut stdout) => Some(outcome),
@@ -108,10 +165,15 @@ pub fn run(
                 });
                 match outcome {
                     Some(Ok(Flow::Continue)) => {}
-                    Some(Ok(Flow::Exit)) => break Ok(()),
+                    Some(Ok(Flow::Exit)) => {
+                        replying(false);
+                        break Ok(());
+                    }
                     Some(Err(err)) => println!("{err}"),
                     None => println!("interrupted"),
                 }
+                let _ = stdout.flush();
+                replying(false);
             }
             // Ctrl-C clears the line, as in a shell.
             Err(ReadlineError::Interrupted) => continue,
@@ -119,7 +181,7 @@ pub fn run(
             Err(err) => break Err(err),
         }
     };
-    *PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    sink().printer = None;
     if let Some(path) = &history {
         let _ = editor.save_history(path);
     }

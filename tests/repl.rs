@@ -321,3 +321,107 @@ async fn keys_at_the_repl_never_reach_the_local_worker_and_a_killed_one_comes_ba
     repl.send_line("exit").unwrap();
     repl.exp_eof().unwrap();
 }
+
+/// Where a log line's timestamp (`2026-12-01T07:10:00`) starts in `text`, if anywhere.
+fn timestamp_at(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(19)).find(|&i| {
+        let d = |j: usize| bytes[i + j].is_ascii_digit();
+        (0..4).all(d)
+            && bytes[i + 4] == b'-'
+            && d(5)
+            && d(6)
+            && bytes[i + 7] == b'-'
+            && d(8)
+            && d(9)
+            && bytes[i + 10] == b'T'
+            && d(11)
+            && d(12)
+            && bytes[i + 13] == b':'
+    })
+}
+
+/// `text` without ANSI escape sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() || c == '~' {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_never_land_inside_a_reply_while_workers_come_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(MASTER);
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(FAST)
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("HERD_TOKEN", TOKEN);
+    let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
+    repl.exp_string("master> ").unwrap();
+    let mut admin = clients(&url).await.unwrap().0;
+    let _keeper = Worker::start(dir.path(), &url, "keeper", &[]);
+    wait_state(&mut admin, "keeper", pb::WorkerState::Active, T).await;
+
+    // Workers come and go the whole time: every one logs a few lines at the master.
+    let churn_dir = dir.path().to_path_buf();
+    let churn_url = url.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0..12 {
+            let mut w = Worker::start(&churn_dir, &churn_url, &format!("churn-{i}"), &[]);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            w.kill9();
+        }
+    });
+    let mut replies = Vec::new();
+    while !churn.is_finished() {
+        repl.send_line("workers").unwrap();
+        replies.push(repl.exp_string("master> ").unwrap());
+    }
+    churn.await.unwrap();
+    let logged = replies
+        .iter()
+        .any(|r| r.contains("INFO") || r.contains("WARN"));
+    assert!(logged, "the churn logged nothing at the REPL: {replies:?}");
+    for reply in &replies {
+        let text = plain(reply);
+        let lines: Vec<&str> = text
+            .split(['\r', '\n'])
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        // A log line starts a line of its own; a table row never follows one.
+        let mut seen_log = false;
+        for line in &lines {
+            if let Some(at) = timestamp_at(line) {
+                assert!(
+                    line[..at].trim().is_empty(),
+                    "a log line glued to output: {line:?} in {reply:?}"
+                );
+                seen_log = true;
+            }
+            let row = line.starts_with("keeper") || line.starts_with("churn-");
+            assert!(!(row && seen_log), "a log line inside the reply: {reply:?}");
+        }
+    }
+    repl.send_line("exit").unwrap();
+    repl.exp_eof().unwrap();
+}
