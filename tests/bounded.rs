@@ -1,0 +1,441 @@
+//! End to end: everything bounded, clear errors, and lists that hold up as a cluster grows
+//! for months (paging across 100,000 tasks and 20,000 workers with maximum-size fields,
+//! bad fields and bad stream messages with their status codes).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use herd::pb;
+use herd::pb::worker_message::Body;
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(60);
+/// The message limit; a page must stay far below it.
+const LIMIT: usize = 1024 * 1024;
+
+/// Writes `n` finished tasks (every 20,000th with a 64 KiB command) straight into a
+/// stopped master's SQLite, as months of use would leave them.
+fn seed_finished_tasks(db: &rusqlite::Connection, n: u64) {
+    db.execute_batch("BEGIN").unwrap();
+    {
+        let mut insert = db
+            .prepare(
+                "INSERT INTO tasks (id, name, command, cpu, memory_gb, gpu, state, worker_id,
+                     attempts, exit_code, reason, submitted_at, started_at, finished_at,
+                     history, seq)
+                 VALUES (?1, '', ?2, 1.0, 0.0, 0, ?3, 'w-00000001', 1, 0, '', ?4, ?4, ?4,
+                     '[]', ?5)",
+            )
+            .unwrap();
+        let big = "x".repeat(herd::domain::MAX_COMMAND_LEN);
+        for i in 1..=n {
+            let command = if i % 20_000 == 0 {
+                big.as_str()
+            } else {
+                "true"
+            };
+            let state = if i % 10 == 0 { "failed" } else { "succeeded" };
+            insert
+                .execute(rusqlite::params![
+                    format!("t-{i}"),
+                    command,
+                    state,
+                    i as i64,
+                    i as i64
+                ])
+                .unwrap();
+        }
+    }
+    db.execute_batch("COMMIT").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_pages_cross_100000_stored_tasks_and_those_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    master.admin().await;
+    assert!(master.terminate().success());
+    seed_finished_tasks(&master.db(), 100_000);
+
+    let master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    // Queued ones (nothing can run them) live in memory.
+    let mut queued = Vec::new();
+    for _ in 0..30 {
+        queued.push(submit(&mut admin, "true", 1.0).await.id);
+    }
+    let summary = admin
+        .summary(pb::SummaryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let count = |state: &str| {
+        summary
+            .tasks
+            .iter()
+            .find(|c| c.state == state)
+            .map(|c| c.count)
+    };
+    assert_eq!(count("succeeded"), Some(90_000));
+    assert_eq!(count("failed"), Some(10_000));
+    assert_eq!(count("queued"), Some(30));
+
+    let mut seen = HashSet::new();
+    let mut last = u64::MAX;
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            page.encoded_len() < LIMIT / 2,
+            "a page of {} bytes",
+            page.encoded_len()
+        );
+        for t in &page.tasks {
+            let n: u64 = t.id[2..].parse().unwrap();
+            assert!(n < last, "not newest first: {} after {last}", t.id);
+            last = n;
+            assert!(seen.insert(t.id.clone()), "{} twice", t.id);
+        }
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 100_030);
+    assert!(pages >= 101, "{pages} pages");
+    // The newest page starts with what is in memory.
+    let first = admin
+        .list_tasks(pb::ListTasksRequest {
+            page_size: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = first.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["t-100030", "t-100029", "t-100028", "t-100027", "t-100026"]
+    );
+    assert_eq!(ids[0], queued.last().unwrap());
+
+    // Filtered on the server.
+    let failed = admin
+        .list_tasks(pb::ListTasksRequest {
+            state: pb::TaskState::Failed as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.tasks.len(), 1000);
+    assert!(
+        failed
+            .tasks
+            .iter()
+            .all(|t| t.state() == pb::TaskState::Failed)
+    );
+    let recent = admin
+        .list_tasks(pb::ListTasksRequest {
+            submitted_since_ms: 99_991,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recent.tasks.len(), 40, "10 stored + 30 queued");
+    // A finished task is read back whole from SQLite.
+    let old = task(&mut admin, "t-40000").await;
+    assert_eq!(
+        old.spec.unwrap().command.len(),
+        herd::domain::MAX_COMMAND_LEN
+    );
+    // herdctl shows the newest 50 unless told otherwise.
+    let (ok, out, err) = herdctl(&master.url(), &["tasks"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 51, "a header and 50 rows");
+    let (ok, out, _) = herdctl(&master.url(), &["tasks", "--limit", "3", "--json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pages_cross_20000_workers_some_with_every_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    master.admin().await;
+    let registry = master.registry().await;
+    let mut joins = tokio::task::JoinSet::new();
+    for chunk in 0..8 {
+        let mut registry = registry.clone();
+        joins.spawn(async move {
+            for i in (chunk..20_000).step_by(8) {
+                let mut d = description(&format!("node-{i:05}"));
+                if i % 1000 == 0 {
+                    d.labels = (0..herd::domain::MAX_LABELS)
+                        .map(|l| (format!("{l:0>256}"), "v".repeat(256)))
+                        .collect();
+                }
+                registry
+                    .register(pb::RegisterRequest { worker: Some(d) })
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = joins.join_next().await {
+        done.unwrap();
+    }
+    let mut admin = master.admin().await;
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_workers(pb::ListWorkersRequest {
+                all: true,
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            page.encoded_len() < LIMIT / 2,
+            "a page of {} bytes",
+            page.encoded_len()
+        );
+        names.extend(
+            page.workers
+                .iter()
+                .map(|w| w.description.as_ref().unwrap().name.clone()),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(names.len(), 20_000);
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, names, "in name order, each once");
+}
+
+/// Opens a heartbeat stream as worker `id` and sends `first`.
+async fn stream_with(
+    registry: &mut Registry,
+    first: pb::Heartbeat,
+) -> (
+    tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::MasterMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::WorkerMessage {
+        body: Some(Body::Heartbeat(first)),
+    })
+    .await
+    .unwrap();
+    let replies = registry
+        .heartbeat(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, replies)
+}
+
+async fn stream_error(replies: &mut tonic::Streaming<pb::MasterMessage>) -> tonic::Status {
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let mut registry = master.registry().await;
+
+    // A name with the shape of an id.
+    let status = registry
+        .register(pb::RegisterRequest {
+            worker: Some(description("w-0123abcd")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("shape of a worker id"),
+        "{}",
+        status.message()
+    );
+
+    // Huge unknown ids: NOT_FOUND, with a short message.
+    let huge = "w".repeat(20_000);
+    let status = admin
+        .get_worker(pb::GetWorkerRequest {
+            worker: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().len() < 300, "{}", status.message().len());
+    let status = admin
+        .get_task(pb::GetTaskRequest {
+            task_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().len() < 300);
+
+    let id = registry
+        .register(pb::RegisterRequest {
+            worker: Some(description("honest")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let hb = |sequence: u64, cpu_percent: f64| pb::Heartbeat {
+        worker_id: id.clone(),
+        sequence,
+        usage: Some(pb::Usage {
+            cpu_percent,
+            memory_used_gb: 1.0,
+        }),
+        ..Default::default()
+    };
+    // NaN usage on an open stream ends it with INVALID_ARGUMENT naming the field.
+    let (tx, mut replies) = stream_with(&mut registry, hb(1, 5.0)).await;
+    tx.send(pb::WorkerMessage {
+        body: Some(Body::Heartbeat(hb(2, f64::NAN))),
+    })
+    .await
+    .unwrap();
+    let status = stream_error(&mut replies).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("cpu_percent"),
+        "{}",
+        status.message()
+    );
+    // Negative usage in the very first heartbeat is refused the same way.
+    let status = registry
+        .heartbeat(tokio_stream::iter([pb::WorkerMessage {
+            body: Some(Body::Heartbeat(hb(3, -4.0))),
+        }]))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // A message over the limit ends the stream with RESOURCE_EXHAUSTED.
+    let (tx, mut replies) = stream_with(&mut registry, hb(4, 5.0)).await;
+    tx.send(pb::WorkerMessage {
+        body: Some(Body::Output(pb::TaskOutput {
+            task_id: "t-1".into(),
+            data: vec![b'x'; 2 * LIMIT],
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        stream_error(&mut replies).await.code(),
+        Code::ResourceExhausted
+    );
+
+    // A worker's long update message is cut, and the task still reads back.
+    let t = submit(&mut admin, "sleep 60", 0.5).await;
+    let (tx, mut replies) = stream_with(&mut registry, hb(5, 5.0)).await;
+    let deadline = Deadline::new(T, "the task is assigned to the stream");
+    while task(&mut admin, &t.id).await.worker_id != id {
+        deadline.wait().await;
+    }
+    tx.send(pb::WorkerMessage {
+        body: Some(Body::TaskUpdate(pb::TaskUpdate {
+            task_id: t.id.clone(),
+            attempt: 1,
+            event: pb::TaskEvent::Failed as i32,
+            exit_code: Some(1),
+            message: "e".repeat(200_000),
+        })),
+    })
+    .await
+    .unwrap();
+    let deadline = Deadline::new(T, "the task failed");
+    let failed = loop {
+        let info = task(&mut admin, &t.id).await;
+        if info.state() == pb::TaskState::Failed {
+            break info;
+        }
+        deadline.wait().await;
+    };
+    assert!(failed.reason.len() < 1200, "{}", failed.reason.len());
+    assert!(failed.reason.contains("[cut: 200000 bytes in all]"));
+    drop(tx);
+    let _ = replies.message().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_removes_only_a_worker_that_is_not_active_and_the_scheduler_choice_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    let mut w = Worker::start(dir.path(), &master.url(), "old-box", &[]);
+    let active = wait_state(&mut admin, "old-box", pb::WorkerState::Active, T).await;
+
+    let (ok, _, err) = herdctl(&master.url(), &["worker", "forget", "old-box"]);
+    assert!(!ok);
+    assert!(err.contains("is Active"), "{err}");
+    w.kill9();
+    wait_state(&mut admin, "old-box", pb::WorkerState::Inactive, T).await;
+    let (ok, out, err) = herdctl(&master.url(), &["worker", "forget", "old-box"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    assert!(worker(&mut admin, "old-box").await.is_none());
+    assert_eq!(db_count(&master.db()), 0);
+    // The name is free: the next one of that name is a new worker.
+    let _w = Worker::start(dir.path(), &master.url(), "old-box", &[]);
+    let again = wait_state(&mut admin, "old-box", pb::WorkerState::Active, T).await;
+    assert_ne!(again.id, active.id);
+
+    let (ok, _, err) = herdctl(&master.url(), &["scheduler", "round-robin"]);
+    assert!(ok, "{err}");
+    assert!(master.terminate().success());
+    let master = Master::start_on(dir.path(), &data, port, FAST);
+    master.admin().await;
+    let (ok, out, _) = herdctl(&master.url(), &["scheduler"]);
+    assert!(ok);
+    assert!(
+        out.contains("round-robin"),
+        "kept across the restart: {out}"
+    );
+}
