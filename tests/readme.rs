@@ -1,0 +1,114 @@
+//! README.md says what the programs do: every REPL line it shows parses, every herdctl line
+//! it shows parses, and every flag and environment variable in its configuration tables is
+//! one the program really takes.
+
+mod common;
+
+use std::process::Command;
+
+use common::{MASTER, WORKER};
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+fn help(program: &str) -> String {
+    let out = Command::new(program).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The table rows under the line `heading` (up to the next blank line after the table).
+fn table_after<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| l.trim() != heading)
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect()
+}
+
+fn words_like(cell: &str, starts: &str, ok: impl Fn(char) -> bool) -> Vec<String> {
+    cell.split(|c: char| !(ok(c) || starts.contains(c)))
+        .filter(|w| w.starts_with(starts) && w.len() > starts.len())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_flag_and_variable_in_the_tables_is_real() {
+    let text = readme();
+    for (heading, program) in [("herd-master:", MASTER), ("herd-worker:", WORKER)] {
+        let rows = table_after(&text, heading);
+        assert!(rows.len() > 5, "no table under {heading}");
+        let help = help(program);
+        for row in rows {
+            let cells: Vec<&str> = row.split('|').collect();
+            let flags = words_like(cells[1], "--", |c| c.is_ascii_lowercase() || c == '-');
+            assert!(!flags.is_empty(), "{row}");
+            for flag in flags {
+                assert!(
+                    help.contains(&flag),
+                    "{heading} README names {flag}, --help does not"
+                );
+            }
+            let vars = words_like(cells[2], "", |c| c.is_ascii_uppercase() || c == '_');
+            for var in vars.iter().filter(|v| v.len() > 3) {
+                assert!(
+                    help.contains(&format!("env: {var}")),
+                    "{heading} README names {var}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_repl_and_herdctl_line_it_shows_parses() {
+    let text = readme();
+    let mut checked = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.trim().strip_prefix("master> ") {
+            herd::command::parse_line(rest).unwrap_or_else(|e| panic!("'{rest}': {e}"));
+            checked += 1;
+        }
+    }
+    // herdctl in inline code: `... herdctl ARGS` (options before the command skipped).
+    for code in text.split('`').skip(1).step_by(2) {
+        let Some((_, args)) = code.split_once("herdctl ") else {
+            continue;
+        };
+        let words = shlex::split(args).unwrap();
+        let mut words = words.as_slice();
+        while let [first, rest @ ..] = words
+            && first.starts_with("--")
+        {
+            words = if matches!(first.as_str(), "--json") {
+                rest
+            } else {
+                &rest[1.min(rest.len())..]
+            };
+        }
+        if words.is_empty() {
+            continue;
+        }
+        herd::command::parse_words(words).unwrap_or_else(|e| panic!("'{code}': {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} lines checked");
+}
+
+#[test]
+fn the_scripts_it_names_exist_and_run() {
+    let text = readme();
+    for word in text.split(|c: char| c.is_whitespace() || c == '`' || c == '(' || c == ')') {
+        if let Some(script) = word.strip_prefix("scripts/").filter(|s| s.ends_with(".sh")) {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(script);
+            let meta = std::fs::metadata(&path).unwrap_or_else(|_| panic!("{script} is missing"));
+            assert!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0);
+        }
+    }
+}
