@@ -112,3 +112,27 @@ fn the_scripts_it_names_exist_and_run() {
         }
     }
 }
+
+#[test]
+fn setup_podman_keeps_an_existing_config_and_adds_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("containers.conf");
+    let mine =
+        "[network]\nnetwork_backend = \"netavark\"\n[engine]\ncgroup_manager = \"cgroupfs\"\n";
+    std::fs::write(&conf, mine).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-podman.sh");
+    for _ in 0..2 {
+        let status = Command::new("bash")
+            .args([script, "--config-only"])
+            .env("HERD_CONTAINERS_CONF", &conf)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let text = std::fs::read_to_string(&conf).unwrap();
+    for line in mine.lines() {
+        assert!(text.contains(line), "lost {line:?}: {text}");
+    }
+    assert_eq!(text.matches("runtime = \"runc\"").count(), 1, "{text}");
+    assert_eq!(text.matches("default_ulimits = []").count(), 1, "{text}");
+}
