@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server, ServerTlsConfig};
@@ -104,8 +104,12 @@ pub async fn serve_tcp(
     let router = router(&mut server, &master, &gate)
         .add_service(health_service)
         .add_service(reflection);
+    // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches sockets
+    // tonic binds itself, and with Nagle on, a reply larger than one segment waits out the
+    // peer's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        incoming,
         async move {
             let _ = shutdown.changed().await;
         },

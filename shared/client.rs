@@ -29,6 +29,10 @@ pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
+        // Room for a whole page or log chunk in flight: with HTTP/2's default 64 KiB
+        // window, a larger reply waits a round trip (and a delayed ACK) for more.
+        .initial_stream_window_size(Some(2 << 20))
+        .initial_connection_window_size(Some(8 << 20))
         .keep_alive_timeout(Duration::from_secs(10));
     match (url.starts_with("https://"), ca) {
         (true, Some(ca)) => {

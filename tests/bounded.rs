@@ -18,42 +18,6 @@ const T: Duration = Duration::from_secs(60);
 /// The message limit; a page must stay far below it.
 const LIMIT: usize = 1024 * 1024;
 
-/// Writes `n` finished tasks (every 20,000th with a 64 KiB command) straight into a
-/// stopped master's SQLite, as months of use would leave them.
-fn seed_finished_tasks(db: &rusqlite::Connection, n: u64) {
-    db.execute_batch("BEGIN").unwrap();
-    {
-        let mut insert = db
-            .prepare(
-                "INSERT INTO tasks (id, name, command, cpu, memory_gb, gpu, state, worker_id,
-                     attempts, exit_code, reason, submitted_at, started_at, finished_at,
-                     history, seq)
-                 VALUES (?1, '', ?2, 1.0, 0.0, 0, ?3, 'w-00000001', 1, 0, '', ?4, ?4, ?4,
-                     '[]', ?5)",
-            )
-            .unwrap();
-        let big = "x".repeat(herd::domain::MAX_COMMAND_LEN);
-        for i in 1..=n {
-            let command = if i % 20_000 == 0 {
-                big.as_str()
-            } else {
-                "true"
-            };
-            let state = if i % 10 == 0 { "failed" } else { "succeeded" };
-            insert
-                .execute(rusqlite::params![
-                    format!("t-{i}"),
-                    command,
-                    state,
-                    i as i64,
-                    i as i64
-                ])
-                .unwrap();
-        }
-    }
-    db.execute_batch("COMMIT").unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_pages_cross_100000_stored_tasks_and_those_in_memory() {
     let dir = tempfile::tempdir().unwrap();

@@ -204,7 +204,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
 /// output of their current attempt is on disk.
 pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE state NOT IN {FINAL_STATES}"
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'assigned', 'running')"
     ))?;
     let mut tasks = Vec::new();
     for task in stmt.query_map([], task_from_row)? {
@@ -243,32 +243,38 @@ pub fn last_task_number(conn: &Connection) -> Result<u64, Error> {
     Ok(n.max(0) as u64)
 }
 
-/// Finished tasks numbered below `before`, newest first, matching `filter`.
+/// Finished tasks numbered below `before`, newest first, matching `filter`. Each filter
+/// walks an index in task-number order (`+state` keeps SQLite from walking the state
+/// index and sorting a million rows instead).
 pub fn finished_page(
     conn: &Connection,
     filter: &TaskFilter,
     before: u64,
     limit: usize,
 ) -> Result<Vec<Task>, Error> {
-    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq < ?1");
+    use rusqlite::types::Value;
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq < ?");
+    let mut args: Vec<Value> = vec![Value::Integer(before.min(i64::MAX as u64) as i64)];
     match filter.state {
-        Some(state) if state.is_final() => sql.push_str(" AND state = ?2"),
+        Some(state) if state.is_final() => {
+            sql.push_str(" AND state = ?");
+            args.push(Value::Text(state.as_str().into()));
+        }
         Some(_) => return Ok(Vec::new()),
-        None => sql.push_str(&format!(" AND state IN {FINAL_STATES} AND ?2 = ''")),
+        None => sql.push_str(&format!(" AND +state IN {FINAL_STATES}")),
     }
-    sql.push_str(" AND (?3 = '' OR worker_id = ?3) AND submitted_at >= ?4");
-    sql.push_str(" ORDER BY seq DESC LIMIT ?5");
+    if let Some(worker) = &filter.worker_id {
+        sql.push_str(" AND worker_id = ?");
+        args.push(Value::Text(worker.clone()));
+    }
+    if filter.since_ms > 0 {
+        sql.push_str(" AND +submitted_at >= ?");
+        args.push(Value::Integer(filter.since_ms));
+    }
+    sql.push_str(" ORDER BY seq DESC LIMIT ?");
+    args.push(Value::Integer(limit as i64));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        rusqlite::params![
-            before.min(i64::MAX as u64) as i64,
-            filter.state.map(TaskState::as_str).unwrap_or(""),
-            filter.worker_id.as_deref().unwrap_or(""),
-            filter.since_ms,
-            limit as i64,
-        ],
-        task_from_row,
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), task_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

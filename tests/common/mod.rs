@@ -13,7 +13,6 @@ use herd::client::Authed;
 use herd::pb;
 use herd::pb::admin_client::AdminClient;
 use herd::pb::registry_client::RegistryClient;
-use tonic::transport::Channel;
 
 /// The cluster token every test master, worker and client uses.
 pub const TOKEN: &str = "test-token-0123456789";
@@ -25,10 +24,7 @@ pub type Registry = RegistryClient<Authed>;
 
 /// Clients for `url` with [`TOKEN`].
 pub async fn clients(url: &str) -> Result<(Admin, Registry), tonic::transport::Error> {
-    let channel = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await?;
+    let channel = herd::client::endpoint(url, None).unwrap().connect().await?;
     let bearer = Bearer::new(Some(TOKEN)).unwrap();
     Ok((
         AdminClient::with_interceptor(channel.clone(), bearer.clone()),
@@ -543,4 +539,40 @@ pub fn group_members(pgid: i32) -> Vec<u32> {
 pub fn db_tasks(conn: &rusqlite::Connection) -> i64 {
     conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
         .unwrap()
+}
+
+/// Writes `n` finished tasks (every 20,000th with a 64 KiB command) straight into a
+/// stopped master's SQLite, as months of use would leave them.
+pub fn seed_finished_tasks(db: &rusqlite::Connection, n: u64) {
+    db.execute_batch("BEGIN").unwrap();
+    {
+        let mut insert = db
+            .prepare(
+                "INSERT INTO tasks (id, name, command, cpu, memory_gb, gpu, state, worker_id,
+                     attempts, exit_code, reason, submitted_at, started_at, finished_at,
+                     history, seq)
+                 VALUES (?1, '', ?2, 1.0, 0.0, 0, ?3, 'w-00000001', 1, 0, '', ?4, ?4, ?4,
+                     '[]', ?5)",
+            )
+            .unwrap();
+        let big = "x".repeat(herd::domain::MAX_COMMAND_LEN);
+        for i in 1..=n {
+            let command = if i % 20_000 == 0 {
+                big.as_str()
+            } else {
+                "true"
+            };
+            let state = if i % 10 == 0 { "failed" } else { "succeeded" };
+            insert
+                .execute(rusqlite::params![
+                    format!("t-{i}"),
+                    command,
+                    state,
+                    i as i64,
+                    i as i64
+                ])
+                .unwrap();
+        }
+    }
+    db.execute_batch("COMMIT").unwrap();
 }
