@@ -403,3 +403,83 @@ async fn forget_removes_only_a_worker_that_is_not_active_and_the_scheduler_choic
         "kept across the restart: {out}"
     );
 }
+
+/// The output of `seq 1 N`.
+fn seq_output(n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        out.extend_from_slice(format!("{i}\n").as_bytes());
+    }
+    out
+}
+
+/// A task's logs as asked for: (first offset, bytes).
+async fn logs_range(
+    admin: &mut Admin,
+    id: &str,
+    offset: Option<u64>,
+    length: u64,
+    follow: bool,
+) -> (u64, Vec<u8>) {
+    let mut stream = admin
+        .task_logs(pb::TaskLogsRequest {
+            task_id: id.into(),
+            follow,
+            offset,
+            length,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first = None;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert!(chunk.data.len() <= 256 * 1024);
+        let at = *first.get_or_insert(chunk.offset);
+        assert_eq!(chunk.offset, at + out.len() as u64, "chunks are contiguous");
+        out.extend(chunk.data);
+    }
+    (first.unwrap_or(0), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_of_a_50_mb_task_print_by_tail_range_and_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "chatty", &[]);
+    wait_state(&mut admin, "chatty", pb::WorkerState::Active, T).await;
+    let n = 6_500_000; // about 50 MB
+    let expected = seq_output(n);
+    assert!(expected.len() > 50_000_000);
+    let t = submit(&mut admin, &format!("sleep 1; seq 1 {n}; sleep 1"), 0.5).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    // Followed from the start while it runs: every byte, in order.
+    let (start, followed) = logs_range(&mut admin, &t.id, Some(0), 0, true).await;
+    assert_eq!(start, 0);
+    assert_eq!(followed.len(), expected.len());
+    assert!(followed == expected, "followed output differs");
+    wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
+
+    // By default the last MiB.
+    let (start, tail) = logs_range(&mut admin, &t.id, None, 0, false).await;
+    assert_eq!(tail.len(), 1024 * 1024);
+    assert_eq!(start as usize, expected.len() - tail.len());
+    assert!(tail == expected[start as usize..]);
+    // A range inside what the master keeps.
+    let from = expected.len() as u64 - 1_500_000;
+    let (start, range) = logs_range(&mut admin, &t.id, Some(from), 1000, false).await;
+    assert_eq!(start, from);
+    assert!(range == expected[from as usize..from as usize + 1000]);
+    // An offset older than what it keeps starts at the oldest byte kept.
+    let (start, kept) = logs_range(&mut admin, &t.id, Some(0), 0, false).await;
+    assert!(start > 0 && kept.len() >= 1024 * 1024);
+    assert!(kept == expected[start as usize..]);
+    // herdctl prints them without error.
+    let (ok, out, err) = herdctl(&master.url(), &["task", "logs", &t.id]);
+    assert!(ok, "{err}");
+    assert!(out.ends_with(&format!("{n}\n")));
+    let (ok, out, _) = herdctl(&master.url(), &["task", "logs", &t.id, "--all"]);
+    assert!(ok);
+    assert_eq!(out.len(), kept.len());
+}
