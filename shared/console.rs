@@ -237,7 +237,19 @@ impl Console {
                     return Ok(Flow::Continue);
                 }
                 let mut last = b'\n';
+                let mut next: Option<u64> = None;
                 while let Some(chunk) = stream.message().await.map_err(|s| self.explain(s))? {
+                    // A follower that fell behind what the master keeps skips ahead.
+                    if let Some(gap) = next
+                        .map(|n| chunk.offset.saturating_sub(n))
+                        .filter(|g| *g > 0)
+                    {
+                        let _ = write!(
+                            out,
+                            "\n[herd: {gap} bytes the master no longer keeps were skipped]\n"
+                        );
+                    }
+                    next = Some(chunk.offset + chunk.data.len() as u64);
                     out.write_all(&chunk.data)
                         .and_then(|_| out.flush())
                         .map_err(|e| format!("error: cannot write: {e}"))?;
