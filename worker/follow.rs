@@ -1,0 +1,272 @@
+//! Following a task attempt from the agent's side: tail its output from the task folder
+//! into the outbox (the file is the buffer: a full outbox means waiting, never dropping),
+//! report Started as soon as the supervisor says so, and report the end once the exit file
+//! is there, after all the output. Also the start-up scan that reattaches to the tasks a
+//! previous agent left running, picks up results it never got acknowledged, and settles
+//! the tasks whose supervisor died.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use herd::domain::MAX_OUTPUT_CHUNK;
+use herd::pb;
+use herd::pb::worker_message::Body;
+
+use crate::cgroup::{self, Isolation};
+use crate::executor::{Executor, Held};
+use crate::folder::{Exit, Folder, State, Tail};
+use crate::procs;
+
+/// How often a folder is looked at for new output and the exit file.
+const POLL: Duration = Duration::from_millis(50);
+/// A supervisor just started may not have written its state file yet.
+const STATE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// How the agent knows whether the supervisor lives.
+pub enum Supervisor {
+    /// Started by this agent: its status, and its "started"/"ended" lines.
+    Child(Box<Child>),
+    /// Left by an earlier agent: alive while its pid has its recorded start time.
+    Adopted(State),
+    /// There is none (it could not be started); the exit file says why.
+    Gone,
+}
+
+impl Supervisor {
+    fn is_alive(&mut self) -> bool {
+        match self {
+            Supervisor::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Supervisor::Adopted(state) => procs::is_same_live(state.pid, state.start_time),
+            Supervisor::Gone => false,
+        }
+    }
+}
+
+/// Follows one attempt until its result is handed to the outbox.
+pub async fn watch(
+    executor: Executor,
+    task_id: String,
+    attempt: u32,
+    folder: Folder,
+    mut supervisor: Supervisor,
+) {
+    let mut lines: Option<Lines<BufReader<ChildStdout>>> = match &mut supervisor {
+        Supervisor::Child(child) => child.stdout.take().map(|s| BufReader::new(s).lines()),
+        _ => None,
+    };
+    let mut tail = Tail::new(folder.clone());
+    let exit = loop {
+        let resume = executor
+            .book()
+            .held
+            .get_mut(&task_id)
+            .and_then(|h| h.resume.take());
+        if let Some(offset) = resume {
+            tail.seek(offset);
+        }
+        send_output(&executor, &task_id, attempt, &mut tail).await;
+        // The supervisor writes the exit file after the last output, so reading the
+        // output once more after seeing it gets all of it.
+        if let Some(exit) = folder.read_exit() {
+            send_output(&executor, &task_id, attempt, &mut tail).await;
+            break exit;
+        }
+        if !supervisor.is_alive() && folder.read_exit().is_none() {
+            let dead = folder.clone();
+            let exit = tokio::task::spawn_blocking(move || settle_dead(&dead))
+                .await
+                .unwrap_or_else(|_| {
+                    Exit::failed("the task's supervisor died before the task ended")
+                });
+            send_output(&executor, &task_id, attempt, &mut tail).await;
+            break exit;
+        }
+        let line = async {
+            match lines.as_mut() {
+                Some(l) => l.next_line().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = line => match line {
+                Ok(Some(line)) if line == "started" => {
+                    info!(task = %task_id, attempt, "task started");
+                    let started = pb::TaskUpdate {
+                        task_id: task_id.clone(),
+                        attempt,
+                        event: pb::TaskEvent::Started as i32,
+                        exit_code: None,
+                        message: String::new(),
+                    };
+                    executor.send(Body::TaskUpdate(started), None).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => lines = None,
+            },
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    };
+    if let Supervisor::Child(child) = &mut supervisor {
+        // Reap it; it has written its exit file, so it is about to leave.
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
+    finish(&executor, &task_id, attempt, exit).await;
+}
+
+/// Sends what the task wrote since `tail`'s position.
+async fn send_output(executor: &Executor, task_id: &str, attempt: u32, tail: &mut Tail) {
+    loop {
+        let chunk = match tail.next(MAX_OUTPUT_CHUNK) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(err) => {
+                warn!(task = %task_id, %err, "cannot read the task's output");
+                return;
+            }
+        };
+        let output = pb::TaskOutput {
+            task_id: task_id.to_string(),
+            attempt,
+            data: chunk.data,
+            offset: chunk.offset,
+            stream: chunk.stream as i32,
+        };
+        executor.send(Body::Output(output), None).await;
+    }
+}
+
+/// Reports the end. The result joins the heartbeats' `finished` only once the update (and
+/// so all output before it) is in the stream: a heartbeat must not overtake the output.
+async fn finish(executor: &Executor, task_id: &str, attempt: u32, exit: Exit) {
+    let update = exit.update(task_id, attempt);
+    info!(task = %task_id, attempt, outcome = %exit.outcome, reason = %exit.reason, "task ended");
+    let (delivered, in_stream) = oneshot::channel();
+    executor
+        .send(Body::TaskUpdate(update.clone()), Some(delivered))
+        .await;
+    let _ = in_stream.await;
+    let mut book = executor.book();
+    if book.held.get(task_id).is_some_and(|h| h.attempt == attempt) {
+        book.held.remove(task_id);
+    }
+    book.finished.insert(task_id.to_string(), update);
+}
+
+/// The supervisor is gone without an exit file: kill whatever of the task is left and
+/// record that it failed.
+fn settle_dead(folder: &Folder) -> Exit {
+    let spec = folder.read_spec().ok();
+    let state = folder.read_state();
+    if let Some(spec) = &spec {
+        let name = state.as_ref().and_then(|s| s.cgroup.as_deref());
+        let kind = Isolation::from_label(&spec.isolation);
+        if let Some(cgroup) = name.and_then(|name| cgroup::leftovers(kind, name)) {
+            for _ in 0..100 {
+                cgroup.kill_all();
+                if cgroup.procs().is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            cgroup.remove();
+        }
+        if let Some(runtime) = spec.runtime.as_deref().filter(|_| !spec.image.is_empty()) {
+            let _ = std::process::Command::new(runtime)
+                .args(["rm", "-f", &spec.container()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    if let Some(pgid) = state.and_then(|s| s.task_pid) {
+        // The group outlives its leader only while members remain, so it cannot name
+        // someone else's processes.
+        for pid in procs::group(pgid) {
+            procs::signal(pid, libc::SIGKILL);
+        }
+    }
+    let exit = Exit::failed("the task's supervisor died before the task ended");
+    if let Err(err) = folder.write_exit(&exit) {
+        warn!(folder = %folder.root.display(), %err, "cannot write the exit file");
+    }
+    exit
+}
+
+/// Before the first heartbeat: takes over what an earlier agent left in the work dir.
+pub fn recover(executor: &Executor) {
+    let Ok(entries) = std::fs::read_dir(&executor.shared.work_dir) else {
+        return;
+    };
+    let mut folders: Vec<Folder> = entries
+        .flatten()
+        .map(|e| Folder { root: e.path() })
+        .filter(|f| f.root.is_dir() && !f.is_reported())
+        .collect();
+    folders.sort_by(|a, b| a.root.cmp(&b.root));
+    for folder in folders {
+        let Ok(spec) = folder.read_spec() else {
+            continue;
+        };
+        let (id, attempt) = (spec.task_id.clone(), spec.attempt);
+        let state = wait_for_state(&folder);
+        let alive = state
+            .as_ref()
+            .filter(|s| procs::is_same_live(s.pid, s.start_time));
+        let supervisor = match (folder.read_exit(), alive) {
+            (Some(exit), _) => {
+                info!(task = %id, attempt, outcome = %exit.outcome, "found a result not yet acknowledged");
+                let mut book = executor.book();
+                let newer = book.finished.get(&id).is_some_and(|u| u.attempt > attempt);
+                if !newer {
+                    book.finished
+                        .insert(id, exit.update(&spec.task_id, attempt));
+                }
+                continue;
+            }
+            (None, Some(state)) => {
+                info!(task = %id, attempt, supervisor = state.pid, "reattached to a running task");
+                Supervisor::Adopted(state.clone())
+            }
+            (None, None) => {
+                warn!(task = %id, attempt, "the task's supervisor is gone; cleaning up");
+                Supervisor::Gone
+            }
+        };
+        executor.book().held.insert(
+            id.clone(),
+            Held {
+                attempt,
+                folder: folder.clone(),
+                child_pid: None,
+                // The master says where to continue; until then, from the start.
+                resume: None,
+            },
+        );
+        tokio::spawn(watch(executor.clone(), id, attempt, folder, supervisor));
+    }
+}
+
+/// The state file, waiting a little for a supervisor that was only just started.
+fn wait_for_state(folder: &Folder) -> Option<State> {
+    loop {
+        if let Some(state) = folder.read_state() {
+            return Some(state);
+        }
+        let young = std::fs::metadata(folder.path("task.json"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| {
+                SystemTime::now()
+                    .duration_since(at)
+                    .is_ok_and(|age| age < STATE_PATIENCE)
+            });
+        if !young || folder.read_exit().is_some() {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
