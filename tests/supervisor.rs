@@ -366,3 +366,59 @@ async fn stdout_and_stderr_come_back_in_the_order_they_were_written() {
     let log = std::fs::read_to_string(folder.join("output.log")).unwrap();
     assert_eq!(log, "out1\nerr1\nout2\nerr2\nout3\nerr3\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_from_while_the_worker_was_down_is_reported_and_its_folder_later_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(work_dir(dir.path(), "sleeper"));
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let mut first = Worker::start(dir.path(), &master.url(), "sleeper", &[]);
+    wait_state(&mut admin, "sleeper", pb::WorkerState::Active, T).await;
+    let t = submit(&mut admin, "sleep 1; echo late; exit 3", 1.0).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    first.kill9();
+    // The task ends while no agent is there to hear it.
+    let folder = work_dir(dir.path(), "sleeper").join(format!("{}-1", t.id));
+    let deadline = Deadline::new(T, "the supervisor writes the exit status");
+    while !folder.join("exit.json").exists() {
+        deadline.wait().await;
+    }
+    let mut second = Worker::start(dir.path(), &master.url(), "sleeper", &[]);
+    let t = wait_task(&mut admin, &t.id, pb::TaskState::Failed, T).await;
+    assert_eq!((t.attempts, t.exit_code), (1, Some(3)));
+    assert_eq!(logs(&mut admin, &t.id, false).await, "late\n");
+    let deadline = Deadline::new(T, "the acknowledged result is marked reported");
+    while !folder.join("reported").exists() {
+        deadline.wait().await;
+    }
+    second.kill9();
+
+    // Removed at the start of a worker whose retention has passed since the report.
+    let deadline = Deadline::new(T, "a second has passed since the report");
+    while std::fs::metadata(folder.join("reported"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap_or_default()
+        < Duration::from_millis(1100)
+    {
+        deadline.wait().await;
+    }
+    let _third = Worker::start(
+        dir.path(),
+        &master.url(),
+        "sleeper",
+        &["--task-retention", "1s"],
+    );
+    let deadline = Deadline::new(T, "the old task folder is removed");
+    while folder.exists() {
+        deadline.wait().await;
+    }
+    assert_eq!(
+        task(&mut admin, &t.id).await.state(),
+        pb::TaskState::Failed,
+        "reported once, not again"
+    );
+}

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use herd::domain::Runtime;
@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     program: PathBuf,
     pub outbox: Outbox,
     book: Mutex<Book>,
+    /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
+    pub first_ack: watch::Sender<bool>,
 }
 
 /// What the worker holds. One lock, so a heartbeat always sees a task either held or
@@ -83,6 +85,7 @@ impl Executor {
                 program: std::env::current_exe()?,
                 outbox,
                 book: Mutex::new(Book::default()),
+                first_ack: watch::Sender::new(false),
             }),
         })
     }
@@ -139,6 +142,8 @@ impl Executor {
                 held.resume = Some(entry.offset);
             }
         }
+        drop(book);
+        self.shared.first_ack.send_replace(true);
     }
 
     /// Starts an assigned task under a supervisor of its own. A repeated assignment of a

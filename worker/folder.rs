@@ -229,6 +229,8 @@ pub struct Chunk {
 /// Reads a task's output from any byte offset, in chunks that never span two streams.
 pub struct Tail {
     folder: Folder,
+    /// output.streams and output.log, once they exist.
+    files: Option<(File, File)>,
     /// Index of the output.streams record that starts at `record_start`.
     record: u64,
     record_start: u64,
@@ -240,6 +242,7 @@ impl Tail {
     pub fn new(folder: Folder) -> Tail {
         Tail {
             folder,
+            files: None,
             record: 0,
             record_start: 0,
             position: 0,
@@ -257,13 +260,20 @@ impl Tail {
 
     /// The next chunk of at most `max` bytes, or None when nothing more is written yet.
     pub fn next(&mut self, max: usize) -> io::Result<Option<Chunk>> {
-        let (streams, log) = match (
-            File::open(self.folder.path("output.streams")),
-            File::open(self.folder.path("output.log")),
-        ) {
-            (Ok(s), Ok(l)) => (s, l),
-            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            (Err(e), _) | (_, Err(e)) => return Err(e),
+        if self.files.is_none() {
+            self.files = match (
+                File::open(self.folder.path("output.streams")),
+                File::open(self.folder.path("output.log")),
+            ) {
+                (Ok(s), Ok(l)) => Some((s, l)),
+                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    return Ok(None);
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+        }
+        let Some((streams, log)) = &self.files else {
+            return Ok(None);
         };
         let mut stream = None;
         let mut data = Vec::new();

@@ -59,6 +59,12 @@ pub async fn watch(
         _ => None,
     };
     let mut tail = Tail::new(folder.clone());
+    if !matches!(supervisor, Supervisor::Child(_)) {
+        // Reattached: the first ack says how much output the master has; sending it all
+        // before would only be sent again.
+        let mut first_ack = executor.shared.first_ack.subscribe();
+        let _ = first_ack.wait_for(|acked| *acked).await;
+    }
     let exit = loop {
         let resume = executor
             .book()
@@ -202,31 +208,41 @@ pub fn recover(executor: &Executor) {
     let Ok(entries) = std::fs::read_dir(&executor.shared.work_dir) else {
         return;
     };
-    let mut folders: Vec<Folder> = entries
+    let folders: Vec<Folder> = entries
         .flatten()
         .map(|e| Folder { root: e.path() })
         .filter(|f| f.root.is_dir() && !f.is_reported())
         .collect();
-    folders.sort_by(|a, b| a.root.cmp(&b.root));
-    for folder in folders {
-        let Ok(spec) = folder.read_spec() else {
-            continue;
-        };
+    let mut specs: Vec<(Folder, crate::folder::Spec)> = folders
+        .into_iter()
+        .filter_map(|f| Some((f.clone(), f.read_spec().ok()?)))
+        .collect();
+    // Newest attempt of each task first: only that one is held; an older one left behind
+    // was fenced by the master and must not run on.
+    specs.sort_by(|(_, a), (_, b)| (&a.task_id, b.attempt).cmp(&(&b.task_id, a.attempt)));
+    for (folder, spec) in specs {
         let (id, attempt) = (spec.task_id.clone(), spec.attempt);
+        if executor.book().held.contains_key(&id) {
+            warn!(task = %id, attempt, "an older attempt of a held task; stopping it");
+            if folder.read_exit().is_none() {
+                let _ = folder.write_cancel("a newer attempt of the task is held here");
+                if let Some(pid) = crate::executor::supervisor_pid(&folder, None) {
+                    procs::signal(pid, libc::SIGTERM);
+                }
+            }
+            let _ = folder.mark_reported();
+            continue;
+        }
         let state = wait_for_state(&folder);
         let alive = state
             .as_ref()
             .filter(|s| procs::is_same_live(s.pid, s.start_time));
         let supervisor = match (folder.read_exit(), alive) {
             (Some(exit), _) => {
+                // Held until reported again, so that the output the master lacks goes
+                // first (from where it says, in the first ack).
                 info!(task = %id, attempt, outcome = %exit.outcome, "found a result not yet acknowledged");
-                let mut book = executor.book();
-                let newer = book.finished.get(&id).is_some_and(|u| u.attempt > attempt);
-                if !newer {
-                    book.finished
-                        .insert(id, exit.update(&spec.task_id, attempt));
-                }
-                continue;
+                Supervisor::Gone
             }
             (None, Some(state)) => {
                 info!(task = %id, attempt, supervisor = state.pid, "reattached to a running task");
