@@ -422,3 +422,39 @@ async fn a_result_from_while_the_worker_was_down_is_reported_and_its_folder_late
         "reported once, not again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_supervisor_is_killed_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(work_dir(dir.path(), "orphan"));
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "orphan", GRACE);
+    let info = wait_state(&mut admin, "orphan", pb::WorkerState::Active, T).await;
+    let cgroups = info.description.unwrap().isolation.starts_with("cgroup");
+    let sleeps = unique_sleeps(2, 1000);
+    let t = submit(
+        &mut admin,
+        &format!("sleep {} & sleep {}", sleeps[0], sleeps[1]),
+        0.5,
+    )
+    .await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    let deadline = Deadline::new(T, "both sleeps run");
+    while sleeps.iter().any(|s| processes_with(s).is_empty()) {
+        deadline.wait().await;
+    }
+    let folder = work_dir(dir.path(), "orphan").join(format!("{}-1", t.id));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("supervisor.json")).unwrap()).unwrap();
+    let supervisor = state["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the supervisor this test's worker started.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+
+    let t = wait_task(&mut admin, &t.id, pb::TaskState::Failed, T).await;
+    assert!(t.reason.contains("supervisor died"), "{}", t.reason);
+    if cgroups {
+        // The cgroup holds every process of the task: the agent finds and kills them all.
+        wait_none_left(&sleeps, Duration::from_secs(5), "no task process is left").await;
+    }
+}

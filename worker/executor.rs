@@ -149,6 +149,11 @@ impl Executor {
     /// Starts an assigned task under a supervisor of its own. A repeated assignment of a
     /// held task, or of an attempt that already has a folder, is not started again.
     pub fn assign(&self, task: pb::TaskAssignment) {
+        if !is_plain_name(&task.task_id) {
+            // It names a folder: nothing that could point outside the work dir.
+            warn!(task = %task.task_id.escape_debug(), "refusing an assignment with an unusable task id");
+            return;
+        }
         let folder = Folder::new(&self.shared.work_dir, &task.task_id, task.attempt);
         {
             let book = self.book();
@@ -309,6 +314,16 @@ impl Executor {
             })
             .await;
     }
+}
+
+/// Letters, digits, `-`, `_` and `.`, not starting with a dot: safe as a file name.
+fn is_plain_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The live supervisor of a task folder: from its state file (checked against pid reuse by

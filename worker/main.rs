@@ -151,9 +151,16 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     if config.drain_on_exit {
         // Every task ends and its result is acknowledged before we say goodbye.
         info!("draining: waiting for the running tasks to end and be acknowledged");
-        let mut ticks = tokio::time::interval(Duration::from_millis(50));
-        while !executor.is_idle() {
-            ticks.tick().await;
+        let drained = async {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            while !executor.is_idle() {
+                ticks.tick().await;
+            }
+        };
+        tokio::select! {
+            _ = drained => info!("drained"),
+            // A second signal: stop waiting; the supervisors keep the tasks.
+            _ = wait_for_signal() => warn!("leaving before the tasks ended; they run on under their supervisors"),
         }
     } else {
         info!("leaving the running tasks to their supervisors");
