@@ -91,6 +91,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         cgroup: None,
     };
     folder.write_state(&state)?;
+    let output = Arc::new(Mutex::new(OutputWriter::create(folder)?));
 
     // Our pid in the name: two workers on one host (of two masters) may both hold t-1.
     let name = format!("{}-{me}", folder.name());
@@ -105,25 +106,28 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         },
     };
     state.cgroup = cgroup.as_ref().map(|_| name);
-    folder.write_state(&state)?;
-    let mut child = match spawn(&spec, folder, cgroup.as_ref()) {
+    let recorded = folder.write_state(&state);
+    let spawned = recorded.and_then(|()| spawn(&spec, folder, cgroup.as_ref()));
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
-            folder.write_exit(&Exit::failed(format!("cannot start the task: {err}")))?;
             if let Some(cgroup) = &cgroup {
                 cgroup.remove();
             }
+            folder.write_exit(&Exit::failed(format!("cannot start the task: {err}")))?;
             tell("ended");
             return Ok(());
         }
     };
     let task_pid = child.id() as i32;
     state.task_pid = Some(task_pid);
-    folder.write_state(&state)?;
+    // From here on the task runs: whatever fails (the folder may even be deleted under
+    // us), it must still be waited for, killed to the last process, and cleaned up.
+    if let Err(err) = folder.write_state(&state) {
+        warn!(%err, "cannot record the task's pid");
+    }
     info!(task = %spec.task_id, attempt = spec.attempt, pid = task_pid, "task started");
     tell("started");
-
-    let output = Arc::new(Mutex::new(OutputWriter::create(folder)?));
     let pumps = [
         child
             .stdout
@@ -193,9 +197,11 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
 
     let exit = describe(status, cancel.map(|(reason, _)| reason), cgroup.as_ref());
     info!(outcome = %exit.outcome, reason = %exit.reason, "task ended");
-    folder.write_exit(&exit)?;
     if let Some(cgroup) = &cgroup {
         cgroup.remove();
+    }
+    if let Err(err) = folder.write_exit(&exit) {
+        warn!(%err, "cannot write the exit status");
     }
     tell("ended");
     Ok(())
