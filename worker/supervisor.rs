@@ -95,9 +95,16 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
 
     // Our pid in the name: two workers on one host (of two masters) may both hold t-1.
     let name = format!("{}-{me}", folder.name());
+    // A container gets its limits from the runtime (--cpus, --memory); here they would
+    // only squeeze the runtime's own CLI.
+    let (cpu, memory_gb) = if spec.image.is_empty() {
+        (spec.cpu, spec.memory_gb)
+    } else {
+        (0.0, 0.0)
+    };
     let cgroup = match Isolation::from_label(&spec.isolation) {
         Isolation::ProcessGroup => None,
-        kind => match Cgroup::create(kind, &name, spec.cpu, spec.memory_gb) {
+        kind => match Cgroup::create(kind, &name, cpu, memory_gb) {
             Ok(cgroup) => Some(cgroup),
             Err(err) => {
                 warn!(%err, "cannot make the task's cgroup; containing it by process group");
