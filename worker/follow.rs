@@ -78,6 +78,17 @@ pub async fn watch(
         // The supervisor writes the exit file after the last output, so reading the
         // output once more after seeing it gets all of it.
         if let Some(exit) = folder.read_exit() {
+            // A quick task may end before its "started" line was read: report it first.
+            if let Some(mut lines) = lines.take() {
+                let rest = async {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line == "started" {
+                            report_started(&executor, &task_id, attempt).await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), rest).await;
+            }
             send_output(&executor, &task_id, attempt, &mut tail).await;
             break exit;
         }
@@ -100,15 +111,7 @@ pub async fn watch(
         tokio::select! {
             line = line => match line {
                 Ok(Some(line)) if line == "started" => {
-                    info!(task = %task_id, attempt, "task started");
-                    let started = pb::TaskUpdate {
-                        task_id: task_id.clone(),
-                        attempt,
-                        event: pb::TaskEvent::Started as i32,
-                        exit_code: None,
-                        message: String::new(),
-                    };
-                    executor.send(Body::TaskUpdate(started), None).await;
+                    report_started(&executor, &task_id, attempt).await;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => lines = None,
@@ -121,6 +124,18 @@ pub async fn watch(
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }
     finish(&executor, &task_id, attempt, exit).await;
+}
+
+async fn report_started(executor: &Executor, task_id: &str, attempt: u32) {
+    info!(task = %task_id, attempt, "task started");
+    let started = pb::TaskUpdate {
+        task_id: task_id.to_string(),
+        attempt,
+        event: pb::TaskEvent::Started as i32,
+        exit_code: None,
+        message: String::new(),
+    };
+    executor.send(Body::TaskUpdate(started), None).await;
 }
 
 /// Sends what the task wrote since `tail`'s position.
