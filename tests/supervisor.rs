@@ -59,11 +59,7 @@ impl Drop for Reaper {
             if folder.join("exit.json").exists() {
                 continue;
             }
-            let Some(pid) = std::fs::read_to_string(folder.join("supervisor.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["pid"].as_i64())
-            else {
+            let Some(pid) = supervisor_pid(&folder) else {
                 continue;
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -142,6 +138,20 @@ async fn a_worker_killed_with_sigkill_reattaches_and_every_task_runs_exactly_onc
         assert_eq!(std::fs::read_to_string(marker).unwrap(), "start\ndone\n");
     }
     wait_none_left(&sleeps, Duration::from_secs(5), "no task process is left").await;
+    let deadline = Deadline::new(Duration::from_secs(5), "every supervisor has left");
+    while tasks.iter().any(|(id, _)| {
+        let folder = work_dir(dir.path(), "phoenix").join(format!("{id}-1"));
+        supervisor_pid(&folder).is_some_and(process_alive)
+    }) {
+        deadline.wait().await;
+    }
+}
+
+/// The pid a task folder's state file names.
+fn supervisor_pid(folder: &Path) -> Option<u32> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("supervisor.json")).ok()?).ok()?;
+    state["pid"].as_u64().map(|pid| pid as u32)
 }
 
 /// Cancels `trap "" TERM; setsid sleep A & sleep B & sleep C` and checks nothing is left
@@ -445,9 +455,7 @@ async fn a_task_whose_supervisor_is_killed_fails_and_leaves_nothing() {
         deadline.wait().await;
     }
     let folder = work_dir(dir.path(), "orphan").join(format!("{}-1", t.id));
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(folder.join("supervisor.json")).unwrap()).unwrap();
-    let supervisor = state["pid"].as_i64().unwrap() as i32;
+    let supervisor = supervisor_pid(&folder).unwrap() as i32;
     // SAFETY: killing the supervisor this test's worker started.
     assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
 
