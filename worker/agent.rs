@@ -307,12 +307,13 @@ impl Agent {
         if matches!(ended, Ended::Shutdown) {
             // The last word: the master marks us Inactive ("shut down") at once and leaves
             // our tasks placed here, to be reattached when we are back.
+            // Closing our side ends the stream; wait (briefly: a stalled stream must not
+            // hold up the exit) until the master has read it, so the last heartbeat is not
+            // cut off with the connection.
             last_words.stopping = true;
-            let _ = tx.send(last_words.next()).await;
-            drop(tx);
-            // Closing our side ends the stream; wait (briefly) until the master has read
-            // it, so the last heartbeat is not cut off with the connection.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async move {
+                let _ = tx.send(last_words.next()).await;
+                drop(tx);
                 while let Ok(Some(_)) = inbound.message().await {}
             })
             .await;
