@@ -301,3 +301,122 @@ fn wait_for_state(folder: &Folder) -> Option<State> {
         std::thread::sleep(POLL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Outgoing;
+    use crate::folder::{OutputWriter, Spec};
+    use tokio::sync::mpsc;
+
+    fn spec(task_id: &str, attempt: u32) -> Spec {
+        Spec {
+            task_id: task_id.into(),
+            attempt,
+            image: String::new(),
+            command: "true".into(),
+            cpu: 1.0,
+            memory_gb: 0.0,
+            runtime: None,
+            isolation: "process group".into(),
+            kill_grace_ms: 1000,
+        }
+    }
+
+    async fn next(outbox: &mut mpsc::Receiver<Outgoing>) -> Outgoing {
+        tokio::time::timeout(Duration::from_secs(10), outbox.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("the outbox is open")
+    }
+
+    #[tokio::test]
+    async fn a_result_found_at_start_is_reported_after_the_output_the_master_lacks() {
+        use pb::worker_message::Body;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path(), "t-7", 2);
+        std::fs::create_dir_all(&folder.root).unwrap();
+        folder.write_spec(&spec("t-7", 2)).unwrap();
+        let mut out = OutputWriter::create(&folder).unwrap();
+        out.append(pb::OutputStream::Stdout, b"begin\n").unwrap();
+        out.append(pb::OutputStream::Stderr, b"oops\n").unwrap();
+        out.append(pb::OutputStream::Stdout, b"end\n").unwrap();
+        folder
+            .write_exit(&Exit {
+                outcome: "succeeded".into(),
+                exit_code: Some(0),
+                signal: None,
+                reason: String::new(),
+            })
+            .unwrap();
+        // An older attempt of the same task, also left behind: not reported again.
+        let old = Folder::new(dir.path(), "t-7", 1);
+        std::fs::create_dir_all(&old.root).unwrap();
+        old.write_spec(&spec("t-7", 1)).unwrap();
+        old.write_exit(&Exit::failed("lost")).unwrap();
+
+        let (tx, mut outbox) = mpsc::channel(16);
+        let executor = Executor::new(
+            dir.path().to_path_buf(),
+            None,
+            Isolation::ProcessGroup,
+            Duration::from_secs(1),
+            tx,
+        )
+        .unwrap();
+        recover(&executor);
+        let (running, held, finished) = executor.report();
+        assert_eq!(
+            running,
+            vec!["t-7".to_string()],
+            "held from the first heartbeat"
+        );
+        assert_eq!((held[0].task_id.as_str(), held[0].attempt), ("t-7", 2));
+        assert!(finished.is_empty());
+        assert!(old.is_reported());
+
+        // The master has the first 6 bytes.
+        executor.resume(&[pb::OutputResume {
+            task_id: "t-7".into(),
+            attempt: 2,
+            offset: 6,
+        }]);
+        let mut sent = Vec::new();
+        let update = loop {
+            let Outgoing { msg, delivered } = next(&mut outbox).await;
+            match msg.body.unwrap() {
+                Body::Output(o) => sent.push((o.offset, o.stream(), o.data)),
+                Body::TaskUpdate(u) => {
+                    let _ = delivered.unwrap().send(());
+                    break u;
+                }
+                Body::Heartbeat(_) => unreachable!("heartbeats do not go through the outbox"),
+            }
+        };
+        assert_eq!(
+            sent,
+            vec![
+                (6, pb::OutputStream::Stderr, b"oops\n".to_vec()),
+                (11, pb::OutputStream::Stdout, b"end\n".to_vec()),
+            ]
+        );
+        assert_eq!(
+            (update.attempt, update.event()),
+            (2, pb::TaskEvent::Succeeded)
+        );
+
+        // Repeated in heartbeats until acknowledged, then marked reported.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while executor.report().2.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the result never became final"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(executor.report().0.is_empty());
+        executor.acknowledged(&["t-7".to_string()]);
+        assert!(executor.report().2.is_empty());
+        assert!(folder.is_reported());
+    }
+}
