@@ -23,6 +23,8 @@ use crate::procs;
 
 /// How often a folder is looked at for new output and the exit file.
 const POLL: Duration = Duration::from_millis(50);
+/// Outbox slots output leaves free for task updates.
+const OUTBOX_RESERVE: usize = 32;
 /// A supervisor just started may not have written its state file yet.
 const STATE_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -141,6 +143,11 @@ async fn report_started(executor: &Executor, task_id: &str, attempt: u32) {
 /// Sends what the task wrote since `tail`'s position.
 async fn send_output(executor: &Executor, task_id: &str, attempt: u32, tail: &mut Tail) {
     loop {
+        // Output fills the outbox only so far: task updates (Started, results) always
+        // find room, rather than queueing behind megabytes of someone's output.
+        while executor.shared.outbox.capacity() <= OUTBOX_RESERVE {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let chunk = match tail.next(MAX_OUTPUT_CHUNK) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return,
@@ -355,7 +362,7 @@ mod tests {
         old.write_spec(&spec("t-7", 1)).unwrap();
         old.write_exit(&Exit::failed("lost")).unwrap();
 
-        let (tx, mut outbox) = mpsc::channel(16);
+        let (tx, mut outbox) = mpsc::channel(OUTBOX_RESERVE + 8);
         let executor = Executor::new(
             dir.path().to_path_buf(),
             None,
