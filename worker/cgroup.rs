@@ -130,16 +130,16 @@ impl Cgroup {
             dirs: Vec::new(),
             memory_gb,
         };
-        for dir in dirs {
+        let made = dirs.into_iter().try_for_each(|dir| {
             mkdir(&dir)?;
-            let procs = dir.join("cgroup.procs");
-            cgroup
-                .procs_files
-                .push(CString::new(procs.as_os_str().as_bytes()).map_err(io::Error::other)?);
-            // Pushed at once, so a failure below still removes what was made.
+            let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                .map_err(io::Error::other)?;
+            cgroup.procs_files.push(procs);
             cgroup.dirs.push(dir);
-        }
-        if let Err(err) = cgroup.limit(cpu, memory_gb) {
+            Ok(())
+        });
+        // Whatever was made is removed again if any step fails.
+        if let Err(err) = made.and_then(|()| cgroup.limit(cpu, memory_gb)) {
             cgroup.remove();
             return Err(err);
         }

@@ -108,8 +108,12 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         kind => match Cgroup::create(kind, &name, cpu, memory_gb) {
             Ok(cgroup) => Some(cgroup),
             Err(err) => {
-                warn!(%err, "cannot make the task's cgroup; containing it by process group");
-                None
+                // The worker found cgroups usable at its start: running the task without
+                // its limits now would break the promise, so it fails instead.
+                let why = format!("cannot make the task's cgroup ({}): {err}", kind.label());
+                folder.write_exit(&Exit::failed(why))?;
+                tell("ended");
+                return Ok(());
             }
         },
     };
