@@ -208,7 +208,7 @@ impl Executor {
                         resume: None,
                     },
                 );
-                Supervisor::Gone
+                Supervisor::NeverStarted(exit)
             }
         };
         drop(book);

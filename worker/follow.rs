@@ -34,8 +34,10 @@ pub enum Supervisor {
     Child(Box<Child>),
     /// Left by an earlier agent: alive while its pid has its recorded start time.
     Adopted(State),
-    /// There is none (it could not be started); the exit file says why.
+    /// There is none: it died, or it ended while no agent watched (the exit file says).
     Gone,
+    /// It could not be started, for this reason (which may not be on disk either).
+    NeverStarted(Exit),
 }
 
 impl Supervisor {
@@ -43,7 +45,7 @@ impl Supervisor {
         match self {
             Supervisor::Child(child) => matches!(child.try_wait(), Ok(None)),
             Supervisor::Adopted(state) => procs::is_same_live(state.pid, state.start_time),
-            Supervisor::Gone => false,
+            Supervisor::Gone | Supervisor::NeverStarted(_) => false,
         }
     }
 }
@@ -68,6 +70,9 @@ pub async fn watch(
         let _ = first_ack.wait_for(|acked| *acked).await;
     }
     let exit = loop {
+        if let Supervisor::NeverStarted(exit) = &supervisor {
+            break exit.clone();
+        }
         let resume = executor
             .book()
             .held
