@@ -330,7 +330,8 @@ async fn drain_on_exit_waits_for_the_running_task_before_leaving() {
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "drainer", &["--drain-on-exit"]);
     wait_state(&mut admin, "drainer", pb::WorkerState::Active, T).await;
-    let t = submit(&mut admin, "sleep 2; echo drained", 1.0).await;
+    // The worker's token is not the task's: it sees none.
+    let t = submit(&mut admin, "sleep 2; echo drained$HERD_TOKEN", 1.0).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
 
     w.signal(libc::SIGTERM);

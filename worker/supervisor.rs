@@ -251,6 +251,9 @@ fn spawn(
         .current_dir(&work)
         .env("HERD_TASK_ID", &spec.task_id)
         .env("HERD_TASK_ATTEMPT", spec.attempt.to_string())
+        // The worker's credentials are not the task's business.
+        .env_remove("HERD_TOKEN")
+        .env_remove("HERD_TOKEN_FILE")
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
