@@ -266,8 +266,12 @@ impl Executor {
                 _ => return,
             }
         };
-        if folder.read_exit().is_some() || folder.cancel_reason().is_some() {
-            // Already ended, or already told (the master repeats its order).
+        if folder.read_exit().is_some() {
+            return; // Ended already; its result says how.
+        }
+        if folder.cancel_reason().is_some() {
+            // Told already (the master repeats its order). Say it again: the agent that
+            // wrote the reason may have died before its signal.
             if let Some(pid) = supervisor_pid(&folder, child_pid) {
                 procs::signal(pid, libc::SIGTERM);
             }
