@@ -133,6 +133,15 @@ impl MasterConfig {
     }
 }
 
+/// What `--isolation` asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum IsolationChoice {
+    #[default]
+    Auto,
+    Cgroup,
+    ProcessGroup,
+}
+
 /// herd-worker's settings.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerConfig {
@@ -178,6 +187,17 @@ pub struct WorkerConfig {
     /// running under their supervisors, to be reattached at the next start).
     #[arg(long, env = "HERD_DRAIN_ON_EXIT")]
     pub drain_on_exit: bool,
+
+    /// How task processes are contained: `auto` (a cgroup per task where cgroups are
+    /// usable, else a process group), `cgroup` (refuse to start without cgroups) or
+    /// `process-group` (the fallback, also to test it on a machine with cgroups).
+    #[arg(long, env = "HERD_ISOLATION", value_enum, default_value = "auto")]
+    pub isolation: IsolationChoice,
+
+    /// How long a task folder (output, exit status) is kept after the master acknowledged
+    /// the task's result.
+    #[arg(long, env = "HERD_TASK_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub task_retention: Duration,
 
     #[command(flatten)]
     pub access: Access,

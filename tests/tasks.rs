@@ -420,19 +420,28 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_to_a_worker_stops_its_tasks_and_reports_them() {
+async fn sigterm_to_a_worker_leaves_its_tasks_running_for_its_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "leaver", &[]);
     wait_state(&mut admin, "leaver", pb::WorkerState::Active, T).await;
-    let t = submit(&mut admin, "sleep 300", 1.0).await;
+    let t = submit(&mut admin, "echo pgid=$$; sleep 3", 1.0).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    let pgid = printed_pgid(&mut admin, &t.id).await;
     w.signal(libc::SIGTERM);
     let status = w.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let t = wait_task(&mut admin, &t.id, pb::TaskState::Cancelled, T).await;
-    assert!(t.reason.contains("shutting down"), "{}", t.reason);
+    // The task is neither stopped nor given up: its supervisor carries on without us.
+    assert!(!group_members(pgid).is_empty(), "the task still runs");
+    assert_eq!(
+        task(&mut admin, &t.id).await.state(),
+        pb::TaskState::Running
+    );
+    let _back = Worker::start(dir.path(), &master.url(), "leaver", &[]);
+    let t = wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
+    assert_eq!((t.attempts, t.worker_name.as_str()), (1, "leaver"));
+    assert!(group_members(pgid).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The worker agent: registers, adopts the id the master assigns, keeps one heartbeat
 //! stream open, and reconnects by itself (registering again when the master no longer
 //! knows its id), with capped exponential backoff and jitter while the master is away.
+//! On shutdown it sends a last heartbeat saying STOPPING and closes the stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 use herd::pb::registry_client::RegistryClient;
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Outgoing};
 use crate::telemetry::Telemetry;
 
 /// First pause after a failed attempt.
@@ -71,7 +72,7 @@ pub struct Agent {
     pub telemetry: Telemetry,
     pub executor: Executor,
     /// What tasks report; forwarded into whichever stream is open (kept across streams).
-    outbox: Option<mpsc::Receiver<pb::WorkerMessage>>,
+    outbox: Option<mpsc::Receiver<Outgoing>>,
     /// Last id the master gave us.
     id: Option<String>,
     /// Heartbeat period the master asked for.
@@ -90,7 +91,7 @@ impl Agent {
         description: pb::WorkerDescription,
         telemetry: Telemetry,
         executor: Executor,
-        outbox: mpsc::Receiver<pb::WorkerMessage>,
+        outbox: mpsc::Receiver<Outgoing>,
     ) -> Agent {
         Agent {
             endpoint,
@@ -199,6 +200,7 @@ impl Agent {
             telemetry: self.telemetry.clone(),
             executor: self.executor.clone(),
             sequence: self.sequence.clone(),
+            stopping: false,
         };
         let _ = tx.try_send(heartbeats.next());
         let mut inbound = match client.heartbeat(ReceiverStream::new(rx)).await {
@@ -229,9 +231,12 @@ impl Agent {
                     tokio::select! {
                         _ = &mut stopped => break,
                         msg = outbox.recv() => match msg {
-                            Some(msg) => {
+                            Some(Outgoing { msg, delivered }) => {
                                 if tx.send(msg).await.is_err() {
                                     break;
+                                }
+                                if let Some(delivered) = delivered {
+                                    let _ = delivered.send(());
                                 }
                             }
                             None => break,
@@ -243,7 +248,9 @@ impl Agent {
         };
 
         // Heartbeats run on their own task: nothing the worker does can delay them.
+        let mut last_words = heartbeats.clone();
         let sender = {
+            let tx = tx.clone();
             let period = self.interval;
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(period);
@@ -258,6 +265,7 @@ impl Agent {
             })
         };
 
+        let mut first_ack = true;
         let ended = loop {
             let msg = tokio::select! {
                 msg = inbound.message() => msg,
@@ -267,6 +275,11 @@ impl Agent {
                 Ok(Some(pb::MasterMessage { body: Some(body) })) => match body {
                     ToWorker::Ack(ack) => {
                         debug!(sequence = ack.sequence, "heartbeat acknowledged");
+                        if first_ack {
+                            // Only the first ack of a stream says where output resumes.
+                            self.executor.resume(&ack.resume);
+                            first_ack = false;
+                        }
                         self.executor.acknowledged(&ack.finished_task_ids);
                     }
                     ToWorker::Assign(task) => {
@@ -291,22 +304,42 @@ impl Agent {
             Ok(outbox) => self.outbox = Some(outbox),
             Err(err) => panic!("the outbox forwarder failed: {err}"),
         }
+        if matches!(ended, Ended::Shutdown) {
+            // The last word: the master marks us Inactive ("shut down") at once and leaves
+            // our tasks placed here, to be reattached when we are back.
+            // Closing our side ends the stream; wait (briefly: a stalled stream must not
+            // hold up the exit) until the master has read it, so the last heartbeat is not
+            // cut off with the connection.
+            last_words.stopping = true;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async move {
+                let _ = tx.send(last_words.next()).await;
+                drop(tx);
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+            info!(%id, "sent the stopping heartbeat; stream closed");
+        }
         ended
     }
 }
 
 /// Builds successive heartbeats.
+#[derive(Clone)]
 struct HeartbeatSource {
     id: String,
     telemetry: Telemetry,
     executor: Executor,
     sequence: Arc<AtomicU64>,
+    /// The worker is shutting down: say so.
+    stopping: bool,
 }
 
 impl HeartbeatSource {
     fn next(&mut self) -> pb::WorkerMessage {
-        let (running, finished) = self.executor.report();
-        let activity = if running.is_empty() {
+        let (running, held, finished) = self.executor.report();
+        let activity = if self.stopping {
+            pb::WorkerActivity::Stopping
+        } else if running.is_empty() {
             pb::WorkerActivity::Idle
         } else {
             pb::WorkerActivity::Busy
@@ -319,7 +352,7 @@ impl HeartbeatSource {
                 usage: Some(self.telemetry.latest()),
                 running_task_ids: running,
                 finished,
-                held: Vec::new(),
+                held,
             })),
         }
     }

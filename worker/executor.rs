@@ -1,401 +1,340 @@
-//! Runs assigned tasks: plain processes (`sh -c CMD`) in their own folder and process
-//! group, or containers through the docker-compatible CLI. Reports start, output and the
-//! end through the worker's outbox, and keeps each final result until the master
-//! acknowledges it (heartbeats repeat it), so no result is lost to a broken stream.
+//! What the agent holds: the task attempts running under their supervisors and the final
+//! results the master has not acknowledged yet. It starts a supervisor per assignment
+//! (never twice for one attempt: the task folder is the proof it was started), relays
+//! cancels to it, answers what heartbeats report, and keeps results until acknowledged,
+//! in memory for the heartbeats and in the task folder for the next agent.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use herd::domain::Runtime;
 use herd::pb;
 use herd::pb::worker_message::Body;
 
-/// Where everything the worker tells the master goes (forwarded by the agent).
-pub type Outbox = mpsc::Sender<pb::WorkerMessage>;
+use crate::cgroup::Isolation;
+use crate::folder::{Exit, Folder, Spec};
+use crate::follow::{self, Supervisor};
+use crate::procs;
 
-/// Largest output read sent in one message (room left for a dropped-output note).
-const CHUNK: usize = herd::domain::MAX_OUTPUT_CHUNK - 128;
-/// How long a cancelled task has to exit after SIGTERM before SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// A message for the master, and who wants to know once it is in the stream.
+pub struct Outgoing {
+    pub msg: pb::WorkerMessage,
+    /// Fires when the message went into a heartbeat stream (dropped if the stream broke).
+    pub delivered: Option<oneshot::Sender<()>>,
+}
+
+/// Where everything the worker tells the master goes (forwarded by the agent).
+pub type Outbox = mpsc::Sender<Outgoing>;
 
 #[derive(Clone)]
 pub struct Executor {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    work_dir: PathBuf,
+pub(crate) struct Shared {
+    pub work_dir: PathBuf,
     runtime: Option<Runtime>,
-    outbox: Outbox,
+    isolation: Isolation,
+    kill_grace: Duration,
+    /// This program, re-executed as `supervise` for every task.
+    program: PathBuf,
+    pub outbox: Outbox,
     book: Mutex<Book>,
+    /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
+    pub first_ack: watch::Sender<bool>,
 }
 
-/// What the worker holds. One lock, so a heartbeat always sees a task either running or
+/// What the worker holds. One lock, so a heartbeat always sees a task either held or
 /// finished, never neither.
 #[derive(Default)]
-struct Book {
-    running: HashMap<String, Running>,
-    /// Final updates not yet acknowledged by the master.
-    finished: HashMap<String, pb::TaskUpdate>,
+pub(crate) struct Book {
+    pub held: HashMap<String, Held>,
+    /// Final updates not yet acknowledged by the master, by task id.
+    pub finished: HashMap<String, pb::TaskUpdate>,
 }
 
-struct Running {
-    attempt: u32,
-    /// Fires with the reason when the task must stop.
-    cancel: Option<oneshot::Sender<String>>,
-}
-
-/// How a run ended.
-enum End {
-    Exited(ExitStatus),
-    Cancelled(String, Option<ExitStatus>),
-    NotStarted(String),
+pub(crate) struct Held {
+    pub attempt: u32,
+    pub folder: Folder,
+    /// The supervisor's pid while it is our child (before it wrote its state file).
+    pub child_pid: Option<i32>,
+    /// Where the master asked the output to continue from (taken by the watcher).
+    pub resume: Option<u64>,
 }
 
 impl Executor {
-    pub fn new(work_dir: PathBuf, runtime: Option<Runtime>, outbox: Outbox) -> Executor {
-        Executor {
+    pub fn new(
+        work_dir: PathBuf,
+        runtime: Option<Runtime>,
+        isolation: Isolation,
+        kill_grace: Duration,
+        outbox: Outbox,
+    ) -> anyhow::Result<Executor> {
+        Ok(Executor {
             shared: Arc::new(Shared {
                 work_dir,
                 runtime,
+                isolation,
+                kill_grace,
+                program: std::env::current_exe()?,
                 outbox,
                 book: Mutex::new(Book::default()),
+                first_ack: watch::Sender::new(false),
             }),
-        }
+        })
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.shared.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ids of the tasks held now, and the final updates the master has not acknowledged.
-    pub fn report(&self) -> (Vec<String>, Vec<pb::TaskUpdate>) {
+    /// What a heartbeat reports: held task ids, held attempts, unacknowledged results.
+    pub fn report(&self) -> (Vec<String>, Vec<pb::TaskAttempt>, Vec<pb::TaskUpdate>) {
         let book = self.book();
+        let held = book
+            .held
+            .iter()
+            .map(|(id, h)| pb::TaskAttempt {
+                task_id: id.clone(),
+                attempt: h.attempt,
+            })
+            .collect();
         (
-            book.running.keys().cloned().collect(),
+            book.held.keys().cloned().collect(),
+            held,
             book.finished.values().cloned().collect(),
         )
     }
 
-    /// The master stored these results: forget them.
+    /// Nothing held and nothing left to acknowledge (what --drain-on-exit waits for).
+    pub fn is_idle(&self) -> bool {
+        let book = self.book();
+        book.held.is_empty() && book.finished.is_empty()
+    }
+
+    /// The master stored these results: forget them, and mark their folders reported so
+    /// the next agent does not send them again and retention may remove them.
     pub fn acknowledged(&self, ids: &[String]) {
         let mut book = self.book();
         for id in ids {
-            book.finished.remove(id);
+            if let Some(update) = book.finished.remove(id) {
+                let folder = Folder::new(&self.shared.work_dir, id, update.attempt);
+                if let Err(err) = folder.mark_reported() {
+                    warn!(task = %id, %err, "cannot mark the task folder reported");
+                }
+            }
         }
     }
 
-    /// Starts an assigned task (a repeated assignment of a held task is ignored).
+    /// The master says how much output of each held attempt it has (first ack of a stream).
+    pub fn resume(&self, entries: &[pb::OutputResume]) {
+        let mut book = self.book();
+        for entry in entries {
+            if let Some(held) = book.held.get_mut(&entry.task_id)
+                && held.attempt == entry.attempt
+            {
+                held.resume = Some(entry.offset);
+            }
+        }
+        drop(book);
+        self.shared.first_ack.send_replace(true);
+    }
+
+    /// Starts an assigned task under a supervisor of its own. A repeated assignment of a
+    /// held task, or of an attempt that already has a folder, is not started again.
     pub fn assign(&self, task: pb::TaskAssignment) {
-        let (cancel, cancelled) = oneshot::channel();
+        if !is_plain_name(&task.task_id) {
+            // It names a folder: nothing that could point outside the work dir.
+            warn!(task = %task.task_id.escape_debug(), "refusing an assignment with an unusable task id");
+            return;
+        }
+        let folder = Folder::new(&self.shared.work_dir, &task.task_id, task.attempt);
         {
-            let mut book = self.book();
-            if book.running.contains_key(&task.task_id) {
+            let book = self.book();
+            if book.held.contains_key(&task.task_id) {
                 return;
             }
-            book.finished.remove(&task.task_id);
-            book.running.insert(
-                task.task_id.clone(),
-                Running {
-                    attempt: task.attempt,
-                    cancel: Some(cancel),
-                },
-            );
         }
-        let this = self.clone();
-        tokio::spawn(async move { this.run(task, cancelled).await });
-    }
-
-    /// Stops a task (attempt 0 means whichever attempt is held).
-    pub fn cancel(&self, order: &pb::TaskCancel) {
+        if folder.root.exists() {
+            warn!(task = %task.task_id, attempt = task.attempt, "this attempt was started here before; not starting it again");
+            return;
+        }
+        let resources = task.resources.unwrap_or_default();
+        let spec = Spec {
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            image: task.image,
+            command: task.command,
+            cpu: resources.cpu,
+            memory_gb: resources.memory_gb,
+            runtime: self.shared.runtime.map(|r| r.as_str().to_string()),
+            isolation: self.shared.isolation.label().into(),
+            kill_grace_ms: self.shared.kill_grace.as_millis() as u64,
+        };
+        let started = self.start_supervisor(&folder, &spec);
         let mut book = self.book();
-        if let Some(running) = book.running.get_mut(&order.task_id)
-            && (order.attempt == 0 || order.attempt == running.attempt)
-            && let Some(cancel) = running.cancel.take()
-        {
-            info!(task = %order.task_id, reason = %order.reason, "cancelling task");
-            let _ = cancel.send(order.reason.clone());
-        }
-    }
-
-    /// Cancels every task and waits (up to `patience`) until all have ended.
-    pub async fn stop_all(&self, reason: &str, patience: Duration) {
-        let orders: Vec<pb::TaskCancel> = self
-            .book()
-            .running
-            .iter()
-            .map(|(id, r)| pb::TaskCancel {
-                task_id: id.clone(),
-                attempt: r.attempt,
-                reason: reason.to_string(),
-            })
-            .collect();
-        for order in &orders {
-            self.cancel(order);
-        }
-        let deadline = tokio::time::Instant::now() + patience;
-        while !self.book().running.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn run(self, task: pb::TaskAssignment, cancelled: oneshot::Receiver<String>) {
-        let id = task.task_id.clone();
-        let attempt = task.attempt;
-        let dir = self.shared.work_dir.join(format!("{id}-{attempt}"));
-        let container = format!("herd-{id}-{attempt}");
-        let end = match self.command(&task, &dir, &container) {
-            Err(why) => End::NotStarted(why),
-            Ok(mut command) => match command.spawn() {
-                Err(err) => End::NotStarted(format!("cannot start the task: {err}")),
-                Ok(child) => {
-                    info!(task = %id, attempt, pid = child.id(), "task started");
-                    self.send(Body::TaskUpdate(pb::TaskUpdate {
-                        task_id: id.clone(),
-                        attempt,
-                        event: pb::TaskEvent::Started as i32,
-                        exit_code: None,
-                        message: String::new(),
-                    }))
-                    .await;
-                    self.supervise(child, &task, &container, cancelled).await
+        book.finished.remove(&task.task_id);
+        let supervisor = match started {
+            Ok(child) => {
+                let pid = child.id().map(|p| p as i32);
+                book.held.insert(
+                    task.task_id.clone(),
+                    Held {
+                        attempt: task.attempt,
+                        folder: folder.clone(),
+                        child_pid: pid,
+                        resume: None,
+                    },
+                );
+                Supervisor::Child(Box::new(child))
+            }
+            Err(err) => {
+                let exit = Exit::failed(format!("cannot start the task's supervisor: {err:#}"));
+                if folder.write_exit(&exit).is_err() {
+                    warn!(task = %task.task_id, "cannot write the exit file either");
                 }
-            },
-        };
-        let (event, exit_code, message) = match end {
-            End::Exited(status) if status.success() => {
-                (pb::TaskEvent::Succeeded, Some(0), String::new())
+                book.held.insert(
+                    task.task_id.clone(),
+                    Held {
+                        attempt: task.attempt,
+                        folder: folder.clone(),
+                        child_pid: None,
+                        resume: None,
+                    },
+                );
+                Supervisor::NeverStarted(exit)
             }
-            End::Exited(status) => match status.code() {
-                Some(code) => (
-                    pb::TaskEvent::Failed,
-                    Some(code),
-                    format!("exited with code {code}"),
-                ),
-                None => (pb::TaskEvent::Failed, None, describe_signal(status)),
-            },
-            End::Cancelled(reason, status) => (
-                pb::TaskEvent::Cancelled,
-                status.and_then(|s| s.code()),
-                reason,
-            ),
-            End::NotStarted(why) => (pb::TaskEvent::Failed, None, why),
         };
-        info!(task = %id, attempt, ?event, ?exit_code, %message, "task ended");
-        let update = pb::TaskUpdate {
-            task_id: id.clone(),
-            attempt,
-            event: event as i32,
-            exit_code,
-            message,
-        };
-        {
-            let mut book = self.book();
-            book.running.remove(&id);
-            book.finished.insert(id.clone(), update.clone());
-        }
-        self.send(Body::TaskUpdate(update)).await;
-        if let Err(err) = std::fs::remove_dir_all(&dir) {
-            warn!(task = %id, %err, dir = %dir.display(), "cannot remove the task folder");
-        }
+        drop(book);
+        let this = self.clone();
+        tokio::spawn(follow::watch(
+            this,
+            task.task_id,
+            task.attempt,
+            folder,
+            supervisor,
+        ));
     }
 
-    /// The command line of a task.
-    fn command(
+    fn start_supervisor(
         &self,
-        task: &pb::TaskAssignment,
-        dir: &Path,
-        container: &str,
-    ) -> Result<Command, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the task folder {}: {e}", dir.display()))?;
-        let mut command = if task.image.is_empty() {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(&task.command);
-            c
-        } else {
-            let runtime = self
-                .shared
-                .runtime
-                .ok_or("this worker has no container runtime for image tasks")?;
-            let resources = task.resources.unwrap_or_default();
-            let mut c = Command::new(runtime.as_str());
-            c.args(["run", "--rm", "--name", container]);
-            c.arg("--cpus").arg(format!("{}", resources.cpu));
-            if resources.memory_gb > 0.0 {
-                let mib = (resources.memory_gb * 1e9 / 1048576.0).ceil().max(6.0) as u64;
-                c.arg("--memory").arg(format!("{mib}m"));
-            }
-            c.arg(&task.image);
-            if !task.command.is_empty() {
-                c.arg("sh").arg("-c").arg(&task.command);
-            }
-            c
-        };
+        folder: &Folder,
+        spec: &Spec,
+    ) -> anyhow::Result<tokio::process::Child> {
+        std::fs::create_dir_all(&folder.root)?;
+        folder.write_spec(spec)?;
+        let log = std::fs::File::create(folder.path("supervisor.log"))?;
+        let mut command = tokio::process::Command::new(&self.shared.program);
         command
-            .current_dir(dir)
-            .env("HERD_TASK_ID", &task.task_id)
-            .env("HERD_TASK_ATTEMPT", task.attempt.to_string())
-            .process_group(0)
+            .arg("supervise")
+            .arg(&folder.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // A task must not outlive a worker that died without stopping it: nobody would
-        // know about it any more. (Tokio spawns from its long-lived worker threads, so the
-        // parent-death signal fires only when the worker process dies.)
-        // SAFETY: prctl is async-signal-safe and only affects the child.
+            .stderr(log)
+            // The supervisor outlives us on purpose.
+            .kill_on_drop(false);
+        // SAFETY: setsid and the signal mask calls are async-signal-safe.
         unsafe {
             command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // Its own session: no terminal key or signal to our group reaches it.
+                libc::setsid();
+                crate::supervisor::block_sigterm_from_pre_exec();
                 Ok(())
             });
         }
-        Ok(command)
+        let child = command.spawn()?;
+        info!(task = %spec.task_id, attempt = spec.attempt, supervisor = ?child.id(), "supervisor started");
+        Ok(child)
     }
 
-    /// Waits for the task to exit or to be cancelled, streaming its output meanwhile.
-    async fn supervise(
-        &self,
-        mut child: Child,
-        task: &pb::TaskAssignment,
-        container: &str,
-        cancelled: oneshot::Receiver<String>,
-    ) -> End {
-        let pgid = child.id().map(|pid| pid as i32);
-        let pumps = [
-            child.stdout.take().map(|s| self.pump(s, task)),
-            child.stderr.take().map(|s| self.pump(s, task)),
-        ];
-        let end = tokio::select! {
-            status = child.wait() => match status {
-                Ok(status) => End::Exited(status),
-                Err(err) => End::NotStarted(format!("lost the task process: {err}")),
-            },
-            reason = cancelled => {
-                let reason = reason.unwrap_or_else(|_| "cancelled".into());
-                let status = self.kill(&mut child, pgid, task, container).await;
-                End::Cancelled(reason, status)
+    /// Stops a task (attempt 0 means whichever attempt is held): the reason goes into the
+    /// task folder and the supervisor, told by SIGTERM, does the killing, so the cancel
+    /// completes even if this agent dies meanwhile.
+    pub fn cancel(&self, order: &pb::TaskCancel) {
+        let (folder, child_pid) = {
+            let book = self.book();
+            match book.held.get(&order.task_id) {
+                Some(held) if order.attempt == 0 || order.attempt == held.attempt => {
+                    (held.folder.clone(), held.child_pid)
+                }
+                _ => return,
             }
         };
-        // What is left in the pipes; a background grandchild holding them open must not
-        // keep the task from ending.
-        for pump in pumps.into_iter().flatten() {
-            if tokio::time::timeout(Duration::from_secs(2), pump)
-                .await
-                .is_err()
-            {
-                warn!(task = %task.task_id, "output still open after the task ended; leaving it");
-            }
+        if folder.read_exit().is_some() {
+            return; // Ended already; its result says how.
         }
-        end
+        if folder.cancel_reason().is_some() {
+            // Told already (the master repeats its order). Say it again: the agent that
+            // wrote the reason may have died before its signal.
+            if let Some(pid) = supervisor_pid(&folder, child_pid) {
+                procs::signal(pid, libc::SIGTERM);
+            }
+            return;
+        }
+        info!(task = %order.task_id, reason = %order.reason, "cancelling task");
+        if let Err(err) = folder.write_cancel(&order.reason) {
+            warn!(task = %order.task_id, %err, "cannot write the cancel reason");
+        }
+        match supervisor_pid(&folder, child_pid) {
+            Some(pid) => procs::signal(pid, libc::SIGTERM),
+            None => warn!(task = %order.task_id, "no live supervisor to cancel"),
+        }
     }
 
-    /// Stops a task: its container (if any), then its whole process group.
-    async fn kill(
-        &self,
-        child: &mut Child,
-        pgid: Option<i32>,
-        task: &pb::TaskAssignment,
-        container: &str,
-    ) -> Option<ExitStatus> {
-        if !task.image.is_empty()
-            && let Some(runtime) = self.shared.runtime
-        {
-            let removed = Command::new(runtime.as_str())
-                .args(["rm", "-f", container])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let _ = tokio::time::timeout(Duration::from_secs(20), removed).await;
-        }
-        if let Some(pgid) = pgid {
-            // SAFETY: signalling the task's own process group.
-            unsafe { libc::killpg(pgid, libc::SIGTERM) };
-        }
-        match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-            Ok(status) => {
-                if let Some(pgid) = pgid {
-                    // Stragglers of the group that ignored SIGTERM.
-                    // SAFETY: as above.
-                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    /// Removes reported task folders older than `retention`.
+    pub fn clean(&self, retention: Duration) {
+        let Ok(entries) = std::fs::read_dir(&self.shared.work_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let folder = Folder { root: entry.path() };
+            let old = std::fs::metadata(folder.path("reported"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > retention));
+            if old {
+                match std::fs::remove_dir_all(&folder.root) {
+                    Ok(()) => info!(folder = %folder.root.display(), "removed an old task folder"),
+                    Err(err) => {
+                        warn!(folder = %folder.root.display(), %err, "cannot remove an old task folder")
+                    }
                 }
-                status.ok()
-            }
-            Err(_) => {
-                if let Some(pgid) = pgid {
-                    // SAFETY: as above.
-                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-                }
-                child.wait().await.ok()
             }
         }
     }
 
-    /// Forwards one output pipe as TaskOutput chunks. Output never blocks heartbeats: when
-    /// the outbox is full the chunk is dropped and a note says how much was lost.
-    fn pump(
-        &self,
-        mut pipe: impl AsyncRead + Unpin + Send + 'static,
-        task: &pb::TaskAssignment,
-    ) -> tokio::task::JoinHandle<()> {
-        let outbox = self.shared.outbox.clone();
-        let task_id = task.task_id.clone();
-        let attempt = task.attempt;
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; CHUNK];
-            let mut dropped = 0usize;
-            loop {
-                let n = match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let mut data = Vec::with_capacity(n + 64);
-                if dropped > 0 {
-                    data.extend(format!("\n[herd: {dropped} bytes of output dropped]\n").bytes());
-                }
-                data.extend_from_slice(&buf[..n]);
-                let msg = pb::WorkerMessage {
-                    body: Some(Body::Output(pb::TaskOutput {
-                        task_id: task_id.clone(),
-                        attempt,
-                        data,
-                        ..Default::default()
-                    })),
-                };
-                match outbox.try_send(msg) {
-                    Ok(()) => dropped = 0,
-                    Err(mpsc::error::TrySendError::Full(_)) => dropped += n,
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
-            }
-        })
-    }
-
-    async fn send(&self, body: Body) {
+    pub(crate) async fn send(&self, body: Body, delivered: Option<oneshot::Sender<()>>) {
         let _ = self
             .shared
             .outbox
-            .send(pb::WorkerMessage { body: Some(body) })
+            .send(Outgoing {
+                msg: pb::WorkerMessage { body: Some(body) },
+                delivered,
+            })
             .await;
     }
 }
 
-fn describe_signal(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status.signal() {
-        Some(signal) => format!("killed by signal {signal}"),
-        None => format!("ended with {status}"),
+/// Letters, digits, `-`, `_` and `.`, not starting with a dot: safe as a file name.
+fn is_plain_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The live supervisor of a task folder: from its state file (checked against pid reuse by
+/// its start time), or our own child that has not written it yet.
+pub(crate) fn supervisor_pid(folder: &Folder, child_pid: Option<i32>) -> Option<i32> {
+    match folder.read_state() {
+        Some(state) => procs::is_same_live(state.pid, state.start_time).then_some(state.pid),
+        None => child_pid,
     }
 }

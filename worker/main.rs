@@ -1,14 +1,21 @@
-//! herd-worker: registers with the master, keeps a heartbeat stream open, runs tasks.
+//! herd-worker: registers with the master, keeps a heartbeat stream open, runs tasks
+//! under per-task supervisors (the same program in its hidden `supervise` mode).
 
 mod agent;
+mod cgroup;
 mod executor;
+mod folder;
+mod follow;
+mod procs;
+mod supervisor;
 mod telemetry;
 
 use std::net::{ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -17,21 +24,37 @@ use herd::domain::{Runtime, validate_worker_name};
 use herd::pb;
 
 use crate::agent::Agent;
+use crate::cgroup::Isolation;
 use crate::executor::Executor;
 use crate::telemetry::{Telemetry, detect_capacity};
 
 /// Messages waiting to be forwarded to the master (task reports and output).
 const OUTBOX_CAPACITY: usize = 256;
+/// How often reported task folders are checked against `--task-retention`.
+const CLEAN_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Parser)]
 #[command(name = "herd-worker", version, about = "The herd worker agent")]
 struct Cli {
     #[command(flatten)]
     config: WorkerConfig,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Supervise one task (started by herd-worker itself, once per task).
+    #[command(hide = true)]
+    Supervise { folder: PathBuf },
 }
 
 fn main() -> ExitCode {
-    let config = Cli::parse().config;
+    let cli = Cli::parse();
+    if let Some(Mode::Supervise { folder }) = cli.mode {
+        return supervisor::main(folder);
+    }
+    let config = cli.config;
     herd::init_logging(std::io::stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -68,6 +91,13 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("herd-worker-{name}")));
     std::fs::create_dir_all(&work_dir)?;
     let runtime = pick_runtime(&config.runtime).await?;
+    let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
+        (isolation, None) => isolation,
+        (isolation, Some(why)) => {
+            warn!(reason = %why, "cgroups are not usable; each task gets its own process group");
+            isolation
+        }
+    };
     let description = pb::WorkerDescription {
         name: name.clone(),
         address: local_address(&config.master).unwrap_or_else(|| host.clone()),
@@ -76,18 +106,34 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         capacity: Some(capacity),
         labels: config.labels.into_iter().collect(),
         container_runtime: runtime.map(Runtime::as_str).unwrap_or("").into(),
-        isolation: String::new(),
+        isolation: isolation.label().into(),
     };
     info!(
         worker = %name, master = %config.master, cpu = capacity.cpu,
         memory_gb = capacity.memory_gb, gpu = capacity.gpu,
         runtime = runtime.map(Runtime::as_str).unwrap_or("none"),
+        isolation = isolation.label(), kill_grace = ?config.kill_grace,
         work_dir = %work_dir.display(), "herd-worker starting"
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
-    let executor = Executor::new(work_dir, runtime, outbox.clone());
+    let executor = Executor::new(work_dir, runtime, isolation, config.kill_grace, outbox)?;
+    // Before the first heartbeat, so that it already lists what we hold.
+    crate::follow::recover(&executor);
+    let cleaner = {
+        let executor = executor.clone();
+        let retention = config.task_retention;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(CLEAN_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let executor = executor.clone();
+                let _ = tokio::task::spawn_blocking(move || executor.clean(retention)).await;
+            }
+        })
+    };
     let bearer = config.access.bearer().map_err(anyhow::Error::msg)?;
     let endpoint = herd::client::endpoint(&config.master, config.access.ca.as_deref())
         .map_err(anyhow::Error::msg)?;
@@ -102,17 +148,26 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     );
     let agent = tokio::spawn(agent.run(shutdown_rx));
     wait_for_signal().await;
-    // Stop the tasks and let their reports leave before the stream closes.
-    executor
-        .stop_all("the worker is shutting down", Duration::from_secs(15))
-        .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while outbox.capacity() < OUTBOX_CAPACITY && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if config.drain_on_exit {
+        // Every task ends and its result is acknowledged before we say goodbye.
+        info!("draining: waiting for the running tasks to end and be acknowledged");
+        let drained = async {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            while !executor.is_idle() {
+                ticks.tick().await;
+            }
+        };
+        tokio::select! {
+            _ = drained => info!("drained"),
+            // A second signal: stop waiting; the supervisors keep the tasks.
+            _ = wait_for_signal() => warn!("leaving before the tasks ended; they run on under their supervisors"),
+        }
+    } else {
+        info!("leaving the running tasks to their supervisors");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    cleaner.abort();
     let _ = shutdown_tx.send(true);
-    let _ = agent.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
     info!("herd-worker stopped");
     Ok(())
 }
