@@ -1,0 +1,411 @@
+//! The dashboard in a real browser: headless Chromium driven through chromedriver
+//! (WebDriver) against a real herd-master serving its HTTP API and assets, with real
+//! herd-workers. What a person at the page would see is what is checked: rows and their
+//! states, live changes without a reload, buttons that act on the cluster.
+//!
+//! Without chromium and chromedriver these tests fail under CI and print SKIPPED elsewhere.
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use herd::pb;
+use serde_json::json;
+use webdriver::{Browser, Session};
+
+/// One browser at a time: Chromium is heavy on a 2-core machine, and timings are asserted.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Generous waits for anything that is not itself the thing being timed.
+const LOAD: Duration = Duration::from_secs(20);
+
+/// A master with its HTTP server on a free port, some workers, and a browser.
+struct Dash {
+    master: Master,
+    workers: Vec<Worker>,
+    /// `http://127.0.0.1:PORT` as the master printed it.
+    base: String,
+    /// The token from the printed dashboard line.
+    token: String,
+    browser: Session,
+    _dir: tempfile::TempDir,
+}
+
+impl Dash {
+    /// `None` when the browser is missing outside CI.
+    async fn start(test: &str, workers: &[&str]) -> Option<Dash> {
+        let browser = Browser::find(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = FAST.to_vec();
+        args.extend(["--http-listen", "127.0.0.1:0"]);
+        let master = Master::start(dir.path(), &args);
+        let (base, token) = dashboard_line(&master).await;
+        let workers: Vec<Worker> = workers
+            .iter()
+            .map(|name| {
+                Worker::start(
+                    dir.path(),
+                    &master.url(),
+                    name,
+                    &["--cpu", "4", "--memory", "8", "--kill-grace", "1s"],
+                )
+            })
+            .collect();
+        let mut admin = master.admin().await;
+        for w in &workers {
+            wait_state(&mut admin, &w.name, pb::WorkerState::Active, LOAD).await;
+        }
+        let browser = Session::start(&browser, dir.path(), 1440, 1000);
+        Some(Dash {
+            master,
+            workers,
+            base,
+            token,
+            browser,
+            _dir: dir,
+        })
+    }
+
+    /// Opens the dashboard logged in by the fragment, as the printed link does.
+    fn open(&self) {
+        self.browser
+            .goto(&format!("{}/#token={}", self.base, self.token));
+        self.browser.wait_for("#app:not([hidden])", LOAD);
+    }
+
+    /// The `data-status` of the worker row `name`, once the row is there.
+    fn worker_status(&self, name: &str) -> Option<String> {
+        let row = self.browser.find(&format!("tr[data-worker=\"{name}\"]"))?;
+        self.browser.attr(&row, "data-status")
+    }
+
+    fn wait_worker_status(&self, name: &str, status: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        self.browser.poll(limit, &format!("{name} shows {status}"), || {
+            (self.worker_status(name).as_deref() == Some(status)).then_some(())
+        });
+        start.elapsed()
+    }
+
+    /// Waits until the task panel shows `state`.
+    fn wait_panel_state(&self, id: &str, state: &str, limit: Duration) {
+        self.browser
+            .poll(limit, &format!("the panel shows {id} {state}"), || {
+                let shown = self.browser.find("#task-id").map(|e| self.browser.text(&e));
+                let st = self
+                    .browser
+                    .find("#task-state")
+                    .and_then(|e| self.browser.attr(&e, "data-state"));
+                (shown.as_deref() == Some(id) && st.as_deref() == Some(state)).then_some(())
+            });
+    }
+
+    fn output(&self) -> String {
+        self.browser
+            .find("#task-output")
+            .map(|e| self.browser.text(&e))
+            .unwrap_or_default()
+    }
+
+    fn wait_output(&self, needle: &str, limit: Duration) {
+        self.browser
+            .poll(limit, &format!("the output shows {needle:?}"), || {
+                self.output().contains(needle).then_some(())
+            });
+    }
+}
+
+/// The `dashboard: http://HOST:PORT/#token=TOKEN` line the master logs at start.
+async fn dashboard_line(master: &Master) -> (String, String) {
+    let deadline = Deadline::new(LOAD, "the master logs its dashboard address");
+    loop {
+        let log = master.log_text();
+        if let Some(url) = log
+            .lines()
+            .find_map(|l| l.split("dashboard: ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            && let Some((base, token)) = url.split_once("/#token=")
+        {
+            assert!(
+                !base.ends_with(":0"),
+                "the dashboard line names port 0: {url}"
+            );
+            return (base.to_string(), token.to_string());
+        }
+        deadline.wait().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_from_the_fragment_and_shows_the_worker_active() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard login", &["alpha"]).await else {
+        return;
+    };
+    let b = &dash.browser;
+
+    // Without a token: the login form, and a wrong token is refused there.
+    b.goto(&format!("{}/", dash.base));
+    let input = b.wait_for("#login:not([hidden]) #login-token", LOAD);
+    b.send_keys(&input, "not-the-token");
+    b.click(&b.find("#login-button").unwrap());
+    b.poll(LOAD, "the login form says the token was refused", || {
+        let login = b.find("#login:not([hidden])")?;
+        let err = b.find("#login-error").map(|e| b.text(&e))?;
+        (!err.is_empty()).then_some(login)
+    });
+
+    // The printed link logs in and the token leaves the address bar.
+    dash.open();
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    let url = b.url();
+    assert!(!url.contains("token"), "the token stays in the address bar: {url}");
+    let kept = b.exec("return sessionStorage.getItem('herd-token')", vec![]);
+    assert_eq!(kept, json!(dash.token));
+
+    // The row says it in words too, and the summary counts it.
+    let row = b.find("tr[data-worker=\"alpha\"]").unwrap();
+    let text = b.text(&row);
+    assert!(text.contains("Active"), "row text: {text}");
+    let id = b.attr(&row, "data-id").unwrap();
+    assert!(text.contains(&id), "row text: {text}");
+    b.poll(LOAD, "the summary counts one Active worker", || {
+        let n = b.find("#count-worker-Active").map(|e| b.text(&e))?;
+        (n == "1").then_some(())
+    });
+
+    // A reload keeps the session (token in sessionStorage).
+    b.refresh();
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    assert!(b.find("#login:not([hidden])").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_turns_inactive_on_screen_without_a_reload() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(mut dash) = Dash::start("dashboard kill -9", &["alpha", "beta"]).await else {
+        return;
+    };
+    dash.open();
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    dash.wait_worker_status("beta", "Active", LOAD);
+    let b = &dash.browser;
+    b.poll(LOAD, "the event stream is live", || {
+        let el = b.find("#live-status")?;
+        (b.attr(&el, "data-live").as_deref() == Some("live")).then_some(())
+    });
+    b.exec("window.__sameDocument = true", vec![]);
+
+    dash.workers[0].kill9();
+    let took = dash.wait_worker_status("alpha", "Inactive", Duration::from_secs(2));
+    println!("alpha shown Inactive {took:?} after kill -9");
+    assert_eq!(
+        b.exec("return window.__sameDocument === true", vec![]),
+        json!(true),
+        "the page was reloaded"
+    );
+    assert_eq!(dash.worker_status("beta").as_deref(), Some("Active"));
+    let row = b.find("tr[data-worker=\"alpha\"]").unwrap();
+    assert!(b.text(&row).contains("Inactive"));
+
+    // And back: the restarted worker shows Active again, still without a reload.
+    let dir = dash.master.log.parent().unwrap().to_path_buf();
+    dash.workers[0] = Worker::start(&dir, &dash.master.url(), "alpha", &["--cpu", "4"]);
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    assert_eq!(
+        b.exec("return window.__sameDocument === true", vec![]),
+        json!(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_submitted_from_the_form_succeeds_with_its_output() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard submit", &["alpha"]).await else {
+        return;
+    };
+    dash.open();
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    let b = &dash.browser;
+
+    let command = b.find("#submit-command").unwrap();
+    b.send_keys(&command, "echo hello-from-the-dashboard; echo second line");
+    let cpu = b.find("#submit-cpu").unwrap();
+    b.clear(&cpu);
+    b.send_keys(&cpu, "0.5");
+    b.click(&b.find("#submit-button").unwrap());
+
+    let link = b.wait_for("#submit-result a[data-submitted]", LOAD);
+    let id = b.attr(&link, "data-submitted").unwrap();
+    assert!(id.starts_with("t-"), "task id {id}");
+
+    // The panel opens on the new task and follows it to the end.
+    dash.wait_panel_state(&id, "succeeded", LOAD);
+    dash.wait_output("hello-from-the-dashboard", LOAD);
+    dash.wait_output("second line", LOAD);
+    let exit = b.find("#task-exit").map(|e| b.text(&e)).unwrap();
+    assert_eq!(exit, "0");
+    let worker = b.find("#task-worker").map(|e| b.text(&e)).unwrap();
+    assert!(worker.contains("alpha"), "worker: {worker}");
+    b.wait_for("#task-history tr[data-attempt=\"1\"]", LOAD);
+
+    // The tasks table has it, live, and the master agrees.
+    b.poll(LOAD, "the tasks table shows it succeeded", || {
+        let row = b.find(&format!("tr[data-task=\"{id}\"]"))?;
+        (b.attr(&row, "data-state").as_deref() == Some("succeeded")).then_some(())
+    });
+    let mut admin = dash.master.admin().await;
+    let t = task(&mut admin, &id).await;
+    assert_eq!(t.state(), pb::TaskState::Succeeded);
+    assert_eq!(t.spec.unwrap().resources.unwrap().cpu, 0.5);
+
+    // An empty form is refused in the page, not sent.
+    b.clear(&command);
+    b.click(&b.find("#submit-button").unwrap());
+    b.poll(LOAD, "the form asks for a command", || {
+        let r = b.find("#submit-result.error").map(|e| b.text(&e))?;
+        (!r.is_empty()).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_cancelled_from_its_page() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard cancel", &["alpha"]).await else {
+        return;
+    };
+    let mut admin = dash.master.admin().await;
+    let t = submit(&mut admin, "echo started-and-waiting; sleep 60", 1.0).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, LOAD).await;
+
+    dash.open();
+    let b = &dash.browser;
+    let row = b.wait_for(&format!("tr[data-task=\"{}\"]", t.id), LOAD);
+    b.click(&row);
+    dash.wait_panel_state(&t.id, "running", LOAD);
+    dash.wait_output("started-and-waiting", LOAD);
+    let follow = b.find("#task-output-state").unwrap();
+    assert_eq!(b.attr(&follow, "data-follow").as_deref(), Some("following"));
+
+    b.click(&b.find("#cancel-button").unwrap());
+    dash.wait_panel_state(&t.id, "cancelled", LOAD);
+    wait_task(&mut admin, &t.id, pb::TaskState::Cancelled, LOAD).await;
+    b.poll(LOAD, "the cancel button goes away", || {
+        b.find("#cancel-button[hidden]").map(|_| ())
+    });
+    b.poll(LOAD, "the log stream ends", || {
+        let el = b.find("#task-output-state")?;
+        (b.attr(&el, "data-follow").as_deref() == Some("ended")).then_some(())
+    });
+    b.poll(LOAD, "the worker holds no task on screen", || {
+        let row = b.find("tr[data-worker=\"alpha\"]")?;
+        let cells = b.text(&row);
+        cells.contains("0/4").then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_drained_and_undrained_with_its_button() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard drain", &["alpha", "beta"]).await else {
+        return;
+    };
+    dash.open();
+    dash.wait_worker_status("beta", "Active", LOAD);
+    let b = &dash.browser;
+    let mut admin = dash.master.admin().await;
+
+    b.click(&b.wait_for("button[data-drain=\"beta\"]", LOAD));
+    dash.wait_worker_status("beta", "Draining", LOAD);
+    wait_state(&mut admin, "beta", pb::WorkerState::Draining, LOAD).await;
+    assert_eq!(dash.worker_status("alpha").as_deref(), Some("Active"));
+
+    // A drained worker gets no new task: one submitted now lands on alpha.
+    let t = submit(&mut admin, "true", 0.5).await;
+    let t = wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, LOAD).await;
+    assert_eq!(t.worker_name, "alpha");
+
+    let button = b.wait_for("button[data-drain=\"beta\"][data-action=\"undrain\"]", LOAD);
+    b.click(&button);
+    dash.wait_worker_status("beta", "Active", LOAD);
+    wait_state(&mut admin, "beta", pb::WorkerState::Active, LOAD).await;
+}
+
+/// Takes `docs/dashboard.png`: two workers, tasks in several states, light mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshot_of_a_small_cluster() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard screenshot", &["gpu-box-1", "web-2"]).await else {
+        return;
+    };
+    let mut admin = dash.master.admin().await;
+    let mut ids = Vec::new();
+    for cmd in ["echo building; sleep 0.2", "echo tests passed", "exit 3"] {
+        let t = submit(&mut admin, cmd, 0.5).await;
+        ids.push(t.id);
+    }
+    for id in &ids {
+        let deadline = Deadline::new(LOAD, format!("{id} ends"));
+        while !matches!(
+            task(&mut admin, id).await.state(),
+            pb::TaskState::Succeeded | pb::TaskState::Failed
+        ) {
+            deadline.wait().await;
+        }
+    }
+    let long = submit(&mut admin, "echo serving; sleep 120", 2.0).await;
+    let long2 = submit(&mut admin, "sleep 120", 1.5).await;
+    let queued = submit(&mut admin, "echo too big", 64.0).await;
+    wait_task(&mut admin, &long.id, pb::TaskState::Running, LOAD).await;
+    wait_task(&mut admin, &long2.id, pb::TaskState::Running, LOAD).await;
+
+    dash.open();
+    let b = &dash.browser;
+    dash.wait_worker_status("gpu-box-1", "Active", LOAD);
+    dash.wait_worker_status("web-2", "Active", LOAD);
+    b.wait_for(&format!("tr[data-task=\"{}\"]", queued.id), LOAD);
+    b.click(&b.find("button[data-drain=\"web-2\"]").unwrap());
+    dash.wait_worker_status("web-2", "Draining", LOAD);
+    // Light mode, whatever the machine prefers.
+    b.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+            "features": [{"name": "prefers-color-scheme", "value": "light"}]}})),
+    )
+    .expect("emulate light mode");
+    let png = b.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("wrote {} ({} bytes)", path.display(), png.len());
+
+    // Dark mode turns the page dark.
+    b.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+            "features": [{"name": "prefers-color-scheme", "value": "dark"}]}})),
+    )
+    .expect("emulate dark mode");
+    let bg = b.exec(
+        "return getComputedStyle(document.body).backgroundColor",
+        vec![],
+    );
+    assert_eq!(bg, json!("rgb(15, 18, 23)"), "dark background");
+
+    // A phone: one column, nothing wider than the screen.
+    b.resize(390, 844);
+    let overflow = b.exec(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+        vec![],
+    );
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "the page scrolls sideways on a phone by {overflow}px"
+    );
+}
