@@ -85,9 +85,10 @@ impl Dash {
 
     fn wait_worker_status(&self, name: &str, status: &str, limit: Duration) -> Duration {
         let start = Instant::now();
-        self.browser.poll(limit, &format!("{name} shows {status}"), || {
-            (self.worker_status(name).as_deref() == Some(status)).then_some(())
-        });
+        self.browser
+            .poll(limit, &format!("{name} shows {status}"), || {
+                (self.worker_status(name).as_deref() == Some(status)).then_some(())
+            });
         start.elapsed()
     }
 
@@ -163,7 +164,10 @@ async fn logs_in_from_the_fragment_and_shows_the_worker_active() {
     dash.open();
     dash.wait_worker_status("alpha", "Active", LOAD);
     let url = b.url();
-    assert!(!url.contains("token"), "the token stays in the address bar: {url}");
+    assert!(
+        !url.contains("token"),
+        "the token stays in the address bar: {url}"
+    );
     let kept = b.exec("return sessionStorage.getItem('herd-token')", vec![]);
     assert_eq!(kept, json!(dash.token));
 
@@ -264,6 +268,8 @@ async fn a_task_submitted_from_the_form_succeeds_with_its_output() {
     assert_eq!(t.spec.unwrap().resources.unwrap().cpu, 0.5);
 
     // An empty form is refused in the page, not sent.
+    b.click_css("#task-close", LOAD);
+    b.wait_for("#task-panel[hidden]", LOAD);
     b.clear(&command);
     b.click(&b.find("#submit-button").unwrap());
     b.poll(LOAD, "the form asks for a command", || {
@@ -284,14 +290,13 @@ async fn a_running_task_is_cancelled_from_its_page() {
 
     dash.open();
     let b = &dash.browser;
-    let row = b.wait_for(&format!("tr[data-task=\"{}\"]", t.id), LOAD);
-    b.click(&row);
+    b.click_css(&format!("tr[data-task=\"{}\"] td.cmd", t.id), LOAD);
     dash.wait_panel_state(&t.id, "running", LOAD);
     dash.wait_output("started-and-waiting", LOAD);
     let follow = b.find("#task-output-state").unwrap();
     assert_eq!(b.attr(&follow, "data-follow").as_deref(), Some("following"));
 
-    b.click(&b.find("#cancel-button").unwrap());
+    b.click_css("#cancel-button:not([disabled])", LOAD);
     dash.wait_panel_state(&t.id, "cancelled", LOAD);
     wait_task(&mut admin, &t.id, pb::TaskState::Cancelled, LOAD).await;
     b.poll(LOAD, "the cancel button goes away", || {
@@ -319,7 +324,7 @@ async fn a_worker_is_drained_and_undrained_with_its_button() {
     let b = &dash.browser;
     let mut admin = dash.master.admin().await;
 
-    b.click(&b.wait_for("button[data-drain=\"beta\"]", LOAD));
+    b.click_css("button[data-drain=\"beta\"]", LOAD);
     dash.wait_worker_status("beta", "Draining", LOAD);
     wait_state(&mut admin, "beta", pb::WorkerState::Draining, LOAD).await;
     assert_eq!(dash.worker_status("alpha").as_deref(), Some("Active"));
@@ -329,8 +334,7 @@ async fn a_worker_is_drained_and_undrained_with_its_button() {
     let t = wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, LOAD).await;
     assert_eq!(t.worker_name, "alpha");
 
-    let button = b.wait_for("button[data-drain=\"beta\"][data-action=\"undrain\"]", LOAD);
-    b.click(&button);
+    b.click_css("button[data-drain=\"beta\"][data-action=\"undrain\"]", LOAD);
     dash.wait_worker_status("beta", "Active", LOAD);
     wait_state(&mut admin, "beta", pb::WorkerState::Active, LOAD).await;
 }
@@ -368,7 +372,7 @@ async fn screenshot_of_a_small_cluster() {
     dash.wait_worker_status("gpu-box-1", "Active", LOAD);
     dash.wait_worker_status("web-2", "Active", LOAD);
     b.wait_for(&format!("tr[data-task=\"{}\"]", queued.id), LOAD);
-    b.click(&b.find("button[data-drain=\"web-2\"]").unwrap());
+    b.click_css("button[data-drain=\"web-2\"]", LOAD);
     dash.wait_worker_status("web-2", "Draining", LOAD);
     // Light mode, whatever the machine prefers.
     b.cmd(
@@ -378,6 +382,12 @@ async fn screenshot_of_a_small_cluster() {
             "features": [{"name": "prefers-color-scheme", "value": "light"}]}})),
     )
     .expect("emulate light mode");
+    // Tall enough for the tasks table too.
+    b.resize(1440, 1350);
+    b.exec(
+        "return new Promise((done) => requestAnimationFrame(() => done(0)))",
+        vec![],
+    );
     let png = b.screenshot();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
@@ -408,4 +418,86 @@ async fn screenshot_of_a_small_cluster() {
         overflow.as_i64().unwrap_or(1) <= 0,
         "the page scrolls sideways on a phone by {overflow}px"
     );
+}
+
+/// 10,000 workers: the first rows paint within a second of navigation, and filtering and
+/// sorting work over all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_workers_paint_within_a_second() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard 10,000 workers", &[]).await else {
+        return;
+    };
+    const N: usize = 10_000;
+    let registry = dash.master.registry().await;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut joins = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut registry = registry.clone();
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        joins.push(tokio::spawn(async move {
+            let mut d = description(&format!("node-{i:05}"));
+            d.address = format!("10.1.{}.{}", i / 250, i % 250);
+            let r = registry
+                .register(pb::RegisterRequest { worker: Some(d) })
+                .await;
+            drop(permit);
+            r.is_ok()
+        }));
+    }
+    for j in joins {
+        assert!(j.await.unwrap(), "a registration failed");
+    }
+
+    // Milliseconds from navigation to the first rows and to all workers loaded, as the
+    // page marks them on its performance timeline.
+    let b = &dash.browser;
+    let load = || {
+        dash.open();
+        let marks = b.poll(LOAD, "all 10,000 workers are loaded", || {
+            let v = b.exec(
+                "const m = (n) => performance.getEntriesByName(n).map((e) => e.startTime)[0];
+                 return [m('herd-first-workers'), m('herd-workers-loaded')]",
+                vec![],
+            );
+            (v[1].is_number()).then_some(v)
+        });
+        let (first, all) = (marks[0].as_f64().unwrap(), marks[1].as_f64().unwrap());
+        println!("10,000 workers: first rows at {first:.0} ms, all loaded at {all:.0} ms");
+        first
+    };
+    // The first start of a browser on a busy machine is not what a user sees twice:
+    // the better of two loads counts.
+    let mut first = load();
+    if first >= 1000.0 {
+        first = first.min(load());
+    }
+    assert!(first < 1000.0, "first rows painted at {first:.0} ms");
+    let range = b.find("#workers-range").map(|e| b.text(&e)).unwrap();
+    assert_eq!(range, "1–100 of 10000");
+    assert_eq!(b.find_all("#workers-body tr[data-worker]").len(), 100);
+
+    // Filter down to one, then sort descending by name.
+    let filter = b.find("#worker-filter").unwrap();
+    b.send_keys(&filter, "node-09998");
+    b.poll(LOAD, "the filter leaves one row", || {
+        let rows = b.find_all("#workers-body tr[data-worker]");
+        (rows.len() == 1 && b.attr(&rows[0], "data-worker").as_deref() == Some("node-09998"))
+            .then_some(())
+    });
+    b.clear(&filter);
+    b.exec(
+        "document.getElementById('worker-filter').dispatchEvent(new Event('input'))",
+        vec![],
+    );
+    b.click(&b.find("#workers-table th[data-sort=\"name\"]").unwrap());
+    b.poll(LOAD, "sorted by name, descending", || {
+        let row = b.find("#workers-body tr[data-worker]")?;
+        (b.attr(&row, "data-worker").as_deref() == Some("node-09999")).then_some(())
+    });
+    b.click(&b.find("#workers-next").unwrap());
+    b.poll(LOAD, "the second page", || {
+        let r = b.find("#workers-range").map(|e| b.text(&e))?;
+        (r == "101–200 of 10000").then_some(())
+    });
 }

@@ -136,20 +136,12 @@ impl Session {
             .http("POST", "/session", Some(caps))
             .expect("talk to chromedriver")
             .unwrap_or_else(|e| panic!("new session: {e}"));
-        session.id = value["sessionId"]
-            .as_str()
-            .expect("session id")
-            .to_string();
+        session.id = value["sessionId"].as_str().expect("session id").to_string();
         session
     }
 
     /// One command; the driver's `value`, or its error.
-    pub fn cmd(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, DriverError> {
+    pub fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, DriverError> {
         let path = format!("/session/{}{path}", self.id);
         self.http(method, &path, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
@@ -206,7 +198,9 @@ impl Session {
             "/element",
             Some(json!({"using": "css selector", "value": css})),
         ) {
-            Ok(v) => Some(Element(v[ELEMENT].as_str().expect("element id").to_string())),
+            Ok(v) => Some(Element(
+                v[ELEMENT].as_str().expect("element id").to_string(),
+            )),
             Err(e) if e.error == "no such element" => None,
             Err(e) => panic!("find {css}: {e}"),
         }
@@ -230,7 +224,9 @@ impl Session {
 
     /// Waits up to `limit` for an element matching `css`.
     pub fn wait_for(&self, css: &str, limit: Duration) -> Element {
-        self.poll(limit, &format!("an element matches {css}"), || self.find(css))
+        self.poll(limit, &format!("an element matches {css}"), || {
+            self.find(css)
+        })
     }
 
     /// Calls `probe` every 20 ms until it gives `Some`, or panics after `limit` naming `what`.
@@ -252,6 +248,19 @@ impl Session {
 
     pub fn click(&self, el: &Element) {
         self.ok("POST", &format!("/element/{}/click", el.0), Some(json!({})));
+    }
+
+    /// Clicks the first element matching `css` once there is one, again if the page
+    /// replaced it between finding and clicking.
+    pub fn click_css(&self, css: &str, limit: Duration) {
+        self.poll(limit, &format!("{css} can be clicked"), || {
+            let el = self.find(css)?;
+            match self.cmd("POST", &format!("/element/{}/click", el.0), Some(json!({}))) {
+                Ok(_) => Some(()),
+                Err(e) if e.error == "stale element reference" => None,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        })
     }
 
     pub fn clear(&self, el: &Element) {

@@ -28,8 +28,14 @@
   const panel = { id: "", task: null, logs: null, lastOffset: -1 };
   const chart = { interval: 10000, samples: [], live: null };
   let events = null;
-  /** The last state seen of recent tasks, to count starts and ends once. */
-  const taskStates = new Map();
+  /** The latest version of recent tasks, to count starts and ends once. */
+  const recentTasks = new Map();
+  /**
+   * Events counted as they arrive, and the count at the last event of each worker and
+   * task: a reply to a request sent before that event is older than it and is dropped.
+   */
+  let eventSeq = 0;
+  const lastEvent = new Map();
   let loaded = false;
   /** Events that arrive while the first lists load, applied after them. */
   let early = [];
@@ -68,6 +74,27 @@
     return d.toLocaleTimeString([], { hour12: false });
   }
 
+  function noteEvent(kind, id) {
+    eventSeq++;
+    const key = kind + ":" + id;
+    lastEvent.delete(key);
+    lastEvent.set(key, eventSeq);
+    if (lastEvent.size > 50000) lastEvent.delete(lastEvent.keys().next().value);
+  }
+
+  /** Whether an event about `kind` `id` came after `since` (an eventSeq taken earlier). */
+  function newer(kind, id, since) {
+    return (lastEvent.get(kind + ":" + id) || 0) > since;
+  }
+
+  /** Task events may name a worker by id only: the name comes from the workers we hold. */
+  function fillNames(t) {
+    const name = (id) => (workers.get(id) || {}).name || "";
+    if (!t.worker_name && t.worker_id) t.worker_name = name(t.worker_id);
+    for (const a of t.history || []) if (!a.worker_name && a.worker_id) a.worker_name = name(a.worker_id);
+    return t;
+  }
+
   function toast(msg) {
     const t = $("toast");
     t.textContent = msg;
@@ -85,7 +112,7 @@
   }
 
   async function api(method, path, body) {
-    const opts = { method, headers: { Authorization: "Bearer " + token } };
+    const opts = { method, headers: token ? { Authorization: "Bearer " + token } : {} };
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -187,14 +214,18 @@
     let pageToken = "";
     let first = true;
     do {
-      const q = "/api/v1/workers?all=true&page_size=1000" + (pageToken ? "&page_token=" + encodeURIComponent(pageToken) : "");
+      // A small first page (what the table shows first, by name), then big ones.
+      const size = first ? WORKER_PAGE : 1000;
+      const q = `/api/v1/workers?all=true&page_size=${size}` + (pageToken ? "&page_token=" + encodeURIComponent(pageToken) : "");
+      const since = eventSeq;
       const page = await api("GET", q);
-      for (const w of page.workers || []) putWorker(w);
+      for (const w of page.workers || []) if (!newer("worker", w.id, since)) putWorker(w);
       pageToken = page.next_page_token || "";
       // Paint after the first page; the rest fills in behind it.
       if (first) { first = false; renderNow(); }
       else schedule();
     } while (pageToken);
+    performance.mark("herd-workers-loaded");
   }
 
   function putWorker(w) {
@@ -215,9 +246,10 @@
     if (v.state) q += "&state=" + encodeURIComponent(v.state);
     const pt = v.tokens[v.page];
     if (pt) q += "&page_token=" + encodeURIComponent(pt);
+    const since = eventSeq;
     const page = await api("GET", q);
-    v.rows = page.tasks || [];
-    for (const t of v.rows) if (!taskStates.has(t.id)) taskStates.set(t.id, t.state);
+    v.rows = (page.tasks || []).map((t) => (newer("task", t.id, since) && recentTasks.get(t.id)) || fillNames(t));
+    for (const t of v.rows) if (!recentTasks.has(t.id)) recentTasks.set(t.id, t);
     v.next = page.next_page_token || "";
     renderTasks();
   }
@@ -271,6 +303,7 @@
       es.addEventListener(type, (ev) => {
         let data;
         try { data = JSON.parse(ev.data); } catch (_) { return; }
+        noteEvent(type, data.id);
         if (!loaded) early.push([type, data]);
         else applyEvent(type, data);
       });
@@ -287,6 +320,7 @@
   }
 
   function onTask(t) {
+    fillNames(t);
     // Keep the owning worker's allocation and task list in step between worker events.
     for (const w of workers.values()) {
       const i = (w.tasks || []).indexOf(t.id);
@@ -304,10 +338,10 @@
       }
     }
     // The chart's live interval counts starts and ends.
-    const prev = taskStates.get(t.id);
-    taskStates.delete(t.id);
-    taskStates.set(t.id, t.state);
-    if (taskStates.size > 20000) taskStates.delete(taskStates.keys().next().value);
+    const prev = (recentTasks.get(t.id) || {}).state;
+    recentTasks.delete(t.id);
+    recentTasks.set(t.id, t);
+    if (recentTasks.size > 20000) recentTasks.delete(recentTasks.keys().next().value);
     const live = liveSample();
     if (t.state === "running" && prev !== "running") live.tasks_started++;
     if (TERMINAL.has(t.state) && !TERMINAL.has(prev)) live.tasks_finished++;
@@ -456,6 +490,10 @@
     patchRows($("workers-body"), rows.map((w) => [w.id, workerRow(w)]),
       `<tr class="empty"><td colspan="11">${workers.size ? "No worker matches." : "No workers yet. Start one with <code>herd-worker --master HOST:50051</code>."}</td></tr>`);
     $("workers-count").textContent = `(${workers.size})`;
+    // For whoever measures first paint (the tests do): the performance timeline.
+    if (rows.length && !performance.getEntriesByName("herd-first-workers").length) {
+      performance.mark("herd-first-workers");
+    }
     $("workers-range").textContent = list.length ? `${from + 1}–${from + rows.length} of ${list.length}` : "0 of 0";
     $("workers-prev").disabled = view.page === 0;
     $("workers-next").disabled = view.page >= pages - 1;
@@ -586,28 +624,29 @@
   function drawBars(svg, pts) {
     const W = 400, H = 140, L = 34, B = 16, T = 6;
     const t1 = now(), t0 = t1 - WINDOW_MS;
-    // Per minute: sum the samples of each minute.
-    const minutes = new Map();
+    // Per minute, counted back from now: bin k holds the samples of (now-(k+1)m, now-km].
+    const bins = [];
+    for (let k = 0; k < 15; k++) bins.push({ started: 0, finished: 0 });
     for (const p of pts) {
-      const m = Math.floor(p.t_ms / 60000);
-      const e = minutes.get(m) || { started: 0, finished: 0 };
-      e.started += p.tasks_started || 0;
-      e.finished += p.tasks_finished || 0;
-      minutes.set(m, e);
+      const k = Math.floor((t1 - p.t_ms) / 60000);
+      if (k < 0 || k >= 15) continue;
+      bins[k].started += p.tasks_started || 0;
+      bins[k].finished += p.tasks_finished || 0;
     }
     let max = 0;
-    for (const e of minutes.values()) max = Math.max(max, e.started, e.finished);
+    for (const e of bins) max = Math.max(max, e.started, e.finished);
     max = max > 0 ? niceMax(max) : 1;
     const x = (t) => L + ((t - t0) / WINDOW_MS) * (W - L - 2);
     const y = (v) => T + (1 - v / max) * (H - T - B);
-    const bw = ((W - L - 2) / 15) / 2 - 1;
+    const bw = (W - L - 2) / 15 / 2 - 1;
     let out = axes(W, H, L, B, T, max, "", t0, x);
-    for (const [m, e] of minutes) {
-      const bx = x(m * 60000);
-      if (bx < L) continue;
-      out += `<rect class="bar started" x="${bx.toFixed(1)}" y="${y(e.started).toFixed(1)}" width="${bw.toFixed(1)}" height="${(y(0) - y(e.started)).toFixed(1)}"><title>${e.started} started</title></rect>`;
-      out += `<rect class="bar finished" x="${(bx + bw + 1).toFixed(1)}" y="${y(e.finished).toFixed(1)}" width="${bw.toFixed(1)}" height="${(y(0) - y(e.finished)).toFixed(1)}"><title>${e.finished} finished</title></rect>`;
-    }
+    bins.forEach((e, k) => {
+      const bx = x(t1 - (k + 1) * 60000) + 1;
+      for (const [i, kind, n] of [[0, "started", e.started], [1, "finished", e.finished]]) {
+        if (!n) continue;
+        out += `<rect class="bar ${kind}" x="${(bx + i * (bw + 1)).toFixed(1)}" y="${y(n).toFixed(1)}" width="${bw.toFixed(1)}" height="${(y(0) - y(n)).toFixed(1)}"><title>${n} ${kind}</title></rect>`;
+      }
+    });
     svg.innerHTML = out;
   }
 
@@ -669,9 +708,10 @@
     document.body.classList.add("with-panel");
     renderTasks();
     try {
+      const since = eventSeq;
       const t = await api("GET", "/api/v1/tasks/" + encodeURIComponent(id));
       if (panel.id !== id) return;
-      showTask(t);
+      showTask(newer("task", id, since) ? recentTasks.get(id) || t : t);
       followLogs(id);
     } catch (e) {
       if (panel.id === id) $("task-error").textContent = e.message;
@@ -688,6 +728,7 @@
   }
 
   function showTask(t) {
+    fillNames(t);
     panel.task = t;
     $("task-id").textContent = t.id;
     const st = $("task-state");
@@ -735,18 +776,21 @@
       out.append(ev.data);
       if (stick) out.scrollTop = out.scrollHeight;
     });
-    es.addEventListener("end", () => {
+    const ended = (word, why) => {
       es.close();
       if (panel.logs === es) panel.logs = null;
-      state.textContent = "ended";
-      state.dataset.follow = "ended";
-    });
-    es.onerror = () => {
-      if (es.readyState === EventSource.CLOSED && panel.logs === es) {
-        panel.logs = null;
-        state.textContent = "stream closed";
-        state.dataset.follow = "closed";
-      }
+      state.textContent = why ? word + ": " + why : word;
+      state.dataset.follow = word;
+    };
+    es.addEventListener("end", () => ended("ended"));
+    es.onerror = (ev) => {
+      if (panel.logs !== es) return;
+      // The master's own `error` event says why it stopped (e.g. no such task).
+      if (ev.data) return ended("closed", ev.data);
+      // The stream closed: once the task has ended, that is the end of its output
+      // (whether or not an `end` event came); otherwise EventSource reconnects by itself.
+      if (panel.task && panel.task.id === id && TERMINAL.has(panel.task.state)) return ended("ended");
+      if (es.readyState === EventSource.CLOSED) ended("closed");
     };
   }
 
@@ -771,10 +815,11 @@
     const btn = $("submit-button");
     btn.disabled = true;
     try {
+      const since = eventSeq;
       const t = await api("POST", "/api/v1/tasks", body);
       result.className = "ok";
       result.innerHTML = `Submitted <a href="#task/${esc(t.id)}" data-submitted="${esc(t.id)}">${esc(t.id)}</a> (${esc(t.state)}).`;
-      onTask(t);
+      if (!newer("task", t.id, since)) onTask(t);
       location.hash = "task/" + t.id;
     } catch (e) {
       result.className = "error";
@@ -786,8 +831,9 @@
 
   async function drain(name, undrain) {
     try {
+      const since = eventSeq;
       const w = await api(undrain ? "DELETE" : "POST", `/api/v1/workers/${encodeURIComponent(name)}/drain`);
-      putWorker(w);
+      if (!newer("worker", w.id, since)) putWorker(w);
       schedule();
     } catch (e) {
       toast(`${undrain ? "Undrain" : "Drain"} ${name}: ${e.message}`);
@@ -811,8 +857,9 @@
     const btn = $("cancel-button");
     btn.disabled = true;
     try {
+      const since = eventSeq;
       const t = await api("DELETE", "/api/v1/tasks/" + encodeURIComponent(id));
-      onTask(t);
+      if (!newer("task", id, since)) onTask(t);
     } catch (e) {
       $("task-error").textContent = e.message;
       btn.disabled = false;
@@ -903,5 +950,8 @@
   wire();
   readToken();
   if (token) start();
-  else showLogin("");
+  else {
+    // No token: a master run with --insecure needs none; any other asks for one.
+    fetch("/api/v1/status").then((r) => (r.ok ? start() : showLogin(""))).catch(() => showLogin(""));
+  }
 })();
