@@ -2,6 +2,7 @@
 //! `master> ` REPL when stdin is a terminal.
 
 mod admin;
+mod events;
 mod liveness;
 mod local_worker;
 mod lock;
@@ -38,6 +39,7 @@ use herd::render::Style;
 use herd::repl;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::events::Events;
 use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
@@ -93,6 +95,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     info!(data_dir = %config.data_dir.display(), "data dir (herd.db, token, task output)");
     let db_path = config.data_dir.join("herd.db");
     let metrics = Metrics::new();
+    let events = Events::new();
     let output = OutputDir::new(config.data_dir.join("output"));
     let (store, loaded) = Store::open(&db_path, output.clone(), metrics.flush.clone())
         .with_context(|| format!("cannot open {}", db_path.display()))?;
@@ -141,6 +144,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         },
         store.clone(),
         metrics.clone(),
+        events.clone(),
     ));
     let known = loaded.workers.len();
     let known_tasks = loaded.tasks.len();
