@@ -615,6 +615,30 @@ impl Registry {
         Ok(record)
     }
 
+    /// The cluster's totals now, for the dashboard's chart: capacity, allocation and use
+    /// of the Active workers, and the running counts of tasks started and finished.
+    pub fn totals(&self) -> crate::history::Totals {
+        let (inner, now) = self.lock();
+        let mut t = crate::history::Totals {
+            tasks_started: inner.tasks.started_total,
+            tasks_finished: inner.tasks.finished_total,
+            ..Default::default()
+        };
+        for w in inner.workers.values() {
+            if inner.liveness.state(&w.presence, now) != WorkerState::Active {
+                continue;
+            }
+            let cap = w.spec.capacity;
+            t.cpu_total += cap.cpu;
+            t.cpu_allocated += w.allocated.cpu;
+            t.cpu_used += cap.cpu * w.usage.cpu_percent / 100.0;
+            t.memory_total_gb += cap.memory_gb;
+            t.memory_allocated_gb += w.allocated.memory_gb;
+            t.memory_used_gb += w.usage.memory_used_gb;
+        }
+        t
+    }
+
     /// Counts for `status` and metrics.
     pub fn summary(&self) -> Summary {
         let (inner, now) = self.lock();

@@ -197,6 +197,7 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
     let port = free_port();
     // No HERD_TOKEN: the master makes one.
     let mut master = std::process::Command::new(MASTER)
+        .env("HERD_HTTP_LISTEN", "off")
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
