@@ -187,7 +187,9 @@ pub struct WorkerConfig {
     #[arg(long)]
     pub gpu: Option<u32>,
 
-    /// Folder for task work directories (default: a per-worker folder under the temp dir).
+    /// Folder for task folders (output, exit status, supervisor state), kept across
+    /// restarts so a restarted worker reattaches [default: work-NAME in the per-user state
+    /// folder, $XDG_STATE_HOME/herd or ~/.local/state/herd].
     #[arg(long, env = "HERD_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 

@@ -88,7 +88,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let work_dir = config
         .work_dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("herd-worker-{name}")));
+        .unwrap_or_else(|| herd::config::default_data_dir().join(format!("work-{name}")));
     std::fs::create_dir_all(&work_dir)?;
     let runtime = pick_runtime(&config.runtime).await?;
     let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
