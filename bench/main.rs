@@ -154,6 +154,7 @@ impl MasterProcess {
             ])
             .args(["--worker-timeout", "600s"])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--http-listen", "off"])
             .env(
                 "HERD_LOG",
                 std::env::var("HERD_LOG").unwrap_or_else(|_| "warn".into()),

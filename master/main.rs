@@ -2,6 +2,9 @@
 //! `master> ` REPL when stdin is a terminal.
 
 mod admin;
+mod events;
+mod history;
+mod http;
 mod liveness;
 mod local_worker;
 mod lock;
@@ -32,12 +35,14 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use herd::auth::{Bearer, TOKEN_FILE, master_token};
-use herd::config::MasterConfig;
+use herd::config::{Listen, MasterConfig};
 use herd::console::Console;
 use herd::render::Style;
 use herd::repl;
 use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::events::Events;
+use crate::history::History;
 use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
@@ -93,6 +98,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     info!(data_dir = %config.data_dir.display(), "data dir (herd.db, token, task output)");
     let db_path = config.data_dir.join("herd.db");
     let metrics = Metrics::new();
+    let events = Events::new();
     let output = OutputDir::new(config.data_dir.join("output"));
     let (store, loaded) = Store::open(&db_path, output.clone(), metrics.flush.clone())
         .with_context(|| format!("cannot open {}", db_path.display()))?;
@@ -112,16 +118,18 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         }
         Some(token)
     };
-    let tls = match (&config.tls_cert, &config.tls_key) {
+    let pem = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let cert =
                 std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
             let key =
                 std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            Some((cert, key))
         }
         _ => None,
     };
+    let http_tls = pem.clone();
+    let tls = pem.map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     // A flag given wins; else the policy last switched to at run time; else the default.
     let scheduler = config
@@ -141,6 +149,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         },
         store.clone(),
         metrics.clone(),
+        events.clone(),
     ));
     let known = loaded.workers.len();
     let known_tasks = loaded.tasks.len();
@@ -201,6 +210,38 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         ))
     });
 
+    let history = History::new();
+    let sampler = history::spawn(history.clone(), registry.clone(), shutdown_rx.clone());
+    let http_server = match config.http_listen {
+        Listen::Off => None,
+        Listen::On(addr) => {
+            let listener = match TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(err) => bail!(
+                    "cannot serve HTTP on {addr}: {err} (choose another with --http-listen, or off)"
+                ),
+            };
+            let bound = listener.local_addr()?;
+            let tls = http_tls
+                .map(|(cert, key)| http::tls_config(&cert, &key))
+                .transpose()?;
+            http::announce(bound, tls.is_some(), token.as_deref());
+            let app = http::router(http::Http {
+                master: master.clone(),
+                events: events.clone(),
+                history,
+                token: token.as_deref().map(Arc::from),
+                shutdown: shutdown_rx.clone(),
+            });
+            Some(tokio::spawn(http::serve(
+                listener,
+                app,
+                tls,
+                shutdown_rx.clone(),
+            )))
+        }
+    };
+
     // Under TLS the local worker checks the certificate by name: certificates name
     // `localhost`, not an address.
     let url = match scheme {
@@ -247,6 +288,15 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         let _ = local_worker.await;
     }
     let _ = sweeper.await;
+    let _ = sampler.await;
+    if let Some(http_server) = http_server {
+        match tokio::time::timeout(Duration::from_secs(5), http_server).await {
+            Ok(Ok(Err(err))) => warn!(%err, "the HTTP server failed"),
+            Ok(Err(err)) => warn!(%err, "the HTTP server task failed"),
+            Err(_) => warn!("the HTTP server did not stop within 5s"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => warn!(%err, "the gRPC server stopped with an error"),

@@ -21,6 +21,7 @@ use herd::domain::{TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 use herd::pb;
 
+use crate::events::Events;
 use crate::liveness::{Liveness, StallGuard};
 use crate::metrics::Metrics;
 use crate::records::{LivenessRow, Summary, Task, TaskFilter, WorkerRecord, task_number};
@@ -50,6 +51,8 @@ pub struct Settings {
 
 struct Inner {
     liveness: Liveness,
+    /// Every change of a worker or task, for the HTTP API's event stream.
+    events: Arc<Events>,
     workers: Workers,
     tasks: Tasks,
     next_generation: u64,
@@ -93,13 +96,19 @@ pub struct TickOutcome {
 }
 
 impl Registry {
-    pub fn new(settings: Settings, store: Store, metrics: Arc<Metrics>) -> Registry {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        metrics: Arc<Metrics>,
+        events: Arc<Events>,
+    ) -> Registry {
         // An assignment in flight gets two heartbeats and a second to be reported.
         let grace = settings.heartbeat_interval * 2 + Duration::from_secs(1);
         Registry {
             heartbeat_interval: settings.heartbeat_interval,
             inner: Mutex::new(Inner {
                 liveness: settings.liveness,
+                events: events.clone(),
                 workers: Workers::default(),
                 tasks: Tasks::new(
                     settings.scheduler,
@@ -107,6 +116,7 @@ impl Registry {
                     grace,
                     store,
                     metrics,
+                    events,
                 ),
                 next_generation: 0,
                 stall: StallGuard::new(settings.check_interval, Instant::now()),
@@ -179,7 +189,8 @@ impl Registry {
 
     /// Registers a worker, or re-registers it by name keeping its id.
     pub fn register(&self, spec: WorkerSpec) -> Registered {
-        let (mut inner, now) = self.lock();
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
         let liveness = inner.liveness;
         if let Some(id) = inner.workers.id_of(&spec.name).map(str::to_string) {
             let entry = inner
@@ -189,7 +200,7 @@ impl Registry {
             entry.spec = spec;
             entry.presence.removed = false;
             entry.presence.last_seen = now;
-            entry.observe(&liveness, now, "re-registered");
+            entry.observe(&liveness, now, "re-registered", &inner.events);
             info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
             return Registered {
                 reregistered: true,
@@ -209,6 +220,7 @@ impl Registry {
               runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
               isolation = %entry.spec.isolation, "worker registered");
         let record = entry.record();
+        inner.events.worker(&entry.info(&inner.liveness, now));
         inner.workers.insert(entry);
         Registered {
             id,
@@ -286,7 +298,7 @@ impl Registry {
             debug!(worker = %entry.spec.name, sequence = hb.sequence,
                    last = session.last_sequence, "out-of-order heartbeat");
             entry.presence.last_seen = now;
-            entry.observe(&liveness, now, "heartbeat received again");
+            entry.observe(&liveness, now, "heartbeat received again", &inner.events);
             return Ok(Vec::new());
         }
         session.last_sequence = hb.sequence;
@@ -336,14 +348,15 @@ impl Registry {
     /// The stream `generation` of `worker_id` ended: Inactive at once (unless a newer
     /// stream already took over).
     pub fn disconnect(&self, worker_id: &str, generation: u64) {
-        let (mut inner, now) = self.lock();
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
         let liveness = inner.liveness;
         if let Some(entry) = inner.workers.get_mut(worker_id)
             && entry.session.as_ref().map(|s| s.generation) == Some(generation)
         {
             entry.session = None;
             entry.presence.connected = false;
-            entry.observe(&liveness, now, "heartbeat stream closed");
+            entry.observe(&liveness, now, "heartbeat stream closed", &inner.events);
         }
     }
 
@@ -368,7 +381,12 @@ impl Registry {
         };
         for entry in inner.workers.values_mut() {
             let before = entry.recorded;
-            let state = entry.observe(&liveness, now, "no heartbeat within the timeout");
+            let state = entry.observe(
+                &liveness,
+                now,
+                "no heartbeat within the timeout",
+                &inner.events,
+            );
             if state == WorkerState::Removed && !entry.presence.removed {
                 entry.presence.removed = true;
                 entry.presence.connected = false;
@@ -569,6 +587,7 @@ impl Registry {
             ));
         }
         info!(worker = %info.description.as_ref().map(|d| d.name.as_str()).unwrap_or(""), %id, "worker forgotten");
+        inner.events.forgotten(&info);
         inner
             .tasks
             .schedule(&mut inner.workers, &inner.liveness, now);
@@ -585,6 +604,7 @@ impl Registry {
             entry.draining = drain;
             info!(worker = %entry.spec.name, %id, draining = drain,
                   "{}", if drain { "worker draining" } else { "worker undrained" });
+            inner.events.worker(&entry.info(&inner.liveness, now));
         }
         let record = entry.record();
         if !drain {
@@ -593,6 +613,30 @@ impl Registry {
                 .schedule(&mut inner.workers, &inner.liveness, now);
         }
         Ok(record)
+    }
+
+    /// The cluster's totals now, for the dashboard's chart: capacity, allocation and use
+    /// of the Active workers, and the running counts of tasks started and finished.
+    pub fn totals(&self) -> crate::history::Totals {
+        let (inner, now) = self.lock();
+        let mut t = crate::history::Totals {
+            tasks_started: inner.tasks.started_total,
+            tasks_finished: inner.tasks.finished_total,
+            ..Default::default()
+        };
+        for w in inner.workers.values() {
+            if inner.liveness.state(&w.presence, now) != WorkerState::Active {
+                continue;
+            }
+            let cap = w.spec.capacity;
+            t.cpu_total += cap.cpu;
+            t.cpu_allocated += w.allocated.cpu;
+            t.cpu_used += cap.cpu * w.usage.cpu_percent / 100.0;
+            t.memory_total_gb += cap.memory_gb;
+            t.memory_allocated_gb += w.allocated.memory_gb;
+            t.memory_used_gb += w.usage.memory_used_gb;
+        }
+        t
     }
 
     /// Counts for `status` and metrics.
@@ -676,9 +720,9 @@ impl Inner {
         entry.usage = hb.usage.unwrap_or_default();
         if hb.activity() == pb::WorkerActivity::Stopping {
             entry.presence.connected = false;
-            entry.observe(&liveness, now, "worker shut down");
+            entry.observe(&liveness, now, "worker shut down", &self.events);
         } else {
-            entry.observe(&liveness, now, why);
+            entry.observe(&liveness, now, why, &self.events);
         }
         self.tasks
             .on_heartbeat(worker_id, hb, &mut self.workers, now)

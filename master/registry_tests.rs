@@ -32,6 +32,7 @@ fn registry() -> (Registry, tempfile::TempDir) {
         },
         Store::scratch(dir.path()),
         Metrics::new(),
+        crate::events::Events::new(),
     );
     (r, dir)
 }

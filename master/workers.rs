@@ -15,6 +15,7 @@ use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 use herd::time::now_ms;
 
+use crate::events::Events;
 use crate::liveness::{Liveness, Presence};
 use crate::records::WorkerRecord;
 
@@ -107,13 +108,20 @@ impl Entry {
         }
     }
 
-    /// Applies the rule; logs and marks dirty when the state changed.
-    pub fn observe(&mut self, liveness: &Liveness, now: Instant, why: &str) -> WorkerState {
+    /// Applies the rule; logs, marks dirty and emits an event when the state changed.
+    pub fn observe(
+        &mut self,
+        liveness: &Liveness,
+        now: Instant,
+        why: &str,
+        events: &Events,
+    ) -> WorkerState {
         let state = liveness.state(&self.presence, now);
         if state != self.recorded {
             let from = self.recorded;
             self.recorded = state;
             self.dirty = true;
+            events.worker(&self.info(liveness, now));
             match state {
                 WorkerState::Active => {
                     info!(worker = %self.spec.name, id = %self.id, %from, to = %state, "{why}")

@@ -39,6 +39,22 @@ pub enum SchedulerKind {
     ResourceAware,
 }
 
+/// An address to listen on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    text.parse()
+        .map(Listen::On)
+        .map_err(|_| format!("'{text}' is not an address like 0.0.0.0:8080 (or off)"))
+}
+
 /// herd-master's settings.
 #[derive(Debug, Clone, Args)]
 pub struct MasterConfig {
@@ -106,6 +122,11 @@ pub struct MasterConfig {
     #[arg(long, env = "HERD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Address of the HTTP API and dashboard (`off` to disable; port 0 picks a free one
+    /// and the master logs it).
+    #[arg(long, env = "HERD_HTTP_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen)]
+    pub http_listen: Listen,
+
     /// How long the output of a task is kept under <data-dir>/output after it was last
     /// written.
     #[arg(long, env = "HERD_TASK_RETENTION", default_value = "7d", value_parser = parse_duration)]
@@ -166,7 +187,9 @@ pub struct WorkerConfig {
     #[arg(long)]
     pub gpu: Option<u32>,
 
-    /// Folder for task work directories (default: a per-worker folder under the temp dir).
+    /// Folder for task folders (output, exit status, supervisor state), kept across
+    /// restarts so a restarted worker reattaches [default: work-NAME in the per-user state
+    /// folder, $XDG_STATE_HOME/herd or ~/.local/state/herd].
     #[arg(long, env = "HERD_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 

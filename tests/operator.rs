@@ -197,6 +197,7 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
     let port = free_port();
     // No HERD_TOKEN: the master makes one.
     let mut master = std::process::Command::new(MASTER)
+        .env("HERD_HTTP_LISTEN", "off")
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -679,4 +680,38 @@ async fn health_reflection_and_metrics_answer() {
 #[test]
 fn the_bearer_helper_refuses_tokens_a_header_cannot_carry() {
     assert!(Bearer::new(Some("bad\ntoken")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_token_exits_at_once_saying_where_the_right_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    master.admin().await;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(WORKER)
+        .args([
+            "--master",
+            &master.addr.to_string(),
+            "--name",
+            "wrong-token",
+        ])
+        .args(["--runtime", "none", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .env("HERD_TOKEN", "not-the-cluster-token")
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused this worker's token"), "{err}");
+    assert!(err.contains("<data-dir>/token"), "{err}");
+    assert!(
+        master
+            .log_text()
+            .contains("refused a call without a valid token")
+    );
 }

@@ -72,6 +72,7 @@ async fn the_repl_lists_workers_and_survives_bad_commands() {
 fn repl_master(data: &std::path::Path, port: u16, no_color: bool) -> rexpect::session::PtySession {
     let mut command = Command::new(MASTER);
     command
+        .env("HERD_HTTP_LISTEN", "off")
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
         .args(FAST)
@@ -257,6 +258,7 @@ async fn keys_at_the_repl_never_reach_the_local_worker_and_a_killed_one_comes_ba
     let url = format!("http://127.0.0.1:{port}");
     let mut command = Command::new(MASTER);
     command
+        .env("HERD_HTTP_LISTEN", "off")
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path().join("data"))
         .args(FAST)
@@ -369,6 +371,7 @@ async fn log_lines_never_land_inside_a_reply_while_workers_come_and_go() {
     let url = format!("http://127.0.0.1:{port}");
     let mut command = Command::new(MASTER);
     command
+        .env("HERD_HTTP_LISTEN", "off")
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path().join("data"))
         .args(FAST)

@@ -604,4 +604,36 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
     )
     .await;
     assert!(!exists(), "container {name} still exists");
+
+    // An image that is not there: the reason carries what the runtime said.
+    let t = submit_spec(
+        &mut admin,
+        pb::TaskSpec {
+            image: "localhost/no-such-image:gone".into(),
+            command: "true".into(),
+            resources: Some(pb::Resources {
+                cpu: 0.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = wait_task(
+        &mut admin,
+        &t.id,
+        pb::TaskState::Failed,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        t.reason.starts_with("exited with code 125: "),
+        "{}",
+        t.reason
+    );
+    assert!(
+        t.reason.len() > "exited with code 125: ".len() + 10,
+        "{}",
+        t.reason
+    );
 }

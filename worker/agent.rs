@@ -60,6 +60,22 @@ enum Ended {
     Lost(String),
     /// We are shutting down.
     Shutdown,
+    /// The master refused us in a way retrying cannot heal (the token, our description):
+    /// the worker ends with this message.
+    Refused(String),
+}
+
+/// What a refusal that cannot heal says, if `status` is one.
+fn refusal(status: &tonic::Status) -> Option<String> {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Some(format!(
+            "the master refused this worker's token ({}): give the cluster token from the \
+             master's <data-dir>/token (default ~/.local/state/herd/token) with --token, \
+             HERD_TOKEN or --token-file",
+            status.message()
+        )),
+        _ => None,
+    }
 }
 
 pub struct Agent {
@@ -108,19 +124,20 @@ impl Agent {
         }
     }
 
-    /// Runs until `shutdown` flips.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` flips, or ends with the reason the master refused us for good.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
         let mut backoff = Backoff::new();
         loop {
             if *shutdown.borrow() {
-                return;
+                return Ok(());
             }
             let ended = match self.connect().await {
                 Ok(channel) => self.session(channel, &mut backoff, &mut shutdown).await,
                 Err(err) => Ended::Lost(err),
             };
             match ended {
-                Ended::Shutdown => return,
+                Ended::Shutdown => return Ok(()),
+                Ended::Refused(why) => return Err(why),
                 Ended::Unknown(msg) => {
                     warn!(id = ?self.id, reason = %msg, "the master does not know this worker; registering again");
                     self.id = None;
@@ -137,7 +154,7 @@ impl Agent {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next()) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return Ok(()),
             }
         }
     }
@@ -156,14 +173,15 @@ impl Agent {
             })
             .await
             .map_err(|status| match status.code() {
-                Code::InvalidArgument => {
-                    // Our own description is wrong: retrying cannot help, say why loudly.
-                    Ended::Lost(format!(
-                        "the master refused this worker: {}",
-                        status.message()
-                    ))
-                }
-                _ => Ended::Lost(format!("register failed: {}", status.message())),
+                // Our own description is wrong: retrying cannot help.
+                Code::InvalidArgument => Ended::Refused(format!(
+                    "the master refused this worker: {}",
+                    status.message()
+                )),
+                _ => match refusal(&status) {
+                    Some(why) => Ended::Refused(why),
+                    None => Ended::Lost(format!("register failed: {}", status.message())),
+                },
             })?
             .into_inner();
         self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(10));
@@ -208,7 +226,12 @@ impl Agent {
             Err(status) if status.code() == Code::NotFound => {
                 return Ended::Unknown(status.message().to_string());
             }
-            Err(status) => return Ended::Lost(format!("heartbeat stream refused: {status}")),
+            Err(status) => {
+                return match refusal(&status) {
+                    Some(why) => Ended::Refused(why),
+                    None => Ended::Lost(format!("heartbeat stream refused: {status}")),
+                };
+            }
         };
         if !self.reachable {
             info!(master = %self.master, "master reachable again");

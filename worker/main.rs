@@ -88,7 +88,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let work_dir = config
         .work_dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("herd-worker-{name}")));
+        .unwrap_or_else(|| herd::config::default_data_dir().join(format!("work-{name}")));
     std::fs::create_dir_all(&work_dir)?;
     let runtime = pick_runtime(&config.runtime).await?;
     let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
@@ -146,8 +146,20 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         executor.clone(),
         outbox_rx,
     );
-    let agent = tokio::spawn(agent.run(shutdown_rx));
-    wait_for_signal().await;
+    let mut agent = tokio::spawn(agent.run(shutdown_rx));
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        ended = &mut agent => {
+            // The master refused us for good: say why and end (the tasks' supervisors
+            // keep running; they are reattached once the worker starts right).
+            cleaner.abort();
+            return match ended {
+                Ok(Err(why)) => Err(anyhow::anyhow!(why)),
+                Ok(Ok(())) => Ok(()),
+                Err(err) => Err(anyhow::anyhow!("the agent failed: {err}")),
+            };
+        }
+    }
     if config.drain_on_exit {
         // Every task ends and its result is acknowledged before we say goodbye.
         info!("draining: waiting for the running tasks to end and be acknowledged");

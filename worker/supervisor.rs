@@ -200,13 +200,26 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         }
     }
     task.kill_everything(&mut reaper).await;
-    for pump in pumps.into_iter().flatten() {
-        if tokio::time::timeout(DRAIN, pump).await.is_err() {
-            warn!("output still open after every task process ended; leaving it");
+    let mut stderr_tail = Vec::new();
+    let [stdout, stderr] = pumps;
+    for (pump, is_stderr) in [(stdout, false), (stderr, true)] {
+        let Some(pump) = pump else { continue };
+        match tokio::time::timeout(DRAIN, pump).await {
+            Ok(Ok(tail)) if is_stderr => stderr_tail = tail,
+            Ok(_) => {}
+            Err(_) => warn!("output still open after every task process ended; leaving it"),
         }
     }
 
-    let exit = describe(status, cancel.map(|(reason, _)| reason), cgroup.as_ref());
+    let mut exit = describe(status, cancel.map(|(reason, _)| reason), cgroup.as_ref());
+    // A container that never ran (125: the runtime failed; 126, 127: the command could
+    // not run in it): the runtime said why on stderr, and that is the reason.
+    if !spec.image.is_empty()
+        && matches!(exit.exit_code, Some(125..=127))
+        && let Some(line) = last_line(&stderr_tail)
+    {
+        exit.reason = format!("{}: {line}", exit.reason);
+    }
     info!(outcome = %exit.outcome, reason = %exit.reason, "task ended");
     if let Some(cgroup) = &cgroup {
         cgroup.remove();
@@ -299,16 +312,21 @@ fn spawn(
 /// What the task process tells the agent between fork and exec.
 const STARTED: &[u8] = b"started\n";
 
-/// Copies one of the task's pipes into the output files until it closes.
+/// The end of a pipe kept in memory, for a reason that quotes it.
+const TAIL: usize = 1024;
+
+/// Copies one of the task's pipes into the output files until it closes; returns its
+/// last [`TAIL`] bytes.
 fn pump(
     fd: std::os::fd::OwnedFd,
     stream: pb::OutputStream,
     output: &Arc<Mutex<OutputWriter>>,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<Vec<u8>> {
     let output = output.clone();
     tokio::spawn(async move {
+        let mut tail = Vec::new();
         let Ok(mut pipe) = pipe::Receiver::from_owned_fd(fd) else {
-            return;
+            return tail;
         };
         let mut buf = vec![0u8; READ_SIZE];
         loop {
@@ -316,11 +334,15 @@ fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            tail.extend_from_slice(&buf[..n]);
+            let excess = tail.len().saturating_sub(TAIL);
+            tail.drain(..excess);
             let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(err) = out.append(stream, &buf[..n]) {
                 warn!(%err, "cannot write the task's output");
             }
         }
+        tail
     })
 }
 
@@ -409,6 +431,13 @@ async fn remove_container(spec: &Spec) {
         .stderr(Stdio::null())
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(20), removed).await;
+}
+
+/// The last non-empty line of `bytes`, cut to 300 characters.
+fn last_line(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(300).collect())
 }
 
 /// The exit file's content for how the main process ended.

@@ -62,6 +62,7 @@ impl Tasks {
         };
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
         let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
+        self.events.task(&task.info(|_| None));
         self.store
             .enqueue_then(Write::Task(Box::new(task.clone())), move || {
                 // A full or closed stream: the worker never hears of it, does not report
@@ -138,7 +139,8 @@ impl Tasks {
             {
                 if task.state == TaskState::Assigned {
                     mark_running(task);
-                    persist(&self.store, task);
+                    self.started_total += 1;
+                    persist(&self.store, &self.events, task);
                 }
                 if task.cancel_requested {
                     entry.cancel(id, task.attempts, "cancelled by an operator");
@@ -153,7 +155,7 @@ impl Tasks {
                 info!(task = %id, attempt, worker = %entry.spec.name, %why, "stopping a stale attempt");
                 entry.cancel(id, attempt, &why);
                 if fence(task, worker_id, attempt, &why) {
-                    persist(&self.store, task);
+                    persist(&self.store, &self.events, task);
                 }
             }
             None => entry.cancel(id, attempt, "the master does not know this task"),
@@ -183,7 +185,7 @@ impl Tasks {
                 let why = "a newer attempt of the task replaced this one";
                 entry.cancel(&update.task_id, update.attempt, why);
                 if fence(task, worker_id, update.attempt, why) {
-                    persist(&self.store, task);
+                    persist(&self.store, &self.events, task);
                 }
             }
             return false;
@@ -192,7 +194,8 @@ impl Tasks {
             pb::TaskEvent::Started => {
                 if task.state == TaskState::Assigned {
                     mark_running(task);
-                    persist(&self.store, task);
+                    self.started_total += 1;
+                    persist(&self.store, &self.events, task);
                     info!(task = %task.id, worker = %workers[worker_id].spec.name, "task started");
                 }
                 return false;
@@ -301,7 +304,7 @@ impl Tasks {
                         task.cancel_requested = true;
                         task.reason = "cancel requested".into();
                         entry.cancel(id, task.attempts, "cancelled by an operator");
-                        persist(&self.store, task);
+                        persist(&self.store, &self.events, task);
                     }
                     None => {
                         // The worker is away: cancel now; if it comes back with the task,
@@ -366,6 +369,8 @@ impl Tasks {
         }
         info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
         *self.finished.entry(state.as_str()).or_default() += 1;
+        self.finished_total += 1;
+        self.events.task(&task.info(|_| None));
         // Once the final row is committed, SQLite answers for the task.
         let (retired, n) = (self.retired.clone(), crate::records::task_number(id));
         self.store
@@ -414,7 +419,7 @@ impl Tasks {
         task.worker_id = None;
         task.assigned_at = None;
         task.reason = format!("{why}; re-queued");
-        persist(&self.store, task);
+        persist(&self.store, &self.events, task);
         // It was submitted before anything queued now: it goes first.
         self.queue.push_front(id.to_string());
     }

@@ -24,6 +24,7 @@ use herd::error::Error;
 use herd::pb;
 use herd::time::now_ms;
 
+use crate::events::Events;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::records::{Task, TaskFilter, task_number};
@@ -98,6 +99,12 @@ pub struct Tasks {
     grace: Duration,
     store: Store,
     metrics: Arc<Metrics>,
+    /// Every task change goes out as an event too.
+    events: Arc<Events>,
+    /// Placements that started, and tasks that ended, since the master started (the
+    /// dashboard's chart).
+    pub started_total: u64,
+    pub finished_total: u64,
     /// Finished tasks by state (all of them, in memory or not).
     finished: BTreeMap<&'static str, u64>,
     /// Finished tasks whose final row is committed: the next tick lets go of them.
@@ -111,6 +118,7 @@ impl Tasks {
         grace: Duration,
         store: Store,
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
     ) -> Tasks {
         Tasks {
             tasks: TaskMap::default(),
@@ -121,6 +129,9 @@ impl Tasks {
             grace,
             store,
             metrics,
+            events,
+            started_total: 0,
+            finished_total: 0,
             finished: BTreeMap::new(),
             retired: Arc::default(),
         }
@@ -162,7 +173,7 @@ impl Tasks {
                         task.state = TaskState::Queued;
                         task.worker_id = None;
                         task.reason = format!("{why}; re-queued");
-                        persist(&self.store, &task);
+                        persist(&self.store, &self.events, &task);
                     }
                 }
             }
@@ -223,6 +234,7 @@ impl Tasks {
     pub fn enqueue(&mut self, task: Task) -> String {
         let id = task.id.clone();
         info!(task = %id, name = %task.spec.name, "task submitted");
+        self.events.task(&task.info(|_| None));
         self.tasks.insert(task);
         self.queue.push_back(id.clone());
         id
@@ -361,8 +373,10 @@ impl Tasks {
     }
 }
 
-/// Hands a task's row to the store thread without waiting for the commit.
-fn persist(store: &Store, task: &Task) {
+/// Hands a task's row to the store thread without waiting for the commit, and tells the
+/// event stream.
+fn persist(store: &Store, events: &Events, task: &Task) {
+    events.task(&task.info(|_| None));
     store.enqueue(Write::Task(Box::new(task.clone())));
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,6 +106,8 @@ impl Master {
             .args(args)
             .env("HERD_LOG", "info,herd_master=debug")
             .env("HERD_TOKEN", TOKEN)
+            // Tests run side by side: no HTTP listener unless a test asks for one.
+            .env("HERD_HTTP_LISTEN", "off")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,329 @@
+//! `/api/v1/...`: thin adapters from HTTP and JSON to the operations the gRPC Admin
+//! service calls (`ops.rs`, `logs.rs`); answers carry the field names of `herdctl --json`.
+//! The OpenAPI document is generated from these handlers.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use herd::domain::TaskState;
+use herd::error::Error;
+use herd::pb;
+use herd::render::json as view;
+
+use super::{ApiError, Http, JsonBody, Query, stream};
+
+type Answer = Result<axum::Json<Value>, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "herd", description = "The herd master's HTTP API: the operations of herdctl, in JSON with the field names of `herdctl --json`."),
+    paths(
+        list_workers, get_worker, drain, undrain, forget, list_tasks, submit, get_task,
+        cancel, logs, get_scheduler, set_scheduler, status, history, stream::events
+    ),
+    components(schemas(SubmitBody, SchedulerBody)),
+    modifiers(&Bearer)
+)]
+struct Doc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// `GET /api/v1/openapi.json`.
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(Doc::openapi())
+}
+
+pub fn routes() -> Router<Http> {
+    Router::new()
+        .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/workers/{worker}", get(get_worker).delete(forget))
+        .route(
+            "/api/v1/workers/{worker}/drain",
+            axum::routing::post(drain).delete(undrain),
+        )
+        .route("/api/v1/tasks", get(list_tasks).post(submit))
+        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel))
+        .route("/api/v1/tasks/{id}/logs", get(logs))
+        .route("/api/v1/scheduler", get(get_scheduler).put(set_scheduler))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/history", get(history))
+}
+
+/// A page of workers.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WorkersQuery {
+    /// Include Removed workers.
+    #[serde(default)]
+    all: bool,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default)]
+    page_size: u32,
+    /// From the previous page's `next_page_token`.
+    #[serde(default)]
+    page_token: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/workers", params(WorkersQuery),
+    responses((status = 200, description = "`{workers, next_page_token}`, by name", body = Value),
+              (status = 401, description = "no or wrong token", body = Value)))]
+async fn list_workers(State(http): State<Http>, Query(q): Query<WorkersQuery>) -> Answer {
+    let page = http.master.list_workers(pb::ListWorkersRequest {
+        all: q.all,
+        page_size: q.page_size,
+        page_token: q.page_token,
+    });
+    Ok(axum::Json(json!({
+        "workers": view::workers(&page.workers),
+        "next_page_token": page.next_page_token,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
+    responses((status = 200, description = "the worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
+async fn get_worker(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+    Ok(axum::Json(view::worker(&http.master.get_worker(&worker)?)))
+}
+
+#[utoipa::path(post, path = "/api/v1/workers/{worker}/drain", params(("worker" = String, Path, description = "a worker id or name")),
+    responses((status = 200, description = "the drained worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
+async fn drain(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+    Ok(axum::Json(view::worker(
+        &http.master.drain(&worker, true).await?,
+    )))
+}
+
+#[utoipa::path(delete, path = "/api/v1/workers/{worker}/drain", params(("worker" = String, Path, description = "a worker id or name")),
+    responses((status = 200, description = "the undrained worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
+async fn undrain(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+    Ok(axum::Json(view::worker(
+        &http.master.drain(&worker, false).await?,
+    )))
+}
+
+#[utoipa::path(delete, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
+    responses((status = 200, description = "the forgotten worker", body = Value),
+              (status = 409, description = "the worker is Active", body = Value), (status = 404, description = "no such worker", body = Value)))]
+async fn forget(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+    Ok(axum::Json(view::worker(
+        &http.master.forget(&worker).await?,
+    )))
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TasksQuery {
+    /// Only tasks in this state: queued, assigned, running, succeeded, failed, cancelled.
+    state: Option<String>,
+    /// Only tasks placed (now or last) on this worker, by id or name.
+    worker: Option<String>,
+    /// Only tasks submitted at or after this time (unix ms).
+    since: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default)]
+    page_size: u32,
+    /// From the previous page's `next_page_token`.
+    #[serde(default)]
+    page_token: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks", params(TasksQuery),
+    responses((status = 200, description = "`{tasks, next_page_token}`, newest first", body = Value),
+              (status = 400, description = "a bad filter", body = Value)))]
+async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> Answer {
+    let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => pb::TaskState::Unspecified,
+        Some(word) => TaskState::parse(word)
+            .map(pb::TaskState::from)
+            .ok_or_else(|| Error::invalid(format!(
+                "state '{}' is not a task state: use queued, assigned, running, succeeded, failed or cancelled",
+                herd::text::clip(word)
+            )))?,
+    };
+    let page = http
+        .master
+        .list_tasks(pb::ListTasksRequest {
+            state: state as i32,
+            page_size: q.page_size,
+            page_token: q.page_token,
+            worker: q.worker.unwrap_or_default(),
+            submitted_since_ms: q.since.unwrap_or(0),
+        })
+        .await?;
+    Ok(axum::Json(json!({
+        "tasks": view::tasks(&page.tasks),
+        "next_page_token": page.next_page_token,
+    })))
+}
+
+/// What to run and what it needs (the fields of `task submit`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    #[serde(default)]
+    name: String,
+    /// Container image; empty for a process task.
+    #[serde(default)]
+    image: String,
+    /// Shell command (`sh -c`).
+    #[serde(default)]
+    command: String,
+    /// CPUs (default 1).
+    cpu: Option<f64>,
+    /// Memory in GB (default 0).
+    memory_gb: Option<f64>,
+    /// Whole GPUs (default 0).
+    gpu: Option<u32>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks", request_body = SubmitBody,
+    responses((status = 201, description = "the task, stored", body = Value), (status = 400, description = "a bad field", body = Value)))]
+async fn submit(
+    State(http): State<Http>,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<Response, ApiError> {
+    let spec = pb::TaskSpec {
+        name: body.name,
+        image: body.image,
+        command: body.command,
+        resources: Some(pb::Resources {
+            cpu: body.cpu.unwrap_or(1.0),
+            memory_gb: body.memory_gb.unwrap_or(0.0),
+            gpu: body.gpu.unwrap_or(0),
+        }),
+    };
+    let info = http.master.submit(Some(spec)).await?;
+    Ok((StatusCode::CREATED, axum::Json(view::task(&info))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
+    responses((status = 200, description = "the task with every attempt", body = Value), (status = 404, description = "no such task", body = Value)))]
+async fn get_task(State(http): State<Http>, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(view::task(&http.master.get_task(&id).await?)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
+    responses((status = 200, description = "the task, cancelled or being cancelled", body = Value),
+              (status = 409, description = "it has ended", body = Value), (status = 404, description = "no such task", body = Value)))]
+async fn cancel(State(http): State<Http>, Path(id): Path<String>) -> Answer {
+    Ok(axum::Json(view::task(&http.master.cancel(&id).await?)))
+}
+
+/// Which part of the output.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Where to start in the latest attempt's output (default: the last `length` bytes, or
+    /// the last 1 MiB).
+    offset: Option<u64>,
+    /// At most this many bytes.
+    #[serde(default)]
+    length: u64,
+    /// Stream as Server-Sent Events until the task ends.
+    #[serde(default)]
+    follow: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", params(("id" = String, Path, description = "a task id"), LogsQuery),
+    responses((status = 200, description = "the bytes (text/plain; X-Herd-Offset: where they start), or with follow=true Server-Sent Events `output` (id = offset) and `end`", content_type = "text/plain", body = String),
+              (status = 404, description = "no such task", body = Value)))]
+async fn logs(
+    State(http): State<Http>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let req = pb::TaskLogsRequest {
+        task_id: id,
+        follow: q.follow,
+        offset: q.offset,
+        length: q.length,
+    };
+    let mut chunks = http.master.logs(req.clone()).await?;
+    if q.follow {
+        return Ok(stream::logs(chunks).into_response());
+    }
+    let mut data = Vec::new();
+    let mut first = None;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk?;
+        first.get_or_insert(chunk.offset);
+        data.extend(chunk.data);
+    }
+    let offset = first.or(req.offset).unwrap_or(0);
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        data,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-herd-offset", HeaderValue::from(offset));
+    Ok(response)
+}
+
+/// The placement policy.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerBody {
+    /// `round-robin` or `resource-aware`.
+    scheduler: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/scheduler", responses((status = 200, description = "`{scheduler}`", body = Value)))]
+async fn get_scheduler(State(http): State<Http>) -> Answer {
+    let now = http.master.scheduler("").await?;
+    Ok(axum::Json(json!({ "scheduler": now.name })))
+}
+
+#[utoipa::path(put, path = "/api/v1/scheduler", request_body = SchedulerBody,
+    responses((status = 200, description = "`{scheduler}`, switched (kept across restarts)", body = Value), (status = 400, description = "unknown policy", body = Value)))]
+async fn set_scheduler(
+    State(http): State<Http>,
+    JsonBody(body): JsonBody<SchedulerBody>,
+) -> Answer {
+    if body.scheduler.is_empty() {
+        return Err(Error::invalid("give a scheduler: round-robin or resource-aware").into());
+    }
+    let now = http.master.scheduler(&body.scheduler).await?;
+    Ok(axum::Json(json!({ "scheduler": now.name })))
+}
+
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler}`", body = Value)))]
+async fn status(State(http): State<Http>) -> Answer {
+    Ok(axum::Json(view::summary(&http.master.summary())))
+}
+
+#[utoipa::path(get, path = "/api/v1/history", responses((status = 200, description = "`{interval_ms, samples}`: the last 15 minutes, a sample every 10 s", body = Value)))]
+async fn history(State(http): State<Http>) -> Answer {
+    Ok(axum::Json(json!({
+        "interval_ms": crate::history::INTERVAL.as_millis() as u64,
+        "samples": http.history.samples(),
+    })))
+}

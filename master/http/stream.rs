@@ -1,0 +1,94 @@
+//! The two Server-Sent Event streams: `/api/v1/events` (every change of a worker or a
+//! task, resumable with `Last-Event-ID` from a bounded buffer) and a task's followed
+//! output. Each ends when the client goes or the master stops.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as Sse_, KeepAlive, Sse};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Http;
+use crate::events::Event;
+use crate::logs::Chunks;
+
+type Stream = axum::response::sse::KeepAliveStream<ReceiverStream<Result<Sse_, Infallible>>>;
+
+fn sse(event: &Event) -> Sse_ {
+    Sse_::default()
+        .id(event.id.to_string())
+        .event(event.kind)
+        .data(&event.data)
+}
+
+/// `GET /api/v1/events`: what happened after `Last-Event-ID` (still in the buffer), then
+/// every change as it happens.
+#[utoipa::path(get, path = "/api/v1/events",
+    params(("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event seen: what came after it is sent first")),
+    responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing)", content_type = "text/event-stream", body = String)))]
+pub async fn events(State(http): State<Http>, headers: HeaderMap) -> Sse<Stream> {
+    let last: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let (missed, mut live) = http.events.subscribe(last);
+    let (tx, rx) = mpsc::channel(256);
+    let mut shutdown = http.shutdown.clone();
+    let events = http.events.clone();
+    tokio::spawn(async move {
+        let mut sent = last;
+        for event in missed {
+            sent = event.id;
+            if tx.send(Ok(sse(&event))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next: Vec<Arc<Event>> = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => vec![event],
+                    // Fell behind the live channel: catch up from the buffer.
+                    Err(broadcast::error::RecvError::Lagged(_)) => events.since(sent),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+                _ = shutdown.changed() => return,
+            };
+            for event in next {
+                if event.id <= sent {
+                    continue;
+                }
+                sent = event.id;
+                if tx.send(Ok(sse(&event))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+/// A task's output as it comes: `output` events (id: the offset of the data), then `end`.
+pub fn logs(mut chunks: Chunks) -> Sse<Stream> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(chunk) = chunks.recv().await {
+            let event = match chunk {
+                Ok(chunk) => Sse_::default()
+                    .event("output")
+                    .id(chunk.offset.to_string())
+                    .data(String::from_utf8_lossy(&chunk.data)),
+                Err(err) => Sse_::default().event("error").data(err.to_string()),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Sse_::default().event("end").data(""))).await;
+    });
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
