@@ -254,11 +254,23 @@
     renderTasks();
   }
 
+  let tasksTimer = null;
+  function reloadTasksSoon() {
+    if (tasksTimer) return;
+    tasksTimer = setTimeout(() => {
+      tasksTimer = null;
+      loadTasks().catch(() => {});
+    }, 1000);
+  }
+
   async function loadHistory() {
     const h = await api("GET", "/api/v1/history");
     chart.interval = h.interval_ms || 10000;
     chart.samples = h.samples || [];
-    chart.live = null;
+    // Each sample covers the interval that ends at its t_ms: the one going on now began
+    // at the last sample (or at the master's start), and events fill it in from there.
+    const last = chart.samples[chart.samples.length - 1];
+    chart.live = { t_ms: last ? last.t_ms : 0, tasks_started: 0, tasks_finished: 0 };
     schedule();
   }
 
@@ -342,20 +354,30 @@
     recentTasks.delete(t.id);
     recentTasks.set(t.id, t);
     if (recentTasks.size > 20000) recentTasks.delete(recentTasks.keys().next().value);
+    // Only what happened in this interval: a fresh event stream may replay older events.
     const live = liveSample();
-    if (t.state === "running" && prev !== "running") live.tasks_started++;
-    if (TERMINAL.has(t.state) && !TERMINAL.has(prev)) live.tasks_finished++;
+    if (t.state === "running" && prev !== "running" && t.started_ms >= live.t_ms) live.tasks_started++;
+    if (TERMINAL.has(t.state) && !TERMINAL.has(prev) && t.finished_ms >= live.t_ms) live.tasks_finished++;
 
-    // The tasks table: update in place, or put a new task on top of the first page.
+    // The tasks table (newest first): update in place, or place a task that now matches
+    // the filter where it belongs on the first page.
     const v = tasksView;
     const idx = v.rows.findIndex((r) => r.id === t.id);
+    const matches = !v.state || v.state === t.state;
     if (idx >= 0) {
-      v.rows[idx] = t;
-    } else if (v.page === 0 && (!v.state || v.state === t.state)) {
-      v.rows.unshift(t);
-      if (v.rows.length > TASK_PAGE) {
-        v.rows.length = TASK_PAGE;
-        if (!v.next) v.next = "more";
+      if (matches || panel.id === t.id) v.rows[idx] = t;
+      else v.rows.splice(idx, 1);
+    } else if (v.page === 0 && matches) {
+      const last = v.rows[v.rows.length - 1];
+      if (v.rows.length < TASK_PAGE || !v.next || t.submitted_ms >= last.submitted_ms) {
+        let at = v.rows.findIndex((r) => r.submitted_ms < t.submitted_ms);
+        if (at < 0) at = v.rows.length;
+        v.rows.splice(at, 0, t);
+        if (v.rows.length > TASK_PAGE) {
+          v.rows.length = TASK_PAGE;
+          // The page has grown past one: ask for it again, for a real next-page token.
+          if (!v.next) { v.next = "more"; reloadTasksSoon(); }
+        }
       }
     }
     if (panel.id === t.id) showTask(t);
