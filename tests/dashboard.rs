@@ -38,11 +38,14 @@ struct Dash {
 impl Dash {
     /// `None` when the browser is missing outside CI.
     async fn start(test: &str, workers: &[&str]) -> Option<Dash> {
+        Dash::start_on(test, workers, "127.0.0.1:0").await
+    }
+
+    /// With the HTTP server on `http` (port 0: any free one).
+    async fn start_on(test: &str, workers: &[&str], http: &str) -> Option<Dash> {
         let browser = Browser::find(test)?;
         let dir = tempfile::tempdir().unwrap();
-        let mut args = FAST.to_vec();
-        args.extend(["--http-listen", "127.0.0.1:0"]);
-        let master = Master::start(dir.path(), &args);
+        let master = Master::start(dir.path(), &master_args(http));
         let (base, token) = dashboard_line(&master).await;
         let workers: Vec<Worker> = workers
             .iter()
@@ -118,6 +121,12 @@ impl Dash {
                 self.output().contains(needle).then_some(())
             });
     }
+}
+
+fn master_args(http: &str) -> Vec<&str> {
+    let mut args = FAST.to_vec();
+    args.extend(["--http-listen", http]);
+    args
 }
 
 /// The `dashboard: http://HOST:PORT/#token=TOKEN` line the master logs at start.
@@ -533,4 +542,55 @@ async fn ten_thousand_workers_paint_within_a_second() {
         let r = b.find("#workers-range").map(|e| b.text(&e))?;
         (r == "101–200 of 10000").then_some(())
     });
+}
+
+/// The master restarts under an open page: the page says it lost the stream, comes back
+/// by itself, and shows what happens on the new master live (whose event ids start anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_comes_back_by_itself_after_a_master_restart() {
+    let _one = ONE_BROWSER.lock().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let Some(mut dash) = Dash::start_on("dashboard master restart", &["alpha"], &http).await else {
+        return;
+    };
+    // Some events on the first master, so the page has seen ids the new one reuses.
+    let mut admin = dash.master.admin().await;
+    for _ in 0..3 {
+        let t = submit(&mut admin, "true", 0.5).await;
+        wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, LOAD).await;
+    }
+    dash.open();
+    let b = &dash.browser;
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    let live = |want: bool| {
+        b.poll(LOAD, &format!("the stream is live: {want}"), || {
+            let el = b.find("#live-status")?;
+            (b.attr(&el, "data-live").as_deref().map(|s| s == "live") == Some(want)).then_some(())
+        })
+    };
+    live(true);
+    b.exec("window.__sameDocument = true", vec![]);
+
+    dash.master.kill9();
+    live(false);
+    let dir = dash.master.log.parent().unwrap().to_path_buf();
+    let data = dash.master.data_dir.clone();
+    dash.master = Master::start_on(&dir, &data, dash.master.addr.port(), &master_args(&http));
+    live(true);
+
+    // The worker reconnects to the new master and shows Active; a task submitted there
+    // shows up live and succeeds on screen.
+    let mut admin = dash.master.admin().await;
+    wait_state(&mut admin, "alpha", pb::WorkerState::Active, LOAD).await;
+    dash.wait_worker_status("alpha", "Active", LOAD);
+    let t = submit(&mut admin, "echo after the restart", 0.5).await;
+    b.poll(LOAD, "the new task shows succeeded", || {
+        let row = b.find(&format!("tr[data-task=\"{}\"]", t.id))?;
+        (b.attr(&row, "data-state").as_deref() == Some("succeeded")).then_some(())
+    });
+    assert_eq!(
+        b.exec("return window.__sameDocument === true", vec![]),
+        json!(true),
+        "the page was reloaded"
+    );
 }

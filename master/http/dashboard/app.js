@@ -177,15 +177,20 @@
     $("logout-button").hidden = false;
     loaded = false;
     early = [];
-    workers.clear();
+    const seen = new Set();
     try {
-      // The stream first, so that nothing that happens during the first loads is missed.
+      // The stream first, so that nothing that happens during the loads is missed.
       connectEvents();
-      await Promise.all([loadStatus(), loadHistory(), loadWorkers(), loadTasks()]);
+      await Promise.all([loadStatus(), loadHistory(), loadWorkers(seen), loadTasks()]);
     } catch (e) {
-      if (e.status !== 401) toast("Could not load: " + e.message);
+      if (e.status !== 401) {
+        toast("Could not load: " + e.message);
+        resyncSoon();
+      }
       return;
     }
+    // A reload after a lost connection: whatever the master no longer lists is gone.
+    for (const id of [...workers.keys()]) if (!seen.has(id)) workers.delete(id);
     loaded = true;
     for (const [type, data] of early) applyEvent(type, data);
     early = [];
@@ -210,7 +215,7 @@
     }, 1000);
   }
 
-  async function loadWorkers() {
+  async function loadWorkers(seen) {
     let pageToken = "";
     let first = true;
     do {
@@ -219,7 +224,10 @@
       const q = `/api/v1/workers?all=true&page_size=${size}` + (pageToken ? "&page_token=" + encodeURIComponent(pageToken) : "");
       const since = eventSeq;
       const page = await api("GET", q);
-      for (const w of page.workers || []) if (!newer("worker", w.id, since)) putWorker(w);
+      for (const w of page.workers || []) {
+        seen.add(w.id);
+        if (!newer("worker", w.id, since)) putWorker(w);
+      }
       pageToken = page.next_page_token || "";
       // Paint after the first page; the rest fills in behind it.
       if (first) { first = false; renderNow(); }
@@ -283,33 +291,33 @@
   }
 
   let retryTimer = null;
+  let retryDelay = 1000;
+  /** Loads everything again after a while: the way back from a lost event stream. */
+  function resyncSoon() {
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => { if (token || !$("app").hidden) start(); }, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 5000);
+  }
+
   function connectEvents() {
     if (events) events.close();
     clearTimeout(retryTimer);
     setLive("connecting");
     const es = new EventSource("/api/v1/events?token=" + encodeURIComponent(token));
     events = es;
-    let wasOpen = false;
     es.onopen = () => {
       setLive("live");
-      if (wasOpen && loaded) refreshStatusSoon();
-      wasOpen = true;
+      retryDelay = 1000;
     };
     es.onerror = () => {
       if (es !== events) return;
-      if (es.readyState === EventSource.CLOSED) {
-        // Refused (401, or the master went away for good): check the token, then retry
-        // with a fresh load, since the buffer of missed events may not reach back far enough.
-        setLive("reconnecting");
-        events = null;
-        retryTimer = setTimeout(() => {
-          api("GET", "/api/v1/status").then(() => start()).catch((e) => {
-            if (e.status !== 401) retryTimer = setTimeout(() => connectEvents(), 2000);
-          });
-        }, 1000);
-      } else {
-        setLive("reconnecting");
-      }
+      // Lost (the master restarted, the network dropped) or refused: rather than the
+      // browser's own reconnect with Last-Event-ID, which a restarted master with new
+      // event ids would answer with nothing, reload everything on a fresh stream.
+      es.close();
+      events = null;
+      setLive("reconnecting");
+      resyncSoon();
     };
     for (const type of ["worker", "task"]) {
       es.addEventListener(type, (ev) => {
