@@ -192,7 +192,7 @@
     // A reload after a lost connection: whatever the master no longer lists is gone.
     for (const id of [...workers.keys()]) if (!seen.has(id)) workers.delete(id);
     loaded = true;
-    for (const [type, data] of early) applyEvent(type, data);
+    for (const [type, text] of early) receive(type, text);
     early = [];
     schedule();
     openFromHash();
@@ -321,13 +321,19 @@
     };
     for (const type of ["worker", "task"]) {
       es.addEventListener(type, (ev) => {
-        let data;
-        try { data = JSON.parse(ev.data); } catch (_) { return; }
-        noteEvent(type, data.id);
-        if (!loaded) early.push([type, data]);
-        else applyEvent(type, data);
+        // While the lists load, only keep the text: a fresh stream may replay thousands
+        // of events, and parsing them then would hold up the first paint.
+        if (!loaded) early.push([type, ev.data]);
+        else receive(type, ev.data);
       });
     }
+  }
+
+  function receive(type, text) {
+    let data;
+    try { data = JSON.parse(text); } catch (_) { return; }
+    noteEvent(type, data.id);
+    applyEvent(type, data);
   }
 
   function applyEvent(type, data) {
