@@ -141,16 +141,31 @@ pub struct WorkersQuery {
 #[utoipa::path(get, path = "/api/v1/workers", params(WorkersQuery),
     responses((status = 200, description = "`{workers, next_page_token}`, by name", body = Value),
               (status = 401, description = "no or wrong token", body = Value)))]
-async fn list_workers(State(http): State<Http>, Query(q): Query<WorkersQuery>) -> Answer {
+async fn list_workers(
+    State(http): State<Http>,
+    Query(q): Query<WorkersQuery>,
+) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
     let page = http.master.list_workers(pb::ListWorkersRequest {
         all: q.all,
         page_size: q.page_size,
         page_token: q.page_token,
     })?;
-    Ok(axum::Json(json!({
+    let body = json!({
         "workers": view::workers(&page.workers),
         "next_page_token": page.next_page_token,
-    })))
+    });
+    Ok(as_of_event(event_id, body))
+}
+
+/// A list read after event `id`: a client that opens `/api/v1/events?last_event_id=ID`
+/// right after misses no change and replays none it already has.
+fn as_of_event(id: u64, body: Value) -> Response {
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert("x-herd-event-id", HeaderValue::from(id));
+    response
 }
 
 #[utoipa::path(get, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
@@ -209,7 +224,11 @@ pub struct TasksQuery {
     responses((status = 200, description = "`{tasks, next_page_token}`, newest first", body = Value),
               (status = 400, description = "a bad filter", body = Value),
               (status = 404, description = "no such worker (the worker filter)", body = Value)))]
-async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> Answer {
+async fn list_tasks(
+    State(http): State<Http>,
+    Query(q): Query<TasksQuery>,
+) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => pb::TaskState::Unspecified,
         Some(word) => TaskState::parse(word)
@@ -229,10 +248,11 @@ async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> An
             submitted_since_ms: q.since.unwrap_or(0),
         })
         .await?;
-    Ok(axum::Json(json!({
+    let body = json!({
         "tasks": view::tasks(&page.tasks),
         "next_page_token": page.next_page_token,
-    })))
+    });
+    Ok(as_of_event(event_id, body))
 }
 
 /// What to run and what it needs (the fields of `task submit`).
@@ -398,8 +418,9 @@ async fn set_scheduler(
 }
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler}`", body = Value)))]
-async fn status(State(http): State<Http>) -> Answer {
-    Ok(axum::Json(view::summary(&http.master.summary())))
+async fn status(State(http): State<Http>) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
+    Ok(as_of_event(event_id, view::summary(&http.master.summary())))
 }
 
 #[utoipa::path(get, path = "/api/v1/history", responses((status = 200, description = "`{interval_ms, samples}`: the last 15 minutes, a sample every 10 s", body = Value)))]
