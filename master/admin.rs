@@ -22,7 +22,7 @@ impl pb::admin_server::Admin for Master {
         Ok(Response::new(Master::list_workers(
             self,
             request.into_inner(),
-        )))
+        )?))
     }
 
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Reply<pb::WorkerInfo> {

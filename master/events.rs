@@ -3,7 +3,7 @@
 //! buffer so a client that reconnects with `Last-Event-ID` misses nothing still in it.
 //! Emitting never blocks and does no I/O (it runs under the registry's lock).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -34,16 +34,23 @@ struct Ring {
 pub struct Events {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Event>>,
+    /// Worker names by id, learnt from worker events: task events carry them too.
+    names: Mutex<HashMap<String, String>>,
 }
 
 impl Events {
     pub fn new() -> Arc<Events> {
+        // Ids go on increasing across restarts (they start at the master's start time in
+        // microseconds), so a client that reconnects with an id from before a restart gets
+        // everything since, not silence.
+        let start = (herd::time::now_ms().max(0) as u64) * 1000;
         Arc::new(Events {
             ring: Mutex::new(Ring {
-                next: 1,
+                next: start + 1,
                 kept: VecDeque::new(),
             }),
             live: broadcast::channel(1024).0,
+            names: Mutex::default(),
         })
     }
 
@@ -69,7 +76,17 @@ impl Events {
 
     /// A worker changed (state, drain, registration).
     pub fn worker(&self, info: &pb::WorkerInfo) {
+        if let Some(d) = &info.description {
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            names.insert(info.id.clone(), d.name.clone());
+        }
         self.emit("worker", json::worker(info));
+    }
+
+    /// The id of the newest event (0 before any): a list read after it, and a stream
+    /// opened with it as `Last-Event-ID`, miss nothing between them.
+    pub fn last_id(&self) -> u64 {
+        self.ring().next - 1
     }
 
     /// A worker was forgotten: its last view, with status `Forgotten`.
@@ -79,17 +96,32 @@ impl Events {
         self.emit("worker", data);
     }
 
-    /// A task changed.
+    /// A task changed (worker names filled in from what worker events said).
     pub fn task(&self, info: &pb::TaskInfo) {
-        self.emit("task", json::task(info));
+        let mut info = info.clone();
+        {
+            let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            let name = |id: &str| names.get(id).cloned().unwrap_or_default();
+            if info.worker_name.is_empty() {
+                info.worker_name = name(&info.worker_id);
+            }
+            for a in info.history.iter_mut().filter(|a| a.worker_name.is_empty()) {
+                a.worker_name = name(&a.worker_id);
+            }
+        }
+        self.emit("task", json::task(&info));
     }
 
-    /// The events after `last` still kept, and a receiver of everything after them
-    /// (taken together, so nothing falls between).
-    pub fn subscribe(&self, last: u64) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+    /// The events after `last` still kept (none without `last`: from now on), and a
+    /// receiver of everything after them (taken together, so nothing falls between).
+    pub fn subscribe(
+        &self,
+        last: Option<u64>,
+    ) -> (u64, Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let ring = self.ring();
+        let last = last.unwrap_or(ring.next - 1);
         let missed = ring.kept.iter().filter(|e| e.id > last).cloned().collect();
-        (missed, self.live.subscribe())
+        (last, missed, self.live.subscribe())
     }
 
     /// The events after `last` still kept (for a subscriber that fell behind).
@@ -113,15 +145,20 @@ mod tests {
         for i in 0..5 {
             events.emit("task", serde_json::json!({ "n": i }));
         }
-        let (missed, mut live) = events.subscribe(3);
-        assert_eq!(missed.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5]);
+        let first = events.last_id() - 4;
+        let (_, missed, mut live) = events.subscribe(Some(first + 2));
+        let ids: Vec<u64> = missed.iter().map(|e| e.id - first).collect();
+        assert_eq!(ids, [3, 4]);
         events.emit("worker", serde_json::json!({}));
-        assert_eq!(live.try_recv().unwrap().id, 6);
+        assert_eq!(live.try_recv().unwrap().id - first, 5);
+        let (from, none, _) = events.subscribe(None);
+        assert!(none.is_empty(), "without Last-Event-ID: from now on");
+        assert_eq!(from, events.last_id());
         for _ in 0..KEPT {
             events.emit("task", serde_json::json!({}));
         }
         let kept = events.since(0);
         assert_eq!(kept.len(), KEPT, "bounded");
-        assert_eq!(kept[0].id, 7);
+        assert_eq!(kept[0].id - first, 6);
     }
 }

@@ -32,7 +32,17 @@ fn page_size(asked: u32) -> usize {
 }
 
 impl Master {
-    pub fn list_workers(&self, req: pb::ListWorkersRequest) -> pb::ListWorkersResponse {
+    pub fn list_workers(
+        &self,
+        req: pb::ListWorkersRequest,
+    ) -> Result<pb::ListWorkersResponse, Error> {
+        // The token is the last name of the page before (the next page starts after it).
+        if req.page_token.chars().count() > herd::domain::MAX_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "page_token '{}' is not one this master gave out",
+                herd::text::clip(&req.page_token)
+            )));
+        }
         let (workers, more) = self.registry.list(
             req.all,
             &req.page_token,
@@ -47,10 +57,10 @@ impl Master {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        pb::ListWorkersResponse {
+        Ok(pb::ListWorkersResponse {
             workers,
             next_page_token,
-        }
+        })
     }
 
     pub fn get_worker(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {

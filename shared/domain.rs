@@ -210,10 +210,10 @@ pub fn check_task_id(field: &str, id: &str) -> Result<(), Error> {
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
-    if value.len() > max {
+    let chars = value.chars().count();
+    if chars > max {
         return Err(Error::invalid(format!(
-            "{field} is {} bytes long; at most {max} are allowed",
-            value.len()
+            "{field} is {chars} characters long; at most {max} are allowed"
         )));
     }
     if value.chars().any(char::is_control) {

@@ -473,6 +473,7 @@ pub mod json {
             "connected": w.connected,
             "last_heartbeat_ms": w.last_heartbeat_ms,
             "registered_at_ms": w.registered_at_ms,
+            "as_of_ms": w.as_of_ms,
         })
     }
 

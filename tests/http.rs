@@ -332,6 +332,25 @@ async fn the_event_stream_shows_every_change_and_resumes_with_last_event_id() {
     let expected: Vec<u64> = (last + 1..=inactive_id).collect();
     assert_eq!(ids, expected, "everything after Last-Event-ID, in order");
     assert_eq!(data(&again)["status"], "Inactive");
+    // A list says which event it is as of; a stream opened from there replays nothing
+    // the list already had, and gets what comes next.
+    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
+    let as_of: u64 = response.headers()["x-herd-event-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(as_of, inactive_id, "nothing happened since");
+    let mut from_list = api
+        .events(&format!("/api/v1/events?last_event_id={as_of}"), None)
+        .await;
+    let t2 = submit(&mut admin, "true", 0.5).await;
+    let next = from_list.next().await.unwrap();
+    assert_eq!(
+        next.id.as_deref().unwrap().parse::<u64>().unwrap(),
+        as_of + 1
+    );
+    assert_eq!(data(&next)["id"], t2.id.as_str());
     // The token may also come in the query (EventSource cannot set headers).
     let mut by_query = api
         .without_token()

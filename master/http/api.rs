@@ -48,6 +48,55 @@ impl utoipa::Modify for Bearer {
             "bearer",
             Vec::<String>::new(),
         )]);
+        // A task needs a command or an image (or both): the schema says so too.
+        if let Some(submit) = components.schemas.remove("SubmitBody") {
+            use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder};
+            let needs = |field: &str| {
+                let non_empty = ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .min_length(Some(1));
+                ObjectBuilder::new()
+                    .required(field)
+                    .property(field, non_empty)
+                    .into()
+            };
+            let either: utoipa::openapi::RefOr<utoipa::openapi::Schema> = AnyOfBuilder::new()
+                .item::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>(needs("command"))
+                .item::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>(needs("image"))
+                .into();
+            let both = AllOfBuilder::new().item(submit).item(either).build();
+            components.schemas.insert(
+                "SubmitBody".into(),
+                utoipa::openapi::RefOr::T(utoipa::openapi::Schema::AllOf(both)),
+            );
+        }
+        // Every call may be refused for its token, and any input the handler reads may be
+        // bad: say so once for all of them.
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, what) in [
+                    ("401", "no token, or the wrong one: `{error, code}`"),
+                    ("400", "bad input, saying which: `{error, code}`"),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(code.into())
+                        .or_insert_with(|| {
+                            utoipa::openapi::ResponseBuilder::new()
+                                .description(what)
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 
@@ -79,27 +128,44 @@ pub struct WorkersQuery {
     /// Include Removed workers.
     #[serde(default)]
     all: bool,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100; above 1000 means 1000).
     #[serde(default)]
+    #[param(value_type = u64, minimum = 0, maximum = 4294967295_u64)]
     page_size: u32,
     /// From the previous page's `next_page_token`.
     #[serde(default)]
+    #[param(max_length = 128)]
     page_token: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/workers", params(WorkersQuery),
     responses((status = 200, description = "`{workers, next_page_token}`, by name", body = Value),
               (status = 401, description = "no or wrong token", body = Value)))]
-async fn list_workers(State(http): State<Http>, Query(q): Query<WorkersQuery>) -> Answer {
+async fn list_workers(
+    State(http): State<Http>,
+    Query(q): Query<WorkersQuery>,
+) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
     let page = http.master.list_workers(pb::ListWorkersRequest {
         all: q.all,
         page_size: q.page_size,
         page_token: q.page_token,
-    });
-    Ok(axum::Json(json!({
+    })?;
+    let body = json!({
         "workers": view::workers(&page.workers),
         "next_page_token": page.next_page_token,
-    })))
+    });
+    Ok(as_of_event(event_id, body))
+}
+
+/// A list read after event `id`: a client that opens `/api/v1/events?last_event_id=ID`
+/// right after misses no change and replays none it already has.
+fn as_of_event(id: u64, body: Value) -> Response {
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert("x-herd-event-id", HeaderValue::from(id));
+    response
 }
 
 #[utoipa::path(get, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
@@ -138,23 +204,31 @@ async fn forget(State(http): State<Http>, Path(worker): Path<String>) -> Answer 
 #[into_params(parameter_in = Query)]
 pub struct TasksQuery {
     /// Only tasks in this state: queued, assigned, running, succeeded, failed, cancelled.
+    #[param(value_type = Option<String>, pattern = "^(queued|assigned|running|succeeded|failed|cancelled)?$")]
     state: Option<String>,
     /// Only tasks placed (now or last) on this worker, by id or name.
     worker: Option<String>,
     /// Only tasks submitted at or after this time (unix ms).
     since: Option<i64>,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100; above 1000 means 1000).
     #[serde(default)]
+    #[param(value_type = u64, minimum = 0, maximum = 4294967295_u64)]
     page_size: u32,
     /// From the previous page's `next_page_token`.
     #[serde(default)]
+    #[param(pattern = "^[0-9]{0,19}$")]
     page_token: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks", params(TasksQuery),
     responses((status = 200, description = "`{tasks, next_page_token}`, newest first", body = Value),
-              (status = 400, description = "a bad filter", body = Value)))]
-async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> Answer {
+              (status = 400, description = "a bad filter", body = Value),
+              (status = 404, description = "no such worker (the worker filter)", body = Value)))]
+async fn list_tasks(
+    State(http): State<Http>,
+    Query(q): Query<TasksQuery>,
+) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => pb::TaskState::Unspecified,
         Some(word) => TaskState::parse(word)
@@ -174,10 +248,11 @@ async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> An
             submitted_since_ms: q.since.unwrap_or(0),
         })
         .await?;
-    Ok(axum::Json(json!({
+    let body = json!({
         "tasks": view::tasks(&page.tasks),
         "next_page_token": page.next_page_token,
-    })))
+    });
+    Ok(as_of_event(event_id, body))
 }
 
 /// What to run and what it needs (the fields of `task submit`).
@@ -185,19 +260,40 @@ async fn list_tasks(State(http): State<Http>, Query(q): Query<TasksQuery>) -> An
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     #[serde(default)]
+    #[schema(max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     name: String,
     /// Container image; empty for a process task.
     #[serde(default)]
+    #[schema(
+        max_length = 512,
+        pattern = "^([^\\s\\x00-\\x1f\\x7f-\\x9f-][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?$"
+    )]
     image: String,
     /// Shell command (`sh -c`).
     #[serde(default)]
+    #[schema(max_length = 65536, pattern = "\\S")]
     command: String,
     /// CPUs (default 1).
+    #[schema(exclusive_minimum = 0.0, maximum = 16384.0)]
     cpu: Option<f64>,
     /// Memory in GB (default 0).
+    #[schema(minimum = 0.0, maximum = 65536.0)]
     memory_gb: Option<f64>,
     /// Whole GPUs (default 0).
-    gpu: Option<u32>,
+    /// (JSON numbers: `2.0` is taken as `2`.)
+    #[schema(value_type = Option<u32>, maximum = 1024)]
+    gpu: Option<f64>,
+}
+
+/// A GPU count given as any JSON number with no fraction.
+fn whole_gpus(gpu: Option<f64>) -> Result<u32, Error> {
+    match gpu {
+        None => Ok(0),
+        Some(n) if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) => Ok(n as u32),
+        Some(n) => Err(Error::invalid(format!(
+            "gpu must be a whole number of GPUs, got {n}"
+        ))),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks", request_body = SubmitBody,
@@ -213,7 +309,7 @@ async fn submit(
         resources: Some(pb::Resources {
             cpu: body.cpu.unwrap_or(1.0),
             memory_gb: body.memory_gb.unwrap_or(0.0),
-            gpu: body.gpu.unwrap_or(0),
+            gpu: whole_gpus(body.gpu)?,
         }),
     };
     let info = http.master.submit(Some(spec)).await?;
@@ -239,9 +335,11 @@ async fn cancel(State(http): State<Http>, Path(id): Path<String>) -> Answer {
 pub struct LogsQuery {
     /// Where to start in the latest attempt's output (default: the last `length` bytes, or
     /// the last 1 MiB).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     offset: Option<u64>,
     /// At most this many bytes.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     length: u64,
     /// Stream as Server-Sent Events until the task ends.
     #[serde(default)]
@@ -249,13 +347,16 @@ pub struct LogsQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", params(("id" = String, Path, description = "a task id"), LogsQuery),
-    responses((status = 200, description = "the bytes (text/plain; X-Herd-Offset: where they start), or with follow=true Server-Sent Events `output` (id = offset) and `end`", content_type = "text/plain", body = String),
+    responses((status = 200, description = "the bytes (text/plain; X-Herd-Offset: where they start), or with follow=true Server-Sent Events `output` (id = offset) and `end`", content((String = "text/plain"), (String = "text/event-stream"))),
               (status = 404, description = "no such task", body = Value)))]
 async fn logs(
     State(http): State<Http>,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    if q.offset.is_some_and(|o| o > i64::MAX as u64) || q.length > i64::MAX as u64 {
+        return Err(Error::invalid("offset and length must be at most 2^63 - 1").into());
+    }
     let req = pb::TaskLogsRequest {
         task_id: id,
         follow: q.follow,
@@ -293,6 +394,7 @@ async fn logs(
 #[serde(deny_unknown_fields)]
 pub struct SchedulerBody {
     /// `round-robin` or `resource-aware`.
+    #[schema(pattern = "^(round-robin|resource-aware)$")]
     scheduler: String,
 }
 
@@ -316,8 +418,9 @@ async fn set_scheduler(
 }
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler}`", body = Value)))]
-async fn status(State(http): State<Http>) -> Answer {
-    Ok(axum::Json(view::summary(&http.master.summary())))
+async fn status(State(http): State<Http>) -> Result<Response, ApiError> {
+    let event_id = http.events.last_id();
+    Ok(as_of_event(event_id, view::summary(&http.master.summary())))
 }
 
 #[utoipa::path(get, path = "/api/v1/history", responses((status = 200, description = "`{interval_ms, samples}`: the last 15 minutes, a sample every 10 s", body = Value)))]

@@ -11,7 +11,7 @@ use axum::response::sse::{Event as Sse_, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Http;
+use super::{Http, Query};
 use crate::events::Event;
 use crate::logs::Chunks;
 
@@ -24,18 +24,32 @@ fn sse(event: &Event) -> Sse_ {
         .data(&event.data)
 }
 
-/// `GET /api/v1/events`: what happened after `Last-Event-ID` (still in the buffer), then
-/// every change as it happens.
+/// Where to resume: for clients that cannot send `Last-Event-ID` (a browser's first
+/// EventSource), the `X-Herd-Event-Id` of a list they just read.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Like the `Last-Event-ID` header (which wins).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    last_event_id: Option<u64>,
+}
+
+/// `GET /api/v1/events`: what happened after `Last-Event-ID` (still in the buffer; without
+/// one, from now on), then every change as it happens.
 #[utoipa::path(get, path = "/api/v1/events",
-    params(("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event seen: what came after it is sent first")),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event seen: what came after it is sent first"), EventsQuery),
     responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing)", content_type = "text/event-stream", body = String)))]
-pub async fn events(State(http): State<Http>, headers: HeaderMap) -> Sse<Stream> {
-    let last: u64 = headers
+pub async fn events(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Sse<Stream> {
+    let last: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let (missed, mut live) = http.events.subscribe(last);
+        .or(q.last_event_id);
+    let (last, missed, mut live) = http.events.subscribe(last);
     let (tx, rx) = mpsc::channel(256);
     let mut shutdown = http.shutdown.clone();
     let events = http.events.clone();
@@ -78,17 +92,23 @@ pub fn logs(mut chunks: Chunks) -> Sse<Stream> {
     tokio::spawn(async move {
         while let Some(chunk) = chunks.recv().await {
             let event = match chunk {
+                // SSE has no way to carry a bare CR: CRLF and CR become LF.
                 Ok(chunk) => Sse_::default()
                     .event("output")
                     .id(chunk.offset.to_string())
-                    .data(String::from_utf8_lossy(&chunk.data)),
+                    .data(
+                        String::from_utf8_lossy(&chunk.data)
+                            .replace("\r\n", "\n")
+                            .replace('\r', "\n"),
+                    ),
                 Err(err) => Sse_::default().event("error").data(err.to_string()),
             };
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }
         }
-        let _ = tx.send(Ok(Sse_::default().event("end").data(""))).await;
+        // An event with empty data is dropped by browsers: say something.
+        let _ = tx.send(Ok(Sse_::default().event("end").data("end"))).await;
     });
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
 }
