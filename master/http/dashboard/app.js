@@ -37,8 +37,6 @@
   let eventSeq = 0;
   const lastEvent = new Map();
   let loaded = false;
-  /** Events that arrive while the first lists load, applied after them. */
-  let early = [];
 
   // ---- helpers --------------------------------------------------------------------
 
@@ -111,7 +109,11 @@
     }
   }
 
-  async function api(method, path, body) {
+  /**
+   * One call to the API; the reply's JSON (or text). `ids`, when given, collects the
+   * reply's X-Herd-Event-Id: the last event the master had sent when it answered.
+   */
+  async function api(method, path, body, ids) {
     const opts = { method, headers: token ? { Authorization: "Bearer " + token } : {} };
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
@@ -122,6 +124,8 @@
       showLogin("The token was refused.");
       throw new ApiError(401, "UNAUTHENTICATED", "unauthenticated");
     }
+    const eventId = res.headers.get("X-Herd-Event-Id");
+    if (ids && eventId !== null && eventId !== "") ids.push(Number(eventId));
     const type = res.headers.get("Content-Type") || "";
     const data = type.includes("json") ? await res.json() : await res.text();
     if (!res.ok) {
@@ -176,32 +180,31 @@
     $("app").hidden = false;
     $("logout-button").hidden = false;
     loaded = false;
-    early = [];
     const seen = new Set();
+    const ids = [];
     try {
-      // The stream first, so that nothing that happens during the loads is missed.
-      connectEvents();
-      await Promise.all([loadStatus(), loadHistory(), loadWorkers(seen), loadTasks()]);
+      await Promise.all([loadStatus(ids), loadHistory(), loadWorkers(seen, ids), loadTasks(ids)]);
     } catch (e) {
       if (e.status !== 401) {
-        toast("Could not load: " + e.message);
+        if ($("live-status").dataset.live !== "reconnecting") toast("Could not load: " + e.message);
         resyncSoon();
       }
       return;
     }
     // A reload after a lost connection: whatever the master no longer lists is gone.
     for (const id of [...workers.keys()]) if (!seen.has(id)) workers.delete(id);
+    // Then the stream, from the oldest list read: every change since comes again, in
+    // order, so nothing is missed between the lists and the stream.
+    connectEvents(ids.length ? Math.min(...ids) : null);
     loaded = true;
-    for (const [type, text] of early) receive(type, text);
-    early = [];
     schedule();
     openFromHash();
   }
 
   // ---- loading --------------------------------------------------------------------
 
-  async function loadStatus() {
-    const s = await api("GET", "/api/v1/status");
+  async function loadStatus(ids) {
+    const s = await api("GET", "/api/v1/status", undefined, ids);
     renderSummary(s);
   }
 
@@ -215,7 +218,7 @@
     }, 1000);
   }
 
-  async function loadWorkers(seen) {
+  async function loadWorkers(seen, ids) {
     let pageToken = "";
     let first = true;
     do {
@@ -223,7 +226,7 @@
       const size = first ? WORKER_PAGE : 1000;
       const q = `/api/v1/workers?all=true&page_size=${size}` + (pageToken ? "&page_token=" + encodeURIComponent(pageToken) : "");
       const since = eventSeq;
-      const page = await api("GET", q);
+      const page = await api("GET", q, undefined, ids);
       for (const w of page.workers || []) {
         seen.add(w.id);
         if (!newer("worker", w.id, since)) putWorker(w);
@@ -248,14 +251,14 @@
     workers.set(w.id, w);
   }
 
-  async function loadTasks() {
+  async function loadTasks(ids) {
     const v = tasksView;
     let q = "/api/v1/tasks?page_size=" + TASK_PAGE;
     if (v.state) q += "&state=" + encodeURIComponent(v.state);
     const pt = v.tokens[v.page];
     if (pt) q += "&page_token=" + encodeURIComponent(pt);
     const since = eventSeq;
-    const page = await api("GET", q);
+    const page = await api("GET", q, undefined, ids);
     v.rows = (page.tasks || []).map((t) => (newer("task", t.id, since) && recentTasks.get(t.id)) || fillNames(t));
     for (const t of v.rows) if (!recentTasks.has(t.id)) recentTasks.set(t.id, t);
     v.next = page.next_page_token || "";
@@ -299,11 +302,13 @@
     retryDelay = Math.min(retryDelay * 2, 5000);
   }
 
-  function connectEvents() {
+  function connectEvents(from) {
     if (events) events.close();
     clearTimeout(retryTimer);
     setLive("connecting");
-    const es = new EventSource("/api/v1/events?token=" + encodeURIComponent(token));
+    let url = "/api/v1/events?token=" + encodeURIComponent(token);
+    if (from != null && !isNaN(from)) url += "&last_event_id=" + from;
+    const es = new EventSource(url);
     events = es;
     es.onopen = () => {
       setLive("live");
@@ -320,12 +325,7 @@
       resyncSoon();
     };
     for (const type of ["worker", "task"]) {
-      es.addEventListener(type, (ev) => {
-        // While the lists load, only keep the text: a fresh stream may replay thousands
-        // of events, and parsing them then would hold up the first paint.
-        if (!loaded) early.push([type, ev.data]);
-        else receive(type, ev.data);
-      });
+      es.addEventListener(type, (ev) => receive(type, ev.data));
     }
   }
 
