@@ -347,8 +347,13 @@
 
   function onTask(t) {
     fillNames(t);
-    // Keep the owning worker's allocation and task list in step between worker events.
-    for (const w of workers.values()) {
+    const prevTask = recentTasks.get(t.id);
+    // Keep the holder's allocation and task list in step between worker events: only the
+    // worker that held the task and the one that holds it now can change.
+    const holders = new Set([t.worker_id, prevTask && prevTask.worker_id]);
+    for (const wid of holders) {
+      const w = wid && workers.get(wid);
+      if (!w) continue;
       const i = (w.tasks || []).indexOf(t.id);
       const holds = t.worker_id === w.id && (t.state === "assigned" || t.state === "running");
       if (i >= 0 && !holds) {
@@ -364,7 +369,7 @@
       }
     }
     // The chart's live interval counts starts and ends.
-    const prev = (recentTasks.get(t.id) || {}).state;
+    const prev = prevTask && prevTask.state;
     recentTasks.delete(t.id);
     recentTasks.set(t.id, t);
     if (recentTasks.size > 20000) recentTasks.delete(recentTasks.keys().next().value);
