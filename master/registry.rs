@@ -366,7 +366,7 @@ impl Registry {
     /// is [`HEARTBEAT_PERSIST_EVERY_MS`] behind (or always, with `everything`, at shutdown).
     /// A tick that would remove more than half of the workers at once holds the removals
     /// back for [`Liveness::removal_hold`] first (the master is the likelier failure).
-    pub fn tick(&self, _now: Instant, everything: bool) -> TickOutcome {
+    pub fn tick(&self, everything: bool) -> TickOutcome {
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         inner.hold_mass_removal(now);

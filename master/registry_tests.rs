@@ -96,7 +96,7 @@ async fn liveness_follows_the_timeouts_exactly() {
 
     pass(&r, Duration::from_secs(600)).await;
     assert_eq!(state(&r, &id), pb::WorkerState::Removed);
-    let out = r.tick(Instant::now(), false);
+    let out = r.tick(false);
     assert_eq!(out.removed, vec![id.clone()]);
     assert_eq!(out.rows.last().unwrap().state, WorkerState::Removed);
     let err = r.heartbeat(&id, acc.generation, &hb(&id, 3)).unwrap_err();
@@ -178,7 +178,7 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
         0,
     );
     assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
-    let out = r.tick(Instant::now(), false);
+    let out = r.tick(false);
     assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");
     assert!(out.removed.is_empty());
     assert_eq!(r.register(spec("a")).id, "w-1");
@@ -193,7 +193,7 @@ async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
     // Paused far past the worker timeout: nothing ran, so nothing is held against it.
     tokio::time::advance(Duration::from_secs(700)).await;
     assert_eq!(state(&r, &id), pb::WorkerState::Active, "a fresh timeout");
-    assert!(r.tick(Instant::now(), false).removed.is_empty());
+    assert!(r.tick(false).removed.is_empty());
     // Its own silence after the stall still counts.
     pass(&r, Duration::from_secs(30)).await;
     assert_eq!(state(&r, &id), pb::WorkerState::Inactive);
@@ -217,7 +217,7 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
     while !left.is_zero() {
         let step = left.min(Duration::from_millis(500));
         tokio::time::advance(step).await;
-        assert!(r.tick(Instant::now(), false).removed.is_empty(), "held");
+        assert!(r.tick(false).removed.is_empty(), "held");
         left -= step;
     }
     assert_eq!(
@@ -231,7 +231,7 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
     while removed.is_empty() {
         tokio::time::advance(Duration::from_millis(500)).await;
         waited += Duration::from_millis(500);
-        removed = r.tick(Instant::now(), false).removed;
+        removed = r.tick(false).removed;
     }
     assert!(waited >= Duration::from_secs(30), "{waited:?}");
     assert_eq!(removed.len(), 3);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use crate::registry::Registry;
@@ -38,7 +38,7 @@ pub fn spawn(
 /// One tick: apply the rule, flush the changed rows (all of them with `everything`). A
 /// failed flush is retried next tick.
 pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
-    let outcome = registry.tick(Instant::now(), everything);
+    let outcome = registry.tick(everything);
     if outcome.rows.is_empty() {
         return;
     }
