@@ -225,6 +225,18 @@ async fn a_killed_worker_turns_inactive_on_screen_without_a_reload() {
     let row = b.find("tr[data-worker=\"alpha\"]").unwrap();
     assert!(b.text(&row).contains("Inactive"));
 
+    // Forgotten with its button (after a confirmation), it leaves the table.
+    b.click_css("button[data-forget=\"alpha\"]", LOAD);
+    b.accept_dialog(LOAD);
+    b.poll(LOAD, "alpha leaves the table", || {
+        b.find("tr[data-worker=\"alpha\"]").is_none().then_some(())
+    });
+    let mut admin = dash.master.admin().await;
+    assert!(
+        worker(&mut admin, "alpha").await.is_none(),
+        "alpha still known"
+    );
+
     // And back: the restarted worker shows Active again, still without a reload.
     let dir = dash.master.log.parent().unwrap().to_path_buf();
     dash.workers[0] = Worker::start(&dir, &dash.master.url(), "alpha", &["--cpu", "4"]);
@@ -346,6 +358,23 @@ async fn a_worker_is_drained_and_undrained_with_its_button() {
     b.click_css("button[data-drain=\"beta\"][data-action=\"undrain\"]", LOAD);
     dash.wait_worker_status("beta", "Active", LOAD);
     wait_state(&mut admin, "beta", pb::WorkerState::Active, LOAD).await;
+
+    // The scheduler is switched from its menu too.
+    b.click_css("#scheduler-select", LOAD);
+    b.click_css("#scheduler-select option[value=\"round-robin\"]", LOAD);
+    let deadline = Deadline::new(LOAD, "the master uses round-robin");
+    loop {
+        let name = admin
+            .scheduler(pb::SchedulerRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .name;
+        if name == "round-robin" {
+            break;
+        }
+        deadline.wait().await;
+    }
 }
 
 /// Takes `docs/dashboard.png`: two workers, tasks in several states, light mode.

@@ -320,6 +320,17 @@ impl Session {
         base64_decode(b64.as_str().expect("screenshot is base64"))
     }
 
+    /// Accepts the page's `confirm()` dialog once it is open.
+    pub fn accept_dialog(&self, limit: Duration) {
+        self.poll(limit, "a dialog opens", || {
+            match self.cmd("POST", "/alert/accept", Some(json!({}))) {
+                Ok(_) => Some(()),
+                Err(e) if e.error == "no such alert" => None,
+                Err(e) => panic!("accept the dialog: {e}"),
+            }
+        })
+    }
+
     /// Sets the window's outer size.
     pub fn resize(&self, width: u32, height: u32) {
         self.ok(
