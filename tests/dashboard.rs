@@ -118,7 +118,12 @@ impl Dash {
     fn wait_output(&self, needle: &str, limit: Duration) {
         self.browser
             .poll(limit, &format!("the output shows {needle:?}"), || {
-                self.output().contains(needle).then_some(())
+                let shown = self.browser.exec(
+                    "const o = document.getElementById('task-output');
+                     return !!o && o.textContent.includes(arguments[0])",
+                    vec![json!(needle)],
+                );
+                (shown == json!(true)).then_some(())
             });
     }
 }
@@ -622,4 +627,50 @@ async fn the_page_comes_back_by_itself_after_a_master_restart() {
         json!(true),
         "the page was reloaded"
     );
+}
+
+/// A task that writes more than the panel keeps: followed to its last line, with the
+/// page holding only the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_output_is_followed_to_its_last_line() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard big output", &["alpha"]).await else {
+        return;
+    };
+    let mut admin = dash.master.admin().await;
+    // About 3.4 MB of numbered lines, written once the page follows (the go file).
+    let go = dash.master.log.parent().unwrap().join("go");
+    let command = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         for i in 1 2 3 4 5; do seq $(( (i-1)*100000+1 )) $(( i*100000 )); sleep 0.2; done; \
+         echo the-end",
+        go = go.display()
+    );
+    let t = submit(&mut admin, &command, 0.5).await;
+    dash.browser.goto(&format!(
+        "{}/#token={}&task/{}",
+        dash.base, dash.token, t.id
+    ));
+    dash.wait_panel_state(&t.id, "running", LOAD);
+    let b = &dash.browser;
+    b.wait_for("#task-output-state[data-follow=\"following\"]", LOAD);
+    std::fs::write(&go, "").unwrap();
+    dash.wait_panel_state(&t.id, "succeeded", LOAD);
+    dash.wait_output("499999\n500000\nthe-end", LOAD);
+    let len = b
+        .exec(
+            "return document.getElementById('task-output').textContent.length",
+            vec![],
+        )
+        .as_u64()
+        .unwrap();
+    assert!(len <= 2 << 20, "the page holds {len} characters of output");
+    assert!(
+        dash.output().starts_with("[… earlier output trimmed]"),
+        "the page says it trimmed"
+    );
+    b.poll(LOAD, "the log stream ends", || {
+        let el = b.find("#task-output-state")?;
+        (b.attr(&el, "data-follow").as_deref() == Some("ended")).then_some(())
+    });
 }

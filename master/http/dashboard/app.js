@@ -8,6 +8,8 @@
   const TOKEN_KEY = "herd-token";
   const WORKER_PAGE = 100;
   const TASK_PAGE = 50;
+  /** Characters of a task's output the panel keeps. */
+  const OUTPUT_KEEP = 1 << 20;
   const WINDOW_MS = 15 * 60 * 1000;
   const WORKER_STATES = ["Active", "Draining", "Inactive", "Removed"];
   const TASK_STATES = ["queued", "assigned", "running", "succeeded", "failed", "cancelled"];
@@ -801,6 +803,7 @@
   function followLogs(id) {
     if (panel.logs) return;
     panel.lastOffset = -1;
+    panel.shown = 0;
     const out = $("task-output");
     out.textContent = "";
     const state = $("task-output-state");
@@ -815,6 +818,14 @@
       if (ev.lastEventId !== "") panel.lastOffset = off;
       const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
       out.append(ev.data);
+      // The page keeps the last MiB or so (as the master does): a task that writes
+      // gigabytes must not take the browser with it.
+      panel.shown = (panel.shown || 0) + ev.data.length;
+      if (panel.shown > 2 * OUTPUT_KEEP) {
+        const text = out.textContent;
+        out.textContent = "[… earlier output trimmed]\n" + text.slice(-OUTPUT_KEEP);
+        panel.shown = OUTPUT_KEEP;
+      }
       if (stick) out.scrollTop = out.scrollHeight;
     });
     const ended = (word, why) => {
@@ -923,13 +934,20 @@
     $("worker-state-filter").addEventListener("change", (ev) => { view.state = ev.target.value; view.page = 0; schedule(); });
     $("workers-prev").addEventListener("click", () => { view.page = Math.max(0, view.page - 1); schedule(); });
     $("workers-next").addEventListener("click", () => { view.page++; schedule(); });
-    document.querySelector("#workers-table thead").addEventListener("click", (ev) => {
+    const sortBy = (ev) => {
       const th = ev.target.closest("th[data-sort]");
       if (!th) return;
+      if (ev.type === "keydown") {
+        if (ev.key !== "Enter" && ev.key !== " ") return;
+        ev.preventDefault();
+      }
       if (view.sort === th.dataset.sort) view.desc = !view.desc;
       else { view.sort = th.dataset.sort; view.desc = false; }
       schedule();
-    });
+    };
+    const head = document.querySelector("#workers-table thead");
+    head.addEventListener("click", sortBy);
+    head.addEventListener("keydown", sortBy);
     $("workers-body").addEventListener("click", (ev) => {
       const d = ev.target.closest("button[data-drain]");
       if (d) { d.disabled = true; drain(d.dataset.drain, d.dataset.action === "undrain"); return; }
