@@ -417,6 +417,18 @@ async fn screenshot_of_a_small_cluster() {
     b.wait_for(&format!("tr[data-task=\"{}\"]", queued.id), LOAD);
     b.click_css("button[data-drain=\"web-2\"]", LOAD);
     dash.wait_worker_status("web-2", "Draining", LOAD);
+    // The chart: capacity drawn, and the per-minute bars count the five tasks that
+    // started and the three that ended before the page came.
+    b.poll(LOAD, "the chart counts the tasks", || {
+        let bars = b.exec(
+            "const n = (sel) => [...document.querySelectorAll(sel)]
+                 .reduce((sum, r) => sum + parseInt(r.textContent), 0);
+             return [n('#chart-tasks rect.bar.started title'), n('#chart-tasks rect.bar.finished title'),
+                     document.querySelectorAll('#chart-cpu path.line.cap').length]",
+            vec![],
+        );
+        (bars == json!([5, 3, 1])).then_some(())
+    });
     // Light mode, whatever the machine prefers.
     b.cmd(
         "POST",

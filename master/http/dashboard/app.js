@@ -28,7 +28,7 @@
   const tasksView = { state: "", tokens: [""], page: 0, next: "", rows: [] };
   /** The task shown in the panel, and its log stream. */
   const panel = { id: "", task: null, logs: null, lastOffset: -1 };
-  const chart = { interval: 10000, samples: [], live: null };
+  const chart = { interval: 10000, samples: [], live: null, fromMaster: false };
   let events = null;
   /** The latest version of recent tasks, to count starts and ends once. */
   const recentTasks = new Map();
@@ -195,6 +195,15 @@
     }
     // A reload after a lost connection: whatever the master no longer lists is gone.
     for (const id of [...workers.keys()]) if (!seen.has(id)) workers.delete(id);
+    // The interval going on now is in no history sample yet: the newest tasks tell what
+    // started and ended in it before the page came (the stream tells the rest).
+    const live = liveSample();
+    if (!tasksView.state && tasksView.page === 0) {
+      for (const t of tasksView.rows) {
+        if (t.started_ms && t.started_ms >= live.t_ms) live.tasks_started++;
+        if (t.finished_ms && t.finished_ms >= live.t_ms && TERMINAL.has(t.state)) live.tasks_finished++;
+      }
+    }
     // Then the stream, from the oldest list read: every change since comes again, in
     // order, so nothing is missed between the lists and the stream.
     connectEvents(ids.length ? Math.min(...ids) : null);
@@ -329,6 +338,18 @@
     for (const type of ["worker", "task"]) {
       es.addEventListener(type, (ev) => receive(type, ev.data));
     }
+    // A master that sends its history samples as they are taken (`event: sample`, one
+    // sample as in /api/v1/history) replaces the interval the page keeps by itself.
+    es.addEventListener("sample", (ev) => {
+      let sample;
+      try { sample = JSON.parse(ev.data); } catch (_) { return; }
+      chart.fromMaster = true;
+      if (!chart.samples.some((p) => p.t_ms === sample.t_ms)) chart.samples.push(sample);
+      chart.live = { t_ms: sample.t_ms, tasks_started: 0, tasks_finished: 0 };
+      const cutoff = now() - WINDOW_MS;
+      while (chart.samples.length && chart.samples[0].t_ms < cutoff) chart.samples.shift();
+      schedule();
+    });
   }
 
   function receive(type, text) {
@@ -569,7 +590,8 @@
       `<td class="m">${bar(w.memory_gb.allocated, w.memory_gb.total, " GB")}</td>` +
       `<td class="m wide">${w.gpu.total ? bar(w.gpu.allocated, w.gpu.total, "") : '<span class="muted">–</span>'}</td>` +
       `<td class="wide">${usage}</td>` +
-      `<td title="${esc(tasks.join(" "))}">${tasks.length}</td>` +
+      `<td class="tasks" title="${esc(tasks.join(" "))}">${tasks.length}${tasks.length && tasks.length <= 3
+        ? " " + tasks.map((id) => `<a href="#task/${esc(id)}" class="mono">${esc(id)}</a>`).join(" ") : ""}</td>` +
       `<td class="seen" data-seen="${esc(w.id)}">${esc(lastSeen(w))}</td>` +
       `<td class="actions">${actions.join("")}</td></tr>`;
   }
@@ -626,6 +648,7 @@
   }
 
   function closeInterval() {
+    if (chart.fromMaster) return;
     const live = liveSample();
     chart.samples.push(Object.assign({}, clusterNow(), live, { t_ms: now() }));
     chart.live = { t_ms: now(), tasks_started: 0, tasks_finished: 0 };
