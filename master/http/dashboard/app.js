@@ -614,7 +614,7 @@
       `<td>${esc(t.worker_name || "–")}</td>` +
       `<td class="wide">${esc(request(t))}</td>` +
       `<td class="wide">${t.attempts}</td>` +
-      `<td>${TERMINAL.has(t.state) && t.state !== "cancelled" ? esc(t.exit_code) : "–"}</td>` +
+      `<td>${TERMINAL.has(t.state) && t.state !== "cancelled" ? esc(t.exit_code ?? "–") : "–"}</td>` +
       `<td class="wide">${esc(ago(t.submitted_ms))}</td>` +
       `<td class="cmd" title="${esc(t.command)}">${esc(t.image ? t.image + (t.command ? " · " + t.command : "") : t.command)}</td></tr>`]),
       `<tr class="empty"><td colspan="9">No tasks${v.state ? " " + esc(v.state) : ""}.</td></tr>`);
@@ -805,7 +805,7 @@
     $("task-request").textContent = request(t);
     $("task-worker").textContent = t.worker_name ? `${t.worker_name} (${t.worker_id})` : "–";
     $("task-attempts").textContent = t.attempts;
-    $("task-exit").textContent = TERMINAL.has(t.state) && t.state !== "cancelled" ? t.exit_code : "–";
+    $("task-exit").textContent = TERMINAL.has(t.state) && t.state !== "cancelled" ? String(t.exit_code ?? "–") : "–";
     $("task-reason").textContent = t.reason || "–";
     $("task-times").textContent = `submitted ${clock(t.submitted_ms)} · started ${clock(t.started_ms)} · finished ${clock(t.finished_ms)}`;
     const cancel = $("cancel-button");
@@ -813,7 +813,7 @@
     cancel.hidden = TERMINAL.has(t.state);
     $("task-history").innerHTML = (t.history || []).map((a) =>
       `<tr data-attempt="${a.attempt}"><td>${a.attempt}</td><td>${esc(a.worker_name || a.worker_id)}</td><td>${esc(a.outcome || "–")}</td>` +
-      `<td>${a.outcome ? esc(a.exit_code) : "–"}</td><td>${esc(a.reason || "")}</td><td>${clock(a.assigned_ms)}</td><td>${clock(a.finished_ms)}</td></tr>`).join("")
+      `<td>${a.finished_ms && a.exit_code != null ? esc(a.exit_code) : "–"}</td><td>${esc(a.reason || "")}</td><td>${clock(a.assigned_ms)}</td><td>${clock(a.finished_ms)}</td></tr>`).join("")
       || `<tr class="empty"><td colspan="7">Not placed yet.</td></tr>`;
   }
 
