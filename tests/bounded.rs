@@ -11,7 +11,6 @@ use common::*;
 use herd::pb;
 use herd::pb::worker_message::Body;
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(60);
@@ -205,38 +204,6 @@ async fn worker_pages_cross_20000_workers_some_with_every_label() {
     assert_eq!(sorted, names, "in name order, each once");
 }
 
-/// Opens a heartbeat stream as worker `id` and sends `first`.
-async fn stream_with(
-    registry: &mut Registry,
-    first: pb::Heartbeat,
-) -> (
-    tokio::sync::mpsc::Sender<pb::WorkerMessage>,
-    tonic::Streaming<pb::MasterMessage>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(pb::WorkerMessage {
-        body: Some(Body::Heartbeat(first)),
-    })
-    .await
-    .unwrap();
-    let replies = registry
-        .heartbeat(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, replies)
-}
-
-async fn stream_error(replies: &mut tonic::Streaming<pb::MasterMessage>) -> tonic::Status {
-    loop {
-        match replies.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended with OK"),
-            Err(status) => return status,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,7 +262,7 @@ async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing(
         ..Default::default()
     };
     // NaN usage on an open stream ends it with INVALID_ARGUMENT naming the field.
-    let (tx, mut replies) = stream_with(&mut registry, hb(1, 5.0)).await;
+    let (tx, mut replies) = open_stream(&mut registry, hb(1, 5.0)).await;
     tx.send(pb::WorkerMessage {
         body: Some(Body::Heartbeat(hb(2, f64::NAN))),
     })
@@ -319,7 +286,7 @@ async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing(
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // A message over the limit ends the stream with RESOURCE_EXHAUSTED.
-    let (tx, mut replies) = stream_with(&mut registry, hb(4, 5.0)).await;
+    let (tx, mut replies) = open_stream(&mut registry, hb(4, 5.0)).await;
     tx.send(pb::WorkerMessage {
         body: Some(Body::Output(pb::TaskOutput {
             task_id: "t-1".into(),
@@ -336,7 +303,7 @@ async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing(
 
     // A worker's long update message is cut, and the task still reads back.
     let t = submit(&mut admin, "sleep 60", 0.5).await;
-    let (tx, mut replies) = stream_with(&mut registry, hb(5, 5.0)).await;
+    let (tx, mut replies) = open_stream(&mut registry, hb(5, 5.0)).await;
     let deadline = Deadline::new(T, "the task is assigned to the stream");
     while task(&mut admin, &t.id).await.worker_id != id {
         deadline.wait().await;

@@ -12,24 +12,6 @@ use herd::pb;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Process ids whose command line is exactly `needle` (arguments joined by spaces).
-fn processes_with(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.trim_end() == needle && process_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_master_on_the_same_data_dir_exits_and_the_first_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +106,8 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
 
     let marker = dir.path().join("marker");
     // A sleep no other test runs, to find attempt 1's process by.
-    let long_sleep = format!("sleep {}", 5000 + fastrand::u32(..4000));
+    let seconds = (5000 + fastrand::u32(..4000)).to_string();
+    let long_sleep = format!("sleep {seconds}");
     let command = format!(
         "echo start-$HERD_TASK_ATTEMPT >> {m}; \
          if [ $HERD_TASK_ATTEMPT = 1 ]; then {long_sleep}; else sleep 1; fi; \
@@ -146,11 +129,11 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
         }
         deadline.wait().await;
     }
-    assert_eq!(processes_with(&long_sleep).len(), 1, "attempt 1 still runs");
+    assert_eq!(processes_with(&seconds).len(), 1, "attempt 1 still runs");
     // Back: it is told to kill attempt 1, and does.
     stale.signal(libc::SIGCONT);
     let deadline = Deadline::new(T, "the stale attempt is killed");
-    while !processes_with(&long_sleep).is_empty() {
+    while !processes_with(&seconds).is_empty() {
         deadline.wait().await;
     }
     let done = wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;

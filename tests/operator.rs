@@ -354,33 +354,20 @@ async fn stream_as(
     tokio::sync::mpsc::Sender<pb::WorkerMessage>,
     tonic::Streaming<pb::MasterMessage>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(heartbeat(id, 1)).await.unwrap();
-    let replies = registry
-        .heartbeat(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, replies)
+    open_stream(registry, hb(id, 1)).await
+}
+
+fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
+    pb::Heartbeat {
+        worker_id: id.into(),
+        sequence,
+        ..Default::default()
+    }
 }
 
 fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
     pb::WorkerMessage {
-        body: Some(Body::Heartbeat(pb::Heartbeat {
-            worker_id: id.into(),
-            sequence,
-            ..Default::default()
-        })),
-    }
-}
-
-async fn next_error(replies: &mut tonic::Streaming<pb::MasterMessage>) -> tonic::Status {
-    loop {
-        match replies.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => return status,
-        }
+        body: Some(Body::Heartbeat(hb(id, sequence))),
     }
 }
 
@@ -412,7 +399,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
     tx.send(heartbeat(&victim, 2)).await.unwrap();
     assert_eq!(
-        next_error(&mut replies).await.code(),
+        stream_error(&mut replies).await.code(),
         Code::PermissionDenied
     );
 
@@ -432,7 +419,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        next_error(&mut replies).await.code(),
+        stream_error(&mut replies).await.code(),
         Code::PermissionDenied
     );
     let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
@@ -447,7 +434,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        next_error(&mut replies).await.code(),
+        stream_error(&mut replies).await.code(),
         Code::PermissionDenied
     );
     let after = task(&mut admin, &victim_task.id).await;

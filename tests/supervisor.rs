@@ -15,23 +15,6 @@ const T: Duration = Duration::from_secs(30);
 /// Short, so that tests of cancel see SIGKILL come.
 const GRACE: &[&str] = &["--kill-grace", "1s"];
 
-/// Pids of live processes with `arg` among their command-line arguments.
-fn processes_with(arg: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && process_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Arguments for `sleep` of about `secs` seconds, unique to one test run (in the
 /// fraction), so that /proc shows only our processes.
 fn unique_sleeps(n: usize, secs: u32) -> Vec<String> {

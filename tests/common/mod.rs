@@ -580,3 +580,53 @@ pub fn seed_finished_tasks(db: &rusqlite::Connection, n: u64) {
     }
     db.execute_batch("COMMIT").unwrap();
 }
+
+/// Pids of live processes with `arg` among their command-line arguments.
+pub fn processes_with(arg: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && process_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Opens a heartbeat stream with `first` as its handshake.
+pub async fn open_stream(
+    registry: &mut Registry,
+    first: pb::Heartbeat,
+) -> (
+    tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::MasterMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::WorkerMessage {
+        body: Some(pb::worker_message::Body::Heartbeat(first)),
+    })
+    .await
+    .unwrap();
+    let replies = registry
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, replies)
+}
+
+/// The status a stream ends with (it must not end OK).
+pub async fn stream_error(replies: &mut tonic::Streaming<pb::MasterMessage>) -> tonic::Status {
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => return status,
+        }
+    }
+}
