@@ -686,3 +686,45 @@ async fn a_big_output_is_followed_to_its_last_line() {
         (b.attr(&el, "data-follow").as_deref() == Some("ended")).then_some(())
     });
 }
+
+/// More tasks than a page: newest first, and the older page behind a button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_paged_newest_first() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(dash) = Dash::start("dashboard task pages", &["alpha"]).await else {
+        return;
+    };
+    let mut admin = dash.master.admin().await;
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(submit(&mut admin, "true", 0.1).await.id);
+    }
+    dash.open();
+    let b = &dash.browser;
+    let shown = |what: &str| {
+        b.poll(LOAD, what, || {
+            let rows = b.find_all("#tasks-body tr[data-task]");
+            let ids: Vec<String> = rows.iter().filter_map(|r| b.attr(r, "data-task")).collect();
+            (ids.len() == rows.len() && !ids.is_empty()).then_some(ids)
+        })
+    };
+    let first = shown("the first page");
+    assert_eq!(first.len(), 50);
+    assert_eq!(first[0], ids[59], "newest first");
+    assert_eq!(first[49], ids[10]);
+
+    b.click_css("#tasks-next:not([disabled])", LOAD);
+    b.poll(LOAD, "the second page", || {
+        let rows = b.find_all("#tasks-body tr[data-task]");
+        let ids: Vec<String> = rows.iter().filter_map(|r| b.attr(r, "data-task")).collect();
+        (ids.len() == 10).then_some(())
+    });
+    let second = shown("the second page");
+    assert_eq!(second.first(), Some(&ids[9]));
+    assert_eq!(second.last(), Some(&ids[0]));
+    b.click_css("#tasks-prev:not([disabled])", LOAD);
+    b.poll(LOAD, "back on the first page", || {
+        let row = b.find("#tasks-body tr[data-task]")?;
+        (b.attr(&row, "data-task").as_deref() == Some(ids[59].as_str())).then_some(())
+    });
+}
