@@ -341,5 +341,190 @@ impl From<WorkerState> for pb::WorkerState {
     }
 }
 
+/// Longest shell command accepted for a task.
+pub const MAX_COMMAND_LEN: usize = 64 * 1024;
+/// Longest container image reference accepted.
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Largest gRPC message accepted by any herd program.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest piece of task output in one message.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Output kept per task (the most recent bytes); older output is dropped.
+pub const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+/// A validated task: what to run and what it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    /// Container image; `None` for a plain process.
+    pub image: Option<String>,
+    /// Shell command; for an image task `None` runs the image's default command.
+    pub command: Option<String>,
+    pub resources: Resources,
+}
+
+impl From<&TaskSpec> for pb::TaskSpec {
+    fn from(t: &TaskSpec) -> Self {
+        pb::TaskSpec {
+            name: t.name.clone(),
+            image: t.image.clone().unwrap_or_default(),
+            command: t.command.clone().unwrap_or_default(),
+            resources: Some(t.resources.into()),
+        }
+    }
+}
+
+impl TryFrom<pb::TaskSpec> for TaskSpec {
+    type Error = Error;
+
+    fn try_from(t: pb::TaskSpec) -> Result<Self, Error> {
+        let image = Some(t.image).filter(|s| !s.is_empty());
+        let command = Some(t.command).filter(|s| !s.trim().is_empty());
+        if image.is_none() && command.is_none() {
+            return Err(Error::invalid(
+                "a task needs --command, --docker-image, or both",
+            ));
+        }
+        check_text("task name", &t.name, MAX_NAME_LEN)?;
+        if let Some(image) = &image {
+            check_text("image", image, MAX_IMAGE_LEN)?;
+            if image.chars().any(char::is_whitespace) || image.starts_with('-') {
+                return Err(Error::invalid(format!(
+                    "'{}' is not an image reference (e.g. localhost/busybox:test)",
+                    crate::text::clip(image)
+                )));
+            }
+        }
+        if let Some(command) = &command
+            && command.len() > MAX_COMMAND_LEN
+        {
+            return Err(Error::invalid(format!(
+                "the command is {} bytes long; at most {MAX_COMMAND_LEN} are allowed",
+                command.len()
+            )));
+        }
+        let r = t
+            .resources
+            .ok_or_else(|| Error::invalid("the task has no resource request"))?;
+        if !r.cpu.is_finite() || r.cpu <= 0.0 || r.cpu > MAX_CPU {
+            return Err(Error::invalid(format!(
+                "--cpu must be above 0 and at most {MAX_CPU}, got {}",
+                r.cpu
+            )));
+        }
+        if !r.memory_gb.is_finite() || r.memory_gb < 0.0 || r.memory_gb > MAX_MEMORY_GB {
+            return Err(Error::invalid(format!(
+                "--memory must be at least 0 and at most {MAX_MEMORY_GB} GB, got {}",
+                r.memory_gb
+            )));
+        }
+        if r.gpu > MAX_GPU {
+            return Err(Error::invalid(format!(
+                "--gpu must be at most {MAX_GPU}, got {}",
+                r.gpu
+            )));
+        }
+        Ok(TaskSpec {
+            name: t.name,
+            image,
+            command,
+            resources: Resources {
+                cpu: r.cpu,
+                memory_gb: r.memory_gb,
+                gpu: r.gpu,
+            },
+        })
+    }
+}
+
+/// Where a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The word used in tables, the grammar and SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Finished for good.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// Holds resources on a worker.
+    pub fn is_placed(self) -> bool {
+        matches!(self, TaskState::Assigned | TaskState::Running)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<TaskState> for pb::TaskState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Queued => pb::TaskState::Queued,
+            TaskState::Assigned => pb::TaskState::Assigned,
+            TaskState::Running => pb::TaskState::Running,
+            TaskState::Succeeded => pb::TaskState::Succeeded,
+            TaskState::Failed => pb::TaskState::Failed,
+            TaskState::Cancelled => pb::TaskState::Cancelled,
+        }
+    }
+}
+
+impl TryFrom<pb::TaskState> for TaskState {
+    type Error = Error;
+
+    fn try_from(s: pb::TaskState) -> Result<Self, Error> {
+        Ok(match s {
+            pb::TaskState::Queued => TaskState::Queued,
+            pb::TaskState::Assigned => TaskState::Assigned,
+            pb::TaskState::Running => TaskState::Running,
+            pb::TaskState::Succeeded => TaskState::Succeeded,
+            pb::TaskState::Failed => TaskState::Failed,
+            pb::TaskState::Cancelled => TaskState::Cancelled,
+            pb::TaskState::Unspecified => {
+                return Err(Error::invalid("task state is unspecified"));
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;
