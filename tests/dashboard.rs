@@ -404,8 +404,8 @@ async fn screenshot_of_a_small_cluster() {
             deadline.wait().await;
         }
     }
-    let long = submit(&mut admin, "echo serving; sleep 120", 2.0).await;
-    let long2 = submit(&mut admin, "sleep 120", 1.5).await;
+    let long = submit(&mut admin, "echo serving; sleep 30", 2.0).await;
+    let long2 = submit(&mut admin, "sleep 30", 1.5).await;
     let queued = submit(&mut admin, "echo too big", 64.0).await;
     wait_task(&mut admin, &long.id, pb::TaskState::Running, LOAD).await;
     wait_task(&mut admin, &long2.id, pb::TaskState::Running, LOAD).await;
@@ -495,6 +495,17 @@ async fn screenshot_of_a_small_cluster() {
         overflow.as_i64().unwrap_or(1) <= 0,
         "the page scrolls sideways on a phone by {overflow}px"
     );
+
+    // Their supervisors outlive the workers: leave no task running behind the test.
+    for id in [&long.id, &long2.id] {
+        admin
+            .cancel_task(pb::CancelTaskRequest {
+                task_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        wait_task(&mut admin, id, pb::TaskState::Cancelled, LOAD).await;
+    }
 }
 
 /// 10,000 workers: the first rows paint within a second of navigation, and filtering and
