@@ -120,6 +120,8 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
             "--runtime",
             "none",
         ])
+        .arg("--work-dir")
+        .arg(dir.path().join("work-intruder"))
         .env("HERD_TOKEN", "not-the-token")
         .stderr(std::fs::File::create(&wrong_log).unwrap())
         .spawn()
@@ -133,6 +135,8 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
             "--runtime",
             "none",
         ])
+        .arg("--work-dir")
+        .arg(dir.path().join("work-stranger"))
         .env_remove("HERD_TOKEN")
         .env("HERD_DATA_DIR", dir.path().join("nowhere"))
         .current_dir(dir.path())

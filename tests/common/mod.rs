@@ -108,6 +108,8 @@ impl Master {
             .env("HERD_TOKEN", TOKEN)
             // Tests run side by side: no HTTP listener unless a test asks for one.
             .env("HERD_HTTP_LISTEN", "off")
+            // Nothing a test starts writes to the real per-user state folder.
+            .env("XDG_STATE_HOME", dir.join("state"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -200,6 +202,7 @@ impl Worker {
             .arg(dir.join(format!("work-{name}")))
             .args(args)
             .env("HERD_TOKEN", TOKEN)
+            .env("XDG_STATE_HOME", dir.join("state"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
