@@ -18,7 +18,7 @@ pub const KEPT: usize = 10_000;
 #[derive(Debug)]
 pub struct Event {
     pub id: u64,
-    /// `worker` or `task`.
+    /// `worker`, `task` or `sample`.
     pub kind: &'static str,
     /// The worker or task as JSON (the field names of `herdctl --json`).
     pub data: String,
@@ -94,6 +94,11 @@ impl Events {
         let mut data = json::worker(info);
         data["status"] = "Forgotten".into();
         self.emit("worker", data);
+    }
+
+    /// One sample of the cluster's history (every 10 s), so a chart stays live.
+    pub fn sample(&self, data: serde_json::Value) {
+        self.emit("sample", data);
     }
 
     /// A task changed (worker names filled in from what worker events said).

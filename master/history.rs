@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use crate::events::Events;
 use crate::registry::Registry;
 
 /// Time between samples.
@@ -58,13 +59,13 @@ impl History {
         Arc::default()
     }
 
-    /// Adds a sample of `now` against the `before` counters.
-    pub fn record(&self, t_ms: i64, now: Totals, before: Totals) {
+    /// Adds a sample of `now` against the `before` counters, and returns it.
+    pub fn record(&self, t_ms: i64, now: Totals, before: Totals) -> Sample {
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         if samples.len() == KEPT {
             samples.pop_front();
         }
-        samples.push_back(Sample {
+        let sample = Sample {
             t_ms,
             cpu_total: now.cpu_total,
             cpu_allocated: now.cpu_allocated,
@@ -74,7 +75,9 @@ impl History {
             memory_used_gb: now.memory_used_gb,
             tasks_started: now.tasks_started.saturating_sub(before.tasks_started),
             tasks_finished: now.tasks_finished.saturating_sub(before.tasks_finished),
-        });
+        };
+        samples.push_back(sample.clone());
+        sample
     }
 
     pub fn samples(&self) -> Vec<Sample> {
@@ -83,10 +86,12 @@ impl History {
     }
 }
 
-/// Samples the registry every [`INTERVAL`] until `shutdown` flips.
+/// Samples the registry every [`INTERVAL`] until `shutdown` flips; each sample also goes
+/// out as a `sample` event.
 pub fn spawn(
     history: Arc<History>,
     registry: Arc<Registry>,
+    events: Arc<Events>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -97,7 +102,8 @@ pub fn spawn(
             tokio::select! {
                 _ = ticks.tick() => {
                     let now = registry.totals();
-                    history.record(herd::time::now_ms(), now, before);
+                    let sample = history.record(herd::time::now_ms(), now, before);
+                    events.sample(serde_json::to_value(&sample).unwrap_or_default());
                     before = now;
                 }
                 _ = shutdown.changed() => return,

@@ -211,7 +211,12 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     });
 
     let history = History::new();
-    let sampler = history::spawn(history.clone(), registry.clone(), shutdown_rx.clone());
+    let sampler = history::spawn(
+        history.clone(),
+        registry.clone(),
+        events.clone(),
+        shutdown_rx.clone(),
+    );
     let http_server = match config.http_listen {
         Listen::Off => None,
         Listen::On(addr) => {

@@ -92,7 +92,8 @@ async fn a_worker_killed_with_sigkill_reattaches_and_every_task_runs_exactly_onc
     let mut worker = Worker::start(dir.path(), &master.url(), "phoenix", &["--cpu", "4"]);
     wait_state(&mut admin, "phoenix", pb::WorkerState::Active, T).await;
 
-    let sleeps = unique_sleeps(3, 3);
+    // Long enough to still run after the last start marker on a busy machine.
+    let sleeps = unique_sleeps(3, 8);
     let mut tasks = Vec::new();
     for (i, sleep) in sleeps.iter().enumerate() {
         let marker = dir.path().join(format!("marker-{i}"));
