@@ -329,17 +329,19 @@ impl Tasks {
     fn schedule_queue(&mut self, workers: &mut Workers, liveness: &Liveness, now: Instant) {
         let mut candidates: Vec<Candidate> = workers
             .ordered()
-            .map(|w| Candidate {
-                capacity: w.spec.capacity,
-                allocated: w.allocated,
-                cpu_percent: w.usage.cpu_percent,
-                schedulable: !w.draining
-                    && liveness.state(&w.presence, now) == WorkerState::Active
-                    && w.session
-                        .as_ref()
-                        .is_some_and(|s| s.outbound.capacity() > 0),
-                has_runtime: w.spec.runtime.is_some(),
-                draining: w.draining && liveness.state(&w.presence, now) == WorkerState::Active,
+            .map(|w| {
+                let active = liveness.state(&w.presence, now) == WorkerState::Active;
+                Candidate {
+                    capacity: w.spec.capacity,
+                    allocated: w.allocated,
+                    cpu_percent: w.usage.cpu_percent,
+                    // Whether its stream can take an assignment is asked of the chosen
+                    // worker only: looking at 10,000 channels here would cost a cache
+                    // miss each.
+                    schedulable: active && !w.draining && w.session.is_some(),
+                    has_runtime: w.spec.runtime.is_some(),
+                    draining: active && w.draining,
+                }
             })
             .collect();
         let any_live = candidates.iter().any(|c| c.schedulable);
@@ -351,17 +353,27 @@ impl Tasks {
                 needs_runtime: task.spec.image.is_some(),
             };
             let placed = any_live
-                && match self.scheduler.place(&candidates, &request) {
-                    Some(i) => {
-                        let worker = workers.slab[workers.order[i]].id.clone();
-                        self.assign(&id, &worker, workers, now);
-                        let c = &mut candidates[i];
-                        c.allocated.cpu += request.resources.cpu;
-                        c.allocated.memory_gb += request.resources.memory_gb;
-                        c.allocated.gpu += request.resources.gpu;
-                        true
+                && loop {
+                    let Some(i) = self.scheduler.place(&candidates, &request) else {
+                        break false;
+                    };
+                    let entry = &workers.slab[workers.order[i]];
+                    if !entry
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.outbound.capacity() > 0)
+                    {
+                        // Its stream is full: leave it out of this pass.
+                        candidates[i].schedulable = false;
+                        continue;
                     }
-                    None => false,
+                    let worker = entry.id.clone();
+                    self.assign(&id, &worker, workers, now);
+                    let c = &mut candidates[i];
+                    c.allocated.cpu += request.resources.cpu;
+                    c.allocated.memory_gb += request.resources.memory_gb;
+                    c.allocated.gpu += request.resources.gpu;
+                    break true;
                 };
             if !placed {
                 let reason = scheduler::why_not(&candidates, &request);
