@@ -358,10 +358,10 @@ impl Tasks {
                         break false;
                     };
                     let entry = &workers.slab[workers.order[i]];
-                    if !entry
+                    if entry
                         .session
                         .as_ref()
-                        .is_some_and(|s| s.outbound.capacity() > 0)
+                        .is_none_or(|s| s.outbound.capacity() == 0)
                     {
                         // Its stream is full: leave it out of this pass.
                         candidates[i].schedulable = false;
