@@ -152,7 +152,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         events.clone(),
     ));
     let known = loaded.workers.len();
-    let known_tasks = loaded.tasks.len();
+    let unfinished_tasks = loaded.tasks.len();
     registry.load(
         loaded.workers,
         loaded.tasks,
@@ -170,7 +170,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     info!(
-        %addr, data = %db_path.display(), known_workers = known, known_tasks,
+        %addr, data = %db_path.display(), known_workers = known, unfinished_tasks,
         ?scheduler,
         heartbeat_timeout = ?config.heartbeat_timeout, worker_timeout = ?config.worker_timeout,
         "herd-master listening"
