@@ -1135,6 +1135,7 @@ fn task_spec() -> pb::TaskSpec {
             memory_gb: 0.0,
             gpu: 0,
         }),
+        ..Default::default()
     }
 }
 

@@ -13,8 +13,11 @@ commands:
   worker <id|name>                    show one worker in full
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
+              [--priority N] [--constraint K=V|K!=V|K]...
                                       submit a task (at least one of --docker-image/--command;
-                                      defaults: --cpu 1 --memory 0 --gpu 0); prints its id
+                                      defaults: --cpu 1 --memory 0 --gpu 0 --priority 0;
+                                      higher priority first; constraints on worker labels,
+                                      built-in: os, arch, hostname, runtime); prints its id
   tasks [--state S] [--limit N | --all]
                                       the newest tasks (50 unless --limit; --all for every
                                       one); S: queued, assigned, running, succeeded, failed,
@@ -119,6 +122,12 @@ pub enum TaskCommand {
         /// Whole GPUs.
         #[arg(long, default_value_t = 0)]
         gpu: u32,
+        /// Higher first (default 0).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// KEY=VALUE, KEY!=VALUE or KEY on the worker's labels; repeatable, all must hold.
+        #[arg(long = "constraint")]
+        constraints: Vec<String>,
     },
     /// One task in full.
     Status { id: String },
@@ -253,6 +262,8 @@ mod tests {
                     cpu: 0.5,
                     memory: 2.0,
                     gpu: 0,
+                    priority: 0,
+                    constraints: Vec::new(),
                 }
             })
         );

@@ -170,6 +170,8 @@ impl Console {
                 cpu,
                 memory,
                 gpu,
+                priority,
+                constraints,
             } => {
                 let spec = pb::TaskSpec {
                     name,
@@ -180,6 +182,8 @@ impl Console {
                         memory_gb: memory,
                         gpu,
                     }),
+                    priority,
+                    constraints,
                 };
                 let info = self
                     .admin

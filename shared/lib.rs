@@ -8,6 +8,7 @@ pub mod command;
 pub mod complete;
 pub mod config;
 pub mod console;
+pub mod constraint;
 pub mod domain;
 pub mod error;
 pub mod render;

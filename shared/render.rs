@@ -346,6 +346,12 @@ pub fn task(t: &pb::TaskInfo) -> String {
         field("command", spec.command.clone());
     }
     field("request", resources(spec.resources));
+    if spec.priority != 0 {
+        field("priority", spec.priority.to_string());
+    }
+    if !spec.constraints.is_empty() {
+        field("constraints", spec.constraints.join(", "));
+    }
     field(
         "worker",
         if t.worker_id.is_empty() {
@@ -493,6 +499,8 @@ pub mod json {
             "cpu": r.cpu,
             "memory_gb": r.memory_gb,
             "gpu": r.gpu,
+            "priority": spec.priority,
+            "constraints": spec.constraints,
             "worker_id": t.worker_id,
             "worker_name": t.worker_name,
             "attempts": t.attempts,

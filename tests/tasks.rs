@@ -549,6 +549,7 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
             memory_gb: 0.0671,
             gpu: 0,
         }),
+        ..Default::default()
     };
     let t = submit_spec(&mut admin, spec.clone()).await;
     assert_eq!(t.reason, "no Active worker with a container runtime");

@@ -98,13 +98,14 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             isolation
         }
     };
+    let labels = with_built_in_labels(config.labels, &host, runtime);
     let description = pb::WorkerDescription {
         name: name.clone(),
         address: local_address(&config.master).unwrap_or_else(|| host.clone()),
         host,
         version: herd::VERSION.into(),
         capacity: Some(capacity),
-        labels: config.labels.into_iter().collect(),
+        labels,
         container_runtime: runtime.map(Runtime::as_str).unwrap_or("").into(),
         isolation: isolation.label().into(),
     };
@@ -191,6 +192,29 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
         _ = term.recv() => info!("SIGTERM received, stopping"),
     }
+}
+
+/// The labels a worker advertises: the built-in ones tasks can be constrained by (`os`,
+/// `arch`, `hostname`, `runtime`), then those given with `--label` (which win).
+fn with_built_in_labels(
+    given: Vec<(String, String)>,
+    host: &str,
+    runtime: Option<Runtime>,
+) -> std::collections::HashMap<String, String> {
+    let mut labels: std::collections::HashMap<String, String> = [
+        ("os", std::env::consts::OS.to_string()),
+        ("arch", std::env::consts::ARCH.to_string()),
+        ("hostname", host.to_string()),
+        (
+            "runtime",
+            runtime.map(Runtime::as_str).unwrap_or("none").to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    labels.extend(given);
+    labels
 }
 
 /// Resolves `--runtime`: `auto` takes the first of docker, podman whose `info` succeeds.

@@ -279,6 +279,12 @@ pub struct SubmitBody {
     /// Memory in GB (default 0).
     #[schema(minimum = 0.0, maximum = 65536.0)]
     memory_gb: Option<f64>,
+    /// Higher first (default 0, from -1000 to 1000).
+    #[schema(minimum = -1000, maximum = 1000)]
+    priority: Option<i32>,
+    /// `KEY=VALUE`, `KEY!=VALUE` or `KEY` on the worker's labels; all must hold.
+    #[schema(max_items = 32)]
+    constraints: Option<Vec<String>>,
     /// Whole GPUs (default 0).
     /// (JSON numbers: `2.0` is taken as `2`.)
     #[schema(value_type = Option<u32>, maximum = 1024)]
@@ -311,6 +317,8 @@ async fn submit(
             memory_gb: body.memory_gb.unwrap_or(0.0),
             gpu: whole_gpus(body.gpu)?,
         }),
+        priority: body.priority.unwrap_or(0),
+        constraints: body.constraints.unwrap_or_default(),
     };
     let info = http.master.submit(Some(spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(view::task(&info))).into_response())

@@ -446,9 +446,9 @@ fn commit<'a>(
                 tx.prepare_cached(
                     "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                          worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                         finished_at, history, seq)
+                         finished_at, history, seq, priority, constraints)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17)
+                         ?16, ?17, ?18, ?19)
                      ON CONFLICT(id) DO UPDATE SET
                          state = excluded.state, worker_id = excluded.worker_id,
                          attempts = excluded.attempts, exit_code = excluded.exit_code,
@@ -473,6 +473,15 @@ fn commit<'a>(
                     t.finished_ms,
                     serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
                     task_number(&t.id).unwrap_or(0) as i64,
+                    t.spec.priority,
+                    serde_json::to_string(
+                        &t.spec
+                            .constraints
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                    )
+                    .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
             Write::Draining { id, draining } => {

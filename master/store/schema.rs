@@ -88,6 +88,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_by_state_seq ON tasks(state, seq);
     CREATE INDEX tasks_by_worker_seq ON tasks(worker_id, seq);
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 7: priorities and placement constraints.
+    "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -166,7 +169,8 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
-    attempts, exit_code, reason, submitted_at, started_at, finished_at, history";
+    attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
+    constraints";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -184,6 +188,12 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 memory_gb: r.get(5)?,
                 gpu: r.get(6)?,
             },
+            priority: r.get(16)?,
+            constraints: serde_json::from_str::<Vec<String>>(&r.get::<_, String>(17)?)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| herd::constraint::Constraint::parse(c).ok())
+                .collect(),
         },
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
         worker_id: r.get(8)?,

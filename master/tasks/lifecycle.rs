@@ -420,8 +420,8 @@ impl Tasks {
         task.assigned_at = None;
         task.reason = format!("{why}; re-queued");
         persist(&self.store, &self.events, task);
-        // It was submitted before anything queued now: it goes first.
-        self.queue.push_front(id.to_string());
+        // It was submitted before anything queued now: first within its priority.
+        self.queue_up(id, true);
     }
 }
 

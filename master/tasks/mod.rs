@@ -177,11 +177,23 @@ impl Tasks {
                     }
                 }
             }
-            if task.state == TaskState::Queued {
-                self.queue.push_back(id.clone());
-            }
+            let queued = task.state == TaskState::Queued;
             self.tasks.insert(task);
+            if queued {
+                self.queue_up(&id, false);
+            }
         }
+    }
+
+    /// Puts a queued task in its place: higher priority first, and within a priority
+    /// after (or, with `first`, before) the tasks already there.
+    fn queue_up(&mut self, id: &str, first: bool) {
+        let priority = self.tasks[id].spec.priority;
+        let at = self.queue.partition_point(|other| {
+            let p = self.tasks[other.as_str()].spec.priority;
+            if first { p > priority } else { p >= priority }
+        });
+        self.queue.insert(at, id.to_string());
     }
 
     /// Whether `id` names a task this master gave out.
@@ -236,7 +248,7 @@ impl Tasks {
         info!(task = %id, name = %task.spec.name, "task submitted");
         self.events.task(&task.info(|_| None));
         self.tasks.insert(task);
-        self.queue.push_back(id.clone());
+        self.queue_up(&id, false);
         id
     }
 
@@ -352,6 +364,21 @@ impl Tasks {
                 resources: task.spec.resources,
                 needs_runtime: task.spec.image.is_some(),
             };
+            // Workers whose labels do not meet the task's constraints are out for it.
+            let constraints = task.spec.constraints.clone();
+            let unmet: Vec<usize> = if constraints.is_empty() {
+                Vec::new()
+            } else {
+                (0..candidates.len())
+                    .filter(|&i| {
+                        let labels = &workers.slab[workers.order[i]].spec.labels;
+                        candidates[i].schedulable && !constraints.iter().all(|c| c.holds(labels))
+                    })
+                    .collect()
+            };
+            for &i in &unmet {
+                candidates[i].schedulable = false;
+            }
             let placed = any_live
                 && loop {
                     let Some(i) = self.scheduler.place(&candidates, &request) else {
@@ -376,11 +403,42 @@ impl Tasks {
                     break true;
                 };
             if !placed {
-                let reason = scheduler::why_not(&candidates, &request);
+                let meets = candidates.iter().any(|c| c.schedulable);
+                let reason = if !constraints.is_empty() && !meets && !unmet.is_empty() {
+                    unmet_reason(&constraints, &unmet, workers)
+                } else {
+                    scheduler::why_not(&candidates, &request)
+                };
                 let task = self.tasks.get_mut(&id).expect("queued task");
                 task.reason = reason;
                 self.queue.push_back(id);
             }
+            for &i in &unmet {
+                candidates[i].schedulable = true;
+            }
+        }
+    }
+}
+
+/// Why no live worker meets `constraints` (`unmet`: the live ones that do not): the first
+/// constraint none of them meets, or that they hold only apart.
+fn unmet_reason(
+    constraints: &[herd::constraint::Constraint],
+    unmet: &[usize],
+    workers: &Workers,
+) -> String {
+    let labels = |i: usize| &workers.slab[workers.order[i]].spec.labels;
+    match constraints
+        .iter()
+        .find(|c| !unmet.iter().any(|&i| c.holds(labels(i))))
+    {
+        Some(c) => format!("no Active worker meets the constraint {c}"),
+        None => {
+            let all: Vec<String> = constraints.iter().map(|c| c.to_string()).collect();
+            format!(
+                "no Active worker meets the constraints {} together",
+                all.join(", ")
+            )
         }
     }
 }

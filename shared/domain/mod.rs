@@ -362,7 +362,14 @@ pub struct TaskSpec {
     /// Shell command; for an image task `None` runs the image's default command.
     pub command: Option<String>,
     pub resources: Resources,
+    /// Higher first; FIFO within a priority.
+    pub priority: i32,
+    /// All must hold on the worker's labels.
+    pub constraints: Vec<crate::constraint::Constraint>,
 }
+
+/// The range of task priorities.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 impl From<&TaskSpec> for pb::TaskSpec {
     fn from(t: &TaskSpec) -> Self {
@@ -371,6 +378,8 @@ impl From<&TaskSpec> for pb::TaskSpec {
             image: t.image.clone().unwrap_or_default(),
             command: t.command.clone().unwrap_or_default(),
             resources: Some(t.resources.into()),
+            priority: t.priority,
+            constraints: t.constraints.iter().map(|c| c.to_string()).collect(),
         }
     }
 }
@@ -425,10 +434,32 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
                 r.gpu
             )));
         }
+        if !PRIORITIES.contains(&t.priority) {
+            return Err(Error::invalid(format!(
+                "--priority must be from {} to {}, got {}",
+                PRIORITIES.start(),
+                PRIORITIES.end(),
+                t.priority
+            )));
+        }
+        if t.constraints.len() > crate::constraint::MAX_CONSTRAINTS {
+            return Err(Error::invalid(format!(
+                "{} constraints given; at most {} are allowed",
+                t.constraints.len(),
+                crate::constraint::MAX_CONSTRAINTS
+            )));
+        }
+        let constraints = t
+            .constraints
+            .iter()
+            .map(|c| crate::constraint::Constraint::parse(c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(TaskSpec {
             name: t.name,
             image,
             command,
+            priority: t.priority,
+            constraints,
             resources: Resources {
                 cpu: r.cpu,
                 memory_gb: r.memory_gb,

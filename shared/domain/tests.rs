@@ -71,6 +71,7 @@ fn spec() -> pb::TaskSpec {
             memory_gb: 0.0,
             gpu: 0,
         }),
+        ..Default::default()
     }
 }
 
