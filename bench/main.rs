@@ -990,7 +990,9 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
                     let early = shared.started.lock().unwrap().remove(&info.id);
                     match early {
                         Some(at) => at,
-                        None => tokio::time::timeout(Duration::from_secs(10), rx)
+                        // Long enough for an assignment the master could not send to be
+                        // placed again (it re-queues it at its next pass).
+                        None => tokio::time::timeout(Duration::from_secs(30), rx)
                             .await
                             .context("a task never reached a worker")??,
                     }

@@ -63,12 +63,17 @@ impl Tasks {
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
         let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
         self.events.task(&task.info(|_| None));
+        let undelivered = self.undelivered.clone();
         self.store
             .enqueue_then(Write::Task(Box::new(task.clone())), move || {
-                // A full or closed stream: the worker never hears of it, does not report
-                // it, and the task is queued again after the grace period.
+                // A full or closed stream: the worker never hears of it, so the task goes
+                // back to the queue at the next pass.
                 if outbound.is_none_or(|o| o.try_send(Ok(message)).is_err()) {
-                    warn!(task = %task_id, %worker, "the assignment could not be sent; it will be re-queued");
+                    warn!(task = %task_id, %worker, "the assignment could not be sent; re-queuing it");
+                    undelivered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((task_id, attempt));
                 }
             });
     }
@@ -319,6 +324,25 @@ impl Tasks {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Queues again the attempts whose assignment could not be sent (still current).
+    pub(super) fn requeue_undelivered(&mut self, workers: &mut Workers) {
+        let undelivered =
+            std::mem::take(&mut *self.undelivered.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, attempt) in undelivered {
+            let current = self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == TaskState::Assigned && t.attempts == attempt);
+            if current {
+                self.requeue_or_fail(
+                    &id,
+                    "its assignment could not be sent to the worker",
+                    workers,
+                );
             }
         }
     }

@@ -109,6 +109,10 @@ pub struct Tasks {
     finished: BTreeMap<&'static str, u64>,
     /// Finished tasks whose final row is committed: the next tick lets go of them.
     retired: Arc<Mutex<Vec<u64>>>,
+    /// Assignments whose message could not be sent after their commit (the worker's
+    /// stream was full or gone): queued again at the next pass instead of waiting out the
+    /// grace period.
+    undelivered: Arc<Mutex<Vec<(String, u32)>>>,
 }
 
 impl Tasks {
@@ -134,6 +138,7 @@ impl Tasks {
             finished_total: 0,
             finished: BTreeMap::new(),
             retired: Arc::default(),
+            undelivered: Arc::default(),
         }
     }
 
@@ -330,6 +335,7 @@ impl Tasks {
 
     /// Places queued tasks, oldest first, letting smaller later ones through (backfill).
     pub fn schedule(&mut self, workers: &mut Workers, liveness: &Liveness, now: Instant) {
+        self.requeue_undelivered(workers);
         if self.queue.is_empty() {
             return;
         }
