@@ -69,7 +69,8 @@ async fn the_repl_lists_workers_and_survives_bad_commands() {
     repl.exp_eof().unwrap();
 }
 
-fn repl_master(data: &std::path::Path, port: u16, no_color: bool) -> rexpect::session::PtySession {
+/// herd-master with a REPL on a terminal, listening on `port` with data in `data`.
+fn master_command(data: &std::path::Path, port: u16) -> Command {
     let mut command = Command::new(MASTER);
     command
         .env("HERD_HTTP_LISTEN", "off")
@@ -78,6 +79,11 @@ fn repl_master(data: &std::path::Path, port: u16, no_color: bool) -> rexpect::se
         .args(FAST)
         .env("TERM", "xterm")
         .env("HERD_TOKEN", TOKEN);
+    command
+}
+
+fn repl_master(data: &std::path::Path, port: u16, no_color: bool) -> rexpect::session::PtySession {
+    let mut command = master_command(data, port);
     if no_color {
         command.env("NO_COLOR", "1");
     } else {
@@ -256,16 +262,10 @@ async fn keys_at_the_repl_never_reach_the_local_worker_and_a_killed_one_comes_ba
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(MASTER);
+    let mut command = master_command(&dir.path().join("data"), port);
     command
-        .env("HERD_HTTP_LISTEN", "off")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(FAST)
         .arg("--local-worker")
-        .env("TERM", "xterm")
         .env("NO_COLOR", "1")
-        .env("HERD_TOKEN", TOKEN)
         .env("HERD_WORKER_NAME", "local-keys")
         .env("HERD_RUNTIME", "none");
     let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
@@ -369,15 +369,8 @@ async fn log_lines_never_land_inside_a_reply_while_workers_come_and_go() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(MASTER);
-    command
-        .env("HERD_HTTP_LISTEN", "off")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(FAST)
-        .env("TERM", "xterm")
-        .env("NO_COLOR", "1")
-        .env("HERD_TOKEN", TOKEN);
+    let mut command = master_command(&dir.path().join("data"), port);
+    command.env("NO_COLOR", "1");
     let mut repl = rexpect::session::spawn_command(command, Some(20_000)).unwrap();
     repl.exp_string("master> ").unwrap();
     let mut admin = clients(&url).await.unwrap().0;
