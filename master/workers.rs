@@ -225,6 +225,8 @@ pub struct Workers {
 struct Changes {
     /// Everything (the name order changed, or every worker was touched).
     all: bool,
+    /// The name order changed: positions must be found again.
+    reordered: bool,
     slots: Vec<usize>,
     marked: Vec<bool>,
 }
@@ -255,6 +257,13 @@ impl Workers {
 
     /// What changed since the last call, as positions in the name order.
     pub fn take_changes(&mut self) -> Changed {
+        if std::mem::take(&mut self.changes.reordered) {
+            self.position = vec![usize::MAX; self.slab.len()];
+            for (at, &slot) in self.order.iter().enumerate() {
+                self.position[slot] = at;
+            }
+            self.changes.all = true;
+        }
         let changes = &mut self.changes;
         for &slot in &changes.slots {
             changes.marked[slot] = false;
@@ -272,13 +281,10 @@ impl Workers {
         )
     }
 
-    /// The name order changed: positions anew, and the scheduler looks at everything.
+    /// The name order changed: positions are found anew when the scheduler next asks (a
+    /// burst of registrations costs one rebuild, not one each), and it looks at everything.
     fn reordered(&mut self) {
-        self.position = vec![usize::MAX; self.slab.len()];
-        for (at, &slot) in self.order.iter().enumerate() {
-            self.position[slot] = at;
-        }
-        self.changes.all = true;
+        self.changes.reordered = true;
         self.changes.marked.resize(self.slab.len(), false);
     }
 
