@@ -41,6 +41,15 @@ pub struct Spec {
     /// `Isolation::label` of what the worker uses.
     pub isolation: String,
     pub kill_grace_ms: u64,
+    /// Kill the task this long after it started (0: never).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// Set in the task's environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The task's working directory; empty: `work/` here.
+    #[serde(default)]
+    pub workdir: String,
 }
 
 impl Spec {
@@ -61,6 +70,9 @@ pub struct State {
     /// unique per master), None without one.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// When the task is killed for its time limit (unix ms), None without one.
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
 }
 
 /// How a task ended.

@@ -332,6 +332,9 @@ mod tests {
             runtime: None,
             isolation: "process group".into(),
             kill_grace_ms: 1000,
+            timeout_ms: 0,
+            env: Default::default(),
+            workdir: String::new(),
         }
     }
 
