@@ -40,7 +40,9 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Reply<pb::SubmitTasksResponse> {
-        Ok(Response::new(self.submit_batch(request.into_inner()).await?))
+        Ok(Response::new(
+            self.submit_batch(request.into_inner()).await?,
+        ))
     }
 
     async fn list_tasks(

@@ -112,11 +112,23 @@ mod tests {
     #[test]
     fn the_first_bad_line_is_named() {
         for (text, expected) in [
-            ("{\"command\": \"a\"}\n{\"command\": \"b\", \"cpus\": 2}", "line 2: not a task"),
+            (
+                "{\"command\": \"a\"}\n{\"command\": \"b\", \"cpus\": 2}",
+                "line 2: not a task",
+            ),
             ("{\"command\": \"a\"}\n\n[1]", "line 3: not a task"),
-            ("{\"command\": \"a\"}\n{\"cpu\": 1}", "line 2: a task needs --command"),
-            ("{\"command\": \"a\", \"retries\": 500}", "line 1: --retries"),
-            ("{\"command\": \"a\", \"gpu\": 1.5}", "line 1: gpu must be a whole"),
+            (
+                "{\"command\": \"a\"}\n{\"cpu\": 1}",
+                "line 2: a task needs --command",
+            ),
+            (
+                "{\"command\": \"a\", \"retries\": 500}",
+                "line 1: --retries",
+            ),
+            (
+                "{\"command\": \"a\", \"gpu\": 1.5}",
+                "line 1: gpu must be a whole",
+            ),
             ("\n\n", "holds no task"),
         ] {
             let err = parse(text).unwrap_err();
@@ -134,7 +146,10 @@ mod tests {
             batch.explain(path, "specs[1]: --cpu must be above 0"),
             "error: t.jsonl line 4: --cpu must be above 0"
         );
-        assert_eq!(batch.explain(path, "storage error: x"), "error: storage error: x");
+        assert_eq!(
+            batch.explain(path, "storage error: x"),
+            "error: storage error: x"
+        );
         assert_eq!(batch.explain(path, "specs[9]: x"), "error: specs[9]: x");
     }
 

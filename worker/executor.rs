@@ -189,7 +189,8 @@ impl Executor {
         let mut book = self.book();
         // The master assigns a new attempt only once it has settled the older ones.
         if let Some(old) = book.finished.remove(&task.task_id)
-            && let Err(err) = Folder::new(&self.shared.work_dir, &old.task_id, old.attempt).mark_reported()
+            && let Err(err) =
+                Folder::new(&self.shared.work_dir, &old.task_id, old.attempt).mark_reported()
         {
             warn!(task = %task.task_id, %err, "cannot mark the task folder reported");
         }

@@ -509,8 +509,8 @@ fn commit<'a>(
 
 /// Inserts or updates one task's row (its spec is written once, at submission).
 fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
-        tx.prepare_cached(
-            "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
+    tx.prepare_cached(
+        "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,
                  finished_at, history, seq, priority, constraints, timeout_ms, env,
                  workdir, retries)
@@ -521,40 +521,39 @@ fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
                  attempts = excluded.attempts, exit_code = excluded.exit_code,
                  reason = excluded.reason, started_at = excluded.started_at,
                  finished_at = excluded.finished_at, history = excluded.history",
-        )?
-        .execute(params![
-            t.id,
-            t.spec.name,
-            t.spec.image,
-            t.spec.command,
-            t.spec.resources.cpu,
-            t.spec.resources.memory_gb,
-            t.spec.resources.gpu,
-            t.state.as_str(),
-            t.worker_id,
-            t.attempts,
-            t.exit_code,
-            t.reason,
-            t.submitted_ms,
-            t.started_ms,
-            t.finished_ms,
-            serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
-            task_number(&t.id).unwrap_or(0) as i64,
-            t.spec.priority,
-            serde_json::to_string(
-                &t.spec
-                    .constraints
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-            )
-            .map_err(|e| Error::Storage(e.to_string()))?,
-            t.spec.run.timeout.map_or(0, |d| d.as_millis() as i64),
-            serde_json::to_string(&t.spec.run.env)
-                .map_err(|e| Error::Storage(e.to_string()))?,
-            t.spec.run.workdir.as_deref().unwrap_or(""),
-            t.spec.run.retries,
-        ])?;
+    )?
+    .execute(params![
+        t.id,
+        t.spec.name,
+        t.spec.image,
+        t.spec.command,
+        t.spec.resources.cpu,
+        t.spec.resources.memory_gb,
+        t.spec.resources.gpu,
+        t.state.as_str(),
+        t.worker_id,
+        t.attempts,
+        t.exit_code,
+        t.reason,
+        t.submitted_ms,
+        t.started_ms,
+        t.finished_ms,
+        serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
+        task_number(&t.id).unwrap_or(0) as i64,
+        t.spec.priority,
+        serde_json::to_string(
+            &t.spec
+                .constraints
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?,
+        t.spec.run.timeout.map_or(0, |d| d.as_millis() as i64),
+        serde_json::to_string(&t.spec.run.env).map_err(|e| Error::Storage(e.to_string()))?,
+        t.spec.run.workdir.as_deref().unwrap_or(""),
+        t.spec.run.retries,
+    ])?;
     Ok(())
 }
 

@@ -244,7 +244,7 @@ impl Tasks {
     ) -> bool {
         let task = &self.tasks[id];
         let used = task.retries_used();
-        if !exit_code.is_some_and(|c| c != 0) || used >= task.spec.run.retries {
+        if exit_code.is_none_or(|c| c == 0) || used >= task.spec.run.retries {
             return false;
         }
         self.release(id, workers);

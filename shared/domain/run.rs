@@ -262,7 +262,10 @@ mod tests {
     fn bad_run_options_are_refused_naming_the_flag_and_its_limit() {
         type Mutation = fn(&mut pb::TaskSpec);
         let cases: Vec<(Mutation, &str)> = vec![
-            (|t| t.timeout_ms = 31 * 86_400_000, "--timeout must be at most"),
+            (
+                |t| t.timeout_ms = 31 * 86_400_000,
+                "--timeout must be at most",
+            ),
             (|t| t.retries = 101, "--retries must be at most 100"),
             (|t| t.workdir = "tmp/x".into(), "absolute"),
             (|t| t.workdir = "/a\nb".into(), "control"),
@@ -309,7 +312,7 @@ mod tests {
                 |t| {
                     t.env.insert("BIG".into(), "x".repeat(70_000));
                 },
-                "at most 65536 bytes",
+                "at most 65536 are allowed",
             ),
         ];
         for (mutate, expected) in cases {
