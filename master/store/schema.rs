@@ -92,8 +92,11 @@ pub const MIGRATIONS: &[&str] = &[
     // 7: priorities and placement constraints.
     "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';",
-    // 9 (after v8, worker pre-registration, on main): how a task runs — its time limit,
-    // environment (JSON object), working directory and retries on a non-zero exit.
+    // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
+    // labels given there, merged over the reported ones at every registration.
+    "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
+    // 9: how a task runs — its time limit, environment (JSON object), working directory
+    // and retries on a non-zero exit.
     "ALTER TABLE tasks ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
@@ -133,7 +136,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation
+                w.draining, s.isolation, s.added_labels
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -157,11 +160,12 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, String>(11)?,
             r.get::<_, i64>(12)?,
             r.get::<_, bool>(13)?,
+            serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining) = row?;
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, added_labels) = row?;
         out.push(WorkerRecord {
             id,
             spec,
@@ -169,6 +173,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             last_heartbeat_ms,
             state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
             draining,
+            added_labels,
         });
     }
     Ok(out)
