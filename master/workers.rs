@@ -32,6 +32,21 @@ pub struct Session {
     pub end: oneshot::Sender<Status>,
     /// Highest heartbeat sequence seen on this stream; older ones are replays.
     pub last_sequence: u64,
+    /// Since when the queue towards the worker has been full (it does not read).
+    pub full_since: Option<Instant>,
+}
+
+impl Session {
+    /// Whether the worker has not read its stream for `limit`: its queue has been full all
+    /// that time (checked by the ticker, so the moment it filled is known to a tick).
+    pub fn backed_up(&mut self, now: Instant, limit: std::time::Duration) -> bool {
+        if self.outbound.capacity() > 0 {
+            self.full_since = None;
+            return false;
+        }
+        let since = *self.full_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= limit
+    }
 }
 
 pub struct Entry {
