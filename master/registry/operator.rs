@@ -81,9 +81,15 @@ impl Registry {
 
     /// Queues stored tasks and places what fits, in one pass; their ids, in order.
     pub fn enqueue_all(&self, tasks: Vec<Task>) -> Vec<String> {
+        // Each task's event goes out before it is queued (so before any event of its
+        // placement), built without holding the lock that heartbeats wait on.
+        let events = self.lock().0.events.clone();
+        for task in &tasks {
+            events.task(&task.info(|_| None));
+        }
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
-        let ids = tasks.into_iter().map(|t| inner.tasks.enqueue(t)).collect();
+        let ids = inner.tasks.enqueue_batch(tasks);
         inner
             .tasks
             .schedule(&mut inner.workers, &inner.liveness, now);
