@@ -533,3 +533,68 @@ async fn a_file_is_submitted_whole_or_not_at_all_naming_the_bad_line() {
         assert!(props.get(field).is_some(), "{field} missing: {props}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_task_gets_its_env_and_workdir_and_is_removed_at_its_timeout() {
+    let Some(runtime) = container_runtime() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(
+        dir.path(),
+        &master.url(),
+        "boxed",
+        &["--runtime", runtime, "--kill-grace", "1s"],
+    );
+    wait_state(&mut admin, "boxed", pb::WorkerState::Active, T).await;
+    let image = |command: &str| pb::TaskSpec {
+        image: "localhost/busybox:test".into(),
+        ..spec(command)
+    };
+    let mut s = image("echo \"$GREETING\"; pwd");
+    s.env
+        .insert("GREETING".into(), "hi from 'inside' $HOME".into());
+    s.workdir = "/bin".into();
+    let id = submit_spec(&mut admin, s).await.id;
+    wait_task(
+        &mut admin,
+        &id,
+        pb::TaskState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        logs(&mut admin, &id, false).await,
+        "hi from 'inside' $HOME\n/bin\n"
+    );
+    // A workdir the image does not have: the runtime's word on it is the reason.
+    let mut s = image("true");
+    s.workdir = "/not/in/the/image".into();
+    s.retries = 2;
+    let id = submit_spec(&mut admin, s).await.id;
+    let t = wait_end(&mut admin, &id, Duration::from_secs(60)).await;
+    assert_eq!(t.state(), pb::TaskState::Failed);
+    assert_eq!(t.attempts, 1, "not retried: the container never ran");
+    assert!(
+        t.reason.contains("/not/in/the/image") && t.reason.contains("does not exist"),
+        "{}",
+        t.reason
+    );
+
+    let mut s = image("sleep 300");
+    s.timeout_ms = 3000;
+    let id = submit_spec(&mut admin, s).await.id;
+    let t = wait_end(&mut admin, &id, Duration::from_secs(90)).await;
+    assert_eq!(
+        (t.state(), t.reason.as_str()),
+        (pb::TaskState::Failed, "timed out after 3s")
+    );
+    let exists = std::process::Command::new(runtime)
+        .args(["container", "exists", &format!("herd-{id}-1")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(!exists, "the container outlived its timeout");
+}

@@ -252,8 +252,8 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A process task's working directory must exist on this worker (a container's is made
-/// by the runtime inside the container).
+/// A process task's working directory must exist on this worker (a container's is the
+/// runtime's business: it says so itself when the image lacks it).
 fn check_workdir(spec: &Spec) -> Result<(), String> {
     if spec.workdir.is_empty() || !spec.image.is_empty() {
         return Ok(());

@@ -233,8 +233,9 @@ impl Tasks {
 
     /// A run that exited by itself with a non-zero code, with retries left: the attempt
     /// ends `failed` and the task is queued again for a new one (first within its
-    /// priority). Not for a task killed (timeout, cancel, out of memory: no exit code) or
-    /// one that could not start; true when it was queued again.
+    /// priority). Not for a task killed (timeout, cancel, out of memory: no exit code),
+    /// one that could not start, or a container that never ran (the runtime's 125-127:
+    /// its image, command or workdir would fail again); true when it was queued again.
     fn retry(
         &mut self,
         id: &str,
@@ -244,7 +245,8 @@ impl Tasks {
     ) -> bool {
         let task = &self.tasks[id];
         let used = task.retries_used();
-        if exit_code.is_none_or(|c| c == 0) || used >= task.spec.run.retries {
+        let never_ran = task.spec.image.is_some() && matches!(exit_code, Some(125..=127));
+        if exit_code.is_none_or(|c| c == 0) || never_ran || used >= task.spec.run.retries {
             return false;
         }
         self.release(id, workers);
