@@ -217,7 +217,8 @@ impl Console {
                     }),
                     priority,
                     constraints,
-                    timeout_ms: run.timeout.map_or(0, |d| d.as_millis() as u64),
+                    // Under a millisecond is one: never "no limit".
+                    timeout_ms: run.timeout.map_or(0, |d| (d.as_millis() as u64).max(1)),
                     env: run.env.into_iter().collect(),
                     workdir: run.workdir.unwrap_or_default(),
                     retries: run.retries,

@@ -53,8 +53,8 @@ pub fn check_timeout(ms: u64) -> Result<Option<Duration>, Error> {
     let timeout = Duration::from_millis(ms);
     if timeout > MAX_TIMEOUT {
         return Err(Error::invalid(format!(
-            "--timeout must be at most {} (30 days), got {ms} ms",
-            crate::time::short(MAX_TIMEOUT)
+            "--timeout must be at most 30 days, got {}",
+            crate::time::short(timeout)
         )));
     }
     Ok(Some(timeout))
@@ -176,7 +176,7 @@ pub fn batch(req: pb::SubmitTasksRequest) -> Result<Vec<super::TaskSpec>, Error>
         })?;
         let one = super::TaskSpec::try_from(spec)?;
         let indexed = !one.run.env.contains_key(TASK_INDEX_VAR);
-        // The index adds at most 30 bytes: within the bound only if the task is.
+        // The index adds its name and at most 5 digits: it must fit within the bound too.
         if indexed && env_bytes(&one.run.env) + TASK_INDEX_VAR.len() + 5 > MAX_ENV_BYTES {
             return Err(Error::invalid(format!(
                 "the environment (--env) leaves no room for {TASK_INDEX_VAR}: at most \
