@@ -592,7 +592,11 @@ async fn a_container_task_gets_its_env_and_workdir_and_is_removed_at_its_timeout
         (pb::TaskState::Failed, "timed out after 3s")
     );
     let exists = std::process::Command::new(runtime)
-        .args(["container", "exists", &format!("herd-{id}-1")])
+        .args([
+            "container",
+            "exists",
+            &container_name(dir.path(), "boxed", &id, 1),
+        ])
         .status()
         .unwrap()
         .success();

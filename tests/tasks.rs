@@ -554,7 +554,8 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
         Duration::from_secs(60),
     )
     .await;
-    let name = format!("herd-{}-1", t.id);
+    let name = container_name(dir.path(), "boxed", &t.id, 1);
+    assert!(name.starts_with(&format!("herd-{}-1-", t.id)), "{name}");
     let exists = || {
         std::process::Command::new(runtime)
             .args(["container", "exists", &name])

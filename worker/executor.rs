@@ -175,6 +175,11 @@ impl Executor {
             timeout_ms: task.timeout_ms,
             env: task.env.into_iter().collect(),
             workdir: task.workdir,
+            container_name: Spec::container_name_for(
+                &self.shared.work_dir,
+                &task.task_id,
+                task.attempt,
+            ),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             image: task.image,

@@ -335,6 +335,7 @@ mod tests {
             timeout_ms: 0,
             env: Default::default(),
             workdir: String::new(),
+            container_name: String::new(),
         }
     }
 

@@ -659,3 +659,11 @@ pub fn container_runtime() -> Option<&'static str> {
     }
     found
 }
+
+/// The name of the container of `attempt` of task `id` on the worker `worker` started by
+/// [`Worker::start`] in `dir` (from its task folder: names are unique per host).
+pub fn container_name(dir: &Path, worker: &str, id: &str, attempt: u32) -> String {
+    let spec = dir.join(format!("work-{worker}/{id}-{attempt}/task.json"));
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    spec["container_name"].as_str().unwrap().to_string()
+}
