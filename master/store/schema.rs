@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use herd::domain::run::RunOptions;
 use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
@@ -94,6 +95,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
     // labels given there, merged over the reported ones at every registration.
     "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
+    // 9: how a task runs — its time limit, environment (JSON object), working directory
+    // and retries on a non-zero exit.
+    "ALTER TABLE tasks ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -175,7 +182,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints";
+    constraints, timeout_ms, env, workdir, retries";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -199,6 +206,14 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 .iter()
                 .filter_map(|c| herd::constraint::Constraint::parse(c).ok())
                 .collect(),
+            run: RunOptions {
+                timeout: Some(r.get::<_, i64>(18)?)
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| std::time::Duration::from_millis(ms as u64)),
+                env: serde_json::from_str(&r.get::<_, String>(19)?).unwrap_or_default(),
+                workdir: Some(r.get::<_, String>(20)?).filter(|w| !w.is_empty()),
+                retries: r.get(21)?,
+            },
         },
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
         worker_id: r.get(8)?,
