@@ -32,7 +32,9 @@ pub struct Session {
     pub end: oneshot::Sender<Status>,
     /// Highest heartbeat sequence seen on this stream; older ones are replays.
     pub last_sequence: u64,
-    /// Since when the queue towards the worker has been full (it does not read).
+    /// Since when the queue towards the worker has been full (it does not read), as a
+    /// tick found it or an assignment that could not be sent; cleared by a tick that finds
+    /// room. While set, no task is placed here.
     pub full_since: Option<Instant>,
 }
 
