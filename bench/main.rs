@@ -371,6 +371,7 @@ fn description(i: usize) -> pb::WorkerDescription {
             cpu: 64.0,
             memory_gb: 256.0,
             gpu: 0,
+            ..Default::default()
         }),
         labels: Default::default(),
         container_runtime: String::new(),
@@ -1136,6 +1137,7 @@ fn task_spec() -> pb::TaskSpec {
             cpu: 0.01,
             memory_gb: 0.0,
             gpu: 0,
+            ..Default::default()
         }),
         ..Default::default()
     }

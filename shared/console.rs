@@ -170,6 +170,7 @@ impl Console {
                 cpu,
                 memory,
                 gpu,
+                disk,
                 priority,
                 constraints,
             } => {
@@ -181,6 +182,7 @@ impl Console {
                         cpu,
                         memory_gb: memory,
                         gpu,
+                        disk_gb: disk,
                     }),
                     priority,
                     constraints,

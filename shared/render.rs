@@ -128,6 +128,7 @@ pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
                 Cell::plain(format!("{}/{}", num(used.cpu), num(cap.cpu))),
                 Cell::plain(format!("{}/{} GB", num(used.memory_gb), num(cap.memory_gb))),
                 Cell::plain(format!("{}/{}", used.gpu, cap.gpu)),
+                Cell::plain(format!("{}/{} GB", num(used.disk_gb), num(cap.disk_gb))),
                 Cell::plain(w.running_task_ids.len().to_string()),
                 Cell::plain(ago(w.last_heartbeat_ms, as_of(w, now))),
             ]
@@ -142,6 +143,7 @@ pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
             "CPU",
             "MEMORY",
             "GPU",
+            "DISK",
             "TASKS",
             "LAST SEEN",
         ],
@@ -212,6 +214,14 @@ pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
         ),
     );
     field("gpu", format!("{} of {} allocated", used.gpu, cap.gpu));
+    for g in &d.gpus {
+        let holder = w.gpu_holders.iter().find(|h| h.index == g.index);
+        field(&format!("  gpu {}", g.index), gpu_line(g, holder));
+    }
+    field(
+        "disk",
+        format!("{} of {} GB allocated", num(used.disk_gb), num(cap.disk_gb)),
+    );
     field("labels", labels);
     field(
         "tasks",
@@ -234,6 +244,24 @@ pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
     out
 }
 
+/// One GPU of a worker: its model and memory when known, and who holds it.
+fn gpu_line(g: &pb::GpuDevice, holder: Option<&pb::GpuHolder>) -> String {
+    let mut s = if g.model.is_empty() {
+        "model unknown".to_string()
+    } else {
+        g.model.clone()
+    };
+    if g.memory_gb > 0.0 {
+        let _ = write!(s, ", {} GB", num(g.memory_gb));
+    }
+    match holder {
+        Some(h) => write!(s, ", held by {}", h.task_id),
+        None => write!(s, ", free"),
+    }
+    .ok();
+    s
+}
+
 /// The state word of a task.
 pub fn task_state_word(state: pb::TaskState) -> &'static str {
     crate::domain::TaskState::try_from(state)
@@ -249,6 +277,9 @@ fn resources(r: Option<pb::Resources>) -> String {
     }
     if r.gpu > 0 {
         s.push_str(&format!(", {} gpu", r.gpu));
+    }
+    if r.disk_gb > 0.0 {
+        s.push_str(&format!(", {} GB disk", num(r.disk_gb)));
     }
     s
 }
@@ -346,6 +377,9 @@ pub fn task(t: &pb::TaskInfo) -> String {
         field("command", spec.command.clone());
     }
     field("request", resources(spec.resources));
+    if !t.gpu_ids.is_empty() {
+        field("gpus", ids(&t.gpu_ids));
+    }
     if spec.priority != 0 {
         field("priority", spec.priority.to_string());
     }
@@ -379,11 +413,19 @@ pub fn task(t: &pb::TaskInfo) -> String {
         if !a.reason.is_empty() {
             let _ = write!(line, ", {}", a.reason);
         }
+        if !a.gpu_ids.is_empty() {
+            let _ = write!(line, ", gpus {}", ids(&a.gpu_ids));
+        }
         let _ = write!(line, ", assigned {}", when(a.assigned_ms));
         field("attempt", line);
     }
     out.pop();
     out
+}
+
+/// GPU indices as CUDA_VISIBLE_DEVICES shows them: `0,2`.
+fn ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// What `task submit` prints: the id first, so scripts can take the first word.
@@ -414,6 +456,7 @@ mod tests {
                     cpu: 4.0,
                     memory_gb: 7.5,
                     gpu: 0,
+                    disk_gb: 0.0,
                 }),
                 ..Default::default()
             }),
@@ -475,6 +518,13 @@ pub mod json {
             "cpu": {"allocated": used.cpu, "total": cap.cpu, "usage_percent": usage.cpu_percent},
             "memory_gb": {"allocated": used.memory_gb, "total": cap.memory_gb, "in_use": usage.memory_used_gb},
             "gpu": {"allocated": used.gpu, "total": cap.gpu},
+            "gpus": d.gpus.iter().map(|g| json!({
+                "index": g.index,
+                "model": g.model,
+                "memory_gb": g.memory_gb,
+                "task_id": w.gpu_holders.iter().find(|h| h.index == g.index).map(|h| &h.task_id),
+            })).collect::<Vec<_>>(),
+            "disk_gb": {"allocated": used.disk_gb, "total": cap.disk_gb},
             "tasks": w.running_task_ids,
             "connected": w.connected,
             "last_heartbeat_ms": w.last_heartbeat_ms,
@@ -499,6 +549,8 @@ pub mod json {
             "cpu": r.cpu,
             "memory_gb": r.memory_gb,
             "gpu": r.gpu,
+            "disk_gb": r.disk_gb,
+            "gpu_ids": t.gpu_ids,
             "priority": spec.priority,
             "constraints": spec.constraints,
             "worker_id": t.worker_id,
@@ -518,6 +570,7 @@ pub mod json {
                 "reason": a.reason,
                 "assigned_ms": a.assigned_ms,
                 "finished_ms": a.finished_ms,
+                "gpu_ids": a.gpu_ids,
             })).collect::<Vec<_>>(),
         })
     }

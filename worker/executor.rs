@@ -176,6 +176,7 @@ impl Executor {
             runtime: self.shared.runtime.map(|r| r.as_str().to_string()),
             isolation: self.shared.isolation.label().into(),
             kill_grace_ms: self.shared.kill_grace.as_millis() as u64,
+            gpu_ids: task.gpu_ids,
         };
         let started = self.start_supervisor(&folder, &spec);
         let mut book = self.book();

@@ -41,6 +41,9 @@ pub struct Spec {
     /// `Isolation::label` of what the worker uses.
     pub isolation: String,
     pub kill_grace_ms: u64,
+    /// GPU indices the master gave this attempt.
+    #[serde(default)]
+    pub gpu_ids: Vec<u32>,
 }
 
 impl Spec {

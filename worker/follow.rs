@@ -332,6 +332,7 @@ mod tests {
             runtime: None,
             isolation: "process group".into(),
             kill_grace_ms: 1000,
+            gpu_ids: Vec::new(),
         }
     }
 

@@ -231,6 +231,26 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GPU indices as CUDA_VISIBLE_DEVICES takes them: `0,2`.
+fn gpu_list(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// What gives a container its GPUs: docker `--gpus device=0,2` (the NVIDIA container
+/// toolkit), podman `--device nvidia.com/gpu=0` per index (CDI, `nvidia-ctk cdi
+/// generate`).
+fn container_gpu_args(runtime: &str, ids: &[u32]) -> Vec<String> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    if runtime == "docker" {
+        return vec!["--gpus".into(), format!("\"device={}\"", gpu_list(ids))];
+    }
+    ids.iter()
+        .flat_map(|i| ["--device".to_string(), format!("nvidia.com/gpu={i}")])
+        .collect()
+}
+
 /// Starts the task: `sh -c CMD`, or the container through the runtime's CLI.
 fn spawn(
     spec: &Spec,
@@ -254,12 +274,21 @@ fn spawn(
             let mib = (spec.memory_gb * 1e9 / 1048576.0).ceil().max(6.0) as u64;
             c.arg("--memory").arg(format!("{mib}m"));
         }
+        c.args(container_gpu_args(runtime, &spec.gpu_ids));
         c.arg(&spec.image);
         if !spec.command.is_empty() {
             c.arg("sh").arg("-c").arg(&spec.command);
         }
         c
     };
+    if !spec.gpu_ids.is_empty() {
+        // A process task sees only its GPUs. (In a container the runtime exposes just
+        // those devices, renumbered from 0, and sets NVIDIA_VISIBLE_DEVICES itself.)
+        let ids = gpu_list(&spec.gpu_ids);
+        command
+            .env("CUDA_VISIBLE_DEVICES", &ids)
+            .env("NVIDIA_VISIBLE_DEVICES", &ids);
+    }
     command
         .current_dir(&work)
         .env("HERD_TASK_ID", &spec.task_id)

@@ -289,6 +289,9 @@ pub struct SubmitBody {
     /// (JSON numbers: `2.0` is taken as `2`.)
     #[schema(value_type = Option<u32>, maximum = 1024)]
     gpu: Option<f64>,
+    /// Disk in the worker's work dir, GB (default 0).
+    #[schema(minimum = 0.0, maximum = 1e9)]
+    disk_gb: Option<f64>,
 }
 
 /// A GPU count given as any JSON number with no fraction.
@@ -316,6 +319,7 @@ async fn submit(
             cpu: body.cpu.unwrap_or(1.0),
             memory_gb: body.memory_gb.unwrap_or(0.0),
             gpu: whole_gpus(body.gpu)?,
+            disk_gb: body.disk_gb.unwrap_or(0.0),
         }),
         priority: body.priority.unwrap_or(0),
         constraints: body.constraints.unwrap_or_default(),

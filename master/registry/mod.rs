@@ -199,7 +199,7 @@ impl Registry {
                 .workers
                 .get_mut(&id)
                 .expect("by name points at a worker");
-            entry.spec = spec;
+            entry.set_spec(spec);
             entry.presence.removed = false;
             entry.presence.last_seen = now;
             entry.observe(&liveness, now, "re-registered", &inner.events);

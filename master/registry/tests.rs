@@ -13,10 +13,12 @@ fn spec(name: &str) -> WorkerSpec {
             cpu: 2.0,
             memory_gb: 4.0,
             gpu: 0,
+            disk_gb: 0.0,
         },
         labels: Default::default(),
         runtime: None,
         isolation: String::new(),
+        gpus: Vec::new(),
     }
 }
 

@@ -420,14 +420,15 @@ fn commit<'a>(
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, isolation)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         labels, container_runtime, isolation, disk_gb, gpus)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                      ON CONFLICT(id) DO UPDATE SET
                          host = excluded.host, address = excluded.address,
                          version = excluded.version, cpu = excluded.cpu,
                          memory_gb = excluded.memory_gb, gpu = excluded.gpu,
                          labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         isolation = excluded.isolation",
+                         isolation = excluded.isolation, disk_gb = excluded.disk_gb,
+                         gpus = excluded.gpus",
                 )?
                 .execute(params![
                     r.id,
@@ -440,15 +441,18 @@ fn commit<'a>(
                     labels,
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
                     r.spec.isolation,
+                    r.spec.capacity.disk_gb,
+                    serde_json::to_string(&r.spec.gpus)
+                        .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
             Write::Task(t) => {
                 tx.prepare_cached(
                     "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                          worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                         finished_at, history, seq, priority, constraints)
+                         finished_at, history, seq, priority, constraints, disk_gb)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19)
+                         ?16, ?17, ?18, ?19, ?20)
                      ON CONFLICT(id) DO UPDATE SET
                          state = excluded.state, worker_id = excluded.worker_id,
                          attempts = excluded.attempts, exit_code = excluded.exit_code,
@@ -482,6 +486,7 @@ fn commit<'a>(
                             .collect::<Vec<_>>()
                     )
                     .map_err(|e| Error::Storage(e.to_string()))?,
+                    t.spec.resources.disk_gb,
                 ])?;
             }
             Write::Draining { id, draining } => {

@@ -91,6 +91,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 7: priorities and placement constraints.
     "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';",
+    // 10 (issue 11; renumbered on merge): disk requests and capacity, and each worker's
+    // GPU devices (JSON: index, model, memory_gb). The GPU indices an attempt holds live
+    // in its entry of `history`.
+    "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -126,7 +132,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation
+                w.draining, s.isolation, s.disk_gb, s.gpus
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -141,7 +147,9 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
                     cpu: r.get(5)?,
                     memory_gb: r.get(6)?,
                     gpu: r.get(7)?,
+                    disk_gb: r.get(15)?,
                 },
+                gpus: serde_json::from_str(&r.get::<_, String>(16)?).unwrap_or_default(),
                 labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
                 isolation: r.get(14)?,
@@ -170,7 +178,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints";
+    constraints, disk_gb";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -187,6 +195,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 cpu: r.get(4)?,
                 memory_gb: r.get(5)?,
                 gpu: r.get(6)?,
+                disk_gb: r.get(18)?,
             },
             priority: r.get(16)?,
             constraints: serde_json::from_str::<Vec<String>>(&r.get::<_, String>(17)?)

@@ -164,8 +164,8 @@ impl Tasks {
                 let worker = task.worker_id.clone().unwrap_or_default();
                 match workers.get_mut(&worker) {
                     Some(entry) if !entry.presence.removed => {
-                        entry.add(task.spec.resources);
-                        entry.tasks.insert(id.clone());
+                        entry.hold(&id, task.spec.resources);
+                        restore_gpus(&mut task, entry, &self.store, &self.events);
                         task.assigned_at = Some(now);
                     }
                     _ => {
@@ -390,7 +390,7 @@ impl Tasks {
                     let Some(i) = self.scheduler.place(&candidates, &request) else {
                         break false;
                     };
-                    let entry = &workers.slab[workers.order[i]];
+                    let entry = &mut workers.slab[workers.order[i]];
                     if entry
                         .session
                         .as_ref()
@@ -400,12 +400,14 @@ impl Tasks {
                         candidates[i].schedulable = false;
                         continue;
                     }
+                    // The policy counted GPUs; the pool picks which (lowest free first).
+                    let Some(gpu_ids) = entry.gpus.take(request.resources.gpu, &id) else {
+                        candidates[i].schedulable = false;
+                        continue;
+                    };
                     let worker = entry.id.clone();
-                    self.assign(&id, &worker, workers, now);
-                    let c = &mut candidates[i];
-                    c.allocated.cpu += request.resources.cpu;
-                    c.allocated.memory_gb += request.resources.memory_gb;
-                    c.allocated.gpu += request.resources.gpu;
+                    self.assign(&id, &worker, gpu_ids, workers, now);
+                    candidates[i].book(&request.resources);
                     break true;
                 };
             if !placed {
@@ -447,6 +449,32 @@ fn unmet_reason(
             )
         }
     }
+}
+
+/// A placed task read back at start takes its GPU indices on its worker again: those its
+/// attempt recorded, or (recorded by a master that did not keep them, or no longer free)
+/// the lowest free ones, recorded now.
+fn restore_gpus(
+    task: &mut Task,
+    entry: &mut crate::workers::Entry,
+    store: &Store,
+    events: &Events,
+) {
+    let want = task.spec.resources.gpu;
+    if want == 0 {
+        return;
+    }
+    let kept = task.gpu_ids().to_vec();
+    if kept.len() == want as usize && entry.gpus.hold(&kept, &task.id) {
+        return;
+    }
+    let ids = entry.gpus.take(want, &task.id).unwrap_or_default();
+    tracing::warn!(task = %task.id, worker = %entry.spec.name, ?kept, now = ?ids,
+        "the GPUs recorded for the task could not be restored; it holds others now");
+    if let Some(a) = task.current() {
+        a.gpu_ids = ids;
+    }
+    persist(store, events, task);
 }
 
 /// Hands a task's row to the store thread without waiting for the commit, and tells the

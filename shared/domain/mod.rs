@@ -19,13 +19,20 @@ pub const MAX_CPU: f64 = 16_384.0;
 pub const MAX_MEMORY_GB: f64 = 65_536.0;
 /// Largest GPU count a worker may advertise.
 pub const MAX_GPU: u32 = 1_024;
+/// Largest disk a worker may advertise or a task ask for, in GB (1 EB).
+pub const MAX_DISK_GB: f64 = 1e9;
 
-/// An amount of CPU, memory and GPU.
+mod gpu;
+pub use gpu::{GpuDevice, check_gpus};
+
+/// An amount of CPU, memory, GPU and disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Resources {
     pub cpu: f64,
     pub memory_gb: f64,
     pub gpu: u32,
+    /// Disk in the worker's work dir, GB.
+    pub disk_gb: f64,
 }
 
 impl From<Resources> for pb::Resources {
@@ -34,6 +41,7 @@ impl From<Resources> for pb::Resources {
             cpu: r.cpu,
             memory_gb: r.memory_gb,
             gpu: r.gpu,
+            disk_gb: r.disk_gb,
         }
     }
 }
@@ -79,6 +87,20 @@ pub struct WorkerSpec {
     /// How the worker contains tasks ("cgroup v1", "cgroup v2", "process group"); empty
     /// for a worker too old to say.
     pub isolation: String,
+    /// GPU devices by index (as many as `capacity.gpu`).
+    pub gpus: Vec<GpuDevice>,
+}
+
+impl WorkerSpec {
+    /// The GPU indices tasks may be given: the devices reported, or `0..gpu` for a worker
+    /// (or a row of an older master) that gave only a count.
+    pub fn gpu_indices(&self) -> Vec<u32> {
+        if self.gpus.is_empty() {
+            (0..self.capacity.gpu).collect()
+        } else {
+            self.gpus.iter().map(|g| g.index).collect()
+        }
+    }
 }
 
 impl From<&WorkerSpec> for pb::WorkerDescription {
@@ -92,6 +114,7 @@ impl From<&WorkerSpec> for pb::WorkerDescription {
             labels: spec.labels.clone().into_iter().collect(),
             container_runtime: spec.runtime.map(Runtime::as_str).unwrap_or("").into(),
             isolation: spec.isolation.clone(),
+            gpus: spec.gpus.iter().map(pb::GpuDevice::from).collect(),
         }
     }
 }
@@ -243,10 +266,17 @@ fn check_capacity(r: &pb::Resources) -> Result<Resources, Error> {
             r.gpu
         )));
     }
+    if !r.disk_gb.is_finite() || r.disk_gb < 0.0 || r.disk_gb > MAX_DISK_GB {
+        return Err(Error::invalid(format!(
+            "capacity disk_gb must be a number from 0 to {MAX_DISK_GB}, got {}",
+            r.disk_gb
+        )));
+    }
     Ok(Resources {
         cpu: r.cpu,
         memory_gb: r.memory_gb,
         gpu: r.gpu,
+        disk_gb: r.disk_gb,
     })
 }
 
@@ -281,7 +311,9 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
                 MAX_LABEL_LEN,
             )?;
         }
+        let gpus = check_gpus(d.gpus, capacity.gpu)?;
         Ok(WorkerSpec {
+            gpus,
             runtime: Runtime::parse_optional(&d.container_runtime)?,
             name: d.name,
             host: d.host,
@@ -434,6 +466,12 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
                 r.gpu
             )));
         }
+        if !r.disk_gb.is_finite() || r.disk_gb < 0.0 || r.disk_gb > MAX_DISK_GB {
+            return Err(Error::invalid(format!(
+                "--disk must be at least 0 and at most {MAX_DISK_GB} GB, got {}",
+                r.disk_gb
+            )));
+        }
         if !PRIORITIES.contains(&t.priority) {
             return Err(Error::invalid(format!(
                 "--priority must be from {} to {}, got {}",
@@ -464,6 +502,7 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
                 cpu: r.cpu,
                 memory_gb: r.memory_gb,
                 gpu: r.gpu,
+                disk_gb: r.disk_gb,
             },
         })
     }
