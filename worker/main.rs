@@ -282,3 +282,24 @@ fn local_address(master: &str) -> Option<String> {
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_model_is_a_built_in_label_when_known() {
+        let a100 = devices::parse_nvidia_smi("0, NVIDIA A100-SXM4-80GB, 81920\n");
+        let labels = with_built_in_labels(Vec::new(), "h", None, &a100);
+        assert_eq!(labels["gpu.model"], "NVIDIA A100-SXM4-80GB");
+        assert_eq!(labels["runtime"], "none");
+        let unknown = devices::gpus(None, Some(2));
+        assert!(!with_built_in_labels(Vec::new(), "h", None, &unknown).contains_key("gpu.model"));
+        // A given label wins over the built-in one.
+        let given = vec![("gpu.model".to_string(), "mine".to_string())];
+        assert_eq!(
+            with_built_in_labels(given, "h", None, &a100)["gpu.model"],
+            "mine"
+        );
+    }
+}
