@@ -93,6 +93,12 @@ impl pb::admin_server::Admin for Master {
         ))
     }
 
+    async fn add_worker(&self, request: Request<pb::AddWorkerRequest>) -> Reply<pb::WorkerInfo> {
+        Ok(Response::new(
+            Master::add_worker(self, request.into_inner()).await?,
+        ))
+    }
+
     async fn summary(&self, _request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
         Ok(Response::new(Master::summary(self)))
     }

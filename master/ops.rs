@@ -207,6 +207,14 @@ impl Master {
         self.registry.get(&id)
     }
 
+    /// Pre-registers a worker; acknowledged once stored.
+    pub async fn add_worker(&self, request: pb::AddWorkerRequest) -> Result<pb::WorkerInfo, Error> {
+        let record = self.registry.add_worker(request.try_into()?)?;
+        let id = record.id.clone();
+        self.store.write(Write::Worker(Box::new(record))).await?;
+        self.registry.get(&id)
+    }
+
     /// Forgets a worker that is not Active, in memory and in SQLite.
     pub async fn forget(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {
         let info = self.registry.forget(worker)?;

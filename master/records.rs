@@ -2,6 +2,8 @@
 //! task look like in SQLite. Plain data, no behaviour beyond conversions, so the store
 //! depends on nothing that depends on it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -19,6 +21,8 @@ pub struct WorkerRecord {
     pub state: WorkerState,
     /// No new tasks go here.
     pub draining: bool,
+    /// Labels given at `worker add`, merged over the reported ones.
+    pub added_labels: BTreeMap<String, String>,
 }
 
 /// The columns the ticker keeps in sync.

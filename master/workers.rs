@@ -2,7 +2,7 @@
 //! heartbeat stream (to push to the worker), liveness facts, what is allocated there. The
 //! registry decides what happens to them; the task lifecycle reads and books allocations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -60,6 +60,9 @@ pub struct Entry {
     pub draining: bool,
     /// Forgotten: no longer listed or found; its slot stays so others keep theirs.
     pub forgotten: bool,
+    /// Labels an operator gave at `worker add`: merged over the reported ones (these win)
+    /// at every registration.
+    pub added_labels: BTreeMap<String, String>,
 }
 
 impl Entry {
@@ -76,6 +79,7 @@ impl Entry {
                 last_seen: now,
                 connected: false,
                 removed: false,
+                pending: false,
             },
             session: None,
             recorded: WorkerState::Inactive,
@@ -86,7 +90,19 @@ impl Entry {
             gpus,
             draining: false,
             forgotten: false,
+            added_labels: BTreeMap::new(),
         }
+    }
+
+    /// Takes a registration's description, with the operator's labels over its own.
+    pub fn describe(&mut self, spec: WorkerSpec) {
+        // Maybe other devices now: tasks keep the GPU indices that are still there.
+        let dropped = self.gpus.reindex(spec.gpu_indices());
+        if !dropped.is_empty() {
+            warn!(worker = %spec.name, tasks = ?dropped, "GPUs held by these tasks are no longer reported");
+        }
+        self.spec = spec;
+        self.spec.labels.extend(self.added_labels.clone());
     }
 
     /// The status word views show: liveness, with Draining over Active.
@@ -121,16 +137,6 @@ impl Entry {
                 })
                 .collect(),
         }
-    }
-
-    /// The worker registered again, maybe with other devices: tasks keep the GPU indices
-    /// that are still there.
-    pub fn set_spec(&mut self, spec: WorkerSpec) {
-        let dropped = self.gpus.reindex(spec.gpu_indices());
-        if !dropped.is_empty() {
-            warn!(worker = %spec.name, tasks = ?dropped, "GPUs held by these tasks are no longer reported");
-        }
-        self.spec = spec;
     }
 
     /// Applies the rule; logs, marks dirty and emits an event when the state changed.
@@ -185,6 +191,7 @@ impl Entry {
             last_heartbeat_ms: self.last_heartbeat_ms,
             state: self.recorded,
             draining: self.draining,
+            added_labels: self.added_labels.clone(),
         }
     }
 
@@ -247,6 +254,16 @@ impl Workers {
     /// A worker's name by id (for views).
     pub fn name_of(&self, id: &str) -> Option<&str> {
         self.get(id).map(|w| w.spec.name.as_str())
+    }
+
+    /// An id no worker has.
+    pub fn new_id(&self) -> String {
+        loop {
+            let candidate = format!("w-{:08x}", fastrand::u32(..));
+            if !self.contains_key(&candidate) {
+                return candidate;
+            }
+        }
     }
 
     /// Adds a worker, keeping the name order.

@@ -11,6 +11,8 @@ pub const HELP: &str = "\
 commands:
   workers [--all]                     list workers (--all includes Removed ones)
   worker <id|name>                    show one worker in full
+  worker add <name> [--label k=v]...  pre-register a worker: Pending until it connects; its
+                                      labels are merged over the ones it reports
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
               [--disk GB] [--priority N] [--constraint K=V|K!=V|K]...
@@ -96,8 +98,22 @@ pub enum Command {
 /// `worker ...` commands.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum WorkerCommand {
+    /// Pre-register a worker (Pending until it connects).
+    Add {
+        name: String,
+        /// k=v, merged over the labels the worker reports; repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
     /// Remove a worker that is not Active.
     Forget { worker: String },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{}' is not KEY=VALUE", crate::text::clip(text))),
+    }
 }
 
 /// `task ...` commands.

@@ -97,6 +97,28 @@ impl Console {
                 self.either(json::workers(&list), || render::workers(&list, self.style))
             }
             Command::Worker {
+                action: Some(WorkerCommand::Add { name, labels }),
+                ..
+            } => {
+                let info = self
+                    .admin
+                    .add_worker(pb::AddWorkerRequest {
+                        name,
+                        labels: labels.into_iter().collect(),
+                    })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                let name = info.description.as_ref().map(|d| d.name.clone());
+                self.either(json::worker(&info), || {
+                    format!(
+                        "{} ({}) added: Pending until `herd-worker --name {0}` connects",
+                        name.unwrap_or_default(),
+                        info.id
+                    )
+                })
+            }
+            Command::Worker {
                 action: Some(WorkerCommand::Forget { worker }),
                 ..
             } => {

@@ -14,6 +14,9 @@ pub enum Error {
     /// The request is valid but the cluster is not in a state to honour it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What was to be created exists already (a worker name, ...).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The caller may not speak for this worker or task.
     #[error("{0}")]
     PermissionDenied(String),
@@ -41,6 +44,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,

@@ -168,15 +168,17 @@ impl Registry {
         let inner = &mut *guard;
         for r in workers {
             let removed = r.state == WorkerState::Removed;
-            let recorded = if removed {
-                WorkerState::Removed
-            } else {
-                WorkerState::Inactive
+            let pending = r.state == WorkerState::Pending;
+            let recorded = match r.state {
+                WorkerState::Removed | WorkerState::Pending => r.state,
+                _ => WorkerState::Inactive,
             };
             let mut entry = Entry::new(r.id.clone(), r.spec, now);
             entry.registered_at_ms = r.registered_at_ms;
             entry.last_heartbeat_ms = r.last_heartbeat_ms;
             entry.presence.removed = removed;
+            entry.presence.pending = pending;
+            entry.added_labels = r.added_labels;
             entry.draining = r.draining;
             entry.recorded = recorded;
             // Loaded workers were possibly Active in SQLite: write Inactive back.
@@ -199,23 +201,27 @@ impl Registry {
                 .workers
                 .get_mut(&id)
                 .expect("by name points at a worker");
-            entry.set_spec(spec);
+            entry.describe(spec);
+            let first = std::mem::take(&mut entry.presence.pending);
             entry.presence.removed = false;
             entry.presence.last_seen = now;
-            entry.observe(&liveness, now, "re-registered", &inner.events);
-            info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
+            if first {
+                entry.registered_at_ms = herd::time::now_ms();
+                entry.dirty = true;
+                entry.observe(&liveness, now, "registered", &inner.events);
+                info!(worker = %entry.spec.name, %id, labels = entry.added_labels.len(),
+                      "pre-registered worker registered, taking its id");
+            } else {
+                entry.observe(&liveness, now, "re-registered", &inner.events);
+                info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
+            }
             return Registered {
-                reregistered: true,
+                reregistered: !first,
                 record: entry.record(),
                 id,
             };
         }
-        let id = loop {
-            let candidate = format!("w-{:08x}", fastrand::u32(..));
-            if !inner.workers.contains_key(&candidate) {
-                break candidate;
-            }
-        };
+        let id = inner.workers.new_id();
         let entry = Entry::new(id.clone(), spec, now);
         info!(worker = %entry.spec.name, %id, cpu = entry.spec.capacity.cpu,
               memory_gb = entry.spec.capacity.memory_gb, gpu = entry.spec.capacity.gpu,

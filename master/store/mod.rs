@@ -403,12 +403,14 @@ fn commit<'a>(
             Write::Worker(r) => {
                 let labels = serde_json::to_string(&r.spec.labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
+                let added_labels = serde_json::to_string(&r.added_labels)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(id) DO UPDATE SET
                          name = excluded.name, is_active = excluded.is_active,
-                         state = excluded.state",
+                         state = excluded.state, registered_at = excluded.registered_at",
                 )?
                 .execute(params![
                     r.id,
@@ -420,15 +422,15 @@ fn commit<'a>(
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, isolation, disk_gb, gpus)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                         labels, container_runtime, isolation, added_labels, disk_gb, gpus)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT(id) DO UPDATE SET
                          host = excluded.host, address = excluded.address,
                          version = excluded.version, cpu = excluded.cpu,
                          memory_gb = excluded.memory_gb, gpu = excluded.gpu,
                          labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         isolation = excluded.isolation, disk_gb = excluded.disk_gb,
-                         gpus = excluded.gpus",
+                         isolation = excluded.isolation, added_labels = excluded.added_labels,
+                         disk_gb = excluded.disk_gb, gpus = excluded.gpus",
                 )?
                 .execute(params![
                     r.id,
@@ -441,6 +443,7 @@ fn commit<'a>(
                     labels,
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
                     r.spec.isolation,
+                    added_labels,
                     r.spec.capacity.disk_gb,
                     serde_json::to_string(&r.spec.gpus)
                         .map_err(|e| Error::Storage(e.to_string()))?,

@@ -91,7 +91,10 @@ pub const MIGRATIONS: &[&str] = &[
     // 7: priorities and placement constraints.
     "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';",
-    // 10 (issue 11; renumbered on merge): disk requests and capacity, and each worker's
+    // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
+    // labels given there, merged over the reported ones at every registration.
+    "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
+    // 10 (issue 11; v9 is another branch's, renumbered on merge): disk requests and capacity, and each worker's
     // GPU devices (JSON: index, model, memory_gb). The GPU indices an attempt holds live
     // in its entry of `history`.
     "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
@@ -132,7 +135,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation, s.disk_gb, s.gpus
+                w.draining, s.isolation, s.added_labels, s.disk_gb, s.gpus
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -147,9 +150,9 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
                     cpu: r.get(5)?,
                     memory_gb: r.get(6)?,
                     gpu: r.get(7)?,
-                    disk_gb: r.get(15)?,
+                    disk_gb: r.get(16)?,
                 },
-                gpus: serde_json::from_str(&r.get::<_, String>(16)?).unwrap_or_default(),
+                gpus: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
                 labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
                 isolation: r.get(14)?,
@@ -158,11 +161,12 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, String>(11)?,
             r.get::<_, i64>(12)?,
             r.get::<_, bool>(13)?,
+            serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining) = row?;
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, added_labels) = row?;
         out.push(WorkerRecord {
             id,
             spec,
@@ -170,6 +174,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             last_heartbeat_ms,
             state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
             draining,
+            added_labels,
         });
     }
     Ok(out)
