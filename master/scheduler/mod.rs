@@ -6,6 +6,7 @@
 
 pub mod filters;
 pub mod gpus;
+pub mod queue;
 pub mod scores;
 
 use herd::config::SchedulerKind;

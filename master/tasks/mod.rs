@@ -194,9 +194,8 @@ impl Tasks {
     /// after (or, with `first`, before) the tasks already there.
     fn queue_up(&mut self, id: &str, first: bool) {
         let priority = self.tasks[id].spec.priority;
-        let at = self.queue.partition_point(|other| {
-            let p = self.tasks[other.as_str()].spec.priority;
-            if first { p > priority } else { p >= priority }
+        let at = scheduler::queue::position(&self.queue, priority, first, |other| {
+            self.tasks[other.as_str()].spec.priority
         });
         self.queue.insert(at, id.to_string());
     }
