@@ -34,7 +34,9 @@ use sim::{Mode, Shared};
 #[command(
     name = "herd-bench",
     version,
-    about = "Load generator and benchmark report for herd"
+    about = "Load generator and benchmark report for herd",
+    after_help = "herd-bench replay [TRACE.csv]: compare the scheduling policies on a trace in \
+                  simulated time (herd-bench replay --help)"
 )]
 pub struct Cli {
     /// Simulated workers.

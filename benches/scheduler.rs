@@ -40,7 +40,7 @@ fn main() {
         "scheduler", "workers", "placements", "per second", "µs each"
     );
     for n in [1_000, 10_000] {
-        for kind in [SchedulerKind::RoundRobin, SchedulerKind::ResourceAware] {
+        for kind in SchedulerKind::ALL {
             let mut rng = fastrand::Rng::with_seed(7);
             let mut workers = snapshot(n, &mut rng);
             let requests: Vec<Request> = (0..placements)

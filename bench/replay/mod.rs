@@ -68,7 +68,8 @@ pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             let tasks =
                 trace::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            (tasks, path.display().to_string())
+            let source = format!("{} ({} tasks)", path.display(), tasks.len());
+            (tasks, source)
         }
         None => (
             trace::synthetic(cli.seed, cli.tasks, cli.hours),
@@ -119,7 +120,7 @@ pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("trace:    {source} ({} tasks)", tasks.len());
+    println!("trace:    {source}");
     println!("cluster:  {cluster}");
     println!(
         "{:<16} {:>10} {:>10} {:>10} {:>6} {:>7} {:>6} {:>13}",

@@ -240,17 +240,28 @@ pub fn run(trace: &[TraceTask], machines: &[Machine], policy: SchedulerKind) -> 
             next += 1;
         }
         // One pass over the whole queue, in order, placing whatever fits (backfill).
+        // Free resources only shrink during a pass, so a request at least as large as one
+        // that found no place cannot find one either: the policy is not asked (it would
+        // say None, and None changes no policy's state), which keeps a long queue cheap.
         let most = cluster.most_free();
+        let mut failed: Vec<Resources> = Vec::new();
         let mut left = VecDeque::with_capacity(queue.len());
         for i in queue.drain(..) {
             let r = &requests[i];
-            let hopeless = r.resources.cpu > most.cpu + 1e-9
-                || r.resources.memory_gb > most.memory_gb + 1e-9
-                || r.resources.gpu > most.gpu;
+            let q = &r.resources;
+            let hopeless = q.cpu > most.cpu + 1e-9
+                || q.memory_gb > most.memory_gb + 1e-9
+                || q.gpu > most.gpu
+                || failed
+                    .iter()
+                    .any(|f| q.cpu >= f.cpu && q.memory_gb >= f.memory_gb && q.gpu >= f.gpu);
             let placed = !hopeless
                 && match scheduler.place(&cluster.workers, r) {
-                    Some(w) => cluster.place(i, w, &r.resources, t + trace[i].duration_ms),
-                    None => false,
+                    Some(w) => cluster.place(i, w, q, t + trace[i].duration_ms),
+                    None => {
+                        failed.push(*q);
+                        false
+                    }
                 };
             if placed {
                 waits.push(t - trace[i].submit_ms);
