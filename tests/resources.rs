@@ -84,6 +84,11 @@ async fn tasks_get_distinct_gpus_and_a_third_waits_until_one_is_free() {
     let third = submit_spec(&mut admin, spec("echo $CUDA_VISIBLE_DEVICES", 1, 0.0)).await;
     assert_eq!(third.state(), pb::TaskState::Queued);
     assert_eq!(third.reason, "no Active worker with 1 GPUs free");
+    // A task that asks for no GPU runs meanwhile, and sees none.
+    let show = "echo \"[${CUDA_VISIBLE_DEVICES-unset}] [${NVIDIA_VISIBLE_DEVICES-unset}]\"";
+    let none = submit_spec(&mut admin, spec(show, 0, 0.0)).await.id;
+    wait_task(&mut admin, &none, pb::TaskState::Succeeded, T).await;
+    assert_eq!(logs(&mut admin, &none, false).await.trim(), "[] [void]");
 
     let mut seen = Vec::new();
     for id in [&a, &b] {

@@ -44,6 +44,9 @@ pub struct Spec {
     /// GPU indices the master gave this attempt.
     #[serde(default)]
     pub gpu_ids: Vec<u32>,
+    /// Given no GPU on a machine with GPUs: CUDA and the NVIDIA runtime see none.
+    #[serde(default)]
+    pub hide_gpus: bool,
 }
 
 impl Spec {

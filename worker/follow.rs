@@ -333,6 +333,7 @@ mod tests {
             isolation: "process group".into(),
             kill_grace_ms: 1000,
             gpu_ids: Vec::new(),
+            hide_gpus: false,
         }
     }
 

@@ -125,7 +125,8 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
-    let executor = Executor::new(work_dir, runtime, isolation, config.kill_grace, outbox)?;
+    let executor = Executor::new(work_dir, runtime, isolation, config.kill_grace, outbox)?
+        .with_gpus(capacity.gpu > 0);
     // Before the first heartbeat, so that it already lists what we hold.
     crate::follow::recover(&executor);
     let cleaner = {

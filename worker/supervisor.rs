@@ -288,6 +288,12 @@ fn spawn(
         command
             .env("CUDA_VISIBLE_DEVICES", &ids)
             .env("NVIDIA_VISIBLE_DEVICES", &ids);
+    } else if spec.hide_gpus {
+        // Given none on a machine with GPUs: none, rather than all of them. (A container
+        // gets no GPU without the device flag anyway.)
+        command
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .env("NVIDIA_VISIBLE_DEVICES", "void");
     }
     command
         .current_dir(&work)
@@ -524,5 +530,26 @@ pub fn block_sigterm_from_pre_exec() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn containers_get_their_gpus_through_the_runtime() {
+        assert!(super::container_gpu_args("podman", &[]).is_empty());
+        assert_eq!(
+            super::container_gpu_args("docker", &[0, 2]),
+            ["--gpus", "\"device=0,2\""]
+        );
+        assert_eq!(
+            super::container_gpu_args("podman", &[1, 3]),
+            [
+                "--device",
+                "nvidia.com/gpu=1",
+                "--device",
+                "nvidia.com/gpu=3"
+            ]
+        );
     }
 }
