@@ -221,3 +221,49 @@ async fn disk_is_counted_and_a_request_that_fits_nowhere_waits_naming_disk() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("--disk"), "{}", status.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_of_a_lost_attempt_are_freed_and_the_task_gets_them_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--heartbeat-interval",
+        "200ms",
+        "--heartbeat-timeout",
+        "1s",
+        "--check-interval",
+        "100ms",
+        "--worker-timeout",
+        "3s",
+    ];
+    let master = Master::start(dir.path(), &args);
+    let mut admin = master.admin().await;
+    let mut a = Worker::start(dir.path(), &master.url(), "gpu-a", &["--gpu", "1"]);
+    wait_state(&mut admin, "gpu-a", pb::WorkerState::Active, T).await;
+    let stop = dir.path().join("stop");
+    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let x = submit_spec(&mut admin, spec(&hold, 1, 0.0)).await.id;
+    wait_task(&mut admin, &x, pb::TaskState::Running, T).await;
+    let y = submit_spec(&mut admin, spec("true", 1, 0.0)).await;
+    assert_eq!(y.reason, "no Active worker with 1 GPUs free");
+
+    // The host of gpu-a is lost: its attempt is lost, its GPU booked to no one.
+    a.kill9();
+    wait_state(&mut admin, "gpu-a", pb::WorkerState::Removed, T).await;
+    let requeued = wait_task(&mut admin, &x, pb::TaskState::Queued, T).await;
+    let gone = worker(&mut admin, "gpu-a").await.unwrap();
+    assert!(gone.gpu_holders.is_empty(), "{:?}", gone.gpu_holders);
+    assert_eq!(requeued.history[0].outcome, "lost");
+    assert_eq!(requeued.history[0].gpu_ids, vec![0]);
+    assert!(requeued.gpu_ids.is_empty());
+
+    // Re-queued first within its priority: it takes gpu-b's only GPU before y.
+    let _b = Worker::start(dir.path(), &master.url(), "gpu-b", &["--gpu", "1"]);
+    let x_on_b = wait_task(&mut admin, &x, pb::TaskState::Running, T).await;
+    assert_eq!(x_on_b.worker_name, "gpu-b");
+    assert_eq!(x_on_b.gpu_ids, vec![0]);
+    assert_eq!(task(&mut admin, &y.id).await.state(), pb::TaskState::Queued);
+    std::fs::write(&stop, "").unwrap();
+    wait_task(&mut admin, &x, pb::TaskState::Succeeded, T).await;
+    let y = wait_task(&mut admin, &y.id, pb::TaskState::Succeeded, T).await;
+    assert_eq!(y.worker_name, "gpu-b");
+}
