@@ -258,6 +258,7 @@ impl Registry {
             outbound,
             end: end_tx,
             last_sequence: first.sequence,
+            full_since: None,
         }) {
             warn!(worker = %entry.spec.name, id = %entry.id,
                   "a new heartbeat stream replaced an open one (two processes with one name?)");
@@ -389,6 +390,27 @@ impl Registry {
         };
         for entry in inner.workers.values_mut() {
             let before = entry.recorded;
+            // A worker that has not read its stream for a heartbeat timeout is cut off
+            // (it reconnects), rather than kept Active and silently skipped.
+            if entry
+                .session
+                .as_mut()
+                .is_some_and(|s| s.backed_up(now, liveness.heartbeat_timeout))
+                && let Some(session) = entry.session.take()
+            {
+                entry.presence.connected = false;
+                let _ = session.end.send(Status::unavailable(format!(
+                    "this worker did not read its heartbeat stream for {:?} (its queue of \
+                     messages from the master stayed full); reconnect",
+                    liveness.heartbeat_timeout
+                )));
+                entry.observe(
+                    &liveness,
+                    now,
+                    "the worker stopped reading its stream; disconnected",
+                    &inner.events,
+                );
+            }
             let state = entry.observe(
                 &liveness,
                 now,
