@@ -129,6 +129,18 @@ async fn tasks_get_distinct_gpus_and_a_third_waits_until_one_is_free() {
     let api = Api::of(&master).await;
     let http = api.get("/api/v1/workers/gpu-box").await;
     assert_eq!(http["gpus"], json["gpus"]);
+    // The HTTP API takes a disk request and shows the GPU indices of a task.
+    let (status, t) = api
+        .json(
+            hyper::Method::POST,
+            "/api/v1/tasks",
+            Some(serde_json::json!({"command": "true", "disk_gb": 0.5})),
+        )
+        .await;
+    assert_eq!(status, hyper::StatusCode::CREATED, "{t}");
+    assert_eq!(t["disk_gb"], 0.5);
+    let shown = api.get(&format!("/api/v1/tasks/{}", seen[0].1)).await;
+    assert_eq!(shown["gpu_ids"], serde_json::json!([seen[0].0]));
 
     // A master restart reads the indices back from SQLite: the same tasks hold the same
     // GPUs, and the third still waits.
