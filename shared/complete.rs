@@ -138,6 +138,7 @@ impl Completion {
                 "--cpu",
                 "--memory",
                 "--gpu",
+                "--disk",
             ]),
             ["task", "logs", ..] => strings(&["--follow"]),
             _ => Vec::new(),
