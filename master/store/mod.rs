@@ -398,7 +398,21 @@ fn commit<'a>(
     writes: impl Iterator<Item = &'a Write>,
 ) -> Result<(), Error> {
     let tx = conn.transaction()?;
-    for write in writes {
+    // A task's row is a whole snapshot: of several in one commit (assigned, started and
+    // finished can come together at a high rate), only the last is written.
+    let writes: Vec<&Write> = writes.collect();
+    let mut last_of: HashMap<&str, usize> = HashMap::new();
+    for (at, write) in writes.iter().enumerate() {
+        if let Write::Task(t) = write {
+            last_of.insert(t.id.as_str(), at);
+        }
+    }
+    for (at, write) in writes.into_iter().enumerate() {
+        if let Write::Task(t) = write
+            && last_of.get(t.id.as_str()) != Some(&at)
+        {
+            continue;
+        }
         match write {
             Write::Worker(r) => {
                 let labels = serde_json::to_string(&r.spec.labels)
