@@ -210,8 +210,8 @@ impl Entry {
         }
     }
 
-    /// Books task `id` here: its resources, and its GPU indices (`gpu_ids`, which must
-    /// be free; see [`GpuPool::take`]).
+    /// Books task `id` here: its resources (its GPU indices are taken from
+    /// [`Entry::gpus`] by the caller).
     pub fn hold(&mut self, id: &str, r: Resources) {
         let a = &mut self.allocated;
         a.cpu += r.cpu;
