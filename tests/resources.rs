@@ -279,3 +279,41 @@ async fn gpus_of_a_lost_attempt_are_freed_and_the_task_gets_them_elsewhere() {
     let y = wait_task(&mut admin, &y.id, pb::TaskState::Succeeded, T).await;
     assert_eq!(y.worker_name, "gpu-b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bin_pack_fills_one_worker_before_the_next_and_is_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    let _a = Worker::start(dir.path(), &master.url(), "pack-a", &["--cpu", "4"]);
+    let _b = Worker::start(dir.path(), &master.url(), "pack-b", &["--cpu", "4"]);
+    wait_state(&mut admin, "pack-a", pb::WorkerState::Active, T).await;
+    wait_state(&mut admin, "pack-b", pb::WorkerState::Active, T).await;
+    let (ok, out, err) = herdctl(&master.url(), &["scheduler", "bin-pack"]);
+    assert!(ok && out.contains("bin-pack"), "{out} {err}");
+
+    let stop = dir.path().join("stop");
+    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        let mut s = spec(&hold, 0, 0.0);
+        s.resources.as_mut().unwrap().cpu = 1.0;
+        let id = submit_spec(&mut admin, s).await.id;
+        // One at a time, so each placement sees the ones before it.
+        placed.push(
+            wait_task(&mut admin, &id, pb::TaskState::Running, T)
+                .await
+                .worker_name,
+        );
+    }
+    assert_eq!(placed, ["pack-a", "pack-a", "pack-a", "pack-a", "pack-b"]);
+    std::fs::write(&stop, "").unwrap();
+
+    master.terminate();
+    let master = Master::start_on(dir.path(), &data, port, FAST);
+    let (ok, out, err) = herdctl(&master.url(), &["scheduler"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "scheduler: bin-pack");
+}
