@@ -36,6 +36,15 @@ impl pb::admin_server::Admin for Master {
         Ok(Response::new(self.submit(request.into_inner().spec).await?))
     }
 
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Reply<pb::SubmitTasksResponse> {
+        Ok(Response::new(
+            self.submit_batch(request.into_inner()).await?,
+        ))
+    }
+
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,

@@ -80,6 +80,20 @@ impl Master {
         Ok(self.registry.enqueue(task))
     }
 
+    /// Stores a batch in one transaction before any id is handed out: all the tasks, or
+    /// (when one is wrong, or the write fails) none.
+    pub async fn submit_batch(
+        &self,
+        req: pb::SubmitTasksRequest,
+    ) -> Result<pb::SubmitTasksResponse, Error> {
+        let specs = herd::domain::run::batch(req)?;
+        let tasks = self.registry.new_tasks(specs);
+        self.store.write(Write::Tasks(tasks.clone())).await?;
+        Ok(pb::SubmitTasksResponse {
+            task_ids: self.registry.enqueue_all(tasks),
+        })
+    }
+
     /// A page of tasks, newest first: the unfinished (and just finished) ones from memory
     /// merged with the finished ones from SQLite.
     pub async fn list_tasks(

@@ -334,6 +334,10 @@ mod tests {
             kill_grace_ms: 1000,
             gpu_ids: Vec::new(),
             hide_gpus: false,
+            timeout_ms: 0,
+            env: Default::default(),
+            workdir: String::new(),
+            container_name: String::new(),
         }
     }
 

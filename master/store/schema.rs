@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use herd::domain::run::RunOptions;
 use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
@@ -94,9 +95,14 @@ pub const MIGRATIONS: &[&str] = &[
     // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
     // labels given there, merged over the reported ones at every registration.
     "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
-    // 10 (issue 11; v9 is another branch's, renumbered on merge): disk requests and capacity, and each worker's
-    // GPU devices (JSON: index, model, memory_gb). The GPU indices an attempt holds live
-    // in its entry of `history`.
+    // 9: how a task runs — its time limit, environment (JSON object), working directory
+    // and retries on a non-zero exit.
+    "ALTER TABLE tasks ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+    // 10: disk requests and capacity, and each worker's GPU devices (JSON: index,
+    // model, memory_gb). The GPU indices an attempt holds live in its entry of `history`.
     "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
     ALTER TABLE worker_specs ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
     ALTER TABLE worker_specs ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';",
@@ -183,7 +189,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, disk_gb";
+    constraints, timeout_ms, env, workdir, retries, disk_gb";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -200,7 +206,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 cpu: r.get(4)?,
                 memory_gb: r.get(5)?,
                 gpu: r.get(6)?,
-                disk_gb: r.get(18)?,
+                disk_gb: r.get(22)?,
             },
             priority: r.get(16)?,
             constraints: serde_json::from_str::<Vec<String>>(&r.get::<_, String>(17)?)
@@ -208,6 +214,14 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 .iter()
                 .filter_map(|c| herd::constraint::Constraint::parse(c).ok())
                 .collect(),
+            run: RunOptions {
+                timeout: Some(r.get::<_, i64>(18)?)
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| std::time::Duration::from_millis(ms as u64)),
+                env: serde_json::from_str(&r.get::<_, String>(19)?).unwrap_or_default(),
+                workdir: Some(r.get::<_, String>(20)?).filter(|w| !w.is_empty()),
+                retries: r.get(21)?,
+            },
         },
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
         worker_id: r.get(8)?,
