@@ -77,7 +77,10 @@ async fn tasks_get_distinct_gpus_and_a_third_waits_until_one_is_free() {
          while [ ! -e {} ]; do sleep 0.1; done",
         stop.display()
     );
-    let a = submit_spec(&mut admin, spec(&hold, 1, 0.0)).await.id;
+    // The GPUs herd gives win over any the task's own environment names.
+    let mut first = spec(&hold, 1, 0.0);
+    first.env = [("CUDA_VISIBLE_DEVICES".to_string(), "7".to_string())].into();
+    let a = submit_spec(&mut admin, first).await.id;
     let b = submit_spec(&mut admin, spec(&hold, 1, 0.0)).await.id;
     wait_task(&mut admin, &a, pb::TaskState::Running, T).await;
     wait_task(&mut admin, &b, pb::TaskState::Running, T).await;
@@ -313,6 +316,7 @@ async fn bin_pack_fills_one_worker_before_the_next_and_is_kept_across_a_restart(
 
     master.terminate();
     let master = Master::start_on(dir.path(), &data, port, FAST);
+    master.admin().await; // up and answering
     let (ok, out, err) = herdctl(&master.url(), &["scheduler"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "scheduler: bin-pack");
