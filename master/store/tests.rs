@@ -204,3 +204,37 @@ async fn a_batch_of_tasks_round_trips_with_how_each_runs() {
     let runs: Vec<_> = tasks.iter().map(|t| t.spec.run.clone()).collect();
     assert_eq!(runs, [run(1), run(2), run(3), Default::default()]);
 }
+
+/// Snapshots of one task's row in one commit: the last one is what SQLite keeps, and
+/// the other tasks' rows in between are kept too.
+#[tokio::test]
+async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut running = queued_task(5, Default::default());
+    running.state = herd::domain::TaskState::Running;
+    running.attempts = 1;
+    running.worker_id = Some("w-1".into());
+    running.started_ms = 7;
+    // Handed over without waiting, so they meet in one commit (or in order, if not).
+    store.enqueue(Write::Task(Box::new(queued_task(5, Default::default()))));
+    store.enqueue(Write::Task(Box::new(queued_task(6, Default::default()))));
+    store.enqueue(Write::Task(Box::new(running)));
+    store.sync().await.unwrap();
+    drop(store);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut tasks = loaded.tasks;
+    tasks.sort_by_key(|t| t.id.clone());
+    let seen: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t.state, t.attempts, t.started_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("t-5", herd::domain::TaskState::Running, 1, 7),
+            ("t-6", herd::domain::TaskState::Queued, 0, 0)
+        ]
+    );
+}
