@@ -29,7 +29,7 @@ const COMMANDS: &[&str] = &[
     "quit",
 ];
 const TASK_ACTIONS: &[&str] = &["submit", "status", "logs", "cancel"];
-const SCHEDULERS: &[&str] = &["round-robin", "resource-aware"];
+const SCHEDULERS: &[&str] = &["round-robin", "resource-aware", "bin-pack"];
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
 /// What the cluster offers to complete, and when it was asked.
@@ -146,6 +146,7 @@ impl Completion {
                 "--retries",
                 "--count",
                 "--file",
+                "--disk",
             ]),
             ["task", "logs", ..] => strings(&["--follow"]),
             _ => Vec::new(),

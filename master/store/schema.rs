@@ -101,6 +101,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
     ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+    // 10: disk requests and capacity, and each worker's GPU devices (JSON: index,
+    // model, memory_gb). The GPU indices an attempt holds live in its entry of `history`.
+    "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -136,7 +141,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation, s.added_labels
+                w.draining, s.isolation, s.added_labels, s.disk_gb, s.gpus
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -151,7 +156,9 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
                     cpu: r.get(5)?,
                     memory_gb: r.get(6)?,
                     gpu: r.get(7)?,
+                    disk_gb: r.get(16)?,
                 },
+                gpus: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
                 labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
                 isolation: r.get(14)?,
@@ -182,7 +189,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, timeout_ms, env, workdir, retries";
+    constraints, timeout_ms, env, workdir, retries, disk_gb";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -199,6 +206,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 cpu: r.get(4)?,
                 memory_gb: r.get(5)?,
                 gpu: r.get(6)?,
+                disk_gb: r.get(22)?,
             },
             priority: r.get(16)?,
             constraints: serde_json::from_str::<Vec<String>>(&r.get::<_, String>(17)?)
