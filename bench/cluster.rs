@@ -191,7 +191,14 @@ pub async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
         out.push(
             Endpoint::from_shared(url.to_string())?
                 .tcp_nodelay(true)
-                .http2_adaptive_window(true)
+                // Thousands of streams share one connection: room for what they all have
+                // in flight. h2 also bounds the small DATA frames a connection may hold
+                // unread to half its window (one heartbeat or ack is one such frame); with
+                // the adaptive window's 64 KiB start that is ~140 frames, and a generator
+                // that fell behind for a moment had its connections reset by its own h2
+                // (GOAWAY too_many_data_frames), thousands of workers at once.
+                .initial_connection_window_size(Some(64 << 20))
+                .initial_stream_window_size(Some(1 << 20))
                 .connect()
                 .await?,
         );

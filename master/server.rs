@@ -97,7 +97,13 @@ pub async fn serve_tcp(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // Many workers' streams may share a connection (behind a proxy, or herd-bench's
+        // generator). h2 resets a connection that holds more small DATA frames unread than
+        // half its window allows (every heartbeat is one): a window sized for thousands of
+        // streams keeps a moment's backlog from taking them all down.
+        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(1 << 20));
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
