@@ -62,6 +62,9 @@ pub struct Cli {
     /// Tasks per batch (SubmitTasks) in the placement phase.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Tasks offered per second in the placement phase.
+    #[arg(long, default_value_t = 10_000.0)]
+    placement_rate: f64,
     /// Tasks submitted one by one for the submit-to-start figure.
     #[arg(long, default_value_t = 100)]
     latency_tasks: usize,

@@ -88,12 +88,13 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     // none Inactive before it. (When an answer comes is up to the poller; what it says is
     // the master's.)
     let longest_active = still_active_ms.iter().copied().fold(0.0, f64::max);
+    // (Silences are whole milliseconds by the master's clock: 2,999.6 ms reads 3,000.)
     b.figures.push(Figure::goal(
         "silent: longest silence shown Active",
         longest_active,
         "ms",
-        format!("< {timeout_ms:.0} ms (the timeout)"),
-        longest_active < timeout_ms,
+        format!("<= {timeout_ms:.0} ms (the timeout)"),
+        longest_active <= timeout_ms,
     ));
     b.figures.push(Figure::goal(
         "silent: shortest silence shown Inactive",
