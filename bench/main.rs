@@ -33,6 +33,8 @@ use herd::pb::worker_message::Body as ToMaster;
 use herd::time::parse_duration;
 
 const TOKEN: &str = "herd-bench-token";
+/// What the simulated workers present (the master's join token).
+const JOIN_TOKEN: &str = "herd-bench-join-token";
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -139,7 +141,7 @@ impl MasterProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data)
-            .args(["--no-repl", "--token", TOKEN])
+            .args(["--no-repl", "--token", TOKEN, "--join-token", JOIN_TOKEN])
             .args([
                 "--heartbeat-interval",
                 &format!("{}ms", interval.as_millis()),
@@ -345,6 +347,11 @@ fn bearer() -> Bearer {
     Bearer::new(Some(TOKEN)).expect("a valid token")
 }
 
+/// What a simulated worker presents.
+fn join_bearer() -> Bearer {
+    Bearer::new(Some(JOIN_TOKEN)).expect("a valid token")
+}
+
 async fn admin_of(url: &str) -> anyhow::Result<AdminClient<Authed>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -410,7 +417,7 @@ async fn summary(admin: &mut AdminClient<Authed>) -> HashMap<String, u32> {
     s.workers.into_iter().map(|c| (c.state, c.count)).collect()
 }
 
-fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
+fn heartbeat(id: &str, sequence: u64, secret: &str) -> pb::WorkerMessage {
     pb::WorkerMessage {
         body: Some(ToMaster::Heartbeat(pb::Heartbeat {
             worker_id: id.to_string(),
@@ -420,6 +427,7 @@ fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
             running_task_ids: Vec::new(),
             finished: Vec::new(),
             held: Vec::new(),
+            worker_secret: secret.to_string(),
         })),
     }
 }
@@ -431,9 +439,10 @@ async fn simulate(
     channel: Channel,
     name: pb::WorkerDescription,
     sim_id: String,
+    mut secret: String,
     mut mode: watch::Receiver<Mode>,
 ) {
-    let mut registry = RegistryClient::with_interceptor(channel, bearer());
+    let mut registry = RegistryClient::with_interceptor(channel, join_bearer());
     let mut id = sim_id;
     let mut sequence = 0u64;
     let mut backoff = Duration::from_millis(200);
@@ -443,17 +452,22 @@ async fn simulate(
         }
         let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(64);
         sequence += 1;
-        let _ = tx.try_send(heartbeat(&id, sequence));
+        let _ = tx.try_send(heartbeat(&id, sequence, &secret));
         let mut inbound = match registry.heartbeat(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
                 if let Ok(r) = registry
                     .register(pb::RegisterRequest {
                         worker: Some(name.clone()),
+                        worker_secret: secret.clone(),
                     })
                     .await
                 {
-                    id = r.into_inner().worker_id;
+                    let r = r.into_inner();
+                    id = r.worker_id;
+                    if !r.worker_secret.is_empty() {
+                        secret = r.worker_secret;
+                    }
                 }
                 continue;
             }
@@ -476,7 +490,7 @@ async fn simulate(
             }
             if current == Mode::Flood && pending.len() < 8 {
                 sequence += 1;
-                if tx.send(heartbeat(&id, sequence)).await.is_err() {
+                if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
                     break true;
                 }
                 pending.push_back((sequence, Instant::now()));
@@ -491,7 +505,7 @@ async fn simulate(
                     }
                     if current == Mode::Normal {
                         sequence += 1;
-                        if tx.send(heartbeat(&id, sequence)).await.is_err() {
+                        if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
                             break true;
                         }
                                         pending.push_back((sequence, Instant::now()));
@@ -619,23 +633,25 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
     // Registration throughput.
     let conns = channels(&url, cli.connections).await?;
     let started = Instant::now();
-    let mut ids = vec![String::new(); n];
-    let (done_tx, mut done_rx) = mpsc::channel::<(usize, String)>(1024);
+    let mut ids = vec![(String::new(), String::new()); n];
+    let (done_tx, mut done_rx) = mpsc::channel::<(usize, (String, String))>(1024);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
     for i in 0..n {
         let mut registry =
-            RegistryClient::with_interceptor(conns[i % conns.len()].clone(), bearer());
+            RegistryClient::with_interceptor(conns[i % conns.len()].clone(), join_bearer());
         let done = done_tx.clone();
         let permit = in_flight.clone().acquire_owned().await?;
         tokio::spawn(async move {
             let r = registry
                 .register(pb::RegisterRequest {
                     worker: Some(description(i)),
+                    worker_secret: String::new(),
                 })
                 .await;
             drop(permit);
             if let Ok(r) = r {
-                let _ = done.send((i, r.into_inner().worker_id)).await;
+                let r = r.into_inner();
+                let _ = done.send((i, (r.worker_id, r.worker_secret))).await;
             }
         });
     }
@@ -672,7 +688,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
         tasks_started: AtomicU64::new(0),
     });
     let mut sims = Vec::with_capacity(n);
-    for (i, id) in ids.iter().enumerate() {
+    for (i, (id, secret)) in ids.iter().enumerate() {
         let (mode, mode_rx) = watch::channel(Mode::Normal);
         sims.push(Sim {
             id: id.clone(),
@@ -683,6 +699,7 @@ async fn run(cli: &Cli, bin: &PathBuf, data: &PathBuf, n: usize) -> anyhow::Resu
             conns[i % conns.len()].clone(),
             description(i),
             id.clone(),
+            secret.clone(),
             mode_rx,
         ));
         // Spread the first heartbeats over one interval, as real workers would be.

@@ -17,7 +17,7 @@ use herd::time::now_ms;
 
 use crate::events::Events;
 use crate::liveness::{Liveness, Presence};
-use crate::records::WorkerRecord;
+use crate::records::{SecretHash, WorkerRecord};
 
 /// What the master pushes down a worker's heartbeat stream.
 pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
@@ -32,6 +32,8 @@ pub struct Session {
     pub end: oneshot::Sender<Status>,
     /// Highest heartbeat sequence seen on this stream; older ones are replays.
     pub last_sequence: u64,
+    /// Where the stream comes from.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 pub struct Entry {
@@ -57,6 +59,11 @@ pub struct Entry {
     pub draining: bool,
     /// Forgotten: no longer listed or found; its slot stays so others keep theirs.
     pub forgotten: bool,
+    /// Hash of the secret this worker proves its identity with (`None`: a worker known
+    /// from before secrets, issued one at its next registration).
+    pub secret_hash: Option<SecretHash>,
+    /// Where its last registration or stream came from.
+    pub last_peer: Option<std::net::SocketAddr>,
 }
 
 impl Entry {
@@ -81,6 +88,8 @@ impl Entry {
             tasks: BTreeSet::new(),
             draining: false,
             forgotten: false,
+            secret_hash: None,
+            last_peer: None,
         }
     }
 
@@ -160,6 +169,7 @@ impl Entry {
             last_heartbeat_ms: self.last_heartbeat_ms,
             state: self.recorded,
             draining: self.draining,
+            secret_hash: self.secret_hash,
         }
     }
 

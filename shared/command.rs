@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::SchedulerKind;
-use crate::domain::TaskState;
+use crate::domain::{Role, TaskState};
 
 /// Text printed by `help`.
 pub const HELP: &str = "\
@@ -30,6 +30,14 @@ commands:
                                       show or switch the placement policy
   drain <id|name>                     no new tasks on a worker; running ones finish
   undrain <id|name>                   take new tasks again
+  token create <name> --role admin|operator|viewer
+                                      make a named operator token; prints it once
+                                      (viewer: read only; operator: also submit, cancel,
+                                      drain; admin: everything, tokens included)
+  token list                          named tokens: role, created, last used
+  token revoke <name>                 refuse a token from now on
+  audit [--limit N]                   who changed what, when and from where, newest first
+                                      (50 unless --limit)
   status                              cluster at a glance, refreshed every 2s until a key
   help                                this text
   exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)
@@ -84,6 +92,17 @@ pub enum Command {
     Undrain { worker: String },
     /// Workers and tasks by state, refreshed until a key is pressed.
     Status,
+    /// Named operator tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Who changed what, newest first.
+    Audit {
+        /// At most this many (default 50).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// List the commands.
     Help,
     /// Leave.
@@ -97,6 +116,27 @@ pub enum Command {
 pub enum WorkerCommand {
     /// Remove a worker that is not Active.
     Forget { worker: String },
+}
+
+/// `token ...` commands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum TokenCommand {
+    /// Make a named token with a role; prints it once.
+    Create {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Named tokens: role, created, last used.
+    List,
+    /// Refuse a token from now on.
+    Revoke { name: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("'{text}' is not a role; use admin, operator or viewer"))
 }
 
 /// `task ...` commands.
@@ -288,6 +328,22 @@ mod tests {
         assert_eq!(
             parse_line("quit").unwrap().map(|p| p.command),
             Some(Command::Quit)
+        );
+        assert_eq!(
+            parse_line("token create ci --role operator")
+                .unwrap()
+                .map(|p| p.command),
+            Some(Command::Token {
+                action: TokenCommand::Create {
+                    name: "ci".into(),
+                    role: Role::Operator
+                }
+            })
+        );
+        assert!(parse_line("token create ci --role root").is_err());
+        assert_eq!(
+            parse_line("audit --limit 5").unwrap().map(|p| p.command),
+            Some(Command::Audit { limit: Some(5) })
         );
         assert_eq!(
             parse_line("worker forget old-box")

@@ -10,7 +10,9 @@ use tonic::{Code, Status};
 
 use crate::auth::Bearer;
 use crate::client::{Authed, endpoint};
-use crate::command::{Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, WorkerCommand};
+use crate::command::{
+    Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, TokenCommand, WorkerCommand,
+};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::render::{self, Style, json};
@@ -156,6 +158,10 @@ impl Console {
                 }
             }
             Command::Task { action } => return self.task(action, out).await,
+            Command::Token { action } => self.token(action).await?,
+            Command::Audit { limit } => {
+                return self.audit(limit.unwrap_or(DEFAULT_TASK_LIMIT), out).await;
+            }
         };
         writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
         Ok(Flow::Continue)
@@ -338,6 +344,83 @@ impl Console {
         } else {
             writeln!(out, "{}", render::tasks(&shown)).map_err(write_err)?;
         }
+        Ok(Flow::Continue)
+    }
+
+    async fn token(&mut self, action: TokenCommand) -> Result<String, String> {
+        use crate::render::identity::{self as view, json};
+        Ok(match action {
+            TokenCommand::Create { name, role } => {
+                let made = self
+                    .admin
+                    .create_token(pb::CreateTokenRequest {
+                        name,
+                        role: role.as_str().into(),
+                    })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                self.either(json::created(&made), || view::created(&made))
+            }
+            TokenCommand::List => {
+                let mut list = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = self
+                        .admin
+                        .list_tokens(pb::ListTokensRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await
+                        .map_err(|s| self.explain(s))?
+                        .into_inner();
+                    list.extend(page.tokens);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                self.either(json::tokens(&list), || view::tokens(&list))
+            }
+            TokenCommand::Revoke { name } => {
+                let info = self
+                    .admin
+                    .revoke_token(pb::RevokeTokenRequest { name })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                self.either(json::token(&info), || {
+                    format!("token '{}' revoked: it is refused from now on", info.name)
+                })
+            }
+        })
+    }
+
+    /// `audit`: the newest `limit` entries, page by page.
+    async fn audit(&mut self, limit: usize, out: &mut dyn Write) -> Result<Flow, String> {
+        use crate::render::identity::{self as view, json};
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        while entries.len() < limit {
+            let page = self
+                .admin
+                .list_audit(pb::ListAuditRequest {
+                    page_size: (limit - entries.len()).min(1000) as u32,
+                    page_token,
+                })
+                .await
+                .map_err(|s| self.explain(s))?
+                .into_inner();
+            let room = limit - entries.len();
+            entries.extend(page.entries.into_iter().take(room));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let text = self.either(json::audit(&entries), || view::audit(&entries));
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
         Ok(Flow::Continue)
     }
 

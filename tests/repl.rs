@@ -78,7 +78,8 @@ fn master_command(data: &std::path::Path, port: u16) -> Command {
         .arg(data)
         .args(FAST)
         .env("TERM", "xterm")
-        .env("HERD_TOKEN", TOKEN);
+        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_JOIN_TOKEN", JOIN_TOKEN);
     command
 }
 

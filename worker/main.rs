@@ -6,6 +6,7 @@ mod cgroup;
 mod executor;
 mod folder;
 mod follow;
+mod identity;
 mod procs;
 mod supervisor;
 mod telemetry;
@@ -26,6 +27,7 @@ use herd::pb;
 use crate::agent::Agent;
 use crate::cgroup::Isolation;
 use crate::executor::Executor;
+use crate::identity::Secret;
 use crate::telemetry::{Telemetry, detect_capacity};
 
 /// Messages waiting to be forwarded to the master (task reports and output).
@@ -90,6 +92,8 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| herd::config::default_data_dir().join(format!("work-{name}")));
     std::fs::create_dir_all(&work_dir)?;
+    let secret = Secret::open(&work_dir, &name, config.worker_secret.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let runtime = pick_runtime(&config.runtime).await?;
     let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
         (isolation, None) => isolation,
@@ -135,8 +139,15 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             }
         })
     };
-    let bearer = config.access.bearer().map_err(anyhow::Error::msg)?;
-    let endpoint = herd::client::endpoint(&config.master, config.access.ca.as_deref())
+    let bearer = config
+        .access
+        .bearer(herd::auth::JOIN_TOKEN_FILE)
+        .map_err(anyhow::Error::msg)?;
+    let identity = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let endpoint = herd::client::endpoint_as(&config.master, config.access.ca.as_deref(), identity)
         .map_err(anyhow::Error::msg)?;
     let agent = Agent::new(
         endpoint,
@@ -146,6 +157,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         Telemetry::start(Duration::from_secs(1)),
         executor.clone(),
         outbox_rx,
+        secret,
     );
     let mut agent = tokio::spawn(agent.run(shutdown_rx));
     tokio::select! {

@@ -5,14 +5,16 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as Sse_, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Http, Query};
+use super::{ApiError, Http, Query};
 use crate::events::Event;
+use crate::identity::Caller;
+use crate::identity::authz::Op;
 use crate::logs::Chunks;
 
 type Stream = axum::response::sse::KeepAliveStream<ReceiverStream<Result<Sse_, Infallible>>>;
@@ -41,9 +43,11 @@ pub struct EventsQuery {
     responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing)", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> Sse<Stream> {
+) -> Result<Sse<Stream>, ApiError> {
+    who.may(Op::Watch)?;
     let last: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -83,7 +87,7 @@ pub async fn events(
             }
         }
     });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
 /// A task's output as it comes: `output` events (id: the offset of the data), then `end`.

@@ -8,6 +8,7 @@
 //! reaches SQLite through the ticker ([`Registry::tick`]); task changes are handed to the
 //! store thread as they happen, and what is acknowledged waits for their commit.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,9 +23,10 @@ use herd::error::Error;
 use herd::pb;
 
 use crate::events::Events;
+use crate::identity::secret;
 use crate::liveness::{Liveness, StallGuard};
 use crate::metrics::Metrics;
-use crate::records::{LivenessRow, Task, WorkerRecord};
+use crate::records::{LivenessRow, SecretHash, Task, WorkerRecord};
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::workers::{Entry, Outbound, Session, Workers, removed_worker, unknown_worker};
@@ -74,6 +76,8 @@ pub struct Registry {
 pub struct Registered {
     pub id: String,
     pub reregistered: bool,
+    /// The secret issued now (first registration of the name), to hand to the worker.
+    pub secret: Option<String>,
     /// To be stored before the id is handed out.
     pub record: WorkerRecord,
 }
@@ -182,6 +186,7 @@ impl Registry {
             // Loaded workers were possibly Active in SQLite: write Inactive back.
             entry.dirty = r.state != recorded;
             entry.persisted_heartbeat_ms = r.last_heartbeat_ms;
+            entry.secret_hash = r.secret_hash;
             inner.workers.insert(entry);
         }
         inner
@@ -189,8 +194,17 @@ impl Registry {
             .load(&mut inner.workers, tasks, finished, last_task, now);
     }
 
-    /// Registers a worker, or re-registers it by name keeping its id.
-    pub fn register(&self, spec: WorkerSpec) -> Registered {
+    /// Registers a worker, or re-registers it by name keeping its id. A known name is
+    /// only taken with its secret: anyone else gets ALREADY_EXISTS, and the worker holding
+    /// it is not touched. `fresh` is a new secret (and its hash), issued when the name is
+    /// new or has none yet.
+    pub fn register(
+        &self,
+        spec: WorkerSpec,
+        presented: &str,
+        peer: Option<SocketAddr>,
+        fresh: (String, SecretHash),
+    ) -> Result<Registered, Error> {
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
         let liveness = inner.liveness;
@@ -199,16 +213,28 @@ impl Registry {
                 .workers
                 .get_mut(&id)
                 .expect("by name points at a worker");
+            let issued = match &entry.secret_hash {
+                Some(kept) if secret::matches(kept, presented) => None,
+                Some(_) => return Err(name_taken(entry, presented, peer)),
+                None => {
+                    warn!(worker = %spec.name, %id, ?peer,
+                          "this worker had no secret (known from before secrets): issuing one");
+                    entry.secret_hash = Some(fresh.1);
+                    Some(fresh.0)
+                }
+            };
             entry.spec = spec;
             entry.presence.removed = false;
             entry.presence.last_seen = now;
+            entry.last_peer = peer;
             entry.observe(&liveness, now, "re-registered", &inner.events);
-            info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
-            return Registered {
+            info!(worker = %entry.spec.name, %id, ?peer, "worker re-registered, keeping its id");
+            return Ok(Registered {
                 reregistered: true,
                 record: entry.record(),
+                secret: issued,
                 id,
-            };
+            });
         }
         let id = loop {
             let candidate = format!("w-{:08x}", fastrand::u32(..));
@@ -216,24 +242,34 @@ impl Registry {
                 break candidate;
             }
         };
-        let entry = Entry::new(id.clone(), spec, now);
-        info!(worker = %entry.spec.name, %id, cpu = entry.spec.capacity.cpu,
+        let mut entry = Entry::new(id.clone(), spec, now);
+        entry.secret_hash = Some(fresh.1);
+        entry.last_peer = peer;
+        info!(worker = %entry.spec.name, %id, ?peer, cpu = entry.spec.capacity.cpu,
               memory_gb = entry.spec.capacity.memory_gb, gpu = entry.spec.capacity.gpu,
               runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
               isolation = %entry.spec.isolation, "worker registered");
         let record = entry.record();
         inner.events.worker(&entry.info(&inner.liveness, now));
         inner.workers.insert(entry);
-        Registered {
+        Ok(Registered {
             id,
             reregistered: false,
+            secret: Some(fresh.0),
             record,
-        }
+        })
     }
 
     /// Opens a heartbeat stream for `first.worker_id`, replacing an older stream of the
     /// same worker. Unknown or Removed ids get NOT_FOUND: the worker must register again.
-    pub fn connect(&self, first: &pb::Heartbeat, outbound: Outbound) -> Result<Accepted, Error> {
+    /// The first heartbeat must carry the worker's secret (when it has one): a stream
+    /// without it is refused before it can replace anything.
+    pub fn connect(
+        &self,
+        first: &pb::Heartbeat,
+        outbound: Outbound,
+        peer: Option<SocketAddr>,
+    ) -> Result<Accepted, Error> {
         herd::domain::check_heartbeat(first)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
@@ -243,15 +279,30 @@ impl Registry {
             .workers
             .get_mut(&first.worker_id)
             .ok_or_else(|| unknown_worker(&herd::text::clip(&first.worker_id)))?;
+        if let Some(kept) = &entry.secret_hash
+            && !secret::matches(kept, &first.worker_secret)
+        {
+            let connected = entry.session.as_ref().and_then(|s| s.peer);
+            warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer,
+                  ?connected, secret_given = !first.worker_secret.is_empty(),
+                  "refused a heartbeat stream without this worker's secret");
+            return Err(Error::PermissionDenied(format!(
+                "this heartbeat stream does not carry the secret of worker {} ({}); only \
+                 the process it was issued to can open one",
+                entry.spec.name, entry.id
+            )));
+        }
         if inner.liveness.state(&entry.presence, now) == WorkerState::Removed {
             return Err(removed_worker(entry));
         }
         let (end_tx, end_rx) = oneshot::channel();
+        entry.last_peer = peer;
         if let Some(old) = entry.session.replace(Session {
             generation,
             outbound,
             end: end_tx,
             last_sequence: first.sequence,
+            peer,
         }) {
             warn!(worker = %entry.spec.name, id = %entry.id,
                   "a new heartbeat stream replaced an open one (two processes with one name?)");
@@ -450,6 +501,31 @@ impl Registry {
             }
         }
     }
+}
+
+/// The refusal of a registration of a name that belongs to another worker; logged, since
+/// it is either a mistake (two machines with one name) or an attempt to take a worker's
+/// place.
+fn name_taken(entry: &Entry, presented: &str, peer: Option<SocketAddr>) -> Error {
+    let connected = entry.session.as_ref().and_then(|s| s.peer);
+    warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer, ?connected,
+          secret_given = !presented.is_empty(),
+          "refused a registration: this name belongs to another worker (its secret was not presented)");
+    let whose = if presented.is_empty() {
+        "this process did not present its secret"
+    } else {
+        "this process presented a secret that is not its"
+    };
+    let place = match (connected, entry.last_peer) {
+        (Some(addr), _) => format!("is connected from {addr}"),
+        (None, Some(addr)) => format!("is not connected (last from {addr})"),
+        (None, None) => "is not connected".to_string(),
+    };
+    Error::AlreadyExists(format!(
+        "worker '{}' ({}) already exists and {place}; {whose}. Give this machine another \
+         --name, or if that worker is gone for good, `worker forget {}` frees the name",
+        entry.spec.name, entry.id, entry.spec.name
+    ))
 }
 
 impl Inner {

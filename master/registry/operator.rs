@@ -50,6 +50,11 @@ impl Registry {
         Ok(inner.workers[id.as_str()].info(&inner.liveness, now))
     }
 
+    /// The name of the worker with this id, if it is known.
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.lock().0.workers.name_of(id).map(str::to_string)
+    }
+
     /// A new task, not yet known to anyone: store it, then [`Registry::enqueue`] it.
     pub fn new_task(&self, spec: TaskSpec) -> Task {
         self.lock().0.tasks.new_task(spec)

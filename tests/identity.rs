@@ -1,0 +1,773 @@
+//! End to end: identities and roles (issue 13). The join token lets workers in and nothing
+//! else; each worker's secret keeps its name its own; operator tokens carry roles; every
+//! change is in the audit log; mTLS ties a worker's certificate to its name; an old data
+//! dir keeps working. Real processes on 127.0.0.1.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::Api;
+use common::*;
+use herd::pb;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Runs a herd-worker to its end (it is expected to be refused): (success, stderr).
+async fn run_refused_worker(dir: &Path, master: &str, name: &str, args: &[&str]) -> (bool, String) {
+    let mut command = Command::new(WORKER);
+    command
+        .args(["--master", master, "--name", name, "--runtime", "none"])
+        .arg("--work-dir")
+        .arg(dir.join(format!("work-{name}-{}", fastrand::u32(..))))
+        .args(args)
+        .env("HERD_TOKEN", JOIN_TOKEN)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(
+        T,
+        tokio::task::spawn_blocking(move || command.output().unwrap()),
+    )
+    .await
+    .expect("a refused worker exits by itself")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Makes a named token with herdctl (as the admin) and returns it.
+fn create_token(url: &str, name: &str, role: &str) -> String {
+    let (ok, out, err) = herdctl(url, &["token", "create", name, "--role", role]);
+    assert!(ok, "{err}");
+    assert!(out.contains("shown only this once"), "{out}");
+    let token = out.lines().next().unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{out}");
+    token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(
+        dir.path(),
+        &[FAST, &["--http-listen", "127.0.0.1:0"]].concat(),
+    );
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "joined", &[]);
+    let info = wait_state(&mut admin, "joined", pb::WorkerState::Active, T).await;
+    // Its secret is kept in its work dir, readable by it alone.
+    let secret = dir.path().join("work-joined/worker-secret");
+    let mode = std::fs::metadata(&secret).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let kept: Vec<u8> = master
+        .db()
+        .query_row(
+            "SELECT secret_hash FROM workers WHERE id = ?1",
+            [&info.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let text = std::fs::read_to_string(&secret).unwrap();
+    let plain = text.lines().nth(1).unwrap();
+    assert_eq!(kept.len(), 32, "the master keeps a SHA-256 hash");
+    assert_ne!(kept, plain.as_bytes(), "not the secret itself");
+
+    let mut joiner = admin_with(&master.url(), JOIN_TOKEN).await;
+    let task_id = "t-1".to_string();
+    let mut refusals: Vec<(&str, tonic::Status)> = Vec::new();
+    macro_rules! refused {
+        ($name:expr, $call:expr) => {
+            refusals.push(($name, $call.await.map(|_| ()).unwrap_err()));
+        };
+    }
+    refused!(
+        "ListWorkers",
+        joiner.list_workers(pb::ListWorkersRequest::default())
+    );
+    refused!(
+        "GetWorker",
+        joiner.get_worker(pb::GetWorkerRequest {
+            worker: "joined".into()
+        })
+    );
+    refused!(
+        "SubmitTask",
+        joiner.submit_task(pb::SubmitTaskRequest {
+            spec: Some(pb::TaskSpec {
+                command: "touch /tmp/never".into(),
+                ..Default::default()
+            }),
+        })
+    );
+    refused!(
+        "ListTasks",
+        joiner.list_tasks(pb::ListTasksRequest::default())
+    );
+    refused!(
+        "GetTask",
+        joiner.get_task(pb::GetTaskRequest {
+            task_id: task_id.clone()
+        })
+    );
+    refused!(
+        "CancelTask",
+        joiner.cancel_task(pb::CancelTaskRequest {
+            task_id: task_id.clone()
+        })
+    );
+    refused!(
+        "TaskLogs",
+        joiner.task_logs(pb::TaskLogsRequest {
+            task_id: task_id.clone(),
+            ..Default::default()
+        })
+    );
+    refused!(
+        "Scheduler",
+        joiner.scheduler(pb::SchedulerRequest {
+            name: "round-robin".into()
+        })
+    );
+    refused!(
+        "Drain",
+        joiner.drain(pb::DrainRequest {
+            worker: "joined".into(),
+            drain: true
+        })
+    );
+    refused!(
+        "ForgetWorker",
+        joiner.forget_worker(pb::ForgetWorkerRequest {
+            worker: "joined".into()
+        })
+    );
+    refused!("Summary", joiner.summary(pb::SummaryRequest {}));
+    refused!(
+        "CreateToken",
+        joiner.create_token(pb::CreateTokenRequest {
+            name: "sneaky".into(),
+            role: "admin".into()
+        })
+    );
+    refused!(
+        "ListTokens",
+        joiner.list_tokens(pb::ListTokensRequest::default())
+    );
+    refused!(
+        "RevokeToken",
+        joiner.revoke_token(pb::RevokeTokenRequest {
+            name: "anyone".into()
+        })
+    );
+    refused!(
+        "ListAudit",
+        joiner.list_audit(pb::ListAuditRequest::default())
+    );
+    assert_eq!(refusals.len(), 15, "every Admin call");
+    for (call, status) in &refusals {
+        assert_eq!(status.code(), Code::PermissionDenied, "{call}: {status:?}");
+        assert!(
+            status.message().contains("join token"),
+            "{call} says which kind of token it is: {status:?}"
+        );
+    }
+    // The HTTP API, too.
+    let api = Api::of(&master).await;
+    let joiner_api = Api {
+        token: Some(JOIN_TOKEN.into()),
+        ..api.clone()
+    };
+    let (status, body) = joiner_api.json(Method::GET, "/api/v1/workers", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    assert!(
+        body["error"].as_str().unwrap().contains("join token"),
+        "{body}"
+    );
+    let (status, _) = joiner_api
+        .json(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"command": "touch /tmp/never"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Nothing changed.
+    assert!(all_tasks(&mut admin).await.is_empty());
+    assert_eq!(db_tasks(&master.db()), 0);
+    let w = worker(&mut admin, "joined").await.unwrap();
+    assert_eq!(w.state(), pb::WorkerState::Active);
+    let entries = admin
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_name_is_refused_and_the_first_is_not_disturbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let mut first = Worker::start(dir.path(), &master.url(), "dup", &[]);
+    let before = wait_state(&mut admin, "dup", pb::WorkerState::Active, T).await;
+
+    let started = Instant::now();
+    let (ok, err) = run_refused_worker(dir.path(), &master.url(), "dup", &[]).await;
+    assert!(!ok, "the second process exits non-zero");
+    assert!(started.elapsed() < Duration::from_secs(10), "at once");
+    assert!(err.contains("worker 'dup'"), "names the worker: {err}");
+    assert!(err.contains(&before.id), "{err}");
+    assert!(
+        err.contains("is connected from 127.0.0.1:"),
+        "says where the other one is: {err}"
+    );
+    assert!(
+        err.contains("worker forget dup"),
+        "says how to free the name: {err}"
+    );
+
+    // The master logged the attempt; the first worker kept its stream and its id.
+    let log = master.log_text();
+    assert!(log.contains("refused a registration"), "{log}");
+    assert!(!log.contains("replaced an open one"), "{log}");
+    let deadline = Deadline::new(T, "the first worker heartbeats on");
+    loop {
+        let w = worker(&mut admin, "dup").await.unwrap();
+        assert_eq!(w.id, before.id);
+        assert_eq!(w.state(), pb::WorkerState::Active);
+        if w.last_sequence > before.last_sequence + 3 {
+            break;
+        }
+        deadline.wait().await;
+    }
+    assert!(
+        !first.log_text().contains("replaced"),
+        "{}",
+        first.log_text()
+    );
+
+    // `worker forget` frees the name: the next one to register it is a new identity.
+    first.kill9();
+    wait_state(&mut admin, "dup", pb::WorkerState::Inactive, T).await;
+    let (ok, out, err) = herdctl(&master.url(), &["worker", "forget", "dup"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    let _second = Worker::start_in(dir.path(), &master.url(), "dup", "work-dup-2", &[]);
+    let after = wait_state(&mut admin, "dup", pb::WorkerState::Active, T).await;
+    assert_ne!(after.id, before.id, "a new identity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(
+        dir.path(),
+        &[FAST, &["--http-listen", "127.0.0.1:0"]].concat(),
+    );
+    let mut admin = master.admin().await;
+    let url = master.url();
+    let _w = Worker::start(dir.path(), &url, "busy", &[]);
+    wait_state(&mut admin, "busy", pb::WorkerState::Active, T).await;
+    let viewer = create_token(&url, "watcher", "viewer");
+    let operator = create_token(&url, "ops-bot", "operator");
+
+    // An operator submits; the task says so everywhere.
+    let (ok, out, err) = herdctl_as(
+        &url,
+        &operator,
+        &["task", "submit", "--command", "sleep 30"],
+    );
+    assert!(ok, "{err}");
+    let id = out.split_whitespace().next().unwrap().to_string();
+    let (ok, out, _) = herdctl_as(&url, &viewer, &["task", "status", &id]);
+    assert!(ok && out.contains("ops-bot"), "{out}");
+    let (ok, out, _) = herdctl_as(&url, &viewer, &["task", "status", &id, "--json"]);
+    assert!(ok);
+    assert_eq!(parse(&out)["submitted_by"], "ops-bot");
+    assert_eq!(task(&mut admin, &id).await.submitted_by, "ops-bot");
+    let api = Api::of(&master).await;
+    let viewer_api = Api {
+        token: Some(viewer.clone()),
+        ..api.clone()
+    };
+    assert_eq!(
+        viewer_api.get(&format!("/api/v1/tasks/{id}")).await["submitted_by"],
+        "ops-bot"
+    );
+    let submitted_by: String = master
+        .db()
+        .query_row("SELECT submitted_by FROM tasks WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(submitted_by, "ops-bot");
+
+    // A viewer lists and reads, but cannot submit or cancel.
+    for args in [
+        &["workers"][..],
+        &["tasks"],
+        &["status", "--json"],
+        &["task", "logs", &id],
+    ] {
+        let (ok, _, err) = herdctl_as(&url, &viewer, args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let before = db_tasks(&master.db());
+    for args in [
+        &["task", "submit", "--command", "true"][..],
+        &["task", "cancel", &id],
+        &["drain", "busy"],
+        &["token", "list"],
+        &["audit"],
+    ] {
+        let (ok, _, err) = herdctl_as(&url, &viewer, args);
+        assert!(!ok, "{args:?} was allowed");
+        assert!(err.contains("viewer"), "{args:?}: {err}");
+    }
+    let (status, body) = viewer_api
+        .json(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"command": "true"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = viewer_api
+        .json(Method::DELETE, &format!("/api/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(db_tasks(&master.db()), before, "nothing was submitted");
+    assert_eq!(task(&mut admin, &id).await.state(), pb::TaskState::Running);
+    assert_ne!(
+        worker(&mut admin, "busy").await.unwrap().state(),
+        pb::WorkerState::Draining
+    );
+
+    // An operator cancels and drains, but makes no tokens and switches no policy.
+    let (ok, _, err) = herdctl_as(&url, &operator, &["task", "cancel", &id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = herdctl_as(
+        &url,
+        &operator,
+        &["token", "create", "x", "--role", "admin"],
+    );
+    assert!(!ok && err.contains("operator"), "{err}");
+    let (ok, _, err) = herdctl_as(&url, &operator, &["scheduler", "round-robin"]);
+    assert!(!ok && err.contains("operator"), "{err}");
+
+    // `token list`: names, roles, created, last used; never a token.
+    let (ok, out, err) = herdctl(&url, &["token", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("watcher") && out.contains("viewer"), "{out}");
+    assert!(out.contains("ops-bot") && out.contains("operator"), "{out}");
+    assert!(!out.contains(&viewer) && !out.contains(&operator), "{out}");
+    let (_, out, _) = herdctl(&url, &["token", "list", "--json"]);
+    let list = parse(&out);
+    let bot = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ops-bot")
+        .unwrap();
+    assert!(bot["last_used_ms"].as_i64().unwrap() > 0, "{bot}");
+    assert!(bot.get("token").is_none(), "{bot}");
+    // SQLite holds hashes only.
+    let raw = std::fs::read(master.data_dir.join("herd.db")).unwrap();
+    let wal = std::fs::read(master.data_dir.join("herd.db-wal")).unwrap_or_default();
+    for haystack in [&raw, &wal] {
+        assert!(
+            !haystack
+                .windows(64)
+                .any(|w| w == viewer.as_bytes() || w == operator.as_bytes()),
+            "a token is stored in the clear"
+        );
+    }
+    // A name is taken once, and reserved names not at all.
+    let (ok, _, err) = herdctl(&url, &["token", "create", "watcher", "--role", "admin"]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = herdctl(&url, &["token", "create", "repl", "--role", "admin"]);
+    assert!(!ok && err.contains("taken"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    master.admin().await;
+    let url = master.url();
+    let token = create_token(&url, "short-lived", "operator");
+    let mut client = admin_with(&url, &token).await;
+    client.summary(pb::SummaryRequest {}).await.unwrap();
+
+    let (ok, out, err) = herdctl(&url, &["token", "revoke", "short-lived"]);
+    assert!(ok && out.contains("revoked"), "{out}{err}");
+    let revoked = Instant::now();
+    let deadline = Deadline::new(Duration::from_secs(1), "the revoked token is refused");
+    let status = loop {
+        match client.summary(pb::SummaryRequest {}).await {
+            Err(status) => break status,
+            Ok(_) => deadline.wait().await,
+        }
+    };
+    assert!(revoked.elapsed() < Duration::from_secs(1));
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let status = client
+        .submit_task(pb::SubmitTaskRequest {
+            spec: Some(pb::TaskSpec {
+                command: "true".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(db_tasks(&master.db()), 0);
+    let (ok, _, err) = herdctl(&url, &["token", "revoke", "short-lived"]);
+    assert!(!ok && err.contains("no token named"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_lists_every_change_in_order_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    let url = master.url();
+    let mut w = Worker::start(dir.path(), &url, "audited", &[]);
+    wait_state(&mut admin, "audited", pb::WorkerState::Active, T).await;
+
+    let operator = create_token(&url, "ci", "operator");
+    let (ok, out, _) = herdctl_as(
+        &url,
+        &operator,
+        &["task", "submit", "--command", "sleep 60"],
+    );
+    assert!(ok);
+    let id = out.split_whitespace().next().unwrap().to_string();
+    for args in [
+        &["task", "cancel", &id][..],
+        &["drain", "audited"],
+        &["undrain", "audited"],
+    ] {
+        let (ok, _, err) = herdctl_as(&url, &operator, args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    // Reads and refusals are not changes.
+    herdctl_as(&url, &operator, &["tasks"]);
+    herdctl_as(&url, &operator, &["scheduler", "round-robin"]);
+    for args in [
+        &["scheduler", "round-robin"][..],
+        &["token", "revoke", "ci"],
+    ] {
+        let (ok, _, err) = herdctl(&url, args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    w.kill9();
+    wait_state(&mut admin, "audited", pb::WorkerState::Inactive, T).await;
+    let (ok, _, err) = herdctl(&url, &["worker", "forget", "audited"]);
+    assert!(ok, "{err}");
+
+    let expected = [
+        ("admin", "token create", "ci"),
+        ("ci", "task submit", id.as_str()),
+        ("ci", "task cancel", id.as_str()),
+        ("ci", "drain", "audited"),
+        ("ci", "undrain", "audited"),
+        ("admin", "scheduler switch", "round-robin"),
+        ("admin", "token revoke", "ci"),
+        ("admin", "worker forget", "audited"),
+    ];
+    let check = |entries: &Value| {
+        let entries = entries.as_array().unwrap();
+        let got: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .rev()
+            .map(|e| {
+                (
+                    e["who"].as_str().unwrap(),
+                    e["action"].as_str().unwrap(),
+                    e["target"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "oldest last, in the order they happened");
+        let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(
+            seqs.windows(2).all(|p| p[0] > p[1]),
+            "newest first: {seqs:?}"
+        );
+        for e in entries {
+            assert!(e["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
+            assert!(e["at_ms"].as_i64().unwrap() > now_ms() - 120_000, "{e}");
+        }
+        assert!(entries[6]["detail"].as_str().unwrap().contains("sleep 60"));
+    };
+    let (ok, out, err) = herdctl(&url, &["audit", "--json"]);
+    assert!(ok, "{err}");
+    check(&parse(&out));
+    let (ok, out, _) = herdctl(&url, &["audit", "--limit", "2"]);
+    assert!(ok);
+    assert!(
+        out.contains("worker forget") && out.contains("token revoke"),
+        "{out}"
+    );
+    assert!(!out.contains("scheduler switch"), "{out}");
+    assert_eq!(out.lines().count(), 3, "a header and two rows: {out}");
+
+    // Paged like other lists.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_audit(pb::ListAuditRequest {
+                page_size: 3,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 3);
+        seen.extend(page.entries.into_iter().map(|e| e.seq));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+
+    // Durable: a restarted master has it all.
+    master.kill9();
+    let master = Master::start_on(dir.path(), &data, port, FAST);
+    master.admin().await;
+    let (ok, out, err) = herdctl(&master.url(), &["audit", "--json"]);
+    assert!(ok, "{err}");
+    check(&parse(&out));
+}
+
+/// A CA, and certificates it signs for `names` (PEM files in `dir`): returns the CA's path.
+fn issue_certs(dir: &Path, names: &[&str]) -> std::path::PathBuf {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "herd test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for name in names {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    dir.join("ca.pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_a_worker_needs_a_certificate_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = issue_certs(&certs, &["localhost", "tls-good", "someone-else"]);
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let port = free_port();
+    let _master = Master::start_on(
+        dir.path(),
+        &dir.path().join("data"),
+        port,
+        &[
+            FAST,
+            &[
+                "--tls-cert",
+                &file("localhost.pem"),
+                "--tls-key",
+                &file("localhost.key"),
+                "--tls-client-ca",
+                ca.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let url = format!("https://localhost:{port}");
+    let ca = ca.to_str().unwrap();
+    let _good = Worker::start(
+        dir.path(),
+        &url,
+        "tls-good",
+        &[
+            "--ca",
+            ca,
+            "--client-cert",
+            &file("tls-good.pem"),
+            "--client-key",
+            &file("tls-good.key"),
+        ],
+    );
+    // herdctl needs no client certificate: it carries a token.
+    let deadline = Deadline::new(T, "the worker with its certificate is Active");
+    loop {
+        let (ok, out, _) = herdctl(&url, &["--ca", ca, "--json", "workers"]);
+        if ok && parse(&out)[0]["status"] == "Active" {
+            assert_eq!(parse(&out)[0]["name"], "tls-good");
+            break;
+        }
+        deadline.wait().await;
+    }
+
+    let (ok, err) = run_refused_worker(dir.path(), &url, "tls-none", &["--ca", ca]).await;
+    assert!(!ok);
+    assert!(err.contains("client certificate"), "{err}");
+    let (ok, err) = run_refused_worker(
+        dir.path(),
+        &url,
+        "tls-bad",
+        &[
+            "--ca",
+            ca,
+            "--client-cert",
+            &file("someone-else.pem"),
+            "--client-key",
+            &file("someone-else.key"),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("does not name worker 'tls-bad'"), "{err}");
+    let (ok, out, _) = herdctl(&url, &["--ca", ca, "--json", "workers"]);
+    assert!(ok);
+    assert_eq!(parse(&out).as_array().unwrap().len(), 1, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    // A data dir as the release before identities left it: a token, no join token, and
+    // herd.db at schema 7 with a worker that has no secret and a task with no submitter.
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    let mut old = Worker::start(dir.path(), &master.url(), "veteran", &[]);
+    let before = wait_state(&mut admin, "veteran", pb::WorkerState::Active, T).await;
+    let t = submit(&mut admin, "echo old", 1.0).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
+    old.kill9();
+    master.terminate();
+    std::fs::remove_file(dir.path().join("work-veteran/worker-secret")).unwrap();
+    let db = rusqlite::Connection::open(data.join("herd.db")).unwrap();
+    db.execute_batch(
+        "ALTER TABLE tasks DROP COLUMN submitted_by;
+         ALTER TABLE workers DROP COLUMN secret_hash;
+         DROP TABLE tokens;
+         DROP TABLE audit;
+         PRAGMA user_version = 7;",
+    )
+    .unwrap();
+    drop(db);
+
+    // The new master migrates it, without a --join-token: it makes one.
+    let master = Master::start_with_env(dir.path(), &data, port, FAST, &[("HERD_JOIN_TOKEN", "")]);
+    let mut admin = master.admin().await;
+    let join = data.join("join-token");
+    let deadline = Deadline::new(T, "the join token is made");
+    while !join.exists() {
+        deadline.wait().await;
+    }
+    let version: i64 = master
+        .db()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert!(version > 7);
+    assert_eq!(task(&mut admin, &t.id).await.submitted_by, "");
+
+    // A worker still holding the old token (the admin token) is accepted, and told.
+    let log = dir.path().join("veteran-again.log");
+    let mut again = Command::new(WORKER)
+        .args([
+            "--master",
+            &master.url(),
+            "--name",
+            "veteran",
+            "--runtime",
+            "none",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("work-veteran"))
+        .env("HERD_TOKEN", TOKEN)
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let after = wait_state(&mut admin, "veteran", pb::WorkerState::Active, T).await;
+    assert_eq!(after.id, before.id, "it keeps its id");
+    let deadline = Deadline::new(T, "both sides say to switch to the join token");
+    while !(master
+        .log_text()
+        .contains("THIS WORKER PRESENTED THE ADMIN TOKEN")
+        && std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("join token"))
+    {
+        deadline.wait().await;
+    }
+    // It was issued a secret at that registration, so its name is its own from now on.
+    assert!(dir.path().join("work-veteran/worker-secret").exists());
+    let join_token = std::fs::read_to_string(&join).unwrap().trim().to_string();
+    let (ok, err) = run_refused_worker(
+        dir.path(),
+        &master.url(),
+        "veteran",
+        &["--token", &join_token],
+    )
+    .await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let _ = again.kill();
+    let _ = again.wait();
+
+    // herdctl with the old token is the admin; the join token from the file joins workers.
+    let (ok, _, err) = herdctl(&master.url(), &["token", "list"]);
+    assert!(ok, "{err}");
+    let mut joined = Command::new(WORKER)
+        .args([
+            "--master",
+            &master.url(),
+            "--name",
+            "newcomer",
+            "--runtime",
+            "none",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("work-newcomer"))
+        .env("HERD_TOKEN", &join_token)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_state(&mut admin, "newcomer", pb::WorkerState::Active, T).await;
+    let _ = joined.kill();
+    let _ = joined.wait();
+}
