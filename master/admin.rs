@@ -111,6 +111,13 @@ impl pb::admin_server::Admin for Master {
         ))
     }
 
+    async fn add_worker(&self, request: Request<pb::AddWorkerRequest>) -> Reply<pb::WorkerInfo> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::add_worker(self, &who, request.into_inner()).await?,
+        ))
+    }
+
     async fn summary(&self, request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
         let who = caller(&request)?;
         Ok(Response::new(Master::summary(self, &who)?))
@@ -142,6 +149,16 @@ impl pb::admin_server::Admin for Master {
         let who = caller(&request)?;
         Ok(Response::new(
             Master::revoke_token(self, &who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn issue_worker_secret(
+        &self,
+        request: Request<pb::IssueWorkerSecretRequest>,
+    ) -> Reply<pb::IssueWorkerSecretResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::issue_worker_secret(self, &who, request.into_inner()).await?,
         ))
     }
 

@@ -31,6 +31,9 @@ impl Liveness {
 
     /// The state of a worker at `now`, from the facts the registry keeps.
     pub fn state(&self, presence: &Presence, now: Instant) -> WorkerState {
+        if presence.pending {
+            return WorkerState::Pending;
+        }
         let silent = now.saturating_duration_since(presence.last_seen);
         if presence.removed || (silent >= self.worker_timeout && !self.hold_removals) {
             WorkerState::Removed
@@ -66,6 +69,8 @@ pub struct Presence {
     /// The ticker removed this worker (its tasks were re-queued); only re-registering
     /// brings it back.
     pub removed: bool,
+    /// Pre-registered by an operator and never registered since: no timeout applies.
+    pub pending: bool,
 }
 
 /// Notices when the master itself has not run (SIGSTOP, a VM freeze, a suspended laptop, a
@@ -103,6 +108,7 @@ mod tests {
             last_seen,
             connected: true,
             removed: false,
+            pending: false,
         }
     }
 

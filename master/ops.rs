@@ -263,6 +263,30 @@ impl Master {
         self.registry.get(&id)
     }
 
+    /// Pre-registers a worker; acknowledged once stored.
+    pub async fn add_worker(
+        &self,
+        who: &Caller,
+        request: pb::AddWorkerRequest,
+    ) -> Result<pb::WorkerInfo, Error> {
+        who.may(Op::AddWorker)?;
+        let record = self.registry.add_worker(request.try_into()?)?;
+        let id = record.id.clone();
+        let labels: Vec<String> = record
+            .added_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let audit = who.audit(Op::AddWorker, &record.spec.name, &labels.join(" "));
+        self.store
+            .write(Write::Audited {
+                change: Box::new(Write::Worker(Box::new(record))),
+                audit: Box::new(audit),
+            })
+            .await?;
+        self.registry.get(&id)
+    }
+
     /// Forgets a worker that is not Active, in memory and in SQLite: its name (and its
     /// secret) is free, and the next registration of the name is a new identity.
     pub async fn forget(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {

@@ -2,6 +2,8 @@
 //! task look like in SQLite. Plain data, no behaviour beyond conversions, so the store
 //! depends on nothing that depends on it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -22,6 +24,8 @@ pub struct WorkerRecord {
     pub state: WorkerState,
     /// No new tasks go here.
     pub draining: bool,
+    /// Labels given at `worker add`, merged over the reported ones.
+    pub added_labels: BTreeMap<String, String>,
     /// Hash of the secret issued at its first registration; `None` for a worker known
     /// from before secrets existed (it is issued one when it next registers).
     pub secret_hash: Option<SecretHash>,

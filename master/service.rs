@@ -23,7 +23,8 @@ use crate::registry::Registry;
 use crate::store::{Store, Write};
 
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
-/// assignments wait for the next scheduling pass.
+/// assignments wait for the next scheduling pass. A queue that stays full for a heartbeat
+/// timeout ends the stream (see `Registry::tick`).
 const OUTBOUND_CAPACITY: usize = 1024;
 
 /// Shared by both services.
@@ -154,8 +155,10 @@ impl pb::registry_server::Registry for Master {
             loop {
                 let msg = tokio::select! {
                     status = &mut end => {
+                        // The queue may be full (that can be why the stream ends): the
+                        // status waits a moment for room, never forever.
                         if let Ok(status) = status {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
                         }
                         break;
                     }

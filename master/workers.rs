@@ -2,7 +2,7 @@
 //! heartbeat stream (to push to the worker), liveness facts, what is allocated there. The
 //! registry decides what happens to them; the task lifecycle reads and books allocations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -34,6 +34,21 @@ pub struct Session {
     pub last_sequence: u64,
     /// Where the stream comes from.
     pub peer: Option<std::net::SocketAddr>,
+    /// Since when the queue towards the worker has been full (it does not read).
+    pub full_since: Option<Instant>,
+}
+
+impl Session {
+    /// Whether the worker has not read its stream for `limit`: its queue has been full all
+    /// that time (checked by the ticker, so the moment it filled is known to a tick).
+    pub fn backed_up(&mut self, now: Instant, limit: std::time::Duration) -> bool {
+        if self.outbound.capacity() > 0 {
+            self.full_since = None;
+            return false;
+        }
+        let since = *self.full_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= limit
+    }
 }
 
 pub struct Entry {
@@ -64,6 +79,9 @@ pub struct Entry {
     pub secret_hash: Option<SecretHash>,
     /// Where its last registration or stream came from.
     pub last_peer: Option<std::net::SocketAddr>,
+    /// Labels an operator gave at `worker add`: merged over the reported ones (these win)
+    /// at every registration.
+    pub added_labels: BTreeMap<String, String>,
 }
 
 impl Entry {
@@ -79,6 +97,7 @@ impl Entry {
                 last_seen: now,
                 connected: false,
                 removed: false,
+                pending: false,
             },
             session: None,
             recorded: WorkerState::Inactive,
@@ -90,7 +109,14 @@ impl Entry {
             forgotten: false,
             secret_hash: None,
             last_peer: None,
+            added_labels: BTreeMap::new(),
         }
+    }
+
+    /// Takes a registration's description, with the operator's labels over its own.
+    pub fn describe(&mut self, spec: WorkerSpec) {
+        self.spec = spec;
+        self.spec.labels.extend(self.added_labels.clone());
     }
 
     /// The status word views show: liveness, with Draining over Active.
@@ -170,6 +196,7 @@ impl Entry {
             state: self.recorded,
             draining: self.draining,
             secret_hash: self.secret_hash,
+            added_labels: self.added_labels.clone(),
         }
     }
 
@@ -219,6 +246,16 @@ impl Workers {
     /// A worker's name by id (for views).
     pub fn name_of(&self, id: &str) -> Option<&str> {
         self.get(id).map(|w| w.spec.name.as_str())
+    }
+
+    /// An id no worker has.
+    pub fn new_id(&self) -> String {
+        loop {
+            let candidate = format!("w-{:08x}", fastrand::u32(..));
+            if !self.contains_key(&candidate) {
+                return candidate;
+            }
+        }
     }
 
     /// Adds a worker, keeping the name order.

@@ -11,6 +11,13 @@ pub const HELP: &str = "\
 commands:
   workers [--all]                     list workers (--all includes Removed ones)
   worker <id|name>                    show one worker in full
+  worker add <name> [--label k=v]... [--secret]
+                                      pre-register a worker: Pending until it connects; its
+                                      labels are merged over the ones it reports; --secret
+                                      prints its secret once, to provision its machine with
+                                      (herd-worker --worker-secret)
+  worker secret <id|name>             a new secret for a worker that is not Active (printed
+                                      once; the old one stops working)
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
               [--priority N] [--constraint K=V|K!=V|K]...
@@ -114,6 +121,20 @@ pub enum Command {
 /// `worker ...` commands.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum WorkerCommand {
+    /// Pre-register a worker (Pending until it connects).
+    Add {
+        name: String,
+        /// k=v, merged over the labels the worker reports; repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Also issue its secret, to provision its machine with (herd-worker
+        /// --worker-secret or HERD_WORKER_SECRET); printed once.
+        #[arg(long)]
+        secret: bool,
+    },
+    /// Issue a new secret for a worker that is not Active (printed once; the old one
+    /// stops working).
+    Secret { worker: String },
     /// Remove a worker that is not Active.
     Forget { worker: String },
 }
@@ -137,6 +158,13 @@ pub enum TokenCommand {
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text)
         .ok_or_else(|| format!("'{text}' is not a role; use admin, operator or viewer"))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{}' is not KEY=VALUE", crate::text::clip(text))),
+    }
 }
 
 /// `task ...` commands.

@@ -114,10 +114,17 @@ impl Completion {
                 .map(|s| s.as_str().to_string())
                 .collect(),
             ["scheduler"] => strings(SCHEDULERS),
-            ["worker" | "drain" | "undrain"] => {
+            ["worker"] => {
+                self.refresh();
+                let mut words = strings(&["add", "forget"]);
+                words.extend(self.known.borrow().workers.iter().cloned());
+                words
+            }
+            ["worker", "forget"] | ["drain" | "undrain"] => {
                 self.refresh();
                 self.known.borrow().workers.clone()
             }
+            ["worker", "add", _, ..] => strings(&["--label"]),
             ["task", "status" | "logs" | "cancel"] if !word.starts_with('-') => {
                 self.refresh();
                 self.known.borrow().tasks.clone()

@@ -99,6 +99,40 @@ impl Console {
                 self.either(json::workers(&list), || render::workers(&list, self.style))
             }
             Command::Worker {
+                action:
+                    Some(WorkerCommand::Add {
+                        name,
+                        labels,
+                        secret,
+                    }),
+                ..
+            } => {
+                let info = self
+                    .admin
+                    .add_worker(pb::AddWorkerRequest {
+                        name: name.clone(),
+                        labels: labels.into_iter().collect(),
+                    })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                if secret {
+                    return self.worker_secret(name, true, out).await;
+                }
+                let name = info.description.as_ref().map(|d| d.name.clone());
+                self.either(json::worker(&info), || {
+                    format!(
+                        "{} ({}) added: Pending until `herd-worker --name {0}` connects",
+                        name.unwrap_or_default(),
+                        info.id
+                    )
+                })
+            }
+            Command::Worker {
+                action: Some(WorkerCommand::Secret { worker }),
+                ..
+            } => return self.worker_secret(worker, false, out).await,
+            Command::Worker {
                 action: Some(WorkerCommand::Forget { worker }),
                 ..
             } => {
@@ -395,6 +429,49 @@ impl Console {
                 })
             }
         })
+    }
+
+    /// `worker secret` (and `worker add --secret`): a new secret, shown once.
+    async fn worker_secret(
+        &mut self,
+        worker: String,
+        added: bool,
+        out: &mut dyn Write,
+    ) -> Result<Flow, String> {
+        let issued = self
+            .admin
+            .issue_worker_secret(pb::IssueWorkerSecretRequest { worker })
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner();
+        let info = issued.worker.unwrap_or_default();
+        let name = info
+            .description
+            .as_ref()
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        let text = if self.wants_json() {
+            serde_json::json!({
+                "worker": json::worker(&info),
+                "worker_secret": issued.worker_secret,
+            })
+            .to_string()
+        } else {
+            format!(
+                "{}\n{name} ({}) {}; its secret is above, shown only this once: start its \
+                 machine with herd-worker --name {name} --worker-secret SECRET (or \
+                 HERD_WORKER_SECRET), and it keeps it in its work dir from then on",
+                issued.worker_secret,
+                info.id,
+                if added {
+                    "added: Pending until it connects"
+                } else {
+                    "has a new secret (the old one no longer works)"
+                }
+            )
+        };
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+        Ok(Flow::Continue)
     }
 
     /// `audit`: the newest `limit` entries, page by page.

@@ -14,12 +14,12 @@ pub enum Error {
     /// The request is valid but the cluster is not in a state to honour it.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The caller may not speak for this worker or task, or its role does not allow it.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The name is taken by another identity (a worker, a token).
+    /// What was to be created exists already (a worker name, ...).
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller may not speak for this worker or task.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The master is shutting down or a dependency is briefly away; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -44,8 +44,8 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
         };

@@ -37,6 +37,7 @@ impl Style {
             pb::WorkerState::Active => "32",
             pb::WorkerState::Inactive => "31",
             pb::WorkerState::Draining => "33",
+            pb::WorkerState::Pending => "36",
             _ => "90",
         };
         Cell {
@@ -53,6 +54,7 @@ pub fn state_word(state: pb::WorkerState) -> &'static str {
         pb::WorkerState::Inactive => "Inactive",
         pb::WorkerState::Removed => "Removed",
         pb::WorkerState::Draining => "Draining",
+        pb::WorkerState::Pending => "Pending",
         pb::WorkerState::Unspecified => "Unknown",
     }
 }

@@ -482,3 +482,84 @@ async fn the_logs_of_a_50_mb_task_print_by_tail_range_and_follow() {
     assert!(ok);
     assert_eq!(out.len(), kept.len());
 }
+
+/// The failure herd-bench once reported ("a task never reached a worker") had a suspect in
+/// the master: a worker whose queue of messages is full is skipped by the scheduler, and it
+/// could stay Active and skipped for ever. Here a worker heartbeats but never reads its
+/// stream: its queue fills, the master cuts it off after a heartbeat timeout (Inactive, a
+/// status that says why), and the task that waited meanwhile runs on a healthy worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_reads_its_stream_is_cut_off_and_no_task_waits_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    // A small window: the master's messages back up at once instead of filling megabytes
+    // of the client's buffers first.
+    let channel = herd::client::endpoint(&master.url(), None)
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut registry = pb::registry_client::RegistryClient::with_interceptor(
+        channel,
+        herd::auth::Bearer::new(Some(TOKEN)).unwrap(),
+    );
+    let mut desc = description("deaf");
+    desc.capacity.as_mut().unwrap().cpu = 1000.0;
+    let id = registry
+        .register(pb::RegisterRequest {
+            worker: Some(desc),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let hb = move |sequence| pb::WorkerMessage {
+        body: Some(Body::Heartbeat(pb::Heartbeat {
+            worker_id: id.clone(),
+            sequence,
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(hb(1)).await.unwrap();
+    // The replies are never read.
+    let _replies = registry
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_state(&mut admin, "deaf", pb::WorkerState::Active, T).await;
+    // Every heartbeat is acknowledged: a few thousand fill the queue.
+    let sender = tokio::spawn(async move {
+        for sequence in 2..6_000u64 {
+            if tx.send(hb(sequence)).await.is_err() {
+                return;
+            }
+        }
+        // Then a steady heartbeat, so only the queue can be its undoing.
+        for sequence in 6_000u64.. {
+            if tx.send(hb(sequence)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let task = submit(&mut admin, "true", 1.0).await;
+
+    let cut = wait_state(&mut admin, "deaf", pb::WorkerState::Inactive, T).await;
+    assert!(!cut.connected);
+    let log = master.log_text();
+    assert!(
+        log.contains("stopped reading its stream"),
+        "the master says why: {log}"
+    );
+    // The task was never lost to it: queued (or re-queued) with a reason, or placed on it
+    // and re-queued once it was cut off; a healthy worker runs it.
+    let _ok = Worker::start(dir.path(), &master.url(), "healthy", &[]);
+    let done = wait_task(&mut admin, &task.id, pb::TaskState::Succeeded, T).await;
+    assert_eq!(done.worker_name, "healthy");
+    sender.abort();
+}

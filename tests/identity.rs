@@ -667,7 +667,8 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let port = free_port();
     let data = dir.path().join("data");
     // A data dir as the release before identities left it: a token, no join token, and
-    // herd.db at schema 7 with a worker that has no secret and a task with no submitter.
+    // herd.db one schema version back (identities are the last migration), with a worker
+    // that has no secret and a task with no submitter.
     let mut master = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = master.admin().await;
     let mut old = Worker::start(dir.path(), &master.url(), "veteran", &[]);
@@ -678,13 +679,18 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     master.terminate();
     std::fs::remove_file(dir.path().join("work-veteran/worker-secret")).unwrap();
     let db = rusqlite::Connection::open(data.join("herd.db")).unwrap();
-    db.execute_batch(
+    let before_version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let version = before_version;
+    db.execute_batch(&format!(
         "ALTER TABLE tasks DROP COLUMN submitted_by;
          ALTER TABLE workers DROP COLUMN secret_hash;
          DROP TABLE tokens;
          DROP TABLE audit;
-         PRAGMA user_version = 7;",
-    )
+         PRAGMA user_version = {};",
+        version - 1
+    ))
     .unwrap();
     drop(db);
 
@@ -700,7 +706,7 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
         .db()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert!(version > 7);
+    assert_eq!(version, before_version);
     assert_eq!(task(&mut admin, &t.id).await.submitted_by, "");
 
     // A worker still holding the old token (the admin token) is accepted, and told.
@@ -770,4 +776,56 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     wait_state(&mut admin, "newcomer", pb::WorkerState::Active, T).await;
     let _ = joined.kill();
     let _ = joined.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_is_provisioned_with_the_secret_worker_add_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let url = master.url();
+    let (ok, out, err) = herdctl(
+        &url,
+        &["worker", "add", "prov-1", "--label", "rack=7", "--secret"],
+    );
+    assert!(ok, "{err}");
+    let secret = out.lines().next().unwrap().trim().to_string();
+    assert_eq!(secret.len(), 64, "{out}");
+    assert!(
+        out.contains("shown only this once") && out.contains("--worker-secret"),
+        "{out}"
+    );
+    let pending = worker(&mut admin, "prov-1").await.unwrap();
+    assert_eq!(pending.state(), pb::WorkerState::Pending);
+
+    // Without the secret, the name is not anyone's to take.
+    let (ok, err) = run_refused_worker(dir.path(), &url, "prov-1", &[]).await;
+    assert!(!ok && err.contains("pre-registered with a secret"), "{err}");
+    let (ok, err) = run_refused_worker(
+        dir.path(),
+        &url,
+        "prov-1",
+        &["--worker-secret", "0123456789abcdef"],
+    )
+    .await;
+    assert!(!ok && err.contains("not it"), "{err}");
+
+    // With it, the machine takes the pre-registered id, and keeps the secret itself.
+    let _w = Worker::start(dir.path(), &url, "prov-1", &["--worker-secret", &secret]);
+    let active = wait_state(&mut admin, "prov-1", pb::WorkerState::Active, T).await;
+    assert_eq!(active.id, pending.id);
+    let kept = std::fs::read_to_string(dir.path().join("work-prov-1/worker-secret")).unwrap();
+    assert!(kept.contains(&secret));
+
+    // A new secret only for a worker that is not Active.
+    let (ok, _, err) = herdctl(&url, &["worker", "secret", "prov-1"]);
+    assert!(!ok && err.contains("is Active"), "{err}");
+    let (_, out, _) = herdctl(&url, &["audit", "--json"]);
+    let actions: Vec<String> = parse(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["worker secret", "worker add"], "{out}");
 }

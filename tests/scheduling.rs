@@ -154,3 +154,110 @@ async fn higher_priority_goes_first_and_fifo_within_a_priority() {
     let ran = std::fs::read_to_string(&order).unwrap();
     assert_eq!(ran, "busy\nhigh\nlow-a\nlow-b\nlow-c\nlowest\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_registered_worker_is_pending_until_it_connects_and_takes_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let data = dir.path().join("data");
+    let mut master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+
+    let (ok, out, err) = herdctl(
+        &master.url(),
+        &[
+            "worker",
+            "add",
+            "gpu-box",
+            "--label",
+            "zone=eu",
+            "--label",
+            "os=custom",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("gpu-box") && out.contains("Pending"), "{out}");
+    let added = worker(&mut admin, "gpu-box").await.expect("listed");
+    assert_eq!(added.state(), pb::WorkerState::Pending);
+    let id = added.id.clone();
+    assert_eq!(db_row(&master.db(), &id), Some((false, "Pending".into())));
+    let (_, table, _) = herdctl(&master.url(), &["workers"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("gpu-box") && l.contains("Pending")),
+        "{table}"
+    );
+
+    // The name is taken; bad names and labels are refused; nothing changes.
+    let again = admin
+        .add_worker(pb::AddWorkerRequest {
+            name: "gpu-box".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        tonic::Code::AlreadyExists,
+        "{}",
+        again.message()
+    );
+    assert!(again.message().contains("gpu-box"), "{}", again.message());
+    for (name, label) in [("w-0000abcd", "k"), ("bad name", "k"), ("ok-name", "")] {
+        let status = admin
+            .add_worker(pb::AddWorkerRequest {
+                name: name.into(),
+                labels: [(label.to_string(), "v".to_string())].into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{name}: {status:?}"
+        );
+    }
+    assert_eq!(workers(&mut admin).await.len(), 1);
+    // A pre-registration can be taken back.
+    let (ok, _, err) = herdctl(&master.url(), &["worker", "add", "spare"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = herdctl(&master.url(), &["worker", "forget", "spare"]);
+    assert!(ok, "{err}");
+    assert_eq!(workers(&mut admin).await.len(), 1);
+
+    // A task for it waits: Pending is never scheduled.
+    let waiting = submit_spec(&mut admin, spec("true", 0.5, 0, &["zone=eu"])).await;
+
+    // Pending survives a restart of the master.
+    master.terminate();
+    let master = Master::start_on(dir.path(), &data, port, FAST);
+    let mut admin = master.admin().await;
+    let loaded = worker(&mut admin, "gpu-box").await.expect("still known");
+    assert_eq!(
+        (loaded.state(), loaded.id.as_str()),
+        (pb::WorkerState::Pending, id.as_str())
+    );
+    assert_eq!(
+        task(&mut admin, &waiting.id).await.state(),
+        pb::TaskState::Queued
+    );
+
+    // The worker connects: it takes the id, its labels are merged (the operator's win).
+    let _w = Worker::start(
+        dir.path(),
+        &master.url(),
+        "gpu-box",
+        &["--label", "rack=7", "--label", "zone=us"],
+    );
+    let active = wait_state(&mut admin, "gpu-box", pb::WorkerState::Active, T).await;
+    assert_eq!(active.id, id);
+    let labels = active.description.unwrap().labels;
+    assert_eq!(labels["zone"], "eu");
+    assert_eq!(labels["os"], "custom");
+    assert_eq!(labels["rack"], "7");
+    assert!(labels.contains_key("hostname"));
+    let t = wait_task(&mut admin, &waiting.id, pb::TaskState::Succeeded, T).await;
+    assert_eq!(t.worker_id, id);
+    wait_db(&master.db(), &id, (true, "Active"), T).await;
+}

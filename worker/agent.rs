@@ -209,7 +209,9 @@ impl Agent {
             warn!("THE MASTER SAYS: {warning}");
         }
         let response = response.into_inner();
-        if !response.worker_secret.is_empty() {
+        if response.worker_secret.is_empty() {
+            self.secret.accepted().map_err(Ended::Refused)?;
+        } else {
             self.secret
                 .keep(response.worker_secret)
                 .map_err(Ended::Refused)?;

@@ -84,6 +84,8 @@ impl SecretFile {
 pub struct Secret {
     file: SecretFile,
     current: Option<String>,
+    /// `current` came from `--worker-secret` and is not in the work dir yet.
+    provisioned: bool,
 }
 
 impl Secret {
@@ -91,12 +93,27 @@ impl Secret {
     /// with (`--worker-secret`, printed by `worker add`), else none yet.
     pub fn open(work_dir: &Path, name: &str, provisioned: Option<&str>) -> Result<Secret, String> {
         let file = SecretFile::new(work_dir, name);
-        let current = file.load()?.or_else(|| {
-            provisioned
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        });
-        Ok(Secret { file, current })
+        let kept = file.load()?;
+        let given = provisioned
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        Ok(Secret {
+            provisioned: kept.is_none() && given.is_some(),
+            current: kept.or(given),
+            file,
+        })
+    }
+
+    /// The master accepted the secret presented: one that came from provisioning is kept
+    /// in the work dir from now on, so the flag or variable can go.
+    pub fn accepted(&mut self) -> Result<(), String> {
+        if self.provisioned
+            && let Some(secret) = self.current.take()
+        {
+            self.keep(secret)?;
+            self.provisioned = false;
+        }
+        Ok(())
     }
 
     /// What to present ("" before the first registration).
@@ -136,8 +153,16 @@ mod tests {
     #[test]
     fn a_kept_secret_wins_over_a_provisioned_one() {
         let dir = tempfile::tempdir().unwrap();
-        let fresh = Secret::open(dir.path(), "w1", Some(" given ")).unwrap();
+        let mut fresh = Secret::open(dir.path(), "w1", Some(" given ")).unwrap();
         assert_eq!(fresh.current(), "given");
+        assert_eq!(SecretFile::new(dir.path(), "w1").load().unwrap(), None);
+        fresh.accepted().unwrap();
+        assert_eq!(
+            SecretFile::new(dir.path(), "w1").load().unwrap().as_deref(),
+            Some("given"),
+            "kept once the master took it"
+        );
+        std::fs::remove_file(dir.path().join(SECRET_FILE)).unwrap();
         let mut secret = Secret::open(dir.path(), "w1", None).unwrap();
         assert_eq!(secret.current(), "");
         secret.keep("issued".into()).unwrap();

@@ -24,6 +24,30 @@ pub fn routes() -> Router<Http> {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/api/v1/audit", get(audit))
+        .route(
+            "/api/v1/workers/{worker}/secret",
+            axum::routing::post(issue_worker_secret),
+        )
+}
+
+#[utoipa::path(post, path = "/api/v1/workers/{worker}/secret", params(("worker" = String, Path, description = "a worker id or name")),
+    responses((status = 201, description = "`{worker, worker_secret}`: a new secret for a worker that is not Active (shown this once; the old one stops working)", body = Value),
+              (status = 409, description = "the worker is Active", body = Value),
+              (status = 404, description = "no such worker", body = Value)))]
+pub async fn issue_worker_secret(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(worker): Path<String>,
+) -> Result<Response, ApiError> {
+    let issued = http
+        .master
+        .issue_worker_secret(&who, pb::IssueWorkerSecretRequest { worker })
+        .await?;
+    let body = json!({
+        "worker": issued.worker.as_ref().map(herd::render::json::worker),
+        "worker_secret": issued.worker_secret,
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 /// A page of a list.

@@ -26,11 +26,12 @@ type Answer = Result<axum::Json<Value>, ApiError>;
 #[openapi(
     info(title = "herd", description = "The herd master's HTTP API: the operations of herdctl, in JSON with the field names of `herdctl --json`."),
     paths(
-        list_workers, get_worker, drain, undrain, forget, list_tasks, submit, get_task,
-        cancel, logs, get_scheduler, set_scheduler, status, history, stream::events,
-        access::list_tokens, access::create_token, access::revoke_token, access::audit
+        list_workers, add_worker, get_worker, drain, undrain, forget, list_tasks, submit,
+        get_task, cancel, logs, get_scheduler, set_scheduler, status, history, stream::events,
+        access::list_tokens, access::create_token, access::revoke_token, access::audit,
+        access::issue_worker_secret
     ),
-    components(schemas(SubmitBody, SchedulerBody, access::TokenBody)),
+    components(schemas(SubmitBody, SchedulerBody, AddWorkerBody, access::TokenBody)),
     modifiers(&Bearer)
 )]
 struct Doc;
@@ -114,7 +115,7 @@ pub async fn openapi() -> impl IntoResponse {
 
 pub fn routes() -> Router<Http> {
     Router::new()
-        .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/workers", get(list_workers).post(add_worker))
         .route("/api/v1/workers/{worker}", get(get_worker).delete(forget))
         .route(
             "/api/v1/workers/{worker}/drain",
@@ -178,6 +179,45 @@ fn as_of_event(id: u64, body: Value) -> Response {
         .headers_mut()
         .insert("x-herd-event-id", HeaderValue::from(id));
     response
+}
+
+/// A worker to pre-register (`worker add`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddWorkerBody {
+    /// The name it will register with (`herd-worker --name`).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
+    name: String,
+    /// Merged over the labels the worker reports (these win); at most 64.
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/workers", request_body = AddWorkerBody,
+    responses((status = 201, description = "the worker, stored as Pending", body = Value),
+              (status = 400, description = "a bad name or label", body = Value),
+              (status = 409, description = "a worker of that name is known", body = Value)))]
+async fn add_worker(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    JsonBody(body): JsonBody<AddWorkerBody>,
+) -> Result<Response, ApiError> {
+    who.may(Op::AddWorker)?;
+    let info = http
+        .master
+        .add_worker(
+            &who,
+            pb::AddWorkerRequest {
+                name: body.name,
+                labels: body.labels,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(view::worker(&info))).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),

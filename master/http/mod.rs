@@ -52,8 +52,8 @@ impl ApiError {
             Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Error::FailedPrecondition(_) => (StatusCode::CONFLICT, "FAILED_PRECONDITION"),
-            Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+            Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }

@@ -25,7 +25,9 @@ pub enum Op {
     Undrain,
     ListAudit,
     SwitchScheduler,
+    AddWorker,
     ForgetWorker,
+    IssueWorkerSecret,
     CreateToken,
     ListTokens,
     RevokeToken,
@@ -40,7 +42,8 @@ impl Op {
             ListWorkers | GetWorker | Summary | ListTasks | GetTask | TaskLogs | Watch
             | ShowScheduler => Role::Viewer,
             SubmitTask | CancelTask | Drain | Undrain | ListAudit => Role::Operator,
-            SwitchScheduler | ForgetWorker | CreateToken | ListTokens | RevokeToken => Role::Admin,
+            SwitchScheduler | AddWorker | ForgetWorker | IssueWorkerSecret | CreateToken
+            | ListTokens | RevokeToken => Role::Admin,
         }
     }
 
@@ -62,7 +65,9 @@ impl Op {
             Undrain => "undrain",
             ListAudit => "audit",
             SwitchScheduler => "scheduler switch",
+            AddWorker => "worker add",
             ForgetWorker => "worker forget",
+            IssueWorkerSecret => "worker secret",
             CreateToken => "token create",
             ListTokens => "token list",
             RevokeToken => "token revoke",

@@ -120,6 +120,32 @@ impl Master {
         Ok(row.info())
     }
 
+    /// A new secret for a worker that is not Active, stored (hashed) before it is shown.
+    pub async fn issue_worker_secret(
+        &self,
+        who: &Caller,
+        req: pb::IssueWorkerSecretRequest,
+    ) -> Result<pb::IssueWorkerSecretResponse, Error> {
+        who.may(Op::IssueWorkerSecret)?;
+        if req.worker.is_empty() {
+            return Err(Error::invalid("give a worker id or name"));
+        }
+        let (secret, hash) = secret::issue()?;
+        let record = self.registry.set_secret(&req.worker, hash)?;
+        let id = record.id.clone();
+        let audit = who.audit(Op::IssueWorkerSecret, &record.spec.name, &id);
+        self.store
+            .write(Write::Audited {
+                change: Box::new(Write::Worker(Box::new(record))),
+                audit: Box::new(audit),
+            })
+            .await?;
+        Ok(pb::IssueWorkerSecretResponse {
+            worker: Some(self.registry.get(&id)?),
+            worker_secret: secret,
+        })
+    }
+
     /// A page of the audit log, newest first.
     pub async fn list_audit(
         &self,

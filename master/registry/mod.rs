@@ -172,15 +172,17 @@ impl Registry {
         let inner = &mut *guard;
         for r in workers {
             let removed = r.state == WorkerState::Removed;
-            let recorded = if removed {
-                WorkerState::Removed
-            } else {
-                WorkerState::Inactive
+            let pending = r.state == WorkerState::Pending;
+            let recorded = match r.state {
+                WorkerState::Removed | WorkerState::Pending => r.state,
+                _ => WorkerState::Inactive,
             };
             let mut entry = Entry::new(r.id.clone(), r.spec, now);
             entry.registered_at_ms = r.registered_at_ms;
             entry.last_heartbeat_ms = r.last_heartbeat_ms;
             entry.presence.removed = removed;
+            entry.presence.pending = pending;
+            entry.added_labels = r.added_labels;
             entry.draining = r.draining;
             entry.recorded = recorded;
             // Loaded workers were possibly Active in SQLite: write Inactive back.
@@ -213,35 +215,42 @@ impl Registry {
                 .workers
                 .get_mut(&id)
                 .expect("by name points at a worker");
+            let first = entry.presence.pending;
             let issued = match &entry.secret_hash {
                 Some(kept) if secret::matches(kept, presented) => None,
                 Some(_) => return Err(name_taken(entry, presented, peer)),
                 None => {
-                    warn!(worker = %spec.name, %id, ?peer,
-                          "this worker had no secret (known from before secrets): issuing one");
+                    if !first {
+                        warn!(worker = %spec.name, %id, ?peer,
+                              "this worker had no secret (known from before secrets): issuing one");
+                    }
                     entry.secret_hash = Some(fresh.1);
                     Some(fresh.0)
                 }
             };
-            entry.spec = spec;
+            entry.describe(spec);
+            entry.presence.pending = false;
             entry.presence.removed = false;
             entry.presence.last_seen = now;
             entry.last_peer = peer;
-            entry.observe(&liveness, now, "re-registered", &inner.events);
-            info!(worker = %entry.spec.name, %id, ?peer, "worker re-registered, keeping its id");
+            if first {
+                entry.registered_at_ms = herd::time::now_ms();
+                entry.dirty = true;
+                entry.observe(&liveness, now, "registered", &inner.events);
+                info!(worker = %entry.spec.name, %id, ?peer, labels = entry.added_labels.len(),
+                      "pre-registered worker registered, taking its id");
+            } else {
+                entry.observe(&liveness, now, "re-registered", &inner.events);
+                info!(worker = %entry.spec.name, %id, ?peer, "worker re-registered, keeping its id");
+            }
             return Ok(Registered {
-                reregistered: true,
+                reregistered: !first,
                 record: entry.record(),
                 secret: issued,
                 id,
             });
         }
-        let id = loop {
-            let candidate = format!("w-{:08x}", fastrand::u32(..));
-            if !inner.workers.contains_key(&candidate) {
-                break candidate;
-            }
-        };
+        let id = inner.workers.new_id();
         let mut entry = Entry::new(id.clone(), spec, now);
         entry.secret_hash = Some(fresh.1);
         entry.last_peer = peer;
@@ -303,6 +312,7 @@ impl Registry {
             end: end_tx,
             last_sequence: first.sequence,
             peer,
+            full_since: None,
         }) {
             warn!(worker = %entry.spec.name, id = %entry.id,
                   "a new heartbeat stream replaced an open one (two processes with one name?)");
@@ -434,6 +444,27 @@ impl Registry {
         };
         for entry in inner.workers.values_mut() {
             let before = entry.recorded;
+            // A worker that has not read its stream for a heartbeat timeout is cut off
+            // (it reconnects), rather than kept Active and silently skipped.
+            if entry
+                .session
+                .as_mut()
+                .is_some_and(|s| s.backed_up(now, liveness.heartbeat_timeout))
+                && let Some(session) = entry.session.take()
+            {
+                entry.presence.connected = false;
+                let _ = session.end.send(Status::unavailable(format!(
+                    "this worker did not read its heartbeat stream for {:?} (its queue of \
+                     messages from the master stayed full); reconnect",
+                    liveness.heartbeat_timeout
+                )));
+                entry.observe(
+                    &liveness,
+                    now,
+                    "the worker stopped reading its stream; disconnected",
+                    &inner.events,
+                );
+            }
             let state = entry.observe(
                 &liveness,
                 now,
@@ -511,6 +542,21 @@ fn name_taken(entry: &Entry, presented: &str, peer: Option<SocketAddr>) -> Error
     warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer, ?connected,
           secret_given = !presented.is_empty(),
           "refused a registration: this name belongs to another worker (its secret was not presented)");
+    if entry.presence.pending {
+        return Error::AlreadyExists(format!(
+            "worker '{}' ({}) was pre-registered with a secret and {}: start this machine \
+             with --worker-secret (or HERD_WORKER_SECRET) as `worker add --secret` or \
+             `worker secret {}` printed it",
+            entry.spec.name,
+            entry.id,
+            if presented.is_empty() {
+                "none was presented"
+            } else {
+                "this is not it"
+            },
+            entry.spec.name
+        ));
+    }
     let whose = if presented.is_empty() {
         "this process did not present its secret"
     } else {

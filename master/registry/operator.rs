@@ -5,13 +5,14 @@ use tonic::Status;
 use tracing::info;
 
 use herd::config::SchedulerKind;
-use herd::domain::{TaskSpec, WorkerState};
+use herd::domain::{NewWorker, Resources, TaskSpec, WorkerSpec, WorkerState};
 use herd::error::Error;
 use herd::pb;
 
 use super::Registry;
 use crate::records::{Summary, Task, TaskFilter, WorkerRecord, task_number};
 use crate::tasks::{LogsView, Lookup};
+use crate::workers::Entry;
 
 impl Registry {
     /// Workers as of now, ordered by name, from the first name after `after`: at most
@@ -164,6 +165,67 @@ impl Registry {
         Ok(info)
     }
 
+    /// Pre-registers a worker (`worker add`): Pending, with an id, until a worker of that
+    /// name registers and takes it. Returns the record to store.
+    /// Gives a worker that is not Active a new secret (by its hash): the process holding
+    /// the old one can no longer be it. Returns the record to store.
+    pub fn set_secret(
+        &self,
+        id_or_name: &str,
+        hash: crate::records::SecretHash,
+    ) -> Result<WorkerRecord, Error> {
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
+        let id = inner.workers.resolve(id_or_name)?;
+        let entry = inner.workers.get_mut(&id).expect("resolved");
+        if inner.liveness.state(&entry.presence, now) == WorkerState::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "worker {} ({id}) is Active: a new secret would lock its process out; stop it \
+                 first (only workers that are not Active get a new secret)",
+                entry.spec.name
+            )));
+        }
+        entry.secret_hash = Some(hash);
+        info!(worker = %entry.spec.name, %id, "a new worker secret was issued; the old one no longer works");
+        Ok(entry.record())
+    }
+
+    pub fn add_worker(&self, new: NewWorker) -> Result<WorkerRecord, Error> {
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
+        if let Some(id) = inner.workers.id_of(&new.name) {
+            let entry = &inner.workers[id];
+            return Err(Error::AlreadyExists(format!(
+                "a worker named {} is already known ({id}, {}); 'worker forget {}' frees the \
+                 name",
+                new.name,
+                entry.shown(&inner.liveness, now).as_str_name(),
+                new.name
+            )));
+        }
+        let id = inner.workers.new_id();
+        let spec = WorkerSpec {
+            name: new.name,
+            host: String::new(),
+            address: String::new(),
+            version: String::new(),
+            capacity: Resources::default(),
+            labels: new.labels.clone(),
+            runtime: None,
+            isolation: String::new(),
+        };
+        let mut entry = Entry::new(id.clone(), spec, now);
+        entry.presence.pending = true;
+        entry.recorded = WorkerState::Pending;
+        entry.added_labels = new.labels;
+        info!(worker = %entry.spec.name, %id, labels = entry.added_labels.len(),
+              "worker pre-registered (Pending until it connects)");
+        inner.events.worker(&entry.info(&inner.liveness, now));
+        let record = entry.record();
+        inner.workers.insert(entry);
+        Ok(record)
+    }
+
     /// Drains (or undrains) a worker by id or name; returns the record to store.
     pub fn drain(&self, id_or_name: &str, drain: bool) -> Result<WorkerRecord, Error> {
         let (mut guard, now) = self.lock();
@@ -214,6 +276,7 @@ impl Registry {
         let (inner, now) = self.lock();
         let (tasks, queued) = inner.tasks.counts();
         let workers = [
+            pb::WorkerState::Pending,
             pb::WorkerState::Active,
             pb::WorkerState::Draining,
             pb::WorkerState::Inactive,

@@ -182,6 +182,7 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
             last_heartbeat_ms: 1, // long, long ago
             state: WorkerState::Active,
             draining: false,
+            added_labels: Default::default(),
             secret_hash: None,
         }],
         Vec::new(),

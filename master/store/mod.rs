@@ -449,13 +449,16 @@ fn commit<'a>(
             Write::Worker(r) => {
                 let labels = serde_json::to_string(&r.spec.labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
+                let added_labels = serde_json::to_string(&r.added_labels)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at,
                          secret_hash)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT(id) DO UPDATE SET
                          name = excluded.name, is_active = excluded.is_active,
-                         state = excluded.state, secret_hash = excluded.secret_hash",
+                         state = excluded.state, registered_at = excluded.registered_at,
+                         secret_hash = excluded.secret_hash",
                 )?
                 .execute(params![
                     r.id,
@@ -468,14 +471,14 @@ fn commit<'a>(
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, isolation)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         labels, container_runtime, isolation, added_labels)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT(id) DO UPDATE SET
                          host = excluded.host, address = excluded.address,
                          version = excluded.version, cpu = excluded.cpu,
                          memory_gb = excluded.memory_gb, gpu = excluded.gpu,
                          labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         isolation = excluded.isolation",
+                         isolation = excluded.isolation, added_labels = excluded.added_labels",
                 )?
                 .execute(params![
                     r.id,
@@ -488,6 +491,7 @@ fn commit<'a>(
                     labels,
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
                     r.spec.isolation,
+                    added_labels,
                 ])?;
             }
             Write::Task(t) => {

@@ -91,7 +91,10 @@ pub const MIGRATIONS: &[&str] = &[
     // 7: priorities and placement constraints.
     "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';",
-    // 8: identities (issue 13): who submitted each task; each worker's secret (its hash;
+    // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
+    // labels given there, merged over the reported ones at every registration.
+    "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
+    // 9: identities (issue 13): who submitted each task; each worker's secret (its hash;
     // NULL for workers known from before, issued one when they next register); named
     // operator tokens (their hashes); the audit log of Admin changes.
     "ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
@@ -148,7 +151,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation, w.secret_hash
+                w.draining, s.isolation, s.added_labels, w.secret_hash
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -172,12 +175,14 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, String>(11)?,
             r.get::<_, i64>(12)?,
             r.get::<_, bool>(13)?,
-            r.get::<_, Option<Vec<u8>>>(15)?,
+            serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+            r.get::<_, Option<Vec<u8>>>(16)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, secret) = row?;
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, added_labels, secret) =
+            row?;
         out.push(WorkerRecord {
             id,
             spec,
@@ -185,6 +190,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             last_heartbeat_ms,
             state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
             draining,
+            added_labels,
             secret_hash: secret.and_then(|h| h.try_into().ok()),
         });
     }

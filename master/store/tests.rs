@@ -28,6 +28,7 @@ fn record(id: &str, name: &str) -> WorkerRecord {
         last_heartbeat_ms: 0,
         state: WorkerState::Inactive,
         draining: false,
+        added_labels: [("rack".to_string(), "7".to_string())].into(),
         secret_hash: Some([7; 32]),
     }
 }

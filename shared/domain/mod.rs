@@ -282,23 +282,7 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
                 .as_ref()
                 .ok_or_else(|| Error::invalid("worker description has no capacity"))?,
         )?;
-        if d.labels.len() > MAX_LABELS {
-            return Err(Error::invalid(format!(
-                "{} labels given; at most {MAX_LABELS} are allowed",
-                d.labels.len()
-            )));
-        }
-        for (k, v) in &d.labels {
-            if k.is_empty() {
-                return Err(Error::invalid("a label has an empty key"));
-            }
-            check_text("a label key", k, MAX_LABEL_LEN)?;
-            check_text(
-                &format!("label '{}'", crate::text::clip(k)),
-                v,
-                MAX_LABEL_LEN,
-            )?;
-        }
+        check_labels(&d.labels)?;
         Ok(WorkerSpec {
             runtime: Runtime::parse_optional(&d.container_runtime)?,
             name: d.name,
@@ -312,9 +296,53 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
     }
 }
 
+fn check_labels(labels: &std::collections::HashMap<String, String>) -> Result<(), Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(format!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(Error::invalid("a label has an empty key"));
+        }
+        check_text("a label key", k, MAX_LABEL_LEN)?;
+        check_text(
+            &format!("label '{}'", crate::text::clip(k)),
+            v,
+            MAX_LABEL_LEN,
+        )?;
+    }
+    Ok(())
+}
+
+/// A worker pre-registered by an operator (`worker add`), before it first connects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWorker {
+    pub name: String,
+    /// Merged over the labels the worker reports (these win).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TryFrom<pb::AddWorkerRequest> for NewWorker {
+    type Error = Error;
+
+    fn try_from(r: pb::AddWorkerRequest) -> Result<Self, Error> {
+        validate_worker_name(&r.name)?;
+        check_labels(&r.labels)?;
+        Ok(NewWorker {
+            name: r.name,
+            labels: r.labels.into_iter().collect(),
+        })
+    }
+}
+
 /// Where a worker stands, as every view shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkerState {
+    /// Pre-registered (`worker add`) and never connected; never scheduled.
+    Pending,
     /// Heartbeating within the timeout; schedulable.
     Active,
     /// Stream closed or silent past the heartbeat timeout; never scheduled.
@@ -327,6 +355,7 @@ impl WorkerState {
     /// The word used in tables, logs and SQLite.
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkerState::Pending => "Pending",
             WorkerState::Active => "Active",
             WorkerState::Inactive => "Inactive",
             WorkerState::Removed => "Removed",
@@ -335,6 +364,7 @@ impl WorkerState {
 
     pub fn parse(text: &str) -> Option<WorkerState> {
         match text {
+            "Pending" => Some(WorkerState::Pending),
             "Active" => Some(WorkerState::Active),
             "Inactive" => Some(WorkerState::Inactive),
             "Removed" => Some(WorkerState::Removed),
@@ -352,6 +382,7 @@ impl fmt::Display for WorkerState {
 impl From<WorkerState> for pb::WorkerState {
     fn from(s: WorkerState) -> Self {
         match s {
+            WorkerState::Pending => pb::WorkerState::Pending,
             WorkerState::Active => pb::WorkerState::Active,
             WorkerState::Inactive => pb::WorkerState::Inactive,
             WorkerState::Removed => pb::WorkerState::Removed,

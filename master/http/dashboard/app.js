@@ -11,7 +11,7 @@
   /** Characters of a task's output the panel keeps. */
   const OUTPUT_KEEP = 1 << 20;
   const WINDOW_MS = 15 * 60 * 1000;
-  const WORKER_STATES = ["Active", "Draining", "Inactive", "Removed"];
+  const WORKER_STATES = ["Active", "Draining", "Inactive", "Pending", "Removed"];
   const TASK_STATES = ["queued", "assigned", "running", "succeeded", "failed", "cancelled"];
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -456,7 +456,7 @@
 
   /** Worker counts come from the workers we hold, so they change with every event. */
   function renderWorkerCounts() {
-    const c = { Active: 0, Draining: 0, Inactive: 0, Removed: 0 };
+    const c = { Active: 0, Draining: 0, Inactive: 0, Pending: 0, Removed: 0 };
     for (const w of workers.values()) c[w.status] = (c[w.status] || 0) + 1;
     $("summary-workers").innerHTML = Object.keys(c).map((k) =>
       `<div class="count" data-count="worker-${k}"><span class="n" id="count-worker-${k}">${c[k]}</span>${dot("worker", k)}</div>`).join("");

@@ -1,0 +1,54 @@
+//! Restart: kill -9 of the master, a new one on the same data dir and port; how fast it
+//! answers with every worker listed, how fast all are Active again, and the SQLite flush
+//! of the N rows that changed (Inactive at load, Active again).
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{CHECK_INTERVAL, MasterProcess, histogram_max, scrape, summary, wait_active};
+use crate::report::Figure;
+
+use super::Bench;
+
+pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
+    let launch = b.master.launch.clone();
+    b.master.kill9();
+    let started = Instant::now();
+    b.master = MasterProcess::start(&launch)?;
+    b.admin = b.master.admin().await?;
+    let reload = started.elapsed();
+    let listed: u32 = summary(&mut b.admin).await.values().sum();
+    let back_goal = b.cli.heartbeat_interval + Duration::from_secs(1);
+    let within = back_goal + Duration::from_secs(60);
+    wait_active(&mut b.admin, b.live, "the master's restart", within).await?;
+    let back = started.elapsed();
+    tokio::time::sleep(CHECK_INTERVAL * 2).await;
+    let flush_max_ms = histogram_max(
+        &scrape(b.master.metrics_port()),
+        "herd_sqlite_flush_seconds",
+    ) * 1000.0;
+    b.figures.push(Figure::goal(
+        "SQLite flush of N changed rows (max)",
+        flush_max_ms,
+        "ms <=",
+        "< 10 ms".into(),
+        flush_max_ms <= 10.0,
+    ));
+    b.figures.push(Figure::goal(
+        "restart: reload (to first answer)",
+        reload.as_secs_f64() * 1000.0,
+        "ms",
+        "< 1000 ms, every worker listed".into(),
+        reload < Duration::from_secs(1) && listed as usize == b.n,
+    ));
+    b.figures.push(Figure::goal(
+        "restart: all Active again",
+        back.as_secs_f64() * 1000.0,
+        "ms",
+        format!("< {} ms (interval + 1 s)", back_goal.as_millis()),
+        back <= back_goal,
+    ));
+    b.progress(&format!(
+        "restart: answering after {reload:.2?} with {listed} workers listed; all back after {back:.2?}"
+    ));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Tasks: submit-to-start one at a time (submitted, placed, committed, dispatched on the
+//! stream, received by the simulated worker), then placements in bulk end to end (the
+//! simulated workers report Started and Succeeded at once, so results are stored too).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use herd::pb;
+
+use super::Bench;
+use crate::cluster::{histogram_mean, scrape};
+use crate::report::{Figure, percentiles};
+
+fn task_spec() -> pb::TaskSpec {
+    pb::TaskSpec {
+        command: "true".into(),
+        resources: Some(pb::Resources {
+            cpu: 0.01,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// How long one task may take to reach a worker: long enough for an assignment the
+/// master could not send to be placed again (it re-queues it at its next pass).
+const REACH: Duration = Duration::from_secs(30);
+
+pub async fn submit_to_start(b: &mut Bench) -> anyhow::Result<()> {
+    let mut latency = Vec::new();
+    for _ in 0..b.cli.latency_tasks {
+        let start = Instant::now();
+        let info = b
+            .admin
+            .submit_task(pb::SubmitTaskRequest {
+                spec: Some(task_spec()),
+            })
+            .await?
+            .into_inner();
+        let arrival = b.shared.arrivals.when(&info.id);
+        let at = match tokio::time::timeout(REACH, arrival).await {
+            Ok(Ok(at)) => at,
+            _ => {
+                b.master.check_alive()?;
+                bail!(
+                    "task {} never reached a worker within {REACH:?}; the master has it as {}",
+                    info.id,
+                    master_view(b, &info.id).await
+                );
+            }
+        };
+        latency.push(at.duration_since(start).as_secs_f64() * 1000.0);
+    }
+    let lat = percentiles(&mut latency);
+    b.figures.push(Figure::goal(
+        "submit-to-start median",
+        lat.p50,
+        "ms",
+        "< 5 ms".into(),
+        lat.p50 < 5.0,
+    ));
+    b.figures.push(Figure::goal(
+        "submit-to-start p99",
+        lat.p99,
+        "ms",
+        "< 50 ms".into(),
+        lat.p99 < 50.0,
+    ));
+    b.progress(&format!(
+        "submit-to-start median {:.2} ms, p99 {:.2} ms; {} tasks in bulk",
+        lat.p50, lat.p99, b.cli.tasks
+    ));
+    Ok(())
+}
+
+/// What the master says of a task, for an error message.
+async fn master_view(b: &mut Bench, id: &str) -> String {
+    match b
+        .admin
+        .get_task(pb::GetTaskRequest {
+            task_id: id.to_string(),
+        })
+        .await
+    {
+        Ok(t) => {
+            let t = t.into_inner();
+            format!(
+                "{:?} on {} (attempt {}; reason: {})",
+                t.state(),
+                if t.worker_name.is_empty() {
+                    "no worker"
+                } else {
+                    &t.worker_name
+                },
+                t.attempts,
+                if t.reason.is_empty() { "-" } else { &t.reason }
+            )
+        }
+        Err(status) => format!("unknown ({})", status.message()),
+    }
+}
+
+pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
+    let total = b.cli.tasks;
+    let before = b.shared.tasks_started.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let submitters = 32;
+    let mut jobs = Vec::new();
+    for s in 0..submitters {
+        let mut admin = b.admin.clone();
+        let count = total / submitters + usize::from(s < total % submitters);
+        jobs.push(tokio::spawn(async move {
+            for _ in 0..count {
+                admin
+                    .submit_task(pb::SubmitTaskRequest {
+                        spec: Some(task_spec()),
+                    })
+                    .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for job in jobs {
+        job.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.shared.tasks_started.load(Ordering::Relaxed) - before < total as u64 {
+        if Instant::now() > deadline {
+            b.master.check_alive()?;
+            let reached = b.shared.tasks_started.load(Ordering::Relaxed) - before;
+            bail!("only {reached} of {total} tasks reached a worker within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    b.shared.arrivals.clear();
+    b.figures.push(Figure::goal(
+        "placements end to end",
+        rate,
+        "/s",
+        ">= 10000/s".into(),
+        rate >= 10_000.0,
+    ));
+    let pass_us = histogram_mean(
+        &scrape(b.master.metrics_port()),
+        "herd_scheduling_pass_seconds",
+    ) * 1e6;
+    b.figures
+        .push(Figure::info("scheduling pass (mean)", pass_us, "µs"));
+    b.progress(&format!(
+        "{rate:.0} placements/s end to end; restarting the master"
+    ));
+    Ok(())
+}
