@@ -32,9 +32,18 @@ impl Master {
         self.logs_view(&req.task_id).await?;
         let (tx, rx) = mpsc::channel(4);
         let master = self.clone();
+        let revoked = self.credentials.revoked(who);
         tokio::spawn(async move {
-            if let Err(err) = master.stream_logs(&req, &tx).await {
-                let _ = tx.send(Err(err)).await;
+            tokio::select! {
+                streamed = master.stream_logs(&req, &tx) => {
+                    if let Err(err) = streamed {
+                        let _ = tx.send(Err(err)).await;
+                    }
+                }
+                _ = revoked => {
+                    let why = "the token of this stream was revoked".to_string();
+                    let _ = tx.send(Err(Error::PermissionDenied(why))).await;
+                }
             }
         });
         Ok(rx)

@@ -503,23 +503,24 @@ async fn a_worker_that_never_reads_its_stream_is_cut_off_and_no_task_waits_on_it
         .unwrap();
     let mut registry = pb::registry_client::RegistryClient::with_interceptor(
         channel,
-        herd::auth::Bearer::new(Some(TOKEN)).unwrap(),
+        herd::auth::Bearer::new(Some(JOIN_TOKEN)).unwrap(),
     );
     let mut desc = description("deaf");
     desc.capacity.as_mut().unwrap().cpu = 1000.0;
-    let id = registry
+    let registered = registry
         .register(pb::RegisterRequest {
             worker: Some(desc),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner()
-        .worker_id;
+        .into_inner();
+    let (id, secret) = (registered.worker_id, registered.worker_secret);
     let hb = move |sequence| pb::WorkerMessage {
         body: Some(Body::Heartbeat(pb::Heartbeat {
             worker_id: id.clone(),
             sequence,
+            worker_secret: secret.clone(),
             ..Default::default()
         })),
     };

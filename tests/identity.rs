@@ -411,15 +411,41 @@ async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
 async fn a_revoked_token_is_refused_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(dir.path(), FAST);
-    master.admin().await;
+    let mut admin = master.admin().await;
     let url = master.url();
+    let _w = Worker::start(dir.path(), &url, "runner", &[]);
+    wait_state(&mut admin, "runner", pb::WorkerState::Active, T).await;
     let token = create_token(&url, "short-lived", "operator");
     let mut client = admin_with(&url, &token).await;
     client.summary(pb::SummaryRequest {}).await.unwrap();
+    // A stream it opened, following a task that runs on.
+    let long = submit(&mut admin, "echo started; sleep 60", 1.0).await;
+    let mut follow = client
+        .task_logs(pb::TaskLogsRequest {
+            task_id: long.id.clone(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let (ok, out, err) = herdctl(&url, &["token", "revoke", "short-lived"]);
     assert!(ok && out.contains("revoked"), "{out}{err}");
     let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match follow.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the followed stream ends within a second of the revocation");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
     let deadline = Deadline::new(Duration::from_secs(1), "the revoked token is refused");
     let status = loop {
         match client.summary(pb::SummaryRequest {}).await {
@@ -440,7 +466,7 @@ async fn a_revoked_token_is_refused_within_a_second() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(db_tasks(&master.db()), 0);
+    assert_eq!(db_tasks(&master.db()), 1, "only the admin's task");
     let (ok, _, err) = herdctl(&url, &["token", "revoke", "short-lived"]);
     assert!(!ok && err.contains("no token named"), "{err}");
 }

@@ -422,3 +422,30 @@ async fn log_lines_never_land_inside_a_reply_while_workers_come_and_go() {
     repl.send_line("exit").unwrap();
     repl.exp_eof().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_is_the_trusted_admin_named_repl_in_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut repl = repl_master(&dir.path().join("data"), port, true);
+    let mut admin = clients(&url).await.unwrap().0;
+
+    repl.send_line("token create from-repl --role viewer")
+        .unwrap();
+    repl.exp_string("shown only this once").unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("task submit --command true").unwrap();
+    let (_, id) = repl.exp_regex(r"t-[0-9]+").unwrap();
+    repl.exp_string("master> ").unwrap();
+    assert_eq!(task(&mut admin, &id).await.submitted_by, "repl");
+
+    repl.send_line("audit").unwrap();
+    repl.exp_regex(r"repl\s+admin\s+task submit\s+t-[0-9]+\s+local")
+        .unwrap();
+    repl.exp_regex(r"repl\s+admin\s+token create\s+from-repl\s+local")
+        .unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_control('d').unwrap();
+    repl.exp_eof().unwrap();
+}

@@ -54,10 +54,12 @@ pub async fn events(
         .and_then(|v| v.trim().parse().ok())
         .or(q.last_event_id);
     let (last, missed, mut live) = http.events.subscribe(last);
+    let revoked = http.master.credentials.revoked(&who);
     let (tx, rx) = mpsc::channel(256);
     let mut shutdown = http.shutdown.clone();
     let events = http.events.clone();
     tokio::spawn(async move {
+        tokio::pin!(revoked);
         let mut sent = last;
         for event in missed {
             sent = event.id;
@@ -75,6 +77,7 @@ pub async fn events(
                 },
                 _ = tx.closed() => return,
                 _ = shutdown.changed() => return,
+                _ = &mut revoked => return,
             };
             for event in next {
                 if event.id <= sent {

@@ -12,7 +12,9 @@ mod ops;
 pub mod secret;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use tracing::warn;
 
@@ -136,6 +138,9 @@ pub struct Credentials {
     join: Option<SecretHash>,
     named: Mutex<Named>,
     store: Store,
+    /// Bumped at every revocation: open streams (followed logs, events) check whether
+    /// theirs is still valid.
+    revocations: watch::Sender<u64>,
 }
 
 impl Credentials {
@@ -159,6 +164,26 @@ impl Credentials {
             join: join.map(digest),
             named: Mutex::new(tokens),
             store,
+            revocations: watch::Sender::new(0),
+        }
+    }
+
+    /// Resolves once `who`'s token is revoked (never for the bootstrap token, the REPL or
+    /// an insecure master): a stream it opened ends then, not when it next calls.
+    pub fn revoked(self: &Arc<Self>, who: &Caller) -> impl Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        let name = who.name.clone();
+        let mut changes = self.revocations.subscribe();
+        async move {
+            let named = !herd::domain::identity::RESERVED_TOKEN_NAMES.contains(&name.as_str());
+            loop {
+                if named && !this.named().by_name.contains_key(&name) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 
@@ -306,6 +331,8 @@ impl Credentials {
         let row = named.by_name.remove(name)?;
         named.by_hash.remove(&row.hash);
         named.persisted.remove(name);
+        drop(named);
+        self.revocations.send_modify(|n| *n += 1);
         Some(row)
     }
 }

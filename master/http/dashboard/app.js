@@ -807,7 +807,8 @@
     $("task-attempts").textContent = t.attempts;
     $("task-exit").textContent = TERMINAL.has(t.state) && t.state !== "cancelled" ? String(t.exit_code ?? "–") : "–";
     $("task-reason").textContent = t.reason || "–";
-    $("task-times").textContent = `submitted ${clock(t.submitted_ms)} · started ${clock(t.started_ms)} · finished ${clock(t.finished_ms)}`;
+    const by = t.submitted_by ? ` by ${t.submitted_by}` : "";
+    $("task-times").textContent = `submitted ${clock(t.submitted_ms)}${by} · started ${clock(t.started_ms)} · finished ${clock(t.finished_ms)}`;
     const cancel = $("cancel-button");
     cancel.disabled = TERMINAL.has(t.state);
     cancel.hidden = TERMINAL.has(t.state);
