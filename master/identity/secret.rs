@@ -16,9 +16,15 @@ pub fn digest(secret: &str) -> SecretHash {
     out
 }
 
-/// A new secret and its hash.
+/// A new secret (256 bits from the kernel, as 64 hex digits) and its hash. Every
+/// registration makes one, so it comes from getrandom(2), with no file to open.
 pub fn issue() -> Result<(String, SecretHash), Error> {
-    let secret = herd::auth::random_secret().map_err(Error::Unavailable)?;
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Unavailable("the kernel gave no random bytes".into()))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let hash = digest(&secret);
     Ok((secret, hash))
 }

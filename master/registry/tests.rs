@@ -1,6 +1,6 @@
 //! Unit tests of the registry: liveness at read time, streams, stalls, mass removals.
 use super::*;
-use herd::domain::Resources;
+use herd::domain::{Resources, WorkerSpec};
 use tokio::sync::mpsc;
 
 fn spec(name: &str) -> WorkerSpec {
