@@ -181,7 +181,7 @@ pub async fn simulate(
             }
             Err(_) => {
                 tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(backoff_cap(shared.interval));
                 continue;
             }
         };
@@ -263,9 +263,14 @@ pub async fn simulate(
         };
         if lost {
             tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(backoff_cap(shared.interval));
         }
     }
+}
+
+/// herd-worker's longest pause between attempts: one heartbeat interval, within 1..5 s.
+fn backoff_cap(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -223,6 +223,30 @@ pub struct Workers {
     by_name: HashMap<String, String>,
     /// Slots ordered by name: the scheduler's stable order.
     pub order: Vec<usize>,
+    /// Where each slot stands in `order` (`usize::MAX`: forgotten).
+    position: Vec<usize>,
+    /// What changed since the scheduler last asked ([`Workers::take_changes`]).
+    changes: Changes,
+}
+
+/// Which workers may have changed since the scheduler last looked: every mutable access
+/// counts, so nothing can change unseen.
+#[derive(Default)]
+struct Changes {
+    /// Everything (the name order changed, or every worker was touched).
+    all: bool,
+    /// The name order changed: positions must be found again.
+    reordered: bool,
+    slots: Vec<usize>,
+    marked: Vec<bool>,
+}
+
+/// What [`Workers::take_changes`] reports.
+pub enum Changed {
+    /// Every position may have changed (or the order did).
+    All,
+    /// These positions in the name order.
+    Positions(Vec<usize>),
 }
 
 impl Workers {
@@ -230,8 +254,48 @@ impl Workers {
         self.index.get(id).map(|&slot| &self.slab[slot])
     }
 
+    /// A worker to change: it is marked as changed for the scheduler.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
-        self.index.get(id).map(|&slot| &mut self.slab[slot])
+        let slot = *self.index.get(id)?;
+        let changes = &mut self.changes;
+        if !changes.all && !changes.marked[slot] {
+            changes.marked[slot] = true;
+            changes.slots.push(slot);
+        }
+        Some(&mut self.slab[slot])
+    }
+
+    /// What changed since the last call, as positions in the name order.
+    pub fn take_changes(&mut self) -> Changed {
+        if std::mem::take(&mut self.changes.reordered) {
+            self.position = vec![usize::MAX; self.slab.len()];
+            for (at, &slot) in self.order.iter().enumerate() {
+                self.position[slot] = at;
+            }
+            self.changes.all = true;
+        }
+        let changes = &mut self.changes;
+        for &slot in &changes.slots {
+            changes.marked[slot] = false;
+        }
+        let slots = std::mem::take(&mut changes.slots);
+        if std::mem::take(&mut changes.all) {
+            return Changed::All;
+        }
+        Changed::Positions(
+            slots
+                .into_iter()
+                .map(|slot| self.position[slot])
+                .filter(|&p| p != usize::MAX)
+                .collect(),
+        )
+    }
+
+    /// The name order changed: positions are found anew when the scheduler next asks (a
+    /// burst of registrations costs one rebuild, not one each), and it looks at everything.
+    fn reordered(&mut self) {
+        self.changes.reordered = true;
+        self.changes.marked.resize(self.slab.len(), false);
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
@@ -269,6 +333,7 @@ impl Workers {
         self.index.insert(entry.id.clone(), slot);
         self.slab.push(entry);
         self.order.insert(at, slot);
+        self.reordered();
     }
 
     /// The id of a worker named by id or by name.
@@ -288,7 +353,9 @@ impl Workers {
         self.slab.iter().filter(|e| !e.forgotten)
     }
 
+    /// Every worker, to change: all are marked as changed for the scheduler.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.changes.all = true;
         self.slab.iter_mut().filter(|e| !e.forgotten)
     }
 
@@ -308,9 +375,10 @@ impl Workers {
     /// Forgets a worker: it is found and listed no more and its name is free. Returns it.
     pub fn forget(&mut self, id: &str) -> Option<&mut Entry> {
         let slot = self.index.remove(id)?;
-        let entry = &mut self.slab[slot];
-        self.by_name.remove(&entry.spec.name);
+        self.by_name.remove(&self.slab[slot].spec.name);
         self.order.retain(|&s| s != slot);
+        self.reordered();
+        let entry = &mut self.slab[slot];
         entry.forgotten = true;
         entry.tasks.clear();
         Some(entry)

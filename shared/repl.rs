@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -23,23 +23,75 @@ const HELD_LINES: usize = 1000;
 /// Where log lines go while a REPL is open: above the prompt while one is on screen, held
 /// back while a command writes its reply (so no log line lands inside it), and printed
 /// whole once the reply is done.
+///
+/// Lines above the prompt are printed by a thread of their own ([`print_lines`]):
+/// rustyline's printer can block (its queue to the line editor holds one message, drained
+/// only while a line is being read), and no logging thread, nor the REPL itself, may ever
+/// wait for it. That wait, under the lock below, once stopped the REPL for good while
+/// workers came and went.
 struct Sink {
-    printer: Option<Printer>,
+    /// A REPL is open: lines go to its printer thread.
+    open: bool,
     /// A command is writing its reply.
     busy: bool,
+    /// The printer thread is printing a line right now.
+    printing: bool,
+    /// Lines for the printer thread.
+    queue: VecDeque<String>,
     held: VecDeque<String>,
     dropped: usize,
 }
 
 static SINK: Mutex<Sink> = Mutex::new(Sink {
-    printer: None,
+    open: false,
     busy: false,
+    printing: false,
+    queue: VecDeque::new(),
     held: VecDeque::new(),
     dropped: 0,
 });
+static WAKE: Condvar = Condvar::new();
 
 fn sink() -> std::sync::MutexGuard<'static, Sink> {
     SINK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sink {
+    fn hold(&mut self, line: String) {
+        if self.held.len() == HELD_LINES {
+            self.held.pop_front();
+            self.dropped += 1;
+        }
+        self.held.push_back(line);
+    }
+}
+
+/// The printer thread: prints queued lines above the prompt, or holds them back while a
+/// command replies. Ends when the REPL closes (or stays blocked in a print that can never
+/// complete, harming nobody).
+fn print_lines(mut printer: Printer) {
+    let mut guard = sink();
+    loop {
+        while guard.queue.is_empty() && guard.open {
+            guard = WAKE.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+        if !guard.open {
+            return;
+        }
+        let line = guard.queue.pop_front().expect("not empty");
+        if guard.busy {
+            guard.hold(line);
+            continue;
+        }
+        guard.printing = true;
+        drop(guard);
+        if let Err(e) = printer.print(line.clone()) {
+            let _ = writeln!(std::io::stderr(), "{line} [{e}]");
+        }
+        guard = sink();
+        guard.printing = false;
+        WAKE.notify_all();
+    }
 }
 
 /// Marks the start (`true`) or end of a reply; at the end, what was held is printed.
@@ -48,6 +100,19 @@ fn replying(busy: bool) {
         let mut sink = sink();
         sink.busy = busy;
         if busy {
+            // A line being printed as the reply starts finishes first (briefly: outside
+            // the line editor it is a plain write).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+            while sink.printing {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                sink = WAKE
+                    .wait_timeout(sink, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
             return;
         }
         (
@@ -68,7 +133,8 @@ fn replying(busy: bool) {
 }
 
 /// A `tracing` writer: one buffer per log event, printed above the prompt while the REPL
-/// runs (held back while a command replies), to stderr otherwise.
+/// runs (held back while a command replies), to stderr otherwise. Never blocks on the
+/// terminal.
 #[derive(Default)]
 pub struct LogWriter {
     buf: Vec<u8>,
@@ -91,23 +157,24 @@ impl Drop for LogWriter {
             return;
         }
         let mut sink = sink();
+        if !sink.open {
+            drop(sink);
+            let _ = std::io::stderr().write_all(&self.buf);
+            return;
+        }
         let text = String::from_utf8_lossy(&self.buf)
             .trim_end_matches('\n')
             .to_string();
         if sink.busy {
-            if sink.held.len() == HELD_LINES {
-                sink.held.pop_front();
-                sink.dropped += 1;
-            }
-            sink.held.push_back(text);
+            sink.hold(text);
             return;
         }
-        if let Some(printer) = sink.printer.as_mut()
-            && printer.print(text).is_ok()
-        {
-            return;
+        if sink.queue.len() >= HELD_LINES {
+            sink.queue.pop_front();
+            sink.dropped += 1;
         }
-        let _ = std::io::stderr().write_all(&self.buf);
+        sink.queue.push_back(text);
+        WAKE.notify_all();
     }
 }
 
@@ -132,7 +199,12 @@ pub fn run(
         let _ = editor.load_history(path);
     }
     if let Ok(printer) = editor.create_external_printer() {
-        sink().printer = Some(Box::new(printer));
+        let printer: Printer = Box::new(printer);
+        sink().open = true;
+        std::thread::Builder::new()
+            .name("repl-log".into())
+            .spawn(move || print_lines(printer))
+            .map_err(ReadlineError::Io)?;
     }
     println!("type 'help' for the commands, 'exit' or Ctrl-D to leave");
     let result = loop {
@@ -181,7 +253,16 @@ pub fn run(
             Err(err) => break Err(err),
         }
     };
-    sink().printer = None;
+    {
+        let mut sink = sink();
+        sink.open = false;
+        let queued: Vec<String> = sink.queue.drain(..).collect();
+        drop(sink);
+        WAKE.notify_all();
+        for line in queued {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
     if let Some(path) = &history {
         let _ = editor.save_history(path);
     }

@@ -27,7 +27,9 @@ use crate::telemetry::Telemetry;
 
 /// First pause after a failed attempt.
 const BACKOFF_START: Duration = Duration::from_millis(200);
-/// Longest pause between attempts, so a restarted master sees its workers back quickly.
+/// Longest pause between attempts, so a restarted master sees its workers back quickly: one
+/// heartbeat interval (a worker is not Active without heartbeats anyway), between these.
+const BACKOFF_CAP_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Capped exponential backoff with jitter (each pause is 50–100% of the current step).
@@ -46,9 +48,12 @@ impl Backoff {
         self.step = BACKOFF_START;
     }
 
-    fn next(&mut self) -> Duration {
+    /// The next pause, growing up to one heartbeat `interval` (clamped to 1..5 s).
+    fn next(&mut self, interval: Duration) -> Duration {
+        let cap = interval.clamp(BACKOFF_CAP_MIN, BACKOFF_CAP);
+        self.step = self.step.min(cap);
         let pause = self.step.mul_f64(0.5 + fastrand::f64() * 0.5);
-        self.step = (self.step * 2).min(BACKOFF_CAP);
+        self.step = (self.step * 2).min(cap);
         pause
     }
 }
@@ -170,7 +175,7 @@ impl Agent {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next(self.interval)) => {}
                 _ = shutdown.changed() => return Ok(()),
             }
         }
@@ -426,14 +431,23 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new();
-        let first = b.next();
+        let five = Duration::from_secs(5);
+        let first = b.next(five);
         assert!(first >= BACKOFF_START / 2 && first <= BACKOFF_START);
         for _ in 0..20 {
-            let pause = b.next();
+            let pause = b.next(five);
             assert!(pause <= BACKOFF_CAP, "{pause:?}");
         }
-        assert!(b.next() >= BACKOFF_CAP / 2);
+        assert!(b.next(five) >= BACKOFF_CAP / 2);
         b.reset();
-        assert!(b.next() <= BACKOFF_START);
+        assert!(b.next(five) <= BACKOFF_START);
+        // With a 1 s heartbeat, never more than 1 s between attempts; and never more than
+        // 5 s however long the interval.
+        for _ in 0..20 {
+            assert!(b.next(Duration::from_secs(1)) <= Duration::from_secs(1));
+        }
+        for _ in 0..20 {
+            assert!(b.next(Duration::from_secs(60)) <= BACKOFF_CAP);
+        }
     }
 }

@@ -294,3 +294,40 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
     assert_eq!(removed.len(), 3);
     assert_eq!(state(&r, &ids[0]), pb::WorkerState::Removed);
 }
+
+/// The scheduler keeps its view of workers between passes; time alone (no tick, no
+/// heartbeat) makes a worker Inactive, and no task may go there even so.
+#[tokio::test(start_paused = true)]
+async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
+    let (r, _dir) = registry();
+    let a = r.register(spec("a")).id;
+    let b = r.register(spec("b")).id;
+    let (tx_a, _rx_a) = mpsc::channel(16);
+    let (tx_b, _rx_b) = mpsc::channel(16);
+    r.connect(&hb(&a, 1), tx_a).unwrap();
+    let acc_b = r.connect(&hb(&b, 1), tx_b).unwrap();
+    let spec1 = || herd::domain::TaskSpec {
+        name: String::new(),
+        image: None,
+        command: Some("true".into()),
+        resources: Resources {
+            cpu: 1.0,
+            memory_gb: 0.0,
+            gpu: 0,
+        },
+        priority: 0,
+        constraints: Vec::new(),
+    };
+    // One task on each (ties go to the first by name): both are in the scheduler's view,
+    // Active, with one CPU free.
+    assert_eq!(r.enqueue(r.new_task(spec1())).worker_id, a);
+    assert_eq!(r.enqueue(r.new_task(spec1())).worker_id, b);
+    // Only b keeps heartbeating; a goes silent past the timeout, with no tick between.
+    for seq in 2..=8 {
+        pass(&r, Duration::from_secs(5)).await;
+        r.heartbeat(&b, acc_b.generation, &hb(&b, seq)).unwrap();
+    }
+    assert_eq!(state(&r, &a), pb::WorkerState::Inactive);
+    let t = r.enqueue(r.new_task(spec1()));
+    assert_eq!(t.worker_id, b, "placed on a worker silent past its timeout");
+}

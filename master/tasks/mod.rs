@@ -9,6 +9,7 @@
 //! only the current attempt, from the worker that holds it, may report, and any other
 //! attempt a worker reports is told to stop.
 
+mod candidates;
 mod lifecycle;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use herd::config::SchedulerKind;
-use herd::domain::{TaskSpec, TaskState, WorkerState};
+use herd::domain::{TaskSpec, TaskState};
 use herd::error::Error;
 use herd::pb;
 use herd::time::now_ms;
@@ -28,9 +29,10 @@ use crate::events::Events;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::records::{Task, TaskFilter, task_number};
-use crate::scheduler::{self, Candidate, Request, Scheduler};
+use crate::scheduler::{self, Request, Scheduler};
 use crate::store::{Store, Write};
 use crate::workers::Workers;
+use candidates::Candidates;
 
 /// Where a task's output stands, for `task logs`.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +115,8 @@ pub struct Tasks {
     /// stream was full or gone): queued again at the next pass instead of waiting out the
     /// grace period.
     undelivered: Arc<Mutex<Vec<(String, u32)>>>,
+    /// The scheduler's view of the workers, kept between passes.
+    candidates: Candidates,
 }
 
 impl Tasks {
@@ -139,6 +143,7 @@ impl Tasks {
             finished: BTreeMap::new(),
             retired: Arc::default(),
             undelivered: Arc::default(),
+            candidates: Candidates::default(),
         }
     }
 
@@ -346,26 +351,11 @@ impl Tasks {
     }
 
     fn schedule_queue(&mut self, workers: &mut Workers, liveness: &Liveness, now: Instant) {
-        let mut candidates: Vec<Candidate> = workers
-            .ordered()
-            .map(|w| {
-                let active = liveness.state(&w.presence, now) == WorkerState::Active;
-                Candidate {
-                    capacity: w.spec.capacity,
-                    allocated: w.allocated,
-                    cpu_percent: w.usage.cpu_percent,
-                    // Whether its stream can take an assignment is asked of the chosen
-                    // worker only: looking at 10,000 channels here would cost a cache
-                    // miss each.
-                    schedulable: active && !w.draining && w.session.is_some(),
-                    has_runtime: w.spec.runtime.is_some(),
-                    draining: active && w.draining,
-                }
-            })
-            .collect();
-        let any_live = candidates.iter().any(|c| c.schedulable);
+        self.candidates.refresh(workers, liveness, now);
+        let mut view = std::mem::take(&mut self.candidates);
         let queue = std::mem::take(&mut self.queue);
         for id in queue {
+            let candidates = &mut view.list;
             let task = &self.tasks[&id];
             let request = Request {
                 resources: task.spec.resources,
@@ -386,35 +376,30 @@ impl Tasks {
             for &i in &unmet {
                 candidates[i].schedulable = false;
             }
-            let placed = any_live
-                && loop {
-                    let Some(i) = self.scheduler.place(&candidates, &request) else {
-                        break false;
-                    };
-                    let entry = &workers.slab[workers.order[i]];
-                    if entry
-                        .session
-                        .as_ref()
-                        .is_none_or(|s| s.outbound.capacity() == 0)
-                    {
-                        // Its stream is full: leave it out of this pass.
-                        candidates[i].schedulable = false;
-                        continue;
-                    }
-                    let worker = entry.id.clone();
-                    self.assign(&id, &worker, workers, now);
-                    let c = &mut candidates[i];
-                    c.allocated.cpu += request.resources.cpu;
-                    c.allocated.memory_gb += request.resources.memory_gb;
-                    c.allocated.gpu += request.resources.gpu;
-                    break true;
+            let placed = loop {
+                let Some(i) = self.scheduler.place(&view.list, &request) else {
+                    break false;
                 };
+                // The view may be older than the liveness rule at this moment, or the
+                // stream full: such a worker is left out until it changes.
+                if !view.still_fits(i, workers, liveness, now) {
+                    continue;
+                }
+                let worker = workers.slab[workers.order[i]].id.clone();
+                self.assign(&id, &worker, workers, now);
+                let c = &mut view.list[i];
+                c.allocated.cpu += request.resources.cpu;
+                c.allocated.memory_gb += request.resources.memory_gb;
+                c.allocated.gpu += request.resources.gpu;
+                break true;
+            };
+            let candidates = &mut view.list;
             if !placed {
                 let meets = candidates.iter().any(|c| c.schedulable);
                 let reason = if !constraints.is_empty() && !meets && !unmet.is_empty() {
                     unmet_reason(&constraints, &unmet, workers)
                 } else {
-                    scheduler::why_not(&candidates, &request)
+                    scheduler::why_not(candidates, &request)
                 };
                 let task = self.tasks.get_mut(&id).expect("queued task");
                 task.reason = reason;
@@ -424,6 +409,7 @@ impl Tasks {
                 candidates[i].schedulable = true;
             }
         }
+        self.candidates = view;
     }
 }
 
