@@ -300,12 +300,12 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
     let (r, _dir) = registry();
-    let a = r.register(spec("a")).id;
-    let b = r.register(spec("b")).id;
+    let a = register(&r, spec("a")).id;
+    let b = register(&r, spec("b")).id;
     let (tx_a, _rx_a) = mpsc::channel(16);
     let (tx_b, _rx_b) = mpsc::channel(16);
-    r.connect(&hb(&a, 1), tx_a).unwrap();
-    let acc_b = r.connect(&hb(&b, 1), tx_b).unwrap();
+    r.connect(&hb(&a, 1), tx_a, None).unwrap();
+    let acc_b = r.connect(&hb(&b, 1), tx_b, None).unwrap();
     let spec1 = || herd::domain::TaskSpec {
         name: String::new(),
         image: None,
