@@ -122,19 +122,19 @@ impl pb::registry_server::Registry for Master {
                 "the first message of a heartbeat stream must be a heartbeat with the worker id",
             ));
         };
-        if self.require_client_cert || legacy {
-            let name = self.registry.name_of(&first.worker_id);
-            if let Some(name) = &name {
+        // With --tls-client-ca the certificate must name the worker the id stands for (an
+        // unknown id gets NOT_FOUND below, and the worker registers).
+        match self.registry.name_of(&first.worker_id) {
+            Some(name) => {
                 if self.require_client_cert {
-                    mtls::check(cert.as_ref(), name, peer)?;
+                    mtls::check(cert.as_ref(), &name, peer)?;
                 }
                 if legacy {
-                    warn_legacy(name, peer);
+                    warn_legacy(&name, peer);
                 }
-            } else if self.require_client_cert && cert.is_none() {
-                // An unknown id with a certificate gets NOT_FOUND below (and registers).
-                mtls::check(None, "", peer)?;
             }
+            None if self.require_client_cert && cert.is_none() => mtls::check(None, "", peer)?,
+            None => {}
         }
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let accepted = self.registry.connect(&first, tx.clone(), peer)?;

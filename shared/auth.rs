@@ -136,16 +136,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether a request carries `authorization: Bearer <expected>`.
-pub fn authorized<T>(request: &Request<T>, expected: &str) -> bool {
-    request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,18 +167,10 @@ mod tests {
     }
 
     #[test]
-    fn the_check_wants_the_exact_bearer_token() {
-        let good = Bearer::new(Some("s3cret"))
-            .unwrap()
-            .call(Request::new(()))
-            .unwrap();
-        assert!(authorized(&good, "s3cret"));
-        let bad = Bearer::new(Some("s3cres"))
-            .unwrap()
-            .call(Request::new(()))
-            .unwrap();
-        assert!(!authorized(&bad, "s3cret"));
-        assert!(!authorized(&Request::new(()), "s3cret"));
+    fn comparisons_need_the_same_bytes() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cres", b"s3cret"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(Bearer::new(Some("fine")).is_ok());
     }
 }

@@ -95,7 +95,7 @@ fn name_taken(entry: &Entry, presented: &str, peer: Option<SocketAddr>) -> Error
     let connected = entry.session.as_ref().and_then(|s| s.peer);
     warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer, ?connected,
           secret_given = !presented.is_empty(),
-          "refused a registration: this name belongs to another worker (its secret was not presented)");
+          "refused a registration: this name belongs to another worker, and its secret was not presented");
     if entry.presence.pending {
         return Error::AlreadyExists(format!(
             "worker '{}' ({}) was pre-registered with a secret and {}: start this machine \
