@@ -132,6 +132,8 @@
     const data = type.includes("json") ? await res.json() : await res.text();
     if (!res.ok) {
       const msg = (data && data.error) || res.status + " " + res.statusText;
+      // A worker's join token opens nothing here: ask for an operator token instead.
+      if (res.status === 403 && /join token/.test(msg)) showLogin(msg);
       throw new ApiError(res.status, data && data.code, msg);
     }
     return data;
