@@ -45,6 +45,16 @@ impl pb::admin_server::Admin for Master {
         ))
     }
 
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Reply<pb::SubmitTasksResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.submit_batch(&who, request.into_inner()).await?,
+        ))
+    }
+
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,

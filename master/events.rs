@@ -4,7 +4,7 @@
 //! Emitting never blocks and does no I/O (it runs under the registry's lock).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -14,20 +14,57 @@ use herd::render::json;
 /// Events kept for clients that reconnect.
 pub const KEPT: usize = 10_000;
 
+/// Where a stream starts, what it missed, and what comes next.
+pub type Subscription = (u64, Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// One change.
 #[derive(Debug)]
 pub struct Event {
     pub id: u64,
     /// `worker`, `task` or `sample`.
     pub kind: &'static str,
+    payload: Payload,
+    /// The payload as JSON, made when first sent: emitting (under the registry's lock, for
+    /// every change of every task) costs a copy of the view, not its JSON.
+    json: OnceLock<String>,
+}
+
+#[derive(Debug)]
+enum Payload {
+    Worker(Box<pb::WorkerInfo>),
+    Task(Box<pb::TaskInfo>),
+    Json(serde_json::Value),
+}
+
+impl Event {
     /// The worker or task as JSON (the field names of `herdctl --json`).
-    pub data: String,
+    pub fn data(&self) -> &str {
+        self.json.get_or_init(|| match &self.payload {
+            Payload::Worker(info) => json::worker(info).to_string(),
+            Payload::Task(info) => json::task(info).to_string(),
+            Payload::Json(value) => value.to_string(),
+        })
+    }
 }
 
 #[derive(Default)]
 struct Ring {
     next: u64,
     kept: VecDeque<Arc<Event>>,
+    /// The first id ever given out (events before it belong to an earlier master).
+    first: u64,
+}
+
+impl Ring {
+    /// The kept events after `last`, or `None` if one after it was dropped already. An id
+    /// from before this master (or from the future) is not a gap: ids restart higher.
+    fn after(&self, last: u64) -> Option<Vec<Arc<Event>>> {
+        let oldest = self.kept.front().map_or(self.next, |e| e.id);
+        if last >= self.first && last + 1 < oldest {
+            return None;
+        }
+        Some(self.kept.iter().filter(|e| e.id > last).cloned().collect())
+    }
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -48,6 +85,7 @@ impl Events {
             ring: Mutex::new(Ring {
                 next: start + 1,
                 kept: VecDeque::new(),
+                first: start + 1,
             }),
             live: broadcast::channel(1024).0,
             names: Mutex::default(),
@@ -58,12 +96,13 @@ impl Events {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn emit(&self, kind: &'static str, data: serde_json::Value) {
+    fn emit(&self, kind: &'static str, payload: Payload) {
         let mut ring = self.ring();
         let event = Arc::new(Event {
             id: ring.next,
             kind,
-            data: data.to_string(),
+            payload,
+            json: OnceLock::new(),
         });
         ring.next += 1;
         if ring.kept.len() == KEPT {
@@ -80,7 +119,7 @@ impl Events {
             let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             names.insert(info.id.clone(), d.name.clone());
         }
-        self.emit("worker", json::worker(info));
+        self.emit("worker", Payload::Worker(Box::new(info.clone())));
     }
 
     /// The id of the newest event (0 before any): a list read after it, and a stream
@@ -93,12 +132,12 @@ impl Events {
     pub fn forgotten(&self, info: &pb::WorkerInfo) {
         let mut data = json::worker(info);
         data["status"] = "Forgotten".into();
-        self.emit("worker", data);
+        self.emit("worker", Payload::Json(data));
     }
 
     /// One sample of the cluster's history (every 10 s), so a chart stays live.
     pub fn sample(&self, data: serde_json::Value) {
-        self.emit("sample", data);
+        self.emit("sample", Payload::Json(data));
     }
 
     /// A task changed (worker names filled in from what worker events said).
@@ -114,29 +153,23 @@ impl Events {
                 a.worker_name = name(&a.worker_id);
             }
         }
-        self.emit("task", json::task(&info));
+        self.emit("task", Payload::Task(Box::new(info)));
     }
 
-    /// The events after `last` still kept (none without `last`: from now on), and a
-    /// receiver of everything after them (taken together, so nothing falls between).
-    pub fn subscribe(
-        &self,
-        last: Option<u64>,
-    ) -> (u64, Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+    /// The events after `last` (none without `last`: from now on), and a receiver of
+    /// everything after them (taken together, so nothing falls between). `None` when
+    /// some of them are no longer kept: the client must read its lists again.
+    pub fn subscribe(&self, last: Option<u64>) -> Option<Subscription> {
         let ring = self.ring();
         let last = last.unwrap_or(ring.next - 1);
-        let missed = ring.kept.iter().filter(|e| e.id > last).cloned().collect();
-        (last, missed, self.live.subscribe())
+        let missed = ring.after(last)?;
+        Some((last, missed, self.live.subscribe()))
     }
 
-    /// The events after `last` still kept (for a subscriber that fell behind).
-    pub fn since(&self, last: u64) -> Vec<Arc<Event>> {
-        self.ring()
-            .kept
-            .iter()
-            .filter(|e| e.id > last)
-            .cloned()
-            .collect()
+    /// The events after `last` (for a subscriber that fell behind); `None` when some of
+    /// them are no longer kept.
+    pub fn since(&self, last: u64) -> Option<Vec<Arc<Event>>> {
+        self.ring().after(last)
     }
 }
 
@@ -148,22 +181,28 @@ mod tests {
     fn ids_increase_and_a_reconnect_gets_what_it_missed_from_the_ring() {
         let events = Events::new();
         for i in 0..5 {
-            events.emit("task", serde_json::json!({ "n": i }));
+            events.emit("task", Payload::Json(serde_json::json!({ "n": i })));
         }
         let first = events.last_id() - 4;
-        let (_, missed, mut live) = events.subscribe(Some(first + 2));
+        let (_, missed, mut live) = events.subscribe(Some(first + 2)).unwrap();
         let ids: Vec<u64> = missed.iter().map(|e| e.id - first).collect();
         assert_eq!(ids, [3, 4]);
-        events.emit("worker", serde_json::json!({}));
+        events.emit("worker", Payload::Json(serde_json::json!({})));
         assert_eq!(live.try_recv().unwrap().id - first, 5);
-        let (from, none, _) = events.subscribe(None);
+        let (from, none, _) = events.subscribe(None).unwrap();
         assert!(none.is_empty(), "without Last-Event-ID: from now on");
         assert_eq!(from, events.last_id());
         for _ in 0..KEPT {
-            events.emit("task", serde_json::json!({}));
+            events.emit("task", Payload::Json(serde_json::json!({})));
         }
-        let kept = events.since(0);
+        let kept = events.since(first + 5).unwrap();
         assert_eq!(kept.len(), KEPT, "bounded");
         assert_eq!(kept[0].id - first, 6);
+        assert_eq!(kept[0].data(), "{}");
+        // Fallen behind what is kept: not a silent gap, the client must list again.
+        assert!(events.since(first + 4).is_none());
+        assert!(events.subscribe(Some(first)).is_none());
+        // An id from an earlier master (lower) is no gap: everything kept comes.
+        assert_eq!(events.since(first - 100).unwrap().len(), KEPT);
     }
 }

@@ -102,6 +102,36 @@ impl Master {
         Ok(self.registry.enqueue(task))
     }
 
+    /// Stores a batch in one transaction before any id is handed out: all the tasks, or
+    /// (when one is wrong, or the write fails) none.
+    /// The batch is one audit entry, naming its first and last task.
+    pub async fn submit_batch(
+        &self,
+        who: &Caller,
+        req: pb::SubmitTasksRequest,
+    ) -> Result<pb::SubmitTasksResponse, Error> {
+        who.may(Op::SubmitTask)?;
+        let specs = herd::domain::run::batch(req)?;
+        let mut tasks = self.registry.new_tasks(specs);
+        for task in &mut tasks {
+            task.submitted_by = who.name.clone();
+        }
+        let ids = match (tasks.first(), tasks.last()) {
+            (Some(first), Some(last)) => format!("{}..{}", first.id, last.id),
+            _ => String::new(),
+        };
+        let audit = who.audit(Op::SubmitTask, &ids, &format!("{} tasks", tasks.len()));
+        self.store
+            .write(Write::Audited {
+                change: Box::new(Write::Tasks(tasks.clone())),
+                audit: Box::new(audit),
+            })
+            .await?;
+        Ok(pb::SubmitTasksResponse {
+            task_ids: self.registry.enqueue_all(tasks),
+        })
+    }
+
     /// A page of tasks, newest first: the unfinished (and just finished) ones from memory
     /// merged with the finished ones from SQLite.
     pub async fn list_tasks(

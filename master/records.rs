@@ -219,6 +219,15 @@ impl Task {
         self.history.iter().any(|a| a.worker_id == worker_id)
     }
 
+    /// Runs of this task that failed and were retried (every attempt that ended
+    /// `failed` before the current one).
+    pub fn retries_used(&self) -> u32 {
+        self.history
+            .iter()
+            .filter(|a| a.outcome == Outcome::Failed && a.attempt < self.attempts)
+            .count() as u32
+    }
+
     /// The current attempt's entry, if the task was ever placed.
     pub fn current(&mut self) -> Option<&mut Attempt> {
         let n = self.attempts;

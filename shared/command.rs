@@ -20,11 +20,17 @@ commands:
                                       once; the old one stops working)
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
-              [--priority N] [--constraint K=V|K!=V|K]...
+              [--priority N] [--constraint K=V|K!=V|K]... [--timeout D] [--env K=V]...
+              [--workdir PATH] [--retries N] [--count N]
                                       submit a task (at least one of --docker-image/--command;
                                       defaults: --cpu 1 --memory 0 --gpu 0 --priority 0;
                                       higher priority first; constraints on worker labels,
-                                      built-in: os, arch, hostname, runtime); prints its id
+                                      built-in: os, arch, hostname, runtime); prints its id;
+                                      --timeout kills and fails it after D; --retries re-runs
+                                      it when it exits non-zero; --count submits N copies
+                                      (HERD_TASK_INDEX 0..N-1) and prints the ids
+  task submit --file tasks.jsonl      one task per JSON line (fields as in --json / the HTTP
+                                      API); all of them or none
   tasks [--state S] [--limit N | --all]
                                       the newest tasks (50 unless --limit; --all for every
                                       one); S: queued, assigned, running, succeeded, failed,
@@ -196,6 +202,18 @@ pub enum TaskCommand {
         /// KEY=VALUE, KEY!=VALUE or KEY on the worker's labels; repeatable, all must hold.
         #[arg(long = "constraint")]
         constraints: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Submit N copies in one call, each with HERD_TASK_INDEX 0..N-1.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::domain::run::MAX_BATCH as i64))]
+        count: Option<u32>,
+        /// Submit one task per JSON line of this file (read here, not on the master);
+        /// all of them or none.
+        #[arg(long, conflicts_with_all = [
+            "name", "docker_image", "command", "cpu", "memory", "gpu", "priority",
+            "constraints", "timeout", "env", "workdir", "retries", "count",
+        ])]
+        file: Option<std::path::PathBuf>,
     },
     /// One task in full.
     Status { id: String },
@@ -211,6 +229,23 @@ pub enum TaskCommand {
     },
     /// Stop a task.
     Cancel { id: String },
+}
+
+/// How a submitted task runs: time limit, environment, working directory, retries.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct RunArgs {
+    /// Kill the whole task this long after it started, and fail it (e.g. 30s, 2h).
+    #[arg(long, value_parser = crate::time::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// KEY=VALUE in the task's environment; repeatable.
+    #[arg(long, value_parser = crate::domain::run::parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// The task's working directory on the worker (an absolute path).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Run it again when it exits non-zero, up to N times.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
 }
 
 fn parse_state(text: &str) -> Result<TaskState, String> {
@@ -332,9 +367,34 @@ mod tests {
                     gpu: 0,
                     priority: 0,
                     constraints: Vec::new(),
+                    run: RunArgs::default(),
+                    count: None,
+                    file: None,
                 }
             })
         );
+        let parsed = parse_line(
+            "task submit --command x --timeout 1.5s --env A=b=c --env B= --workdir /tmp \
+             --retries 2 --count 3",
+        )
+        .unwrap()
+        .map(|p| p.command);
+        let Some(Command::Task {
+            action: TaskCommand::Submit { run, count, .. },
+        }) = parsed
+        else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(
+            run,
+            RunArgs {
+                timeout: Some(std::time::Duration::from_millis(1500)),
+                env: vec![("A".into(), "b=c".into()), ("B".into(), String::new())],
+                workdir: Some("/tmp".into()),
+                retries: 2,
+            }
+        );
+        assert_eq!(count, Some(3));
         assert_eq!(
             parse_line("tasks --state running")
                 .unwrap()
@@ -429,6 +489,17 @@ mod tests {
                 .unwrap_err()
                 .contains("round-robin")
         );
+        for (line, expected) in [
+            ("task submit --command x --env NOEQUALS", "KEY=VALUE"),
+            ("task submit --command x --timeout soon", "duration"),
+            ("task submit --command x --count 0", "--count"),
+            ("task submit --command x --count 10001", "--count"),
+            ("task submit --file t.jsonl --command x", "--file"),
+            ("task submit --file t.jsonl --count 2", "--file"),
+        ] {
+            let err = parse_line(line).unwrap_err();
+            assert!(err.contains(expected), "{line}: {err}");
+        }
         // Negative numbers reach the master, which says what is wrong with them.
         assert!(parse_line("task submit --cpu -1 --command x").is_ok());
     }

@@ -212,7 +212,18 @@ impl Console {
                 gpu,
                 priority,
                 constraints,
+                run,
+                count,
+                file,
             } => {
+                if let Some(path) = file {
+                    let batch = crate::batch::read(&path)?;
+                    let req = pb::SubmitTasksRequest {
+                        specs: batch.specs.clone(),
+                        count: 0,
+                    };
+                    return self.submit_batch(req, Some((&path, &batch)), out).await;
+                }
                 let spec = pb::TaskSpec {
                     name,
                     image: docker_image.unwrap_or_default(),
@@ -224,7 +235,19 @@ impl Console {
                     }),
                     priority,
                     constraints,
+                    // Under a millisecond is one: never "no limit".
+                    timeout_ms: run.timeout.map_or(0, |d| (d.as_millis() as u64).max(1)),
+                    env: run.env.into_iter().collect(),
+                    workdir: run.workdir.unwrap_or_default(),
+                    retries: run.retries,
                 };
+                if let Some(count) = count {
+                    let req = pb::SubmitTasksRequest {
+                        specs: vec![spec],
+                        count,
+                    };
+                    return self.submit_batch(req, None, out).await;
+                }
                 let info = self
                     .admin
                     .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
@@ -305,6 +328,32 @@ impl Console {
                 return Ok(Flow::Continue);
             }
         };
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+        Ok(Flow::Continue)
+    }
+
+    /// `task submit --count/--file`: one call, all or nothing; prints the range of ids
+    /// (a bad task of a file is named by its line).
+    async fn submit_batch(
+        &mut self,
+        req: pb::SubmitTasksRequest,
+        file: Option<(&std::path::Path, &crate::batch::Batch)>,
+        out: &mut dyn Write,
+    ) -> Result<Flow, String> {
+        let ids = match self.admin.submit_tasks(req).await {
+            Ok(reply) => reply.into_inner().task_ids,
+            Err(status) => {
+                return Err(match file {
+                    Some((path, batch)) if status.code() == Code::InvalidArgument => {
+                        batch.explain(path, status.message())
+                    }
+                    _ => self.explain(status),
+                });
+            }
+        };
+        let text = self.either(serde_json::json!({ "task_ids": ids }), || {
+            crate::batch::submitted(&ids)
+        });
         writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
         Ok(Flow::Continue)
     }

@@ -3,6 +3,7 @@
 //! mapping, the command grammar and how its answers are rendered).
 
 pub mod auth;
+pub mod batch;
 pub mod client;
 pub mod command;
 pub mod complete;

@@ -366,6 +366,33 @@ pub fn task(t: &pb::TaskInfo) -> String {
     if !spec.constraints.is_empty() {
         field("constraints", spec.constraints.join(", "));
     }
+    if spec.timeout_ms > 0 {
+        field(
+            "timeout",
+            crate::time::short(std::time::Duration::from_millis(spec.timeout_ms)),
+        );
+    }
+    if !spec.env.is_empty() {
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        field("env", env.join(" "));
+    }
+    if !spec.workdir.is_empty() {
+        field("workdir", spec.workdir.clone());
+    }
+    if spec.retries > 0 {
+        // A failed run followed by another attempt (or, queued, by one to come).
+        let failed = |a: &pb::AttemptInfo| a.outcome == "failed";
+        let mut used = t
+            .history
+            .iter()
+            .filter(|a| failed(a) && a.attempt < t.attempts)
+            .count();
+        if t.state() == pb::TaskState::Queued && t.history.last().is_some_and(failed) {
+            used += 1;
+        }
+        field("retries", format!("{} ({used} used)", spec.retries));
+    }
     field(
         "worker",
         if t.worker_id.is_empty() {
@@ -518,6 +545,10 @@ pub mod json {
             "gpu": r.gpu,
             "priority": spec.priority,
             "constraints": spec.constraints,
+            "timeout_ms": spec.timeout_ms,
+            "env": spec.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "workdir": spec.workdir,
+            "retries": spec.retries,
             "worker_id": t.worker_id,
             "worker_name": t.worker_name,
             "attempts": t.attempts,

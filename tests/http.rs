@@ -389,3 +389,69 @@ async fn followed_logs_stream_as_server_sent_events_until_the_task_ends() {
     }
     assert_eq!(text.replace('\n', ""), "onetwo");
 }
+
+/// A client further behind than the events the master keeps is told so (`resync`, then
+/// the end of the stream) instead of getting the kept ones with a silent gap before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_what_is_kept_is_told_to_resync_not_skipped_in_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = http_master(dir.path());
+    let registry = master.registry().await;
+    let api = Api::of(&master).await;
+    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
+    let before: u64 = response.headers()["x-herd-event-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One event per registration, past what is kept (10,000).
+    let mut jobs = Vec::new();
+    for part in 0..8 {
+        let mut registry = registry.clone();
+        jobs.push(tokio::spawn(async move {
+            for i in (part..10_050).step_by(8) {
+                registry
+                    .register(pb::RegisterRequest {
+                        worker: Some(description(&format!("many-{i:05}"))),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for job in jobs {
+        job.await.unwrap();
+    }
+    let mut behind = api
+        .events(&format!("/api/v1/events?last_event_id={before}"), None)
+        .await;
+    let first = tokio::time::timeout(T, behind.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kind, "resync", "{first:?}");
+    assert!(data(&first)["reason"].as_str().unwrap().contains("list"));
+    assert!(
+        tokio::time::timeout(T, behind.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "the stream ends"
+    );
+    // From a recent id it streams as usual.
+    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
+    let now: u64 = response.headers()["x-herd-event-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut recent = api
+        .events(&format!("/api/v1/events?last_event_id={}", now - 5), None)
+        .await;
+    let e = tokio::time::timeout(T, recent.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.kind, "worker");
+}

@@ -43,6 +43,16 @@ async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
     let viewer = create_token(&url, "watcher", "viewer");
     let operator = create_token(&url, "ops-bot", "operator");
 
+    // A batch records its submitter too.
+    let (ok, _, err) = herdctl_as(
+        &url,
+        &operator,
+        &["task", "submit", "--command", "true", "--count", "2"],
+    );
+    assert!(ok, "{err}");
+    let batch = all_tasks(&mut admin).await;
+    assert!(batch.len() == 2 && batch.iter().all(|t| t.submitted_by == "ops-bot"));
+
     // An operator submits; the task says so everywhere.
     let (ok, out, err) = herdctl_as(
         &url,

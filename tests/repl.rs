@@ -424,6 +424,42 @@ async fn log_lines_never_land_inside_a_reply_while_workers_come_and_go() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_submits_batches_from_a_file_on_the_masters_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut repl = repl_master(&dir.path().join("data"), port, true);
+    let file = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &file,
+        "{\"command\": \"true\"}\n{\"command\": \"true\", \"retries\": 1}\n",
+    )
+    .unwrap();
+    repl.send_line(&format!("task submit --file {}", file.display()))
+        .unwrap();
+    repl.exp_string("t-1..t-2: 2 tasks submitted").unwrap();
+    repl.exp_string("master> ").unwrap();
+    std::fs::write(
+        &file,
+        "{\"command\": \"true\"}\n{\"command\": \"true\", \"env\": {\"a b\": \"x\"}}\n",
+    )
+    .unwrap();
+    repl.send_line(&format!("task submit --file {}", file.display()))
+        .unwrap();
+    repl.exp_string("batch.jsonl line 2: --env name 'a b' is not a variable name")
+        .unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("task submit --command true --count 3 --timeout 1m")
+        .unwrap();
+    repl.exp_string("t-3..t-5: 3 tasks submitted").unwrap();
+    repl.exp_string("master> ").unwrap();
+    let mut admin = clients(&url).await.unwrap().0;
+    assert_eq!(all_tasks(&mut admin).await.len(), 5);
+    repl.send_control('d').unwrap();
+    repl.exp_eof().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_repl_is_the_trusted_admin_named_repl_in_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

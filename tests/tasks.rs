@@ -501,32 +501,6 @@ async fn a_killed_master_loses_no_queued_or_running_task() {
     assert_eq!(logs(&mut admin, &running.id, false).await, "survived\n");
 }
 
-/// Container tasks need a working runtime (scripts/setup-podman.sh). CI sets
-/// HERD_REQUIRE_CONTAINERS=1 so that a missing runtime fails instead of skipping.
-fn container_runtime() -> Option<&'static str> {
-    let works = |rt: &str| {
-        std::process::Command::new(rt)
-            .args(["image", "exists", "localhost/busybox:test"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let found = ["podman"].into_iter().find(|rt| works(rt));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HERD_REQUIRE_CONTAINERS").is_none(),
-            "HERD_REQUIRE_CONTAINERS is set but podman with localhost/busybox:test is not \
-             available: run scripts/setup-podman.sh"
-        );
-        println!(
-            "SKIPPED: no container runtime with localhost/busybox:test (run scripts/setup-podman.sh)"
-        );
-        eprintln!(
-            "SKIPPED: no container runtime with localhost/busybox:test (run scripts/setup-podman.sh)"
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_without_one() {
     let Some(runtime) = container_runtime() else {
@@ -580,7 +554,8 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
         Duration::from_secs(60),
     )
     .await;
-    let name = format!("herd-{}-1", t.id);
+    let name = container_name(dir.path(), "boxed", &t.id, 1);
+    assert!(name.starts_with(&format!("herd-{}-1-", t.id)), "{name}");
     let exists = || {
         std::process::Command::new(runtime)
             .args(["container", "exists", &name])

@@ -104,6 +104,16 @@ async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_
         })
     );
     refused!(
+        "SubmitTasks",
+        joiner.submit_tasks(pb::SubmitTasksRequest {
+            specs: vec![pb::TaskSpec {
+                command: "touch /tmp/never".into(),
+                ..Default::default()
+            }],
+            count: 0,
+        })
+    );
+    refused!(
         "ListTasks",
         joiner.list_tasks(pb::ListTasksRequest::default())
     );
@@ -145,6 +155,19 @@ async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_
             worker: "joined".into()
         })
     );
+    refused!(
+        "AddWorker",
+        joiner.add_worker(pb::AddWorkerRequest {
+            name: "sleeper".into(),
+            ..Default::default()
+        })
+    );
+    refused!(
+        "IssueWorkerSecret",
+        joiner.issue_worker_secret(pb::IssueWorkerSecretRequest {
+            worker: "joined".into()
+        })
+    );
     refused!("Summary", joiner.summary(pb::SummaryRequest {}));
     refused!(
         "CreateToken",
@@ -167,7 +190,7 @@ async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_
         "ListAudit",
         joiner.list_audit(pb::ListAuditRequest::default())
     );
-    assert_eq!(refusals.len(), 15, "every Admin call");
+    assert_eq!(refusals.len(), 18, "every Admin call");
     for (call, status) in &refusals {
         assert_eq!(status.code(), Code::PermissionDenied, "{call}: {status:?}");
         assert!(

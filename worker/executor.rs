@@ -157,7 +157,12 @@ impl Executor {
         let folder = Folder::new(&self.shared.work_dir, &task.task_id, task.attempt);
         {
             let book = self.book();
-            if book.held.contains_key(&task.task_id) {
+            // An older attempt that has ended but whose report is still on its way (the
+            // master settled it already: a retry comes only after) does not stand in the
+            // way of the next one.
+            if let Some(held) = book.held.get(&task.task_id)
+                && (held.attempt >= task.attempt || held.folder.read_exit().is_none())
+            {
                 return;
             }
         }
@@ -167,6 +172,14 @@ impl Executor {
         }
         let resources = task.resources.unwrap_or_default();
         let spec = Spec {
+            timeout_ms: task.timeout_ms,
+            env: task.env.into_iter().collect(),
+            workdir: task.workdir,
+            container_name: Spec::container_name_for(
+                &self.shared.work_dir,
+                &task.task_id,
+                task.attempt,
+            ),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             image: task.image,
@@ -179,7 +192,13 @@ impl Executor {
         };
         let started = self.start_supervisor(&folder, &spec);
         let mut book = self.book();
-        book.finished.remove(&task.task_id);
+        // The master assigns a new attempt only once it has settled the older ones.
+        if let Some(old) = book.finished.remove(&task.task_id)
+            && let Err(err) =
+                Folder::new(&self.shared.work_dir, &old.task_id, old.attempt).mark_reported()
+        {
+            warn!(task = %task.task_id, %err, "cannot mark the task folder reported");
+        }
         let supervisor = match started {
             Ok(child) => {
                 let pid = child.id().map(|p| p as i32);

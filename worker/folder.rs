@@ -41,12 +41,39 @@ pub struct Spec {
     /// `Isolation::label` of what the worker uses.
     pub isolation: String,
     pub kill_grace_ms: u64,
+    /// Kill the task this long after it started (0: never).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// Set in the task's environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The task's working directory; empty: `work/` here.
+    #[serde(default)]
+    pub workdir: String,
+    /// The container's name, unique on the host: task ids are only unique per master, so
+    /// it carries a hash of this worker's work dir. Empty in specs of older workers.
+    #[serde(default)]
+    pub container_name: String,
 }
 
 impl Spec {
     /// The container's name, by which a later agent finds it again.
     pub fn container(&self) -> String {
-        format!("herd-{}-{}", self.task_id, self.attempt)
+        if self.container_name.is_empty() {
+            format!("herd-{}-{}", self.task_id, self.attempt)
+        } else {
+            self.container_name.clone()
+        }
+    }
+
+    /// A container name for `attempt` of `task_id` that no other worker on this host
+    /// (of another master, with its own work dir) gives out.
+    pub fn container_name_for(work_dir: &Path, task_id: &str, attempt: u32) -> String {
+        use std::hash::{Hash, Hasher};
+        // Computed once and kept in task.json: it need not be stable across builds.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        work_dir.hash(&mut hasher);
+        format!("herd-{task_id}-{attempt}-{:08x}", hasher.finish() as u32)
     }
 }
 
@@ -61,6 +88,9 @@ pub struct State {
     /// unique per master), None without one.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// When the task is killed for its time limit (unix ms), None without one.
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
 }
 
 /// How a task ended.

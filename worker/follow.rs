@@ -332,6 +332,10 @@ mod tests {
             runtime: None,
             isolation: "process group".into(),
             kill_grace_ms: 1000,
+            timeout_ms: 0,
+            env: Default::default(),
+            workdir: String::new(),
+            container_name: String::new(),
         }
     }
 

@@ -90,9 +90,16 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         start_time: procs::own_start_time(),
         task_pid: None,
         cgroup: None,
+        deadline_ms: None,
     };
     folder.write_state(&state)?;
     let output = Arc::new(Mutex::new(OutputWriter::create(folder)?));
+
+    if let Err(why) = check_workdir(&spec) {
+        folder.write_exit(&Exit::failed(why))?;
+        tell("ended");
+        return Ok(());
+    }
 
     // Our pid in the name: two workers on one host (of two masters) may both hold t-1.
     let name = format!("{}-{me}", folder.name());
@@ -133,6 +140,12 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     };
     let task_pid = child.id() as i32;
     state.task_pid = Some(task_pid);
+    // The time limit runs from the start, on our clock: this process outlives any agent
+    // restart, so a reattached task still ends on time. The wall-clock deadline is
+    // recorded for whoever reads the folder.
+    let limit = Some(Duration::from_millis(spec.timeout_ms)).filter(|d| !d.is_zero());
+    let deadline = limit.map(|d| Instant::now() + d);
+    state.deadline_ms = limit.map(|d| herd::time::now_ms() + d.as_millis() as i64);
     // From here on the task runs: whatever fails (the folder may even be deleted under
     // us), it must still be waited for, killed to the last process, and cleaned up.
     if let Err(err) = folder.write_state(&state) {
@@ -162,24 +175,32 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         status: None,
     };
     let grace = Duration::from_millis(spec.kill_grace_ms);
-    let mut cancel: Option<(String, Instant)> = None;
+    let mut stop: Option<Stop> = None;
     let mut killed = false;
     let status = loop {
         reaper.reap();
         if let Some(status) = reaper.status {
             break status;
         }
-        let kill_at = cancel.as_ref().map(|(_, at)| *at);
+        let kill_at = stop.as_ref().map(|s| s.kill_at);
         tokio::select! {
             _ = children.recv() => {}
-            _ = terminate.recv(), if cancel.is_none() => {
+            _ = terminate.recv(), if stop.is_none() => {
                 let reason = folder
                     .cancel_reason()
                     .unwrap_or_else(|| "cancelled".into());
                 info!(%reason, "cancelling the task");
                 remove_container(&spec).await;
                 task.signal_all(libc::SIGTERM);
-                cancel = Some((reason, Instant::now() + grace));
+                stop = Some(Stop { reason, kill_at: Instant::now() + grace, timed_out: false });
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                if deadline.is_some() && stop.is_none() => {
+                let reason = format!("timed out after {}", herd::time::short(limit.unwrap_or_default()));
+                info!(%reason, "stopping the task: its time is up");
+                remove_container(&spec).await;
+                task.signal_all(libc::SIGTERM);
+                stop = Some(Stop { reason, kill_at: Instant::now() + grace, timed_out: true });
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)),
                 if kill_at.is_some() && !killed => {
@@ -191,9 +212,9 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         }
     };
 
-    // The main process is gone; nothing else of the task may stay. A cancelled task's
+    // The main process is gone; nothing else of the task may stay. A stopped task's
     // other processes get the rest of their grace period after SIGTERM.
-    if let Some((_, kill_at)) = &cancel {
+    if let Some(Stop { kill_at, .. }) = &stop {
         while !task.everything().is_empty() && Instant::now() < *kill_at {
             reaper.reap();
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -211,7 +232,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
         }
     }
 
-    let mut exit = describe(status, cancel.map(|(reason, _)| reason), cgroup.as_ref());
+    let mut exit = describe(status, stop, cgroup.as_ref());
     // A container that never ran (125: the runtime failed; 126, 127: the command could
     // not run in it): the runtime said why on stderr, and that is the reason.
     if !spec.image.is_empty()
@@ -229,6 +250,23 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     }
     tell("ended");
     Ok(())
+}
+
+/// A process task's working directory must exist on this worker (a container's is the
+/// runtime's business: it says so itself when the image lacks it).
+fn check_workdir(spec: &Spec) -> Result<(), String> {
+    if spec.workdir.is_empty() || !spec.image.is_empty() {
+        return Ok(());
+    }
+    match std::fs::metadata(&spec.workdir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("workdir {} is not a directory", spec.workdir)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "workdir {} does not exist on this worker",
+            spec.workdir
+        )),
+        Err(err) => Err(format!("cannot use workdir {}: {err}", spec.workdir)),
+    }
 }
 
 /// Starts the task: `sh -c CMD`, or the container through the runtime's CLI.
@@ -254,14 +292,29 @@ fn spawn(
             let mib = (spec.memory_gb * 1e9 / 1048576.0).ceil().max(6.0) as u64;
             c.arg("--memory").arg(format!("{mib}m"));
         }
+        if !spec.workdir.is_empty() {
+            c.arg("--workdir").arg(&spec.workdir);
+        }
+        // By name only: the runtime takes each value from its own environment (set
+        // below), so no value shows in the process list.
+        for key in spec.env.keys() {
+            c.arg("--env").arg(key);
+        }
         c.arg(&spec.image);
         if !spec.command.is_empty() {
             c.arg("sh").arg("-c").arg(&spec.command);
         }
         c
     };
+    let cwd = if spec.workdir.is_empty() || !spec.image.is_empty() {
+        work
+    } else {
+        PathBuf::from(&spec.workdir)
+    };
     command
-        .current_dir(&work)
+        .current_dir(&cwd)
+        // The task's own variables first: herd's below win over them.
+        .envs(&spec.env)
         .env("HERD_TASK_ID", &spec.task_id)
         .env("HERD_TASK_ATTEMPT", spec.attempt.to_string())
         // The worker's credentials are not the task's business.
@@ -440,17 +493,42 @@ fn last_line(bytes: &[u8]) -> Option<String> {
     Some(line.chars().take(300).collect())
 }
 
+/// Why the supervisor stopped the task, and when SIGKILL follows its SIGTERM.
+struct Stop {
+    reason: String,
+    kill_at: Instant,
+    /// Its time limit, not a cancel: the task fails.
+    timed_out: bool,
+}
+
 /// The exit file's content for how the main process ended.
-fn describe(status: ExitStatus, cancelled: Option<String>, cgroup: Option<&Cgroup>) -> Exit {
+fn describe(status: ExitStatus, stop: Option<Stop>, cgroup: Option<&Cgroup>) -> Exit {
     let exit_code = status.code();
     let signal = status.signal();
-    if let Some(reason) = cancelled {
-        return Exit {
-            outcome: "cancelled".into(),
-            exit_code,
-            signal,
+    match stop {
+        // Killed for its time: whatever code it managed to exit with is not its result
+        // (and no exit code means the master does not retry it).
+        Some(Stop {
             reason,
-        };
+            timed_out: true,
+            ..
+        }) => {
+            return Exit {
+                outcome: "failed".into(),
+                exit_code: None,
+                signal,
+                reason,
+            };
+        }
+        Some(Stop { reason, .. }) => {
+            return Exit {
+                outcome: "cancelled".into(),
+                exit_code,
+                signal,
+                reason,
+            };
+        }
+        None => {}
     }
     let out_of_memory = cgroup.filter(|c| c.memory_gb > 0.0 && c.oom_killed());
     let (outcome, reason) = if let Some(cgroup) = out_of_memory {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use herd::domain::TaskState;
+use herd::domain::body::SubmitBody;
 use herd::error::Error;
 use herd::pb;
 use herd::render::json as view;
@@ -27,11 +28,11 @@ type Answer = Result<axum::Json<Value>, ApiError>;
     info(title = "herd", description = "The herd master's HTTP API: the operations of herdctl, in JSON with the field names of `herdctl --json`."),
     paths(
         list_workers, add_worker, get_worker, drain, undrain, forget, list_tasks, submit,
-        get_task, cancel, logs, get_scheduler, set_scheduler, status, history, stream::events,
-        access::list_tokens, access::create_token, access::revoke_token, access::audit,
-        access::issue_worker_secret
+        submit_batch, get_task, cancel, logs, get_scheduler, set_scheduler, status, history,
+        stream::events, access::list_tokens, access::create_token, access::revoke_token,
+        access::audit, access::issue_worker_secret
     ),
-    components(schemas(SubmitBody, SchedulerBody, AddWorkerBody, access::TokenBody)),
+    components(schemas(SubmitBody, BatchBody, SchedulerBody, AddWorkerBody, access::TokenBody)),
     modifiers(&Bearer)
 )]
 struct Doc;
@@ -122,6 +123,7 @@ pub fn routes() -> Router<Http> {
             axum::routing::post(drain).delete(undrain),
         )
         .route("/api/v1/tasks", get(list_tasks).post(submit))
+        .route("/api/v1/tasks/batch", axum::routing::post(submit_batch))
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/api/v1/tasks/{id}/logs", get(logs))
         .route("/api/v1/scheduler", get(get_scheduler).put(set_scheduler))
@@ -329,53 +331,6 @@ async fn list_tasks(
     Ok(as_of_event(event_id, body))
 }
 
-/// What to run and what it needs (the fields of `task submit`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    #[serde(default)]
-    #[schema(max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
-    name: String,
-    /// Container image; empty for a process task.
-    #[serde(default)]
-    #[schema(
-        max_length = 512,
-        pattern = "^([^\\s\\x00-\\x1f\\x7f-\\x9f-][^\\s\\x00-\\x1f\\x7f-\\x9f]*)?$"
-    )]
-    image: String,
-    /// Shell command (`sh -c`).
-    #[serde(default)]
-    #[schema(max_length = 65536, pattern = "\\S")]
-    command: String,
-    /// CPUs (default 1).
-    #[schema(exclusive_minimum = 0.0, maximum = 16384.0)]
-    cpu: Option<f64>,
-    /// Memory in GB (default 0).
-    #[schema(minimum = 0.0, maximum = 65536.0)]
-    memory_gb: Option<f64>,
-    /// Higher first (default 0, from -1000 to 1000).
-    #[schema(minimum = -1000, maximum = 1000)]
-    priority: Option<i32>,
-    /// `KEY=VALUE`, `KEY!=VALUE` or `KEY` on the worker's labels; all must hold.
-    #[schema(max_items = 32)]
-    constraints: Option<Vec<String>>,
-    /// Whole GPUs (default 0).
-    /// (JSON numbers: `2.0` is taken as `2`.)
-    #[schema(value_type = Option<u32>, maximum = 1024)]
-    gpu: Option<f64>,
-}
-
-/// A GPU count given as any JSON number with no fraction.
-fn whole_gpus(gpu: Option<f64>) -> Result<u32, Error> {
-    match gpu {
-        None => Ok(0),
-        Some(n) if n.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&n) => Ok(n as u32),
-        Some(n) => Err(Error::invalid(format!(
-            "gpu must be a whole number of GPUs, got {n}"
-        ))),
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/tasks", request_body = SubmitBody,
     responses((status = 201, description = "the task, stored", body = Value), (status = 400, description = "a bad field", body = Value)))]
 async fn submit(
@@ -385,20 +340,60 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     // Bad credentials change nothing, and say so before anything about the body.
     who.may(Op::SubmitTask)?;
-    let spec = pb::TaskSpec {
-        name: body.name,
-        image: body.image,
-        command: body.command,
-        resources: Some(pb::Resources {
-            cpu: body.cpu.unwrap_or(1.0),
-            memory_gb: body.memory_gb.unwrap_or(0.0),
-            gpu: whole_gpus(body.gpu)?,
-        }),
-        priority: body.priority.unwrap_or(0),
-        constraints: body.constraints.unwrap_or_default(),
-    };
+    let spec = body.into_spec()?;
     let info = http.master.submit(&who, Some(spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(view::task(&info))).into_response())
+}
+
+/// A batch of tasks, stored in one transaction: every one or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The tasks, in order (at most 10,000); with `count`, exactly one.
+    #[schema(max_items = 10000)]
+    tasks: Vec<SubmitBody>,
+    /// Submit the one task this many times, each copy with `HERD_TASK_INDEX` 0..count-1
+    /// in its environment (default: the tasks as given).
+    #[schema(minimum = 1, maximum = 10000)]
+    count: Option<u32>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks/batch", request_body = BatchBody,
+    responses((status = 201, description = "`{task_ids}`: the new tasks' ids in order, stored", body = Value),
+              (status = 400, description = "a bad task (`tasks[i]: ...`) or batch; nothing was stored", body = Value)))]
+async fn submit_batch(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> Result<Response, ApiError> {
+    who.may(Op::SubmitTask)?;
+    let specs = body
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.into_spec()
+                .map_err(|e| Error::invalid(format!("tasks[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let req = pb::SubmitTasksRequest {
+        specs,
+        count: body.count.unwrap_or(0),
+    };
+    // The operation names a bad task by its place in `specs`: here that is `tasks`.
+    let ids = http
+        .master
+        .submit_batch(&who, req)
+        .await
+        .map_err(|e| match e {
+            Error::InvalidArgument(m) => match m.strip_prefix("specs[") {
+                Some(rest) => Error::invalid(format!("tasks[{rest}")),
+                None => Error::invalid(m),
+            },
+            other => other,
+        })?;
+    let body = json!({ "task_ids": ids.task_ids });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),

@@ -23,7 +23,22 @@ fn sse(event: &Event) -> Sse_ {
     Sse_::default()
         .id(event.id.to_string())
         .event(event.kind)
-        .data(&event.data)
+        .data(event.data())
+}
+
+/// The last event of a stream whose client fell further behind than the events kept: a
+/// `resync` event, then the end. Nothing is skipped in silence: the client reads its lists
+/// again and resumes from their `X-Herd-Event-Id`.
+fn resync(after: u64) -> Sse_ {
+    Sse_::default().event("resync").data(
+        serde_json::json!({
+            "reason": format!(
+                "the events after {after} are no longer kept: read the lists again and \
+                 resume from their X-Herd-Event-Id"
+            )
+        })
+        .to_string(),
+    )
 }
 
 /// Where to resume: for clients that cannot send `Last-Event-ID` (a browser's first
@@ -40,7 +55,7 @@ pub struct EventsQuery {
 /// one, from now on), then every change as it happens.
 #[utoipa::path(get, path = "/api/v1/events",
     params(("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event seen: what came after it is sent first"), EventsQuery),
-    responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing)", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing); a client further behind than the events kept (10,000) gets `resync` and the end of the stream: it reads its lists again", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(http): State<Http>,
     Extension(who): Extension<Caller>,
@@ -53,9 +68,12 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(q.last_event_id);
-    let (last, missed, mut live) = http.events.subscribe(last);
     let revoked = http.master.credentials.revoked(&who);
     let (tx, rx) = mpsc::channel(256);
+    let Some((last, missed, mut live)) = http.events.subscribe(last) else {
+        let _ = tx.try_send(Ok(resync(last.unwrap_or(0))));
+        return Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()));
+    };
     let mut shutdown = http.shutdown.clone();
     let events = http.events.clone();
     tokio::spawn(async move {
@@ -72,7 +90,13 @@ pub async fn events(
                 received = live.recv() => match received {
                     Ok(event) => vec![event],
                     // Fell behind the live channel: catch up from the buffer.
-                    Err(broadcast::error::RecvError::Lagged(_)) => events.since(sent),
+                    Err(broadcast::error::RecvError::Lagged(_)) => match events.since(sent) {
+                        Some(kept) => kept,
+                        None => {
+                            let _ = tx.send(Ok(resync(sent))).await;
+                            return;
+                        }
+                    },
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tx.closed() => return,

@@ -75,6 +75,32 @@ impl Registry {
         }
     }
 
+    /// New tasks with consecutive ids, in order (see [`Registry::new_task`]).
+    pub fn new_tasks(&self, specs: Vec<TaskSpec>) -> Vec<Task> {
+        let (mut inner, _) = self.lock();
+        specs
+            .into_iter()
+            .map(|spec| inner.tasks.new_task(spec))
+            .collect()
+    }
+
+    /// Queues stored tasks and places what fits, in one pass; their ids, in order.
+    pub fn enqueue_all(&self, tasks: Vec<Task>) -> Vec<String> {
+        // Each task's event goes out before it is queued (so before any event of its
+        // placement), built without holding the lock that heartbeats wait on.
+        let events = self.lock().0.events.clone();
+        for task in &tasks {
+            events.task(&task.info(|_| None));
+        }
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
+        let ids = inner.tasks.enqueue_batch(tasks);
+        inner
+            .tasks
+            .schedule(&mut inner.workers, &inner.liveness, now);
+        ids
+    }
+
     /// One task as the master has it in memory (`Stored`: ask SQLite).
     pub fn task(&self, id: &str) -> Result<Lookup<pb::TaskInfo>, Error> {
         let (inner, _) = self.lock();

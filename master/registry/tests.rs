@@ -317,6 +317,7 @@ async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
         },
         priority: 0,
         constraints: Vec::new(),
+        run: Default::default(),
     };
     // One task on each (ties go to the first by name): both are in the scheduler's view,
     // Active, with one CPU free.

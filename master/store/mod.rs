@@ -38,6 +38,8 @@ pub enum Write {
     Draining { id: String, draining: bool },
     /// Insert or update a task (everything but its output).
     Task(Box<Task>),
+    /// Insert a batch of new tasks, all in the same transaction.
+    Tasks(Vec<Task>),
     /// Output of a task attempt, appended to its files (before the rows committed with it,
     /// so a committed final update never has less output than the worker sent before it).
     Output {
@@ -432,7 +434,21 @@ fn commit<'a>(
     writes: impl Iterator<Item = &'a Write>,
 ) -> Result<(), Error> {
     let tx = conn.transaction()?;
-    for write in writes {
+    // A task's row is a whole snapshot: of several in one commit (assigned, started and
+    // finished can come together at a high rate), only the last is written.
+    let writes: Vec<&Write> = writes.collect();
+    let mut last_of: HashMap<&str, usize> = HashMap::new();
+    for (at, write) in writes.iter().enumerate() {
+        if let Write::Task(t) = write {
+            last_of.insert(t.id.as_str(), at);
+        }
+    }
+    for (at, write) in writes.into_iter().enumerate() {
+        if let Write::Task(t) = write
+            && last_of.get(t.id.as_str()) != Some(&at)
+        {
+            continue;
+        }
         // A change with its audit entry: the change, then the entry, in this transaction.
         let (write, audit) = match write {
             Write::Audited { change, audit } => (change.as_ref(), Some(audit)),
@@ -494,48 +510,11 @@ fn commit<'a>(
                     added_labels,
                 ])?;
             }
-            Write::Task(t) => {
-                tx.prepare_cached(
-                    "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
-                         worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                         finished_at, history, seq, priority, constraints, submitted_by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                         ?16, ?17, ?18, ?19, ?20)
-                     ON CONFLICT(id) DO UPDATE SET
-                         state = excluded.state, worker_id = excluded.worker_id,
-                         attempts = excluded.attempts, exit_code = excluded.exit_code,
-                         reason = excluded.reason, started_at = excluded.started_at,
-                         finished_at = excluded.finished_at, history = excluded.history",
-                )?
-                .execute(params![
-                    t.id,
-                    t.spec.name,
-                    t.spec.image,
-                    t.spec.command,
-                    t.spec.resources.cpu,
-                    t.spec.resources.memory_gb,
-                    t.spec.resources.gpu,
-                    t.state.as_str(),
-                    t.worker_id,
-                    t.attempts,
-                    t.exit_code,
-                    t.reason,
-                    t.submitted_ms,
-                    t.started_ms,
-                    t.finished_ms,
-                    serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
-                    task_number(&t.id).unwrap_or(0) as i64,
-                    t.spec.priority,
-                    serde_json::to_string(
-                        &t.spec
-                            .constraints
-                            .iter()
-                            .map(|c| c.to_string())
-                            .collect::<Vec<_>>()
-                    )
-                    .map_err(|e| Error::Storage(e.to_string()))?,
-                    t.submitted_by,
-                ])?;
+            Write::Task(t) => write_task(&tx, t)?,
+            Write::Tasks(tasks) => {
+                for t in tasks {
+                    write_task(&tx, t)?;
+                }
             }
             Write::Draining { id, draining } => {
                 tx.prepare_cached("UPDATE workers SET draining = ?2 WHERE id = ?1")?
@@ -594,6 +573,57 @@ fn commit<'a>(
         }
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Inserts or updates one task's row (its spec is written once, at submission).
+fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
+                 worker_id, attempts, exit_code, reason, submitted_at, started_at,
+                 finished_at, history, seq, priority, constraints, timeout_ms, env,
+                 workdir, retries, submitted_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+             ON CONFLICT(id) DO UPDATE SET
+                 state = excluded.state, worker_id = excluded.worker_id,
+                 attempts = excluded.attempts, exit_code = excluded.exit_code,
+                 reason = excluded.reason, started_at = excluded.started_at,
+                 finished_at = excluded.finished_at, history = excluded.history",
+    )?
+    .execute(params![
+        t.id,
+        t.spec.name,
+        t.spec.image,
+        t.spec.command,
+        t.spec.resources.cpu,
+        t.spec.resources.memory_gb,
+        t.spec.resources.gpu,
+        t.state.as_str(),
+        t.worker_id,
+        t.attempts,
+        t.exit_code,
+        t.reason,
+        t.submitted_ms,
+        t.started_ms,
+        t.finished_ms,
+        serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
+        task_number(&t.id).unwrap_or(0) as i64,
+        t.spec.priority,
+        serde_json::to_string(
+            &t.spec
+                .constraints
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        )
+        .map_err(|e| Error::Storage(e.to_string()))?,
+        t.spec.run.timeout.map_or(0, |d| d.as_millis() as i64),
+        serde_json::to_string(&t.spec.run.env).map_err(|e| Error::Storage(e.to_string()))?,
+        t.spec.run.workdir.as_deref().unwrap_or(""),
+        t.spec.run.retries,
+        t.submitted_by,
+    ])?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use herd::domain::run::RunOptions;
 use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
@@ -94,7 +95,13 @@ pub const MIGRATIONS: &[&str] = &[
     // 8: workers pre-registered by an operator (`worker add`, state 'Pending') and the
     // labels given there, merged over the reported ones at every registration.
     "ALTER TABLE worker_specs ADD COLUMN added_labels TEXT NOT NULL DEFAULT '{}';",
-    // 9: identities (issue 13): who submitted each task; each worker's secret (its hash;
+    // 9: how a task runs — its time limit, environment (JSON object), working directory
+    // and retries on a non-zero exit.
+    "ALTER TABLE tasks ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+    // 10: identities (issue 13): who submitted each task; each worker's secret (its hash;
     // NULL for workers known from before, issued one when they next register); named
     // operator tokens (their hashes); the audit log of Admin changes.
     "ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
@@ -200,7 +207,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, submitted_by";
+    constraints, timeout_ms, env, workdir, retries, submitted_by";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -224,6 +231,14 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 .iter()
                 .filter_map(|c| herd::constraint::Constraint::parse(c).ok())
                 .collect(),
+            run: RunOptions {
+                timeout: Some(r.get::<_, i64>(18)?)
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| std::time::Duration::from_millis(ms as u64)),
+                env: serde_json::from_str(&r.get::<_, String>(19)?).unwrap_or_default(),
+                workdir: Some(r.get::<_, String>(20)?).filter(|w| !w.is_empty()),
+                retries: r.get(21)?,
+            },
         },
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
         worker_id: r.get(8)?,
@@ -234,7 +249,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         started_ms: r.get(13)?,
         finished_ms: r.get(14)?,
         history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
-        submitted_by: r.get(18)?,
+        submitted_by: r.get(22)?,
         assigned_at: None,
         cancel_requested: false,
         output_len: 0,

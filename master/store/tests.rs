@@ -145,6 +145,99 @@ fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Err
         .optional()?)
 }
 
+fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
+    let spec = herd::domain::TaskSpec {
+        name: String::new(),
+        image: None,
+        command: Some("true".into()),
+        resources: Resources {
+            cpu: 1.0,
+            memory_gb: 0.0,
+            gpu: 0,
+        },
+        priority: 0,
+        constraints: Vec::new(),
+        run,
+    };
+    Task {
+        id: format!("t-{n}"),
+        spec,
+        state: herd::domain::TaskState::Queued,
+        worker_id: None,
+        attempts: 0,
+        exit_code: None,
+        reason: String::new(),
+        submitted_ms: 1,
+        started_ms: 0,
+        finished_ms: 0,
+        history: Vec::new(),
+        submitted_by: "someone".into(),
+        assigned_at: None,
+        cancel_requested: false,
+        output_len: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_tasks_round_trips_with_how_each_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let run = |i: u64| herd::domain::run::RunOptions {
+        timeout: Some(std::time::Duration::from_millis(1500 + i)),
+        env: [("HERD_TASK_INDEX".to_string(), i.to_string())].into(),
+        workdir: Some("/srv".into()),
+        retries: 2,
+    };
+    let batch: Vec<Task> = (1..=3).map(|i| queued_task(i, run(i))).collect();
+    store.write(Write::Tasks(batch)).await.unwrap();
+    store
+        .write(Write::Task(Box::new(queued_task(4, Default::default()))))
+        .await
+        .unwrap();
+    drop(store);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut tasks = loaded.tasks;
+    tasks.sort_by_key(|t| t.id.clone());
+    assert_eq!(loaded.last_task, 4);
+    let runs: Vec<_> = tasks.iter().map(|t| t.spec.run.clone()).collect();
+    assert_eq!(runs, [run(1), run(2), run(3), Default::default()]);
+}
+
+/// Snapshots of one task's row in one commit: the last one is what SQLite keeps, and
+/// the other tasks' rows in between are kept too.
+#[tokio::test]
+async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut running = queued_task(5, Default::default());
+    running.state = herd::domain::TaskState::Running;
+    running.attempts = 1;
+    running.worker_id = Some("w-1".into());
+    running.started_ms = 7;
+    // Handed over without waiting, so they meet in one commit (or in order, if not).
+    store.enqueue(Write::Task(Box::new(queued_task(5, Default::default()))));
+    store.enqueue(Write::Task(Box::new(queued_task(6, Default::default()))));
+    store.enqueue(Write::Task(Box::new(running)));
+    store.sync().await.unwrap();
+    drop(store);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut tasks = loaded.tasks;
+    tasks.sort_by_key(|t| t.id.clone());
+    let seen: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t.state, t.attempts, t.started_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("t-5", herd::domain::TaskState::Running, 1, 7),
+            ("t-6", herd::domain::TaskState::Queued, 0, 0)
+        ]
+    );
+}
+
 fn audit(action: &str, target: &str) -> AuditRow {
     AuditRow {
         seq: 0,

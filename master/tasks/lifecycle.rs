@@ -58,6 +58,9 @@ impl Tasks {
                 image: task.spec.image.clone().unwrap_or_default(),
                 command: task.spec.command.clone().unwrap_or_default(),
                 resources: Some(task.spec.resources.into()),
+                timeout_ms: task.spec.run.timeout.map_or(0, |d| d.as_millis() as u64),
+                env: task.spec.run.env.clone().into_iter().collect(),
+                workdir: task.spec.run.workdir.clone().unwrap_or_default(),
             })),
         };
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
@@ -221,7 +224,48 @@ impl Tasks {
             herd::domain::bounded_reason(&update.message)
         };
         let id = update.task_id.clone();
+        if state == TaskState::Failed && self.retry(&id, update.exit_code, &reason, workers) {
+            return true;
+        }
         self.finish(&id, state, update.exit_code, &reason, workers);
+        true
+    }
+
+    /// A run that exited by itself with a non-zero code, with retries left: the attempt
+    /// ends `failed` and the task is queued again for a new one (first within its
+    /// priority). Not for a task killed (timeout, cancel, out of memory: no exit code),
+    /// one that could not start, or a container that never ran (the runtime's 125-127:
+    /// its image, command or workdir would fail again); true when it was queued again.
+    fn retry(
+        &mut self,
+        id: &str,
+        exit_code: Option<i32>,
+        reason: &str,
+        workers: &mut Workers,
+    ) -> bool {
+        let task = &self.tasks[id];
+        let used = task.retries_used();
+        let never_ran = task.spec.image.is_some() && matches!(exit_code, Some(125..=127));
+        if exit_code.is_none_or(|c| c == 0) || never_ran || used >= task.spec.run.retries {
+            return false;
+        }
+        self.release(id, workers);
+        let task = self.tasks.get_mut(id).expect("known task");
+        if let Some(a) = task.current().filter(|a| a.outcome.is_open()) {
+            a.outcome = Outcome::Failed;
+            a.exit_code = exit_code;
+            a.reason = reason.to_string();
+            a.finished_ms = now_ms();
+        }
+        let (used, of) = (used + 1, task.spec.run.retries);
+        info!(task = %id, attempt = task.attempts, retry = used, of, reason, "task failed; retrying");
+        task.state = TaskState::Queued;
+        task.worker_id = None;
+        task.assigned_at = None;
+        task.exit_code = exit_code;
+        task.reason = format!("{reason}; retry {used} of {of}");
+        persist(&self.store, &self.events, task);
+        self.queue_up(id, true);
         true
     }
 
@@ -431,7 +475,9 @@ impl Tasks {
             self.finish(id, TaskState::Cancelled, None, why, workers);
             return;
         }
-        if task.attempts >= self.max_attempts {
+        // Runs that failed and were retried do not count: --max-attempts bounds the
+        // placements lost with their worker, --retries the runs that failed.
+        if task.attempts - task.retries_used() >= self.max_attempts {
             let reason = format!("{why}; gave up after {} attempts", task.attempts);
             self.finish(id, TaskState::Failed, None, &reason, workers);
             return;

@@ -7,7 +7,9 @@ use std::fmt;
 use crate::error::Error;
 use crate::pb;
 
+pub mod body;
 pub mod identity;
+pub mod run;
 pub use identity::Role;
 
 /// Longest worker name accepted (a DNS label is 63; leave room for suffixes like `-gpu0`).
@@ -415,6 +417,8 @@ pub struct TaskSpec {
     pub priority: i32,
     /// All must hold on the worker's labels.
     pub constraints: Vec<crate::constraint::Constraint>,
+    /// Time limit, environment, working directory, retries.
+    pub run: run::RunOptions,
 }
 
 /// The range of task priorities.
@@ -429,6 +433,10 @@ impl From<&TaskSpec> for pb::TaskSpec {
             resources: Some(t.resources.into()),
             priority: t.priority,
             constraints: t.constraints.iter().map(|c| c.to_string()).collect(),
+            timeout_ms: t.run.timeout.map_or(0, |d| d.as_millis() as u64),
+            env: t.run.env.clone().into_iter().collect(),
+            workdir: t.run.workdir.clone().unwrap_or_default(),
+            retries: t.run.retries,
         }
     }
 }
@@ -437,6 +445,7 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
     type Error = Error;
 
     fn try_from(t: pb::TaskSpec) -> Result<Self, Error> {
+        let run = run::check(&t)?;
         let image = Some(t.image).filter(|s| !s.is_empty());
         let command = Some(t.command).filter(|s| !s.trim().is_empty());
         if image.is_none() && command.is_none() {
@@ -504,6 +513,7 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
             .map(|c| crate::constraint::Constraint::parse(c))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TaskSpec {
+            run,
             name: t.name,
             image,
             command,

@@ -668,3 +668,37 @@ pub async fn stream_error(replies: &mut tonic::Streaming<pb::MasterMessage>) -> 
         }
     }
 }
+
+/// Container tasks need a working runtime (scripts/setup-podman.sh). CI sets
+/// HERD_REQUIRE_CONTAINERS=1 so that a missing runtime fails instead of skipping.
+pub fn container_runtime() -> Option<&'static str> {
+    let works = |rt: &str| {
+        std::process::Command::new(rt)
+            .args(["image", "exists", "localhost/busybox:test"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let found = ["podman"].into_iter().find(|rt| works(rt));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HERD_REQUIRE_CONTAINERS").is_none(),
+            "HERD_REQUIRE_CONTAINERS is set but podman with localhost/busybox:test is not \
+             available: run scripts/setup-podman.sh"
+        );
+        println!(
+            "SKIPPED: no container runtime with localhost/busybox:test (run scripts/setup-podman.sh)"
+        );
+        eprintln!(
+            "SKIPPED: no container runtime with localhost/busybox:test (run scripts/setup-podman.sh)"
+        );
+    }
+    found
+}
+
+/// The name of the container of `attempt` of task `id` on the worker `worker` started by
+/// [`Worker::start`] in `dir` (from its task folder: names are unique per host).
+pub fn container_name(dir: &Path, worker: &str, id: &str, attempt: u32) -> String {
+    let spec = dir.join(format!("work-{worker}/{id}-{attempt}/task.json"));
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    spec["container_name"].as_str().unwrap().to_string()
+}

@@ -340,6 +340,14 @@
     for (const type of ["worker", "task"]) {
       es.addEventListener(type, (ev) => receive(type, ev.data));
     }
+    // Fell behind what the master keeps: reload everything on a fresh stream.
+    es.addEventListener("resync", () => {
+      if (es !== events) return;
+      es.close();
+      events = null;
+      setLive("reconnecting");
+      start();
+    });
     // A master that sends its history samples as they are taken (`event: sample`, one
     // sample as in /api/v1/history) replaces the interval the page keeps by itself.
     es.addEventListener("sample", (ev) => {
