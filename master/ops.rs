@@ -224,7 +224,20 @@ impl Master {
     /// "Cancelled" is said only once it is stored (the audit entry after it).
     pub async fn cancel(&self, who: &Caller, id: &str) -> Result<pb::TaskInfo, Error> {
         who.may(Op::CancelTask)?;
-        let info = self.registry.cancel(id)?;
+        let info = match self.registry.cancel(id) {
+            Ok(info) => info,
+            // Ended and no longer in memory (a tick after its end was stored): say how it
+            // ended, as for one that still is.
+            Err(Error::FailedPrecondition(_))
+                if matches!(self.registry.task(id), Ok(Lookup::Stored)) =>
+            {
+                let ended = TaskState::try_from(self.find_task(id).await?.state())?;
+                return Err(Error::FailedPrecondition(format!(
+                    "task {id} already {ended}; nothing to cancel"
+                )));
+            }
+            Err(err) => return Err(err),
+        };
         let audit = who.audit(Op::CancelTask, &info.id, &info.reason);
         self.store.write(Write::Audit(Box::new(audit))).await?;
         Ok(info)
