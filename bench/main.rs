@@ -51,9 +51,13 @@ pub struct Cli {
     /// Length of the saturation phase (heartbeats as fast as the master takes them).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     saturation: Duration,
-    /// Tasks submitted for the placement figure.
-    #[arg(long, default_value_t = 2_000)]
-    tasks: usize,
+    /// How long placements are sustained (batches submitted as fast as the master takes
+    /// them).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    placements_for: Duration,
+    /// Tasks per batch (SubmitTasks) in the placement phase.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Tasks submitted one by one for the submit-to-start figure.
     #[arg(long, default_value_t = 100)]
     latency_tasks: usize,
@@ -79,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         cli.connections = cli.connections.min(2);
         cli.duration = Duration::from_secs(3);
         cli.saturation = Duration::from_secs(2);
-        cli.tasks = cli.tasks.min(200);
+        cli.placements_for = Duration::from_secs(2);
         cli.latency_tasks = cli.latency_tasks.min(20);
     }
     if cli.pin {

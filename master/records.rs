@@ -137,6 +137,9 @@ pub enum Outcome {
     Lost,
     /// A stale copy the master told its worker to stop.
     Fenced,
+    /// The assignment never reached the worker (its stream was full or gone): queued
+    /// again without counting against `--max-attempts`.
+    Undelivered,
 }
 
 impl Outcome {
@@ -149,6 +152,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Lost => "lost",
             Outcome::Fenced => "fenced",
+            Outcome::Undelivered => "undelivered",
         }
     }
 
@@ -221,6 +225,19 @@ impl Task {
 
     /// Runs of this task that failed and were retried (every attempt that ended
     /// `failed` before the current one).
+    /// The placements `--max-attempts` bounds: those lost with their worker, not runs
+    /// that failed and were retried, nor assignments that never reached the worker.
+    pub fn counted_attempts(&self) -> u32 {
+        let undelivered = self
+            .history
+            .iter()
+            .filter(|a| a.outcome == Outcome::Undelivered)
+            .count() as u32;
+        self.attempts
+            .saturating_sub(self.retries_used())
+            .saturating_sub(undelivered)
+    }
+
     pub fn retries_used(&self) -> u32 {
         self.history
             .iter()

@@ -34,7 +34,9 @@ pub struct Session {
     pub last_sequence: u64,
     /// Where the stream comes from.
     pub peer: Option<std::net::SocketAddr>,
-    /// Since when the queue towards the worker has been full (it does not read).
+    /// Since when the queue towards the worker has been full (it does not read), as a
+    /// tick found it or an assignment that could not be sent; cleared by a tick that finds
+    /// room. While set, no task is placed here.
     pub full_since: Option<Instant>,
 }
 

@@ -533,19 +533,16 @@ async fn a_worker_that_never_reads_its_stream_is_cut_off_and_no_task_waits_on_it
         .unwrap()
         .into_inner();
     wait_state(&mut admin, "deaf", pb::WorkerState::Active, T).await;
-    // Every heartbeat is acknowledged: a few thousand fill the queue.
+    // Every heartbeat is acknowledged: heartbeats as fast as the master takes them keep
+    // the queue full (and the worker Active) until the master cuts the stream.
     let sender = tokio::spawn(async move {
-        for sequence in 2..6_000u64 {
+        for sequence in 2u64.. {
             if tx.send(hb(sequence)).await.is_err() {
                 return;
             }
-        }
-        // Then a steady heartbeat, so only the queue can be its undoing.
-        for sequence in 6_000u64.. {
-            if tx.send(hb(sequence)).await.is_err() {
-                return;
+            if sequence % 500 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     let task = submit(&mut admin, "true", 1.0).await;

@@ -15,6 +15,10 @@ use crate::liveness::Liveness;
 use crate::scheduler::Candidate;
 use crate::workers::{Changed, Entry, Workers};
 
+/// Free places an assignment needs on a worker's stream: with fewer, acknowledgements
+/// could fill them before the assignment is committed and sent.
+const HEADROOM: usize = 8;
+
 /// One candidate per worker, in the workers' name order.
 #[derive(Default)]
 pub struct Candidates {
@@ -60,7 +64,7 @@ impl Candidates {
             && entry
                 .session
                 .as_ref()
-                .is_some_and(|s| s.outbound.capacity() > 0);
+                .is_some_and(|s| s.full_since.is_none() && s.outbound.capacity() >= HEADROOM);
         if !ok {
             self.list[at].schedulable = false;
         }
@@ -75,7 +79,11 @@ fn candidate(w: &Entry, liveness: &Liveness, now: Instant) -> Candidate {
         capacity: w.spec.capacity,
         allocated: w.allocated,
         cpu_percent: w.usage.cpu_percent,
-        schedulable: active && !w.draining && w.session.is_some(),
+        // A stream found full (by a tick, or by an assignment that could not be sent)
+        // takes nothing until a tick finds room on it again.
+        schedulable: active
+            && !w.draining
+            && w.session.as_ref().is_some_and(|s| s.full_since.is_none()),
         has_runtime: w.spec.runtime.is_some(),
         draining: active && w.draining,
     }

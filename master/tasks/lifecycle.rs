@@ -373,7 +373,10 @@ impl Tasks {
     }
 
     /// Queues again the attempts whose assignment could not be sent (still current).
-    pub(super) fn requeue_undelivered(&mut self, workers: &mut Workers) {
+    /// Their worker takes no new task until a tick finds room on its stream again (and is
+    /// cut off if none comes for a heartbeat timeout): at most one undelivered attempt per
+    /// tick, however fast its queue refills.
+    pub(super) fn requeue_undelivered(&mut self, workers: &mut Workers, now: Instant) {
         let undelivered =
             std::mem::take(&mut *self.undelivered.lock().unwrap_or_else(|p| p.into_inner()));
         for (id, attempt) in undelivered {
@@ -382,11 +385,22 @@ impl Tasks {
                 .get(&id)
                 .is_some_and(|t| t.state == TaskState::Assigned && t.attempts == attempt);
             if current {
-                self.requeue_or_fail(
-                    &id,
-                    "its assignment could not be sent to the worker",
-                    workers,
-                );
+                let why = "its assignment could not be sent to the worker";
+                let task = self.tasks.get_mut(&id).expect("current");
+                if let Some(session) = task
+                    .worker_id
+                    .as_deref()
+                    .and_then(|w| workers.get_mut(w))
+                    .and_then(|w| w.session.as_mut())
+                {
+                    session.full_since.get_or_insert(now);
+                }
+                if let Some(a) = task.current() {
+                    a.outcome = Outcome::Undelivered;
+                    a.reason = why.to_string();
+                    a.finished_ms = now_ms();
+                }
+                self.requeue_or_fail(&id, why, workers);
             }
         }
     }
@@ -475,9 +489,10 @@ impl Tasks {
             self.finish(id, TaskState::Cancelled, None, why, workers);
             return;
         }
-        // Runs that failed and were retried do not count: --max-attempts bounds the
-        // placements lost with their worker, --retries the runs that failed.
-        if task.attempts - task.retries_used() >= self.max_attempts {
+        // Runs that failed and were retried do not count, nor assignments that never
+        // reached the worker: --max-attempts bounds the placements lost with their worker,
+        // --retries the runs that failed.
+        if task.counted_attempts() >= self.max_attempts {
             let reason = format!("{why}; gave up after {} attempts", task.attempts);
             self.finish(id, TaskState::Failed, None, &reason, workers);
             return;

@@ -355,7 +355,7 @@ impl Tasks {
 
     /// Places queued tasks, oldest first, letting smaller later ones through (backfill).
     pub fn schedule(&mut self, workers: &mut Workers, liveness: &Liveness, now: Instant) {
-        self.requeue_undelivered(workers);
+        self.requeue_undelivered(workers, now);
         if self.queue.is_empty() {
             return;
         }
