@@ -9,7 +9,8 @@
 //! `--json` for machines. `--pin` runs the master on core 0 and the generator on core 1.
 //!
 //! Layout: cluster.rs (the master process and its figures), sim.rs (simulated workers),
-//! phases/ (one module per phase, in the order they run), report.rs.
+//! phases/ (one module per phase, in the order they run), report.rs; replay/ is
+//! `herd-bench replay` (policies compared on a trace, in simulated time).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use herd::time::parse_duration;
 
 mod cluster;
 mod phases;
+mod replay;
 mod report;
 mod sim;
 
@@ -32,7 +34,9 @@ use sim::{Mode, Shared};
 #[command(
     name = "herd-bench",
     version,
-    about = "Load generator and benchmark report for herd"
+    about = "Load generator and benchmark report for herd",
+    after_help = "herd-bench replay [TRACE.csv]: compare the scheduling policies on a trace in \
+                  simulated time (herd-bench replay --help)"
 )]
 pub struct Cli {
     /// Simulated workers.
@@ -77,6 +81,9 @@ pub struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("replay") {
+        return replay::main(std::env::args().skip(2));
+    }
     let mut cli = Cli::parse();
     if cli.smoke {
         cli.workers = cli.workers.min(200);

@@ -21,6 +21,7 @@ fn snapshot(n: usize, rng: &mut fastrand::Rng) -> Vec<Candidate> {
                 cpu: [4.0, 8.0, 16.0, 64.0][rng.usize(..4)],
                 memory_gb: [16.0, 32.0, 128.0, 512.0][rng.usize(..4)],
                 gpu: [0, 0, 0, 1, 8][rng.usize(..5)],
+                disk_gb: 0.0,
             },
             allocated: Resources::default(),
             cpu_percent: rng.f64() * 100.0,
@@ -39,7 +40,7 @@ fn main() {
         "scheduler", "workers", "placements", "per second", "µs each"
     );
     for n in [1_000, 10_000] {
-        for kind in [SchedulerKind::RoundRobin, SchedulerKind::ResourceAware] {
+        for kind in SchedulerKind::ALL {
             let mut rng = fastrand::Rng::with_seed(7);
             let mut workers = snapshot(n, &mut rng);
             let requests: Vec<Request> = (0..placements)
@@ -48,6 +49,7 @@ fn main() {
                         cpu: [0.25, 0.5, 1.0, 2.0][rng.usize(..4)],
                         memory_gb: [0.0, 0.5, 2.0][rng.usize(..3)],
                         gpu: if rng.usize(..50) == 0 { 1 } else { 0 },
+                        disk_gb: 0.0,
                     },
                     needs_runtime: rng.usize(..4) == 0,
                 })

@@ -259,7 +259,7 @@ impl Master {
         } else {
             Some(SchedulerKind::from_str(name, false).map_err(|_| {
                 Error::invalid(format!(
-                    "unknown scheduler '{}': use round-robin or resource-aware",
+                    "unknown scheduler '{}': use round-robin, resource-aware or bin-pack",
                     herd::text::clip(name)
                 ))
             })?)

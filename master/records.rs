@@ -186,6 +186,10 @@ pub struct Attempt {
     pub assigned_ms: i64,
     #[serde(default)]
     pub finished_ms: i64,
+    /// The GPU indices this attempt held on its worker (kept with the attempt, so a
+    /// restarted master gives them to no one else while it runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_ids: Vec<u32>,
 }
 
 /// One task: its row in `tasks`, plus what only a running master needs.
@@ -251,6 +255,19 @@ impl Task {
         self.history.iter_mut().rev().find(|a| a.attempt == n)
     }
 
+    /// The GPU indices the current attempt holds (none unless placed).
+    pub fn gpu_ids(&self) -> &[u32] {
+        if !self.state.is_placed() {
+            return &[];
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|a| a.attempt == self.attempts)
+            .map(|a| a.gpu_ids.as_slice())
+            .unwrap_or_default()
+    }
+
     /// The view clients get; `name_of` finds a worker's name by id.
     pub fn info<'a>(&self, name_of: impl Fn(&str) -> Option<&'a str>) -> pb::TaskInfo {
         let name = |id: &str| name_of(id).unwrap_or_default().to_string();
@@ -278,8 +295,10 @@ impl Task {
                     reason: a.reason.clone(),
                     assigned_ms: a.assigned_ms,
                     finished_ms: a.finished_ms,
+                    gpu_ids: a.gpu_ids.clone(),
                 })
                 .collect(),
+            gpu_ids: self.gpu_ids().to_vec(),
             submitted_by: self.submitted_by.clone(),
         }
     }

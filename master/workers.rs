@@ -18,6 +18,7 @@ use herd::time::now_ms;
 use crate::events::Events;
 use crate::liveness::{Liveness, Presence};
 use crate::records::{SecretHash, WorkerRecord};
+use crate::scheduler::gpus::GpuPool;
 
 /// What the master pushes down a worker's heartbeat stream.
 pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
@@ -72,6 +73,8 @@ pub struct Entry {
     pub allocated: Resources,
     /// Tasks placed here (assigned or running).
     pub tasks: BTreeSet<String>,
+    /// Which task holds which GPU index.
+    pub gpus: GpuPool,
     /// An operator drained it: running tasks finish, no new ones come.
     pub draining: bool,
     /// Forgotten: no longer listed or found; its slot stays so others keep theirs.
@@ -88,6 +91,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(id: String, spec: WorkerSpec, now: Instant) -> Entry {
+        let gpus = GpuPool::new(spec.gpu_indices());
         Entry {
             id,
             spec,
@@ -107,6 +111,7 @@ impl Entry {
             persisted_heartbeat_ms: 0,
             allocated: Resources::default(),
             tasks: BTreeSet::new(),
+            gpus,
             draining: false,
             forgotten: false,
             secret_hash: None,
@@ -117,6 +122,11 @@ impl Entry {
 
     /// Takes a registration's description, with the operator's labels over its own.
     pub fn describe(&mut self, spec: WorkerSpec) {
+        // Maybe other devices now: tasks keep the GPU indices that are still there.
+        let dropped = self.gpus.reindex(spec.gpu_indices());
+        if !dropped.is_empty() {
+            warn!(worker = %spec.name, tasks = ?dropped, "GPUs held by these tasks are no longer reported");
+        }
         self.spec = spec;
         self.spec.labels.extend(self.added_labels.clone());
     }
@@ -142,6 +152,16 @@ impl Entry {
             connected: self.session.is_some(),
             last_sequence: self.last_sequence,
             as_of_ms: now_ms(),
+            gpu_holders: self
+                .gpus
+                .slots()
+                .filter_map(|(index, holder)| {
+                    holder.map(|task| pb::GpuHolder {
+                        index,
+                        task_id: task.to_string(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -202,17 +222,30 @@ impl Entry {
         }
     }
 
-    pub fn add(&mut self, r: Resources) {
-        self.allocated.cpu += r.cpu;
-        self.allocated.memory_gb += r.memory_gb;
-        self.allocated.gpu += r.gpu;
+    /// Books task `id` here: its resources (its GPU indices are taken from
+    /// [`Entry::gpus`] by the caller).
+    pub fn hold(&mut self, id: &str, r: Resources) {
+        let a = &mut self.allocated;
+        a.cpu += r.cpu;
+        a.memory_gb += r.memory_gb;
+        a.gpu += r.gpu;
+        a.disk_gb += r.disk_gb;
+        self.tasks.insert(id.to_string());
     }
 
-    pub fn sub(&mut self, r: Resources) {
+    /// Frees what task `id` held here (resources and GPU indices); false when it held
+    /// nothing.
+    pub fn release(&mut self, id: &str, r: Resources) -> bool {
+        if !self.tasks.remove(id) {
+            return false;
+        }
+        self.gpus.release(id);
         let a = &mut self.allocated;
         a.cpu = (a.cpu - r.cpu).max(0.0);
         a.memory_gb = (a.memory_gb - r.memory_gb).max(0.0);
         a.gpu = a.gpu.saturating_sub(r.gpu);
+        a.disk_gb = (a.disk_gb - r.disk_gb).max(0.0);
+        true
     }
 }
 

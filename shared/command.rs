@@ -20,15 +20,16 @@ commands:
                                       once; the old one stops working)
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
-              [--priority N] [--constraint K=V|K!=V|K]... [--timeout D] [--env K=V]...
+              [--disk GB] [--priority N] [--constraint K=V|K!=V|K]... [--timeout D] [--env K=V]...
               [--workdir PATH] [--retries N] [--count N]
                                       submit a task (at least one of --docker-image/--command;
-                                      defaults: --cpu 1 --memory 0 --gpu 0 --priority 0;
+                                      defaults: --cpu 1 --memory 0 --gpu 0 --disk 0 --priority 0;
                                       higher priority first; constraints on worker labels,
-                                      built-in: os, arch, hostname, runtime); prints its id;
-                                      --timeout kills and fails it after D; --retries re-runs
-                                      it when it exits non-zero; --count submits N copies
-                                      (HERD_TASK_INDEX 0..N-1) and prints the ids
+                                      built-in: os, arch, hostname, runtime, gpu.model);
+                                      prints its id; --timeout kills and fails it after D;
+                                      --retries re-runs it when it exits non-zero; --count
+                                      submits N copies (HERD_TASK_INDEX 0..N-1) and prints
+                                      the ids
   task submit --file tasks.jsonl      one task per JSON line (fields as in --json / the HTTP
                                       API); all of them or none
   tasks [--state S] [--limit N | --all]
@@ -39,7 +40,7 @@ commands:
   task logs <id> [--all] [--follow]   its output: the last 1 MiB (--all: all the master
                                       keeps); --follow streams until it ends (Ctrl-C stops)
   task cancel <id>                    stop a task (every process of it, or its container)
-  scheduler [round-robin|resource-aware]
+  scheduler [round-robin|resource-aware|bin-pack]
                                       show or switch the placement policy
   drain <id|name>                     no new tasks on a worker; running ones finish
   undrain <id|name>                   take new tasks again
@@ -62,7 +63,7 @@ pub const DEFAULT_TASK_LIMIT: usize = 50;
 /// One command of the grammar.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum Command {
-    /// List workers: name, id, status, address, cpu, memory, gpu, tasks, last seen.
+    /// List workers: name, id, status, address, cpu, memory, gpu, disk, tasks, last seen.
     Workers {
         /// Include Removed workers.
         #[arg(long)]
@@ -174,6 +175,8 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// `task ...` commands.
+// One is parsed per typed line and dropped at once: the size of `Submit` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum TaskCommand {
     /// Submit a task; prints its id.
@@ -196,6 +199,9 @@ pub enum TaskCommand {
         /// Whole GPUs.
         #[arg(long, default_value_t = 0)]
         gpu: u32,
+        /// Disk in the worker's work dir, GB.
+        #[arg(long, default_value_t = 0.0)]
+        disk: f64,
         /// Higher first (default 0).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i32,
@@ -365,6 +371,7 @@ mod tests {
                     cpu: 0.5,
                     memory: 2.0,
                     gpu: 0,
+                    disk: 0.0,
                     priority: 0,
                     constraints: Vec::new(),
                     run: RunArgs::default(),

@@ -31,7 +31,7 @@ const COMMANDS: &[&str] = &[
     "quit",
 ];
 const TASK_ACTIONS: &[&str] = &["submit", "status", "logs", "cancel"];
-const SCHEDULERS: &[&str] = &["round-robin", "resource-aware"];
+const SCHEDULERS: &[&str] = &["round-robin", "resource-aware", "bin-pack"];
 const TOKEN_ACTIONS: &[&str] = &["create", "list", "revoke"];
 const ROLES: &[&str] = &["admin", "operator", "viewer"];
 const CACHE_FOR: Duration = Duration::from_secs(2);
@@ -154,6 +154,7 @@ impl Completion {
                 "--retries",
                 "--count",
                 "--file",
+                "--disk",
             ]),
             ["task", "logs", ..] => strings(&["--follow"]),
             _ => Vec::new(),

@@ -34,9 +34,31 @@ pub fn local_data_dir() -> PathBuf {
 /// Which placement policy the scheduler uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum SchedulerKind {
+    /// Workers in turn.
     RoundRobin,
+    /// Spread: the least allocated worker that fits (live CPU use breaks near-ties).
     #[default]
     ResourceAware,
+    /// Pack: the most allocated worker that fits, so whole machines stay free.
+    BinPack,
+}
+
+impl SchedulerKind {
+    /// Every policy, in the order views list them.
+    pub const ALL: [SchedulerKind; 3] = [
+        SchedulerKind::RoundRobin,
+        SchedulerKind::ResourceAware,
+        SchedulerKind::BinPack,
+    ];
+
+    /// The name used in the grammar, SQLite and views.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::RoundRobin => "round-robin",
+            SchedulerKind::ResourceAware => "resource-aware",
+            SchedulerKind::BinPack => "bin-pack",
+        }
+    }
 }
 
 /// An address to listen on, or `off`.
@@ -201,9 +223,18 @@ pub struct WorkerConfig {
     #[arg(long)]
     pub memory: Option<f64>,
 
-    /// Advertised GPUs (default: detected from /dev/nvidia*).
-    #[arg(long)]
+    /// Advertised GPUs, indices 0..N-1 of unknown model (default: detected with
+    /// `nvidia-smi`, none without it).
+    #[arg(long, conflicts_with = "gpu_ids")]
     pub gpu: Option<u32>,
+
+    /// Advertised GPUs by index, e.g. `0,2` (the others are left to something else).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub gpu_ids: Option<Vec<u32>>,
+
+    /// Advertised disk in GB (default: the free space of --work-dir).
+    #[arg(long)]
+    pub disk: Option<f64>,
 
     /// Folder for task folders (output, exit status, supervisor state), kept across
     /// restarts so a restarted worker reattaches [default: work-NAME in the per-user state

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use crate::pb;
 use crate::time::{ago, now_ms};
 
+mod workers;
+pub use workers::{worker, workers};
 pub mod identity;
 
 /// Whether to paint status words. Decided once per program from the output stream.
@@ -116,138 +118,6 @@ fn num(x: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// The master's clock when it answered, so "last seen" does not depend on this machine's
-/// clock; ours when the master did not say.
-fn as_of(w: &pb::WorkerInfo, now: i64) -> i64 {
-    if w.as_of_ms > 0 { w.as_of_ms } else { now }
-}
-
-/// The `workers` table.
-pub fn workers(list: &[pb::WorkerInfo], style: Style) -> String {
-    if list.is_empty() {
-        return "no workers registered yet: start one with scripts/runWorker.sh".into();
-    }
-    let now = now_ms();
-    let rows = list
-        .iter()
-        .map(|w| {
-            let d = w.description.clone().unwrap_or_default();
-            let cap = d.capacity.unwrap_or_default();
-            let used = w.allocated.unwrap_or_default();
-            vec![
-                Cell::plain(&d.name),
-                Cell::plain(&w.id),
-                style.state(w.state()),
-                Cell::plain(&d.address),
-                Cell::plain(format!("{}/{}", num(used.cpu), num(cap.cpu))),
-                Cell::plain(format!("{}/{} GB", num(used.memory_gb), num(cap.memory_gb))),
-                Cell::plain(format!("{}/{}", used.gpu, cap.gpu)),
-                Cell::plain(w.running_task_ids.len().to_string()),
-                Cell::plain(ago(w.last_heartbeat_ms, as_of(w, now))),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "NAME",
-            "ID",
-            "STATUS",
-            "ADDRESS",
-            "CPU",
-            "MEMORY",
-            "GPU",
-            "TASKS",
-            "LAST SEEN",
-        ],
-        rows,
-    )
-}
-
-/// One worker in full, for `worker <id|name>`.
-pub fn worker(w: &pb::WorkerInfo, style: Style) -> String {
-    let now = now_ms();
-    let d = w.description.clone().unwrap_or_default();
-    let cap = d.capacity.unwrap_or_default();
-    let used = w.allocated.unwrap_or_default();
-    let usage = w.usage.unwrap_or_default();
-    let labels = if d.labels.is_empty() {
-        "-".to_string()
-    } else {
-        let mut l: Vec<_> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        l.sort();
-        l.join(", ")
-    };
-    let mut out = String::new();
-    let mut field = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
-    };
-    field("name", d.name.clone());
-    field("id", w.id.clone());
-    field("status", style.state(w.state()).text);
-    field(
-        "stream",
-        if w.connected { "open" } else { "closed" }.to_string(),
-    );
-    field("host", d.host.clone());
-    field("address", d.address.clone());
-    field("version", d.version.clone());
-    field(
-        "isolation",
-        if d.isolation.is_empty() {
-            "unknown".to_string()
-        } else {
-            d.isolation.clone()
-        },
-    );
-    field(
-        "runtime",
-        if d.container_runtime.is_empty() {
-            "none".to_string()
-        } else {
-            d.container_runtime.clone()
-        },
-    );
-    field(
-        "cpu",
-        format!(
-            "{} of {} allocated, machine at {:.0}%",
-            num(used.cpu),
-            num(cap.cpu),
-            usage.cpu_percent
-        ),
-    );
-    field(
-        "memory",
-        format!(
-            "{} of {} GB allocated, {:.1} GB in use on the machine",
-            num(used.memory_gb),
-            num(cap.memory_gb),
-            usage.memory_used_gb
-        ),
-    );
-    field("gpu", format!("{} of {} allocated", used.gpu, cap.gpu));
-    field("labels", labels);
-    field(
-        "tasks",
-        if w.running_task_ids.is_empty() {
-            "none running".to_string()
-        } else {
-            w.running_task_ids.join(", ")
-        },
-    );
-    field(
-        "last heartbeat",
-        format!(
-            "{} (#{})",
-            ago(w.last_heartbeat_ms, as_of(w, now)),
-            w.last_sequence
-        ),
-    );
-    field("registered", ago(w.registered_at_ms, now));
-    out.pop();
-    out
-}
-
 /// The state word of a task.
 pub fn task_state_word(state: pb::TaskState) -> &'static str {
     crate::domain::TaskState::try_from(state)
@@ -263,6 +133,9 @@ fn resources(r: Option<pb::Resources>) -> String {
     }
     if r.gpu > 0 {
         s.push_str(&format!(", {} gpu", r.gpu));
+    }
+    if r.disk_gb > 0.0 {
+        s.push_str(&format!(", {} GB disk", num(r.disk_gb)));
     }
     s
 }
@@ -360,6 +233,9 @@ pub fn task(t: &pb::TaskInfo) -> String {
         field("command", spec.command.clone());
     }
     field("request", resources(spec.resources));
+    if !t.gpu_ids.is_empty() {
+        field("gpus", ids(&t.gpu_ids));
+    }
     if spec.priority != 0 {
         field("priority", spec.priority.to_string());
     }
@@ -423,11 +299,19 @@ pub fn task(t: &pb::TaskInfo) -> String {
         if !a.reason.is_empty() {
             let _ = write!(line, ", {}", a.reason);
         }
+        if !a.gpu_ids.is_empty() {
+            let _ = write!(line, ", gpus {}", ids(&a.gpu_ids));
+        }
         let _ = write!(line, ", assigned {}", when(a.assigned_ms));
         field("attempt", line);
     }
     out.pop();
     out
+}
+
+/// GPU indices as CUDA_VISIBLE_DEVICES shows them: `0,2`.
+fn ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// What `task submit` prints: the id first, so scripts can take the first word.
@@ -458,6 +342,7 @@ mod tests {
                     cpu: 4.0,
                     memory_gb: 7.5,
                     gpu: 0,
+                    disk_gb: 0.0,
                 }),
                 ..Default::default()
             }),
@@ -519,6 +404,13 @@ pub mod json {
             "cpu": {"allocated": used.cpu, "total": cap.cpu, "usage_percent": usage.cpu_percent},
             "memory_gb": {"allocated": used.memory_gb, "total": cap.memory_gb, "in_use": usage.memory_used_gb},
             "gpu": {"allocated": used.gpu, "total": cap.gpu},
+            "gpus": d.gpus.iter().map(|g| json!({
+                "index": g.index,
+                "model": g.model,
+                "memory_gb": g.memory_gb,
+                "task_id": w.gpu_holders.iter().find(|h| h.index == g.index).map(|h| &h.task_id),
+            })).collect::<Vec<_>>(),
+            "disk_gb": {"allocated": used.disk_gb, "total": cap.disk_gb},
             "tasks": w.running_task_ids,
             "connected": w.connected,
             "last_heartbeat_ms": w.last_heartbeat_ms,
@@ -543,6 +435,8 @@ pub mod json {
             "cpu": r.cpu,
             "memory_gb": r.memory_gb,
             "gpu": r.gpu,
+            "disk_gb": r.disk_gb,
+            "gpu_ids": t.gpu_ids,
             "priority": spec.priority,
             "constraints": spec.constraints,
             "timeout_ms": spec.timeout_ms,
@@ -567,6 +461,7 @@ pub mod json {
                 "reason": a.reason,
                 "assigned_ms": a.assigned_ms,
                 "finished_ms": a.finished_ms,
+                "gpu_ids": a.gpu_ids,
             })).collect::<Vec<_>>(),
         })
     }

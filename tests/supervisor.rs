@@ -222,6 +222,7 @@ async fn a_task_over_its_memory_limit_fails_and_says_so() {
             cpu: 0.5,
             memory_gb: 0.05,
             gpu: 0,
+            disk_gb: 0.0,
         }),
         ..Default::default()
     };

@@ -236,6 +236,7 @@ async fn resource_aware_places_by_free_resources_and_queues_what_fits_nowhere() 
                 cpu: 1.0,
                 memory_gb: 64.0,
                 gpu: 0,
+                disk_gb: 0.0,
             }),
             ..Default::default()
         },
@@ -522,6 +523,7 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
             cpu: 0.5,
             memory_gb: 0.0671,
             gpu: 0,
+            disk_gb: 0.0,
         }),
         ..Default::default()
     };

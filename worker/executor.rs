@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// This program, re-executed as `supervise` for every task.
     program: PathBuf,
     pub outbox: Outbox,
+    /// This worker advertises GPUs: a task given none is hidden from them.
+    has_gpus: bool,
     book: Mutex<Book>,
     /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
     pub first_ack: watch::Sender<bool>,
@@ -84,10 +86,20 @@ impl Executor {
                 kill_grace,
                 program: std::env::current_exe()?,
                 outbox,
+                has_gpus: false,
                 book: Mutex::new(Book::default()),
                 first_ack: watch::Sender::new(false),
             }),
         })
+    }
+
+    /// Says the worker advertises GPUs (before any task is assigned), so that tasks given
+    /// none of them cannot pick one up by accident.
+    pub fn with_gpus(mut self, has_gpus: bool) -> Executor {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.has_gpus = has_gpus;
+        }
+        self
     }
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
@@ -189,6 +201,8 @@ impl Executor {
             runtime: self.shared.runtime.map(|r| r.as_str().to_string()),
             isolation: self.shared.isolation.label().into(),
             kill_grace_ms: self.shared.kill_grace.as_millis() as u64,
+            hide_gpus: self.shared.has_gpus && task.gpu_ids.is_empty(),
+            gpu_ids: task.gpu_ids,
         };
         let started = self.start_supervisor(&folder, &spec);
         let mut book = self.book();

@@ -41,6 +41,12 @@ pub struct Spec {
     /// `Isolation::label` of what the worker uses.
     pub isolation: String,
     pub kill_grace_ms: u64,
+    /// GPU indices the master gave this attempt.
+    #[serde(default)]
+    pub gpu_ids: Vec<u32>,
+    /// Given no GPU on a machine with GPUs: CUDA and the NVIDIA runtime see none.
+    #[serde(default)]
+    pub hide_gpus: bool,
     /// Kill the task this long after it started (0: never).
     #[serde(default)]
     pub timeout_ms: u64,

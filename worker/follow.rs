@@ -332,6 +332,8 @@ mod tests {
             runtime: None,
             isolation: "process group".into(),
             kill_grace_ms: 1000,
+            gpu_ids: Vec::new(),
+            hide_gpus: false,
             timeout_ms: 0,
             env: Default::default(),
             workdir: String::new(),

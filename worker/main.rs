@@ -3,6 +3,7 @@
 
 mod agent;
 mod cgroup;
+mod devices;
 mod executor;
 mod folder;
 mod follow;
@@ -81,17 +82,21 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let host = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into());
     let name = config.name.clone().unwrap_or_else(|| host.clone());
     validate_worker_name(&name)?;
-    let (cpu, memory_gb, gpu) = detect_capacity();
-    let capacity = pb::Resources {
-        cpu: config.cpu.unwrap_or(cpu),
-        memory_gb: config.memory.unwrap_or(memory_gb),
-        gpu: config.gpu.unwrap_or(gpu),
-    };
     let work_dir = config
         .work_dir
         .clone()
         .unwrap_or_else(|| herd::config::default_data_dir().join(format!("work-{name}")));
     std::fs::create_dir_all(&work_dir)?;
+    let (cpu, memory_gb) = detect_capacity();
+    let gpus = devices::gpus(config.gpu_ids.as_deref(), config.gpu);
+    let capacity = pb::Resources {
+        cpu: config.cpu.unwrap_or(cpu),
+        memory_gb: config.memory.unwrap_or(memory_gb),
+        gpu: gpus.len() as u32,
+        disk_gb: config
+            .disk
+            .unwrap_or_else(|| devices::free_disk_gb(&work_dir)),
+    };
     let secret = Secret::open(&work_dir, &name, config.worker_secret.as_deref())
         .map_err(anyhow::Error::msg)?;
     let runtime = pick_runtime(&config.runtime).await?;
@@ -102,7 +107,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             isolation
         }
     };
-    let labels = with_built_in_labels(config.labels, &host, runtime);
+    let labels = with_built_in_labels(config.labels, &host, runtime, &gpus);
     let description = pb::WorkerDescription {
         name: name.clone(),
         address: local_address(&config.master).unwrap_or_else(|| host.clone()),
@@ -112,10 +117,11 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         labels,
         container_runtime: runtime.map(Runtime::as_str).unwrap_or("").into(),
         isolation: isolation.label().into(),
+        gpus,
     };
     info!(
         worker = %name, master = %config.master, cpu = capacity.cpu,
-        memory_gb = capacity.memory_gb, gpu = capacity.gpu,
+        memory_gb = capacity.memory_gb, gpu = capacity.gpu, disk_gb = capacity.disk_gb,
         runtime = runtime.map(Runtime::as_str).unwrap_or("none"),
         isolation = isolation.label(), kill_grace = ?config.kill_grace,
         work_dir = %work_dir.display(), "herd-worker starting"
@@ -123,7 +129,8 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
-    let executor = Executor::new(work_dir, runtime, isolation, config.kill_grace, outbox)?;
+    let executor = Executor::new(work_dir, runtime, isolation, config.kill_grace, outbox)?
+        .with_gpus(capacity.gpu > 0);
     // Before the first heartbeat, so that it already lists what we hold.
     crate::follow::recover(&executor);
     let cleaner = {
@@ -207,11 +214,13 @@ async fn wait_for_signal() {
 }
 
 /// The labels a worker advertises: the built-in ones tasks can be constrained by (`os`,
-/// `arch`, `hostname`, `runtime`), then those given with `--label` (which win).
+/// `arch`, `hostname`, `runtime`, and `gpu.model` when known), then those given with
+/// `--label` (which win).
 fn with_built_in_labels(
     given: Vec<(String, String)>,
     host: &str,
     runtime: Option<Runtime>,
+    gpus: &[pb::GpuDevice],
 ) -> std::collections::HashMap<String, String> {
     let mut labels: std::collections::HashMap<String, String> = [
         ("os", std::env::consts::OS.to_string()),
@@ -225,6 +234,13 @@ fn with_built_in_labels(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if let Some(model) = gpus
+        .iter()
+        .map(|g| g.model.as_str())
+        .find(|m| !m.is_empty())
+    {
+        labels.insert("gpu.model".into(), model.to_string());
+    }
     labels.extend(given);
     labels
 }
@@ -278,4 +294,25 @@ fn local_address(master: &str) -> Option<String> {
     let socket = UdpSocket::bind(bind).ok()?;
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_model_is_a_built_in_label_when_known() {
+        let a100 = devices::parse_nvidia_smi("0, NVIDIA A100-SXM4-80GB, 81920\n");
+        let labels = with_built_in_labels(Vec::new(), "h", None, &a100);
+        assert_eq!(labels["gpu.model"], "NVIDIA A100-SXM4-80GB");
+        assert_eq!(labels["runtime"], "none");
+        let unknown = devices::gpus(None, Some(2));
+        assert!(!with_built_in_labels(Vec::new(), "h", None, &unknown).contains_key("gpu.model"));
+        // A given label wins over the built-in one.
+        let given = vec![("gpu.model".to_string(), "mine".to_string())];
+        assert_eq!(
+            with_built_in_labels(given, "h", None, &a100)["gpu.model"],
+            "mine"
+        );
+    }
 }

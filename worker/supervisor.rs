@@ -252,6 +252,26 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GPU indices as CUDA_VISIBLE_DEVICES takes them: `0,2`.
+fn gpu_list(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// What gives a container its GPUs: docker `--gpus device=0,2` (the NVIDIA container
+/// toolkit), podman `--device nvidia.com/gpu=0` per index (CDI, `nvidia-ctk cdi
+/// generate`).
+fn container_gpu_args(runtime: &str, ids: &[u32]) -> Vec<String> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    if runtime == "docker" {
+        return vec!["--gpus".into(), format!("\"device={}\"", gpu_list(ids))];
+    }
+    ids.iter()
+        .flat_map(|i| ["--device".to_string(), format!("nvidia.com/gpu={i}")])
+        .collect()
+}
+
 /// A process task's working directory must exist on this worker (a container's is the
 /// runtime's business: it says so itself when the image lacks it).
 fn check_workdir(spec: &Spec) -> Result<(), String> {
@@ -292,6 +312,7 @@ fn spawn(
             let mib = (spec.memory_gb * 1e9 / 1048576.0).ceil().max(6.0) as u64;
             c.arg("--memory").arg(format!("{mib}m"));
         }
+        c.args(container_gpu_args(runtime, &spec.gpu_ids));
         if !spec.workdir.is_empty() {
             c.arg("--workdir").arg(&spec.workdir);
         }
@@ -324,6 +345,25 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // A process task sees only the GPUs herd gave it, whatever its own variables say. (A
+    // container gets its devices from the runtime's flag above, renumbered from 0, and
+    // the runtime sets NVIDIA_VISIBLE_DEVICES inside; without the flag it has none.)
+    let gpus = if !spec.image.is_empty() {
+        None
+    } else if !spec.gpu_ids.is_empty() {
+        let ids = gpu_list(&spec.gpu_ids);
+        Some((ids.clone(), ids))
+    } else if spec.hide_gpus {
+        // Given none on a machine with GPUs: none, rather than all of them.
+        Some((String::new(), "void".to_string()))
+    } else {
+        None
+    };
+    if let Some((cuda, nvidia)) = gpus {
+        command
+            .env("CUDA_VISIBLE_DEVICES", cuda)
+            .env("NVIDIA_VISIBLE_DEVICES", nvidia);
+    }
     let parent = std::process::id() as i32;
     let procs_files = cgroup.map(Cgroup::procs_files).unwrap_or_default();
     // Our line to the agent, for the task process to say "started" (closed at its exec).
@@ -573,5 +613,26 @@ pub fn block_sigterm_from_pre_exec() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn containers_get_their_gpus_through_the_runtime() {
+        assert!(super::container_gpu_args("podman", &[]).is_empty());
+        assert_eq!(
+            super::container_gpu_args("docker", &[0, 2]),
+            ["--gpus", "\"device=0,2\""]
+        );
+        assert_eq!(
+            super::container_gpu_args("podman", &[1, 3]),
+            [
+                "--device",
+                "nvidia.com/gpu=1",
+                "--device",
+                "nvidia.com/gpu=3"
+            ]
+        );
     }
 }

@@ -45,8 +45,8 @@ impl Telemetry {
     }
 }
 
-/// Capacity of this machine: logical CPUs, memory in GB, GPUs (NVIDIA device nodes).
-pub fn detect_capacity() -> (f64, f64, u32) {
+/// Capacity of this machine: logical CPUs, memory in GB (GPUs and disk: `devices`).
+pub fn detect_capacity() -> (f64, f64) {
     let total_memory = System::new()
         .map(|mut system| {
             system.refresh_memory();
@@ -57,18 +57,5 @@ pub fn detect_capacity() -> (f64, f64, u32) {
         .map(|n| n.get())
         .unwrap_or(1) as f64;
     let memory_gb = (total_memory as f64 / 1e9 * 10.0).floor() / 10.0;
-    let gpus = std::fs::read_dir("/dev")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.strip_prefix("nvidia")
-                        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-                })
-                .count() as u32
-        })
-        .unwrap_or(0);
-    (cpus, memory_gb, gpus)
+    (cpus, memory_gb)
 }

@@ -239,6 +239,7 @@ impl Registry {
             labels: new.labels.clone(),
             runtime: None,
             isolation: String::new(),
+            gpus: Vec::new(),
         };
         let mut entry = Entry::new(id.clone(), spec, now);
         entry.presence.pending = true;

@@ -13,10 +13,12 @@ fn spec(name: &str) -> WorkerSpec {
             cpu: 2.0,
             memory_gb: 4.0,
             gpu: 0,
+            disk_gb: 0.0,
         },
         labels: Default::default(),
         runtime: None,
         isolation: String::new(),
+        gpus: Vec::new(),
     }
 }
 
@@ -314,6 +316,7 @@ async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
             cpu: 1.0,
             memory_gb: 0.0,
             gpu: 0,
+            disk_gb: 0.0,
         },
         priority: 0,
         constraints: Vec::new(),

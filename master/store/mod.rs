@@ -487,14 +487,15 @@ fn commit<'a>(
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, isolation, added_labels)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                         labels, container_runtime, isolation, added_labels, disk_gb, gpus)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT(id) DO UPDATE SET
                          host = excluded.host, address = excluded.address,
                          version = excluded.version, cpu = excluded.cpu,
                          memory_gb = excluded.memory_gb, gpu = excluded.gpu,
                          labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         isolation = excluded.isolation, added_labels = excluded.added_labels",
+                         isolation = excluded.isolation, added_labels = excluded.added_labels,
+                         disk_gb = excluded.disk_gb, gpus = excluded.gpus",
                 )?
                 .execute(params![
                     r.id,
@@ -508,6 +509,9 @@ fn commit<'a>(
                     r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
                     r.spec.isolation,
                     added_labels,
+                    r.spec.capacity.disk_gb,
+                    serde_json::to_string(&r.spec.gpus)
+                        .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
             Write::Task(t) => write_task(&tx, t)?,
@@ -582,9 +586,9 @@ fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,
                  finished_at, history, seq, priority, constraints, timeout_ms, env,
-                 workdir, retries, submitted_by)
+                 workdir, retries, disk_gb, submitted_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
              ON CONFLICT(id) DO UPDATE SET
                  state = excluded.state, worker_id = excluded.worker_id,
                  attempts = excluded.attempts, exit_code = excluded.exit_code,
@@ -622,6 +626,7 @@ fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
         serde_json::to_string(&t.spec.run.env).map_err(|e| Error::Storage(e.to_string()))?,
         t.spec.run.workdir.as_deref().unwrap_or(""),
         t.spec.run.retries,
+        t.spec.resources.disk_gb,
         t.submitted_by,
     ])?;
     Ok(())

@@ -101,7 +101,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE tasks ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
     ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
-    // 10: identities (issue 13): who submitted each task; each worker's secret (its hash;
+    // 10: disk requests and capacity, and each worker's GPU devices (JSON: index,
+    // model, memory_gb). The GPU indices an attempt holds live in its entry of `history`.
+    "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
+    ALTER TABLE worker_specs ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';",
+    // 11: identities (issue 13): who submitted each task; each worker's secret (its hash;
     // NULL for workers known from before, issued one when they next register); named
     // operator tokens (their hashes); the audit log of Admin changes.
     "ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
@@ -158,7 +163,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation, s.added_labels, w.secret_hash
+                w.draining, s.isolation, s.added_labels, s.disk_gb, s.gpus, w.secret_hash
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -173,7 +178,9 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
                     cpu: r.get(5)?,
                     memory_gb: r.get(6)?,
                     gpu: r.get(7)?,
+                    disk_gb: r.get(16)?,
                 },
+                gpus: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
                 labels: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
                 runtime: Runtime::parse_optional(&r.get::<_, String>(9)?).unwrap_or(None),
                 isolation: r.get(14)?,
@@ -183,7 +190,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, i64>(12)?,
             r.get::<_, bool>(13)?,
             serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
-            r.get::<_, Option<Vec<u8>>>(16)?,
+            r.get::<_, Option<Vec<u8>>>(18)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -207,7 +214,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, timeout_ms, env, workdir, retries, submitted_by";
+    constraints, timeout_ms, env, workdir, retries, disk_gb, submitted_by";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -224,6 +231,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 cpu: r.get(4)?,
                 memory_gb: r.get(5)?,
                 gpu: r.get(6)?,
+                disk_gb: r.get(22)?,
             },
             priority: r.get(16)?,
             constraints: serde_json::from_str::<Vec<String>>(&r.get::<_, String>(17)?)
@@ -249,7 +257,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         started_ms: r.get(13)?,
         finished_ms: r.get(14)?,
         history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
-        submitted_by: r.get(22)?,
+        submitted_by: r.get(23)?,
         assigned_at: None,
         cancel_requested: false,
         output_len: 0,

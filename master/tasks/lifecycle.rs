@@ -26,6 +26,7 @@ impl Tasks {
         &mut self,
         id: &str,
         worker_id: &str,
+        gpu_ids: Vec<u32>,
         workers: &mut Workers,
         now: Instant,
     ) {
@@ -46,10 +47,10 @@ impl Tasks {
             reason: String::new(),
             assigned_ms: now_ms(),
             finished_ms: 0,
+            gpu_ids: gpu_ids.clone(),
         });
-        entry.add(task.spec.resources);
-        entry.tasks.insert(id.to_string());
-        info!(task = %id, worker = %entry.spec.name, attempt, "task assigned");
+        entry.hold(id, task.spec.resources);
+        info!(task = %id, worker = %entry.spec.name, attempt, ?gpu_ids, "task assigned");
         let message = pb::MasterMessage {
             body: Some(ToWorker::Assign(pb::TaskAssignment {
                 task_id: id.to_string(),
@@ -58,6 +59,7 @@ impl Tasks {
                 image: task.spec.image.clone().unwrap_or_default(),
                 command: task.spec.command.clone().unwrap_or_default(),
                 resources: Some(task.spec.resources.into()),
+                gpu_ids,
                 timeout_ms: task.spec.run.timeout.map_or(0, |d| d.as_millis() as u64),
                 env: task.spec.run.env.clone().into_iter().collect(),
                 workdir: task.spec.run.workdir.clone().unwrap_or_default(),
@@ -470,10 +472,8 @@ impl Tasks {
             return;
         }
         let resources = task.spec.resources;
-        if let Some(entry) = task.worker_id.as_ref().and_then(|w| workers.get_mut(w))
-            && entry.tasks.remove(id)
-        {
-            entry.sub(resources);
+        if let Some(entry) = task.worker_id.as_ref().and_then(|w| workers.get_mut(w)) {
+            entry.release(id, resources);
         }
     }
 

@@ -169,8 +169,8 @@ impl Tasks {
                 let worker = task.worker_id.clone().unwrap_or_default();
                 match workers.get_mut(&worker) {
                     Some(entry) if !entry.presence.removed => {
-                        entry.add(task.spec.resources);
-                        entry.tasks.insert(id.clone());
+                        entry.hold(&id, task.spec.resources);
+                        restore_gpus(&mut task, entry, &self.store, &self.events);
                         task.assigned_at = Some(now);
                     }
                     _ => {
@@ -199,9 +199,8 @@ impl Tasks {
     /// after (or, with `first`, before) the tasks already there.
     fn queue_up(&mut self, id: &str, first: bool) {
         let priority = self.tasks[id].spec.priority;
-        let at = self.queue.partition_point(|other| {
-            let p = self.tasks[other.as_str()].spec.priority;
-            if first { p > priority } else { p >= priority }
+        let at = scheduler::queue::position(&self.queue, priority, first, |other| {
+            self.tasks[other.as_str()].spec.priority
         });
         self.queue.insert(at, id.to_string());
     }
@@ -399,12 +398,15 @@ impl Tasks {
                 if !view.still_fits(i, workers, liveness, now) {
                     continue;
                 }
-                let worker = workers.slab[workers.order[i]].id.clone();
-                self.assign(&id, &worker, workers, now);
-                let c = &mut view.list[i];
-                c.allocated.cpu += request.resources.cpu;
-                c.allocated.memory_gb += request.resources.memory_gb;
-                c.allocated.gpu += request.resources.gpu;
+                // The policy counted GPUs; the pool picks which (lowest free first).
+                let entry = &mut workers.slab[workers.order[i]];
+                let Some(gpu_ids) = entry.gpus.take(request.resources.gpu, &id) else {
+                    view.list[i].schedulable = false;
+                    continue;
+                };
+                let worker = entry.id.clone();
+                self.assign(&id, &worker, gpu_ids, workers, now);
+                view.list[i].book(&request.resources);
                 break true;
             };
             let candidates = &mut view.list;
@@ -448,6 +450,32 @@ fn unmet_reason(
             )
         }
     }
+}
+
+/// A placed task read back at start takes its GPU indices on its worker again: those its
+/// attempt recorded, or (recorded by a master that did not keep them, or no longer free)
+/// the lowest free ones, recorded now.
+fn restore_gpus(
+    task: &mut Task,
+    entry: &mut crate::workers::Entry,
+    store: &Store,
+    events: &Events,
+) {
+    let want = task.spec.resources.gpu;
+    if want == 0 {
+        return;
+    }
+    let kept = task.gpu_ids().to_vec();
+    if kept.len() == want as usize && entry.gpus.hold(&kept, &task.id) {
+        return;
+    }
+    let ids = entry.gpus.take(want, &task.id).unwrap_or_default();
+    tracing::warn!(task = %task.id, worker = %entry.spec.name, ?kept, now = ?ids,
+        "the GPUs recorded for the task could not be restored; it holds others now");
+    if let Some(a) = task.current() {
+        a.gpu_ids = ids;
+    }
+    persist(store, events, task);
 }
 
 /// Hands a task's row to the store thread without waiting for the commit, and tells the

@@ -44,6 +44,9 @@ pub struct SubmitBody {
     /// (JSON numbers: `2.0` is taken as `2`.)
     #[schema(value_type = Option<u32>, maximum = 1024)]
     pub gpu: Option<f64>,
+    /// Disk in the worker's work dir, GB (default 0).
+    #[schema(minimum = 0.0, maximum = 1e9)]
+    pub disk_gb: Option<f64>,
     /// Kill the whole task this long after it started (ms), then fail it "timed out after
     /// D" (default 0: no limit; at most 30 days).
     #[schema(minimum = 0, maximum = 2592000000_u64)]
@@ -69,6 +72,7 @@ impl SubmitBody {
                 cpu: self.cpu.unwrap_or(1.0),
                 memory_gb: self.memory_gb.unwrap_or(0.0),
                 gpu: whole_gpus(self.gpu)?,
+                disk_gb: self.disk_gb.unwrap_or(0.0),
             }),
             name: self.name,
             image: self.image,

@@ -18,30 +18,11 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_LABELS: usize = 64;
 /// Longest label key or value.
 pub const MAX_LABEL_LEN: usize = 256;
-/// Largest CPU count a worker may advertise; more is a typo, not a machine.
-pub const MAX_CPU: f64 = 16_384.0;
-/// Largest memory a worker may advertise, in GB (64 TB).
-pub const MAX_MEMORY_GB: f64 = 65_536.0;
-/// Largest GPU count a worker may advertise.
-pub const MAX_GPU: u32 = 1_024;
-
-/// An amount of CPU, memory and GPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Resources {
-    pub cpu: f64,
-    pub memory_gb: f64,
-    pub gpu: u32,
-}
-
-impl From<Resources> for pb::Resources {
-    fn from(r: Resources) -> Self {
-        pb::Resources {
-            cpu: r.cpu,
-            memory_gb: r.memory_gb,
-            gpu: r.gpu,
-        }
-    }
-}
+mod gpu;
+mod resources;
+pub use gpu::{GpuDevice, check_gpus};
+use resources::check_capacity;
+pub use resources::{MAX_CPU, MAX_DISK_GB, MAX_GPU, MAX_MEMORY_GB, Resources};
 
 /// Container runtimes a worker can drive for image tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +65,20 @@ pub struct WorkerSpec {
     /// How the worker contains tasks ("cgroup v1", "cgroup v2", "process group"); empty
     /// for a worker too old to say.
     pub isolation: String,
+    /// GPU devices by index (as many as `capacity.gpu`).
+    pub gpus: Vec<GpuDevice>,
+}
+
+impl WorkerSpec {
+    /// The GPU indices tasks may be given: the devices reported, or `0..gpu` for a worker
+    /// (or a row of an older master) that gave only a count.
+    pub fn gpu_indices(&self) -> Vec<u32> {
+        if self.gpus.is_empty() {
+            (0..self.capacity.gpu).collect()
+        } else {
+            self.gpus.iter().map(|g| g.index).collect()
+        }
+    }
 }
 
 impl From<&WorkerSpec> for pb::WorkerDescription {
@@ -97,6 +92,7 @@ impl From<&WorkerSpec> for pb::WorkerDescription {
             labels: spec.labels.clone().into_iter().collect(),
             container_runtime: spec.runtime.map(Runtime::as_str).unwrap_or("").into(),
             isolation: spec.isolation.clone(),
+            gpus: spec.gpus.iter().map(pb::GpuDevice::from).collect(),
         }
     }
 }
@@ -244,32 +240,6 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_capacity(r: &pb::Resources) -> Result<Resources, Error> {
-    if !r.cpu.is_finite() || r.cpu <= 0.0 || r.cpu > MAX_CPU {
-        return Err(Error::invalid(format!(
-            "capacity cpu must be a number above 0 and at most {MAX_CPU}, got {}",
-            r.cpu
-        )));
-    }
-    if !r.memory_gb.is_finite() || r.memory_gb <= 0.0 || r.memory_gb > MAX_MEMORY_GB {
-        return Err(Error::invalid(format!(
-            "capacity memory_gb must be a number above 0 and at most {MAX_MEMORY_GB}, got {}",
-            r.memory_gb
-        )));
-    }
-    if r.gpu > MAX_GPU {
-        return Err(Error::invalid(format!(
-            "capacity gpu must be at most {MAX_GPU}, got {}",
-            r.gpu
-        )));
-    }
-    Ok(Resources {
-        cpu: r.cpu,
-        memory_gb: r.memory_gb,
-        gpu: r.gpu,
-    })
-}
-
 impl TryFrom<pb::WorkerDescription> for WorkerSpec {
     type Error = Error;
 
@@ -285,7 +255,9 @@ impl TryFrom<pb::WorkerDescription> for WorkerSpec {
                 .ok_or_else(|| Error::invalid("worker description has no capacity"))?,
         )?;
         check_labels(&d.labels)?;
+        let gpus = check_gpus(d.gpus, capacity.gpu)?;
         Ok(WorkerSpec {
+            gpus,
             runtime: Runtime::parse_optional(&d.container_runtime)?,
             name: d.name,
             host: d.host,
@@ -492,6 +464,12 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
                 r.gpu
             )));
         }
+        if !r.disk_gb.is_finite() || r.disk_gb < 0.0 || r.disk_gb > MAX_DISK_GB {
+            return Err(Error::invalid(format!(
+                "--disk must be at least 0 and at most {MAX_DISK_GB} GB, got {}",
+                r.disk_gb
+            )));
+        }
         if !PRIORITIES.contains(&t.priority) {
             return Err(Error::invalid(format!(
                 "--priority must be from {} to {}, got {}",
@@ -523,6 +501,7 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
                 cpu: r.cpu,
                 memory_gb: r.memory_gb,
                 gpu: r.gpu,
+                disk_gb: r.disk_gb,
             },
         })
     }

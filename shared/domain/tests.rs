@@ -11,6 +11,7 @@ fn description() -> pb::WorkerDescription {
             cpu: 8.0,
             memory_gb: 16.0,
             gpu: 1,
+            disk_gb: 0.0,
         }),
         labels: [("zone".to_string(), "a".to_string())].into(),
         container_runtime: "podman".into(),
@@ -70,6 +71,7 @@ fn spec() -> pb::TaskSpec {
             cpu: 1.0,
             memory_gb: 0.0,
             gpu: 0,
+            disk_gb: 0.0,
         }),
         ..Default::default()
     }

@@ -412,6 +412,7 @@ pub fn description(name: &str) -> pb::WorkerDescription {
             cpu: 2.0,
             memory_gb: 4.0,
             gpu: 0,
+            disk_gb: 0.0,
         }),
         labels: Default::default(),
         container_runtime: String::new(),
@@ -463,6 +464,7 @@ pub async fn submit(admin: &mut Admin, command: &str, cpu: f64) -> pb::TaskInfo 
                 cpu,
                 memory_gb: 0.0,
                 gpu: 0,
+                disk_gb: 0.0,
             }),
             ..Default::default()
         },

@@ -394,11 +394,13 @@
         w.cpu.allocated = Math.max(0, w.cpu.allocated - t.cpu);
         w.memory_gb.allocated = Math.max(0, w.memory_gb.allocated - t.memory_gb);
         w.gpu.allocated = Math.max(0, w.gpu.allocated - t.gpu);
+        if (w.disk_gb) w.disk_gb.allocated = Math.max(0, w.disk_gb.allocated - (t.disk_gb || 0));
       } else if (i < 0 && holds) {
         (w.tasks = w.tasks || []).push(t.id);
         w.cpu.allocated += t.cpu;
         w.memory_gb.allocated += t.memory_gb;
         w.gpu.allocated += t.gpu;
+        if (w.disk_gb) w.disk_gb.allocated += t.disk_gb || 0;
       }
     }
     // The chart's live interval counts starts and ends.
@@ -485,6 +487,7 @@
     cpu: (w) => (w.cpu.total ? w.cpu.allocated / w.cpu.total : 0),
     memory: (w) => (w.memory_gb.total ? w.memory_gb.allocated / w.memory_gb.total : 0),
     gpu: (w) => w.gpu.total,
+    disk: (w) => (w.disk_gb && w.disk_gb.total ? w.disk_gb.allocated / w.disk_gb.total : 0),
     usage: (w) => w.cpu.usage_percent,
     tasks: (w) => (w.tasks || []).length,
     seen: (w) => -(w.last_heartbeat_ms || 0),
@@ -562,7 +565,7 @@
     const from = view.page * WORKER_PAGE;
     const rows = list.slice(from, from + WORKER_PAGE);
     patchRows($("workers-body"), rows.map((w) => [w.id, workerRow(w)]),
-      `<tr class="empty"><td colspan="11">${workers.size ? "No worker matches." : "No workers yet. Start one with <code>herd-worker --master HOST:50051</code>."}</td></tr>`);
+      `<tr class="empty"><td colspan="12">${workers.size ? "No worker matches." : "No workers yet. Start one with <code>herd-worker --master HOST:50051</code>."}</td></tr>`);
     $("workers-count").textContent = `(${workers.size})`;
     // For whoever measures first paint (the tests do): the performance timeline.
     if (rows.length && !performance.getEntriesByName("herd-first-workers").length) {
@@ -599,6 +602,7 @@
       `<td class="m">${bar(w.cpu.allocated, w.cpu.total, "")}</td>` +
       `<td class="m">${bar(w.memory_gb.allocated, w.memory_gb.total, " GB")}</td>` +
       `<td class="m wide">${w.gpu.total ? bar(w.gpu.allocated, w.gpu.total, "") : '<span class="muted">–</span>'}</td>` +
+      `<td class="m wide">${w.disk_gb && w.disk_gb.total ? bar(w.disk_gb.allocated, w.disk_gb.total, " GB") : '<span class="muted">–</span>'}</td>` +
       `<td class="wide">${usage}</td>` +
       `<td class="tasks" title="${esc(tasks.join(" "))}">${tasks.length}${tasks.length && tasks.length <= 3
         ? " " + tasks.map((id) => `<a href="#task/${esc(id)}" class="mono">${esc(id)}</a>`).join(" ") : ""}</td>` +
@@ -610,6 +614,8 @@
     let s = num(t.cpu) + " cpu";
     if (t.memory_gb > 0) s += ", " + num(t.memory_gb) + " GB";
     if (t.gpu > 0) s += ", " + t.gpu + " gpu";
+    if (t.disk_gb > 0) s += ", " + num(t.disk_gb) + " GB disk";
+    if (t.gpu_ids && t.gpu_ids.length) s += " (gpu " + t.gpu_ids.join(",") + ")";
     return s;
   }
 
