@@ -74,21 +74,46 @@ pub trait Scheduler: Send {
 pub fn new(kind: SchedulerKind) -> Box<dyn Scheduler> {
     match kind {
         SchedulerKind::RoundRobin => Box::new(RoundRobin::default()),
-        SchedulerKind::ResourceAware => Box::new(ResourceAware),
-        SchedulerKind::BinPack => Box::new(BinPack),
+        SchedulerKind::ResourceAware => Box::new(ResourceAware::default()),
+        SchedulerKind::BinPack => Box::new(BinPack::default()),
     }
 }
 
-/// The worker that fits with the best score (`better(new, best)`), the first on ties.
+/// Workers scored per placement in a large cluster: at least this many that fit.
+pub const SCORE_AT_LEAST: usize = 100;
+
+/// How many workers that fit a scoring policy compares before it chooses: all of them up
+/// to [`SCORE_AT_LEAST`] (an exact choice, ties to the first by name), else a 20th of the
+/// cluster, but at least that many. As in the Kubernetes scheduler (`percentageOfNodesToScore`)
+/// and Nomad (which scores a small sample), the best of a large sample is as good in
+/// practice and keeps a placement at 10,000 workers to microseconds instead of a scan of
+/// every one.
+pub fn sample_size(workers: usize) -> usize {
+    (workers / 20).max(SCORE_AT_LEAST)
+}
+
+/// The worker that fits with the best score (`better(new, best)`) among the first
+/// [`sample_size`] that fit, starting at `cursor` (which then moves past the workers
+/// looked at, so the next placement looks at the next ones); the first on ties. A cluster
+/// no larger than the sample is scanned whole from its first worker.
 #[inline]
 fn best_by(
     workers: &[Candidate],
     req: &Request,
+    cursor: &mut usize,
     score: impl Fn(&Candidate, &Request) -> f64,
     better: impl Fn(f64, f64) -> bool,
 ) -> Option<usize> {
+    let n = workers.len();
+    let limit = sample_size(n);
+    let start = if n <= limit { 0 } else { *cursor % n };
     let mut best: Option<(usize, f64)> = None;
-    for (i, w) in workers.iter().enumerate() {
+    let mut fitting = 0;
+    let mut looked = 0;
+    for k in 0..n {
+        looked = k + 1;
+        let i = (start + k) % n;
+        let w = &workers[i];
         if !w.fits(req) {
             continue;
         }
@@ -96,7 +121,12 @@ fn best_by(
         if best.is_none_or(|(_, b)| better(s, b)) {
             best = Some((i, s));
         }
+        fitting += 1;
+        if fitting == limit {
+            break;
+        }
     }
+    *cursor = (start + looked) % n.max(1);
     best.map(|(i, _)| i)
 }
 
@@ -127,7 +157,9 @@ impl Scheduler for RoundRobin {
 /// Allocations dominate, so tasks spread by what was promised; live use breaks near-ties
 /// towards machines that are actually quieter.
 #[derive(Debug, Default)]
-pub struct ResourceAware;
+pub struct ResourceAware {
+    cursor: usize,
+}
 
 impl Scheduler for ResourceAware {
     fn kind(&self) -> SchedulerKind {
@@ -135,7 +167,9 @@ impl Scheduler for ResourceAware {
     }
 
     fn place(&mut self, workers: &[Candidate], req: &Request) -> Option<usize> {
-        best_by(workers, req, scores::spread, |s, best| s < best)
+        best_by(workers, req, &mut self.cursor, scores::spread, |s, best| {
+            s < best
+        })
     }
 }
 
@@ -143,7 +177,9 @@ impl Scheduler for ResourceAware {
 /// the first), so small tasks fill machines already in use and whole machines stay free
 /// for large tasks (or can be switched off).
 #[derive(Debug, Default)]
-pub struct BinPack;
+pub struct BinPack {
+    cursor: usize,
+}
 
 impl Scheduler for BinPack {
     fn kind(&self) -> SchedulerKind {
@@ -151,7 +187,9 @@ impl Scheduler for BinPack {
     }
 
     fn place(&mut self, workers: &[Candidate], req: &Request) -> Option<usize> {
-        best_by(workers, req, scores::pack, |s, best| s > best)
+        best_by(workers, req, &mut self.cursor, scores::pack, |s, best| {
+            s > best
+        })
     }
 }
 

@@ -45,13 +45,22 @@ fn round_robin_takes_turns_and_skips_what_does_not_fit() {
 fn resource_aware_spreads_by_allocation_then_live_use() {
     let mut workers = vec![worker(4.0, 8.0, 0), worker(4.0, 8.0, 0)];
     workers[0].allocated.cpu = 2.0;
-    assert_eq!(ResourceAware.place(&workers, &req(1.0, 0.0, 0)), Some(1));
+    assert_eq!(
+        ResourceAware::default().place(&workers, &req(1.0, 0.0, 0)),
+        Some(1)
+    );
     workers[0].allocated.cpu = 0.0;
     workers[1].cpu_percent = 90.0;
-    assert_eq!(ResourceAware.place(&workers, &req(1.0, 0.0, 0)), Some(0));
+    assert_eq!(
+        ResourceAware::default().place(&workers, &req(1.0, 0.0, 0)),
+        Some(0)
+    );
     // Only a worker with 4 free CPUs takes a 4-CPU task.
     workers[0].allocated.cpu = 1.0;
-    assert_eq!(ResourceAware.place(&workers, &req(4.0, 0.0, 0)), Some(1));
+    assert_eq!(
+        ResourceAware::default().place(&workers, &req(4.0, 0.0, 0)),
+        Some(1)
+    );
 }
 
 #[test]
@@ -62,13 +71,22 @@ fn bin_pack_fills_the_fullest_worker_that_fits() {
         worker(4.0, 8.0, 0),
     ];
     // All empty: the first.
-    assert_eq!(BinPack.place(&workers, &req(1.0, 0.0, 0)), Some(0));
+    assert_eq!(
+        BinPack::default().place(&workers, &req(1.0, 0.0, 0)),
+        Some(0)
+    );
     workers[1].allocated.cpu = 2.0;
-    assert_eq!(BinPack.place(&workers, &req(1.0, 0.0, 0)), Some(1));
+    assert_eq!(
+        BinPack::default().place(&workers, &req(1.0, 0.0, 0)),
+        Some(1)
+    );
     // The fullest cannot take it: the next fullest.
     workers[1].allocated.cpu = 3.5;
     workers[2].allocated.cpu = 1.0;
-    assert_eq!(BinPack.place(&workers, &req(1.0, 0.0, 0)), Some(2));
+    assert_eq!(
+        BinPack::default().place(&workers, &req(1.0, 0.0, 0)),
+        Some(2)
+    );
 }
 
 #[test]
@@ -76,9 +94,9 @@ fn disk_is_counted_like_memory() {
     let mut workers = vec![worker(4.0, 8.0, 0)];
     let mut r = req(1.0, 0.0, 0);
     r.resources.disk_gb = 60.0;
-    assert_eq!(ResourceAware.place(&workers, &r), Some(0));
+    assert_eq!(ResourceAware::default().place(&workers, &r), Some(0));
     workers[0].book(&r.resources);
-    assert_eq!(ResourceAware.place(&workers, &r), None);
+    assert_eq!(ResourceAware::default().place(&workers, &r), None);
     assert_eq!(
         why_not(&workers, &r),
         "no Active worker with 60 GB free disk"
@@ -321,5 +339,46 @@ proptest! {
         prop_assert!(b >= a);
         prop_assert!(scores::spread(&fuller, &r) >= scores::spread(&base, &r));
         prop_assert!(scores::pack(&fuller, &r) >= scores::pack(&base, &r));
+    }
+}
+
+/// At 10,000 workers a scoring policy compares a sample (a 20th of the cluster) from a
+/// moving start: placements go round the cluster, the best of the sample wins, and a
+/// worker that fits is never missed however few there are.
+#[test]
+fn large_clusters_are_sampled_from_a_moving_start_and_never_miss_a_fit() {
+    let n = 10_000;
+    let sample = sample_size(n);
+    assert_eq!(sample, 500);
+    let mut workers = vec![worker(4.0, 8.0, 0); n];
+    for policy in [
+        Box::new(ResourceAware::default()) as Box<dyn Scheduler>,
+        Box::new(BinPack::default()),
+    ] {
+        let mut policy = policy;
+        // Equal workers: each placement starts where the last sample ended.
+        let picks: Vec<usize> = (0..4)
+            .map(|_| policy.place(&workers, &req(1.0, 0.0, 0)).unwrap())
+            .collect();
+        assert!(
+            picks.windows(2).all(|p| p[1] >= p[0] + sample),
+            "{:?}: {picks:?}",
+            policy.kind()
+        );
+    }
+    // The best of the sample: one emptier worker within the next sample wins.
+    let mut spread = ResourceAware::default();
+    for w in &mut workers {
+        w.allocated.cpu = 2.0;
+    }
+    workers[123].allocated.cpu = 0.0;
+    assert_eq!(spread.place(&workers, &req(1.0, 0.0, 0)), Some(123));
+    // Only one worker in the whole cluster fits: it is found, from any start.
+    for w in &mut workers {
+        w.allocated.cpu = 4.0;
+    }
+    workers[9_876].allocated.cpu = 0.0;
+    for _ in 0..3 {
+        assert_eq!(spread.place(&workers, &req(1.0, 0.0, 0)), Some(9_876));
     }
 }
