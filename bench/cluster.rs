@@ -18,6 +18,8 @@ use herd::pb;
 use herd::pb::admin_client::AdminClient;
 
 pub const TOKEN: &str = "herd-bench-token";
+/// What the simulated workers present (the master's join token).
+pub const JOIN_TOKEN: &str = "herd-bench-join-token";
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The heartbeat timeout the master runs with: three heartbeat intervals (at least 3 s),
@@ -63,7 +65,7 @@ impl MasterProcess {
             .args(["--listen", &format!("127.0.0.1:{}", launch.port)])
             .arg("--data-dir")
             .arg(&launch.data)
-            .args(["--no-repl", "--token", TOKEN])
+            .args(["--no-repl", "--token", TOKEN, "--join-token", JOIN_TOKEN])
             .args(["--heartbeat-interval", &millis(launch.interval)])
             .args([
                 "--heartbeat-timeout",
@@ -182,6 +184,11 @@ pub fn free_port() -> u16 {
 
 pub fn bearer() -> Bearer {
     Bearer::new(Some(TOKEN)).expect("a valid token")
+}
+
+/// What a simulated worker presents.
+pub fn join_bearer() -> Bearer {
+    Bearer::new(Some(JOIN_TOKEN)).expect("a valid token")
 }
 
 /// `n` HTTP/2 connections to the master.

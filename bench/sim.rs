@@ -17,7 +17,7 @@ use herd::pb::master_message::Body as FromMaster;
 use herd::pb::registry_client::RegistryClient;
 use herd::pb::worker_message::Body as ToMaster;
 
-use crate::cluster::bearer;
+use crate::cluster::join_bearer;
 
 /// What a simulated worker does.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -126,13 +126,15 @@ pub fn description(i: usize) -> pb::WorkerDescription {
     }
 }
 
-fn heartbeat(id: &str, sequence: u64) -> pb::WorkerMessage {
+/// A heartbeat; the first of a stream carries the worker's `secret`.
+fn heartbeat(id: &str, sequence: u64, secret: &str) -> pb::WorkerMessage {
     pb::WorkerMessage {
         body: Some(ToMaster::Heartbeat(pb::Heartbeat {
             worker_id: id.to_string(),
             sequence,
             activity: pb::WorkerActivity::Idle as i32,
             usage: Some(pb::Usage::default()),
+            worker_secret: secret.to_string(),
             ..Default::default()
         })),
     }
@@ -145,9 +147,10 @@ pub async fn simulate(
     channel: Channel,
     name: pb::WorkerDescription,
     sim_id: String,
+    mut secret: String,
     mut mode: watch::Receiver<Mode>,
 ) {
-    let mut registry = RegistryClient::with_interceptor(channel, bearer());
+    let mut registry = RegistryClient::with_interceptor(channel, join_bearer());
     let mut id = sim_id;
     let mut sequence = 0u64;
     let mut backoff = Duration::from_millis(200);
@@ -157,17 +160,22 @@ pub async fn simulate(
         }
         let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(64);
         sequence += 1;
-        let _ = tx.try_send(heartbeat(&id, sequence));
+        let _ = tx.try_send(heartbeat(&id, sequence, &secret));
         let mut inbound = match registry.heartbeat(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
                 if let Ok(r) = registry
                     .register(pb::RegisterRequest {
                         worker: Some(name.clone()),
+                        worker_secret: secret.clone(),
                     })
                     .await
                 {
-                    id = r.into_inner().worker_id;
+                    let r = r.into_inner();
+                    id = r.worker_id;
+                    if !r.worker_secret.is_empty() {
+                        secret = r.worker_secret;
+                    }
                 }
                 continue;
             }
@@ -190,7 +198,7 @@ pub async fn simulate(
             }
             if current == Mode::Flood && pending.len() < 8 {
                 sequence += 1;
-                if tx.send(heartbeat(&id, sequence)).await.is_err() {
+                if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
                     break true;
                 }
                 pending.push_back((sequence, Instant::now()));
@@ -205,7 +213,7 @@ pub async fn simulate(
                     }
                     if current == Mode::Normal {
                         sequence += 1;
-                        if tx.send(heartbeat(&id, sequence)).await.is_err() {
+                        if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
                             break true;
                         }
                         pending.push_back((sequence, Instant::now()));

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     let console = runtime.block_on(async {
-        let bearer = cli.access.bearer()?;
+        let bearer = cli.access.bearer(herd::auth::TOKEN_FILE)?;
         Console::connect(
             &cli.master,
             cli.access.ca.as_deref(),

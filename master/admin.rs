@@ -1,5 +1,6 @@
 //! The Admin gRPC service (what the REPL, herdctl and scripts call): thin adapters from the
-//! proto to the operations in `ops.rs`, errors mapped to statuses once (herd::Error).
+//! proto to the operations in `ops.rs` and `identity/ops.rs`, each handed the caller the
+//! gate resolved; errors mapped to statuses once (herd::Error).
 
 use std::pin::Pin;
 
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use herd::pb;
 
+use crate::server::caller;
 use crate::service::Master;
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -19,29 +21,37 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Reply<pb::ListWorkersResponse> {
+        let who = caller(&request)?;
         Ok(Response::new(Master::list_workers(
             self,
+            &who,
             request.into_inner(),
         )?))
     }
 
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Reply<pb::WorkerInfo> {
+        let who = caller(&request)?;
         Ok(Response::new(Master::get_worker(
             self,
+            &who,
             &request.into_inner().worker,
         )?))
     }
 
     async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Reply<pb::TaskInfo> {
-        Ok(Response::new(self.submit(request.into_inner().spec).await?))
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.submit(&who, request.into_inner().spec).await?,
+        ))
     }
 
     async fn submit_tasks(
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Reply<pb::SubmitTasksResponse> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            self.submit_batch(request.into_inner()).await?,
+            self.submit_batch(&who, request.into_inner()).await?,
         ))
     }
 
@@ -49,20 +59,23 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Reply<pb::ListTasksResponse> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            Master::list_tasks(self, request.into_inner()).await?,
+            Master::list_tasks(self, &who, request.into_inner()).await?,
         ))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Reply<pb::TaskInfo> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            Master::get_task(self, &request.into_inner().task_id).await?,
+            Master::get_task(self, &who, &request.into_inner().task_id).await?,
         ))
     }
 
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Reply<pb::TaskInfo> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            self.cancel(&request.into_inner().task_id).await?,
+            self.cancel(&who, &request.into_inner().task_id).await?,
         ))
     }
 
@@ -73,7 +86,8 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Reply<Self::TaskLogsStream> {
-        let chunks = self.logs(request.into_inner()).await?;
+        let who = caller(&request)?;
+        let chunks = self.logs(&who, request.into_inner()).await?;
         let stream =
             tokio_stream::StreamExt::map(ReceiverStream::new(chunks), |c| c.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -83,32 +97,88 @@ impl pb::admin_server::Admin for Master {
         &self,
         request: Request<pb::SchedulerRequest>,
     ) -> Reply<pb::SchedulerResponse> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            Master::scheduler(self, &request.into_inner().name).await?,
+            Master::scheduler(self, &who, &request.into_inner().name).await?,
         ))
     }
 
     async fn drain(&self, request: Request<pb::DrainRequest>) -> Reply<pb::WorkerInfo> {
+        let who = caller(&request)?;
         let pb::DrainRequest { worker, drain } = request.into_inner();
-        Ok(Response::new(Master::drain(self, &worker, drain).await?))
+        Ok(Response::new(
+            Master::drain(self, &who, &worker, drain).await?,
+        ))
     }
 
     async fn forget_worker(
         &self,
         request: Request<pb::ForgetWorkerRequest>,
     ) -> Reply<pb::WorkerInfo> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            self.forget(&request.into_inner().worker).await?,
+            self.forget(&who, &request.into_inner().worker).await?,
         ))
     }
 
     async fn add_worker(&self, request: Request<pb::AddWorkerRequest>) -> Reply<pb::WorkerInfo> {
+        let who = caller(&request)?;
         Ok(Response::new(
-            Master::add_worker(self, request.into_inner()).await?,
+            Master::add_worker(self, &who, request.into_inner()).await?,
         ))
     }
 
-    async fn summary(&self, _request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
-        Ok(Response::new(Master::summary(self)))
+    async fn summary(&self, request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
+        let who = caller(&request)?;
+        Ok(Response::new(Master::summary(self, &who)?))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::create_token(self, &who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Reply<pb::ListTokensResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(Master::list_tokens(
+            self,
+            &who,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Reply<pb::TokenInfo> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::revoke_token(self, &who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn issue_worker_secret(
+        &self,
+        request: Request<pb::IssueWorkerSecretRequest>,
+    ) -> Reply<pb::IssueWorkerSecretResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::issue_worker_secret(self, &who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Reply<pb::ListAuditResponse> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            Master::list_audit(self, &who, request.into_inner()).await?,
+        ))
     }
 }

@@ -27,6 +27,7 @@ pub struct LocalWorker {
     pub url: String,
     /// The master's own certificate, trusted as the CA under TLS.
     pub ca: Option<PathBuf>,
+    /// The join token (a worker needs no more).
     pub token: Option<String>,
     pub data_dir: PathBuf,
 }
@@ -124,6 +125,7 @@ impl LocalWorker {
             .env_remove("HERD_MASTER")
             .env_remove("HERD_TOKEN_FILE")
             .env_remove("HERD_WORK_DIR")
+            .env_remove("HERD_WORKER_SECRET")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -23,13 +23,27 @@ pub type Chunks = mpsc::Receiver<Result<pb::TaskLogsChunk, Error>>;
 
 impl Master {
     /// Starts streaming the range `req` asks for (NOT_FOUND at once for an unknown task).
-    pub async fn logs(&self, req: pb::TaskLogsRequest) -> Result<Chunks, Error> {
+    pub async fn logs(
+        &self,
+        who: &crate::identity::Caller,
+        req: pb::TaskLogsRequest,
+    ) -> Result<Chunks, Error> {
+        who.may(crate::identity::authz::Op::TaskLogs)?;
         self.logs_view(&req.task_id).await?;
         let (tx, rx) = mpsc::channel(4);
         let master = self.clone();
+        let revoked = self.credentials.revoked(who);
         tokio::spawn(async move {
-            if let Err(err) = master.stream_logs(&req, &tx).await {
-                let _ = tx.send(Err(err)).await;
+            tokio::select! {
+                streamed = master.stream_logs(&req, &tx) => {
+                    if let Err(err) = streamed {
+                        let _ = tx.send(Err(err)).await;
+                    }
+                }
+                _ = revoked => {
+                    let why = "the token of this stream was revoked".to_string();
+                    let _ = tx.send(Err(Error::PermissionDenied(why))).await;
+                }
             }
         });
         Ok(rx)
@@ -40,7 +54,7 @@ impl Master {
         match self.registry.logs(id)? {
             Lookup::Here(view) => Ok(view),
             Lookup::Stored => {
-                let info = self.get_task(id).await?;
+                let info = self.find_task(id).await?;
                 Ok(LogsView {
                     attempt: info.attempts,
                     len: u64::MAX,

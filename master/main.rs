@@ -5,6 +5,7 @@ mod admin;
 mod events;
 mod history;
 mod http;
+mod identity;
 mod liveness;
 mod local_worker;
 mod lock;
@@ -34,21 +35,21 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use herd::auth::{Bearer, TOKEN_FILE, master_token};
+use herd::auth::{Bearer, JOIN_TOKEN_FILE, TOKEN_FILE, join_token, master_token};
 use herd::config::{Listen, MasterConfig};
 use herd::console::Console;
 use herd::render::Style;
 use herd::repl;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::events::Events;
 use crate::history::History;
+use crate::identity::Credentials;
 use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::{Registry, Settings};
-use crate::server::Gate;
 use crate::service::Master;
 use crate::store::Store;
 
@@ -102,22 +103,42 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     let output = OutputDir::new(config.data_dir.join("output"));
     let (store, loaded) = Store::open(&db_path, output.clone(), metrics.flush.clone())
         .with_context(|| format!("cannot open {}", db_path.display()))?;
-    let token = if config.insecure {
+    let (token, join) = if config.insecure {
         warn!(
             "--insecure: calls need no token; anyone who reaches this master can run commands on every worker"
         );
-        None
+        (None, None)
     } else {
         let (token, made) =
             master_token(config.token.clone(), &config.data_dir).map_err(anyhow::Error::msg)?;
         let path = config.data_dir.join(TOKEN_FILE);
         if made {
-            info!(file = %path.display(), "generated the cluster token (mode 0600); workers on other machines need it: --token-file or HERD_TOKEN");
+            info!(file = %path.display(), "generated the admin token (mode 0600): herdctl and the dashboard use it; make tokens with roles with 'token create'");
         } else if config.token.is_none() {
-            info!(file = %path.display(), "cluster token");
+            info!(file = %path.display(), "admin token");
         }
-        Some(token)
+        let (join, made) =
+            join_token(config.join_token.clone(), &config.data_dir).map_err(anyhow::Error::msg)?;
+        let path = config.data_dir.join(JOIN_TOKEN_FILE);
+        if made {
+            info!(file = %path.display(), "generated the join token (mode 0600): workers on other machines need it (--token-file or HERD_TOKEN); it lets them register and heartbeat, nothing else");
+        } else if config.join_token.is_none() {
+            info!(file = %path.display(), "join token");
+        }
+        if join == token {
+            bail!(
+                "the join token and the admin token are the same: a worker machine would hold \
+                 the admin token; give --join-token (or <data-dir>/join-token) another value"
+            );
+        }
+        (Some(token), Some(join))
     };
+    let credentials = Arc::new(Credentials::new(
+        token.as_deref(),
+        join.as_deref(),
+        loaded.tokens.clone(),
+        store.clone(),
+    ));
     let pem = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let cert =
@@ -129,7 +150,18 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         _ => None,
     };
     let http_tls = pem.clone();
-    let tls = pem.map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
+    let mut tls =
+        pem.map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
+    if let Some(ca) = &config.tls_client_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        // Optional at the TLS layer (herdctl and the REPL carry tokens, not certificates);
+        // the Registry service requires one naming the worker.
+        tls = tls.map(|tls| {
+            tls.client_ca_root(Certificate::from_pem(pem))
+                .client_auth_optional(true)
+        });
+        info!(ca = %ca.display(), "worker connections must present a client certificate naming the worker");
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     // A flag given wins; else the policy last switched to at run time; else the default.
     let scheduler = config
@@ -190,16 +222,10 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         output,
         metrics: metrics.clone(),
         handshake_timeout: config.heartbeat_timeout,
+        credentials,
+        require_client_cert: config.tls_client_ca.is_some(),
     };
-    let gate = Gate::new(token.clone());
-    let server = server::serve_tcp(
-        listener,
-        tls,
-        master.clone(),
-        gate.clone(),
-        shutdown_rx.clone(),
-    )
-    .await?;
+    let server = server::serve_tcp(listener, tls, master.clone(), shutdown_rx.clone()).await?;
     let metrics_server = config.metrics_listen.map(|addr| {
         let registry = registry.clone();
         tokio::spawn(metrics::serve(
@@ -235,7 +261,6 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
                 master: master.clone(),
                 events: events.clone(),
                 history,
-                token: token.as_deref().map(Arc::from),
                 shutdown: shutdown_rx.clone(),
             });
             Some(tokio::spawn(http::serve(
@@ -257,7 +282,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         let worker = LocalWorker::new(
             url.clone(),
             config.tls_cert.as_deref(),
-            token.as_deref(),
+            join.as_deref(),
             &config.data_dir,
         )?;
         Some(worker.supervise(shutdown_rx.clone())?)
@@ -267,8 +292,10 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
 
     let repl_done = if interactive {
         let (done_tx, done_rx) = oneshot::channel();
-        let channel = server::in_process(master, gate, shutdown_rx.clone());
-        let bearer = Bearer::new(token.as_deref()).map_err(anyhow::Error::msg)?;
+        // The REPL is the master's own terminal: it needs no token, and is "repl" in
+        // the audit log.
+        let channel = server::in_process(master, shutdown_rx.clone());
+        let bearer = Bearer::new(None).map_err(anyhow::Error::msg)?;
         let console = Console::new(channel, bearer, &url, Style::detect());
         let history = config.data_dir.join("history");
         let handle = tokio::runtime::Handle::current();

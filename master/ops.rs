@@ -1,7 +1,8 @@
 //! The operations operators call — one implementation each, behind the gRPC Admin service
 //! (`admin.rs`), the master's own REPL (through it) and the HTTP API: lists in pages that
 //! merge what is in memory with what only SQLite keeps, lookups, and every change, each
-//! answered only once it is durable.
+//! answered only once it is durable. Each starts by checking the caller's role against
+//! the one table ([`crate::identity::authz`]); each change is stored with its audit entry.
 
 use clap::ValueEnum;
 use prost::Message;
@@ -11,6 +12,8 @@ use herd::domain::{TaskSpec, TaskState};
 use herd::error::Error;
 use herd::pb;
 
+use crate::identity::Caller;
+use crate::identity::authz::Op;
 use crate::records::{TaskFilter, task_number};
 use crate::service::Master;
 use crate::store::Write;
@@ -34,8 +37,10 @@ fn page_size(asked: u32) -> usize {
 impl Master {
     pub fn list_workers(
         &self,
+        who: &Caller,
         req: pb::ListWorkersRequest,
     ) -> Result<pb::ListWorkersResponse, Error> {
+        who.may(Op::ListWorkers)?;
         // The token is the last name of the page before (the next page starts after it).
         if req.page_token.chars().count() > herd::domain::MAX_NAME_LEN {
             return Err(Error::invalid(format!(
@@ -63,32 +68,65 @@ impl Master {
         })
     }
 
-    pub fn get_worker(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {
+    pub fn get_worker(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {
+        who.may(Op::GetWorker)?;
         if worker.is_empty() {
             return Err(Error::invalid("give a worker id or name"));
         }
         self.registry.get(worker)
     }
 
-    /// Stores the task before its id is handed out: an acknowledged task survives kill -9.
-    pub async fn submit(&self, spec: Option<pb::TaskSpec>) -> Result<pb::TaskInfo, Error> {
+    /// Stores the task (with who submitted it) before its id is handed out: an
+    /// acknowledged task survives kill -9.
+    pub async fn submit(
+        &self,
+        who: &Caller,
+        spec: Option<pb::TaskSpec>,
+    ) -> Result<pb::TaskInfo, Error> {
+        who.may(Op::SubmitTask)?;
         let spec = spec.ok_or_else(|| Error::invalid("SubmitTaskRequest has no task spec"))?;
-        let task = self.registry.new_task(TaskSpec::try_from(spec)?);
+        let mut task = self.registry.new_task(TaskSpec::try_from(spec)?);
+        task.submitted_by = who.name.clone();
+        let command = task.spec.command.clone().unwrap_or_default();
+        let what = match &task.spec.image {
+            Some(image) => format!("[{image}] {command}"),
+            None => command,
+        };
+        let audit = who.audit(Op::SubmitTask, &task.id, &what);
         self.store
-            .write(Write::Task(Box::new(task.clone())))
+            .write(Write::Audited {
+                change: Box::new(Write::Task(Box::new(task.clone()))),
+                audit: Box::new(audit),
+            })
             .await?;
         Ok(self.registry.enqueue(task))
     }
 
     /// Stores a batch in one transaction before any id is handed out: all the tasks, or
     /// (when one is wrong, or the write fails) none.
+    /// The batch is one audit entry, naming its first and last task.
     pub async fn submit_batch(
         &self,
+        who: &Caller,
         req: pb::SubmitTasksRequest,
     ) -> Result<pb::SubmitTasksResponse, Error> {
+        who.may(Op::SubmitTask)?;
         let specs = herd::domain::run::batch(req)?;
-        let tasks = self.registry.new_tasks(specs);
-        self.store.write(Write::Tasks(tasks.clone())).await?;
+        let mut tasks = self.registry.new_tasks(specs);
+        for task in &mut tasks {
+            task.submitted_by = who.name.clone();
+        }
+        let ids = match (tasks.first(), tasks.last()) {
+            (Some(first), Some(last)) => format!("{}..{}", first.id, last.id),
+            _ => String::new(),
+        };
+        let audit = who.audit(Op::SubmitTask, &ids, &format!("{} tasks", tasks.len()));
+        self.store
+            .write(Write::Audited {
+                change: Box::new(Write::Tasks(tasks.clone())),
+                audit: Box::new(audit),
+            })
+            .await?;
         Ok(pb::SubmitTasksResponse {
             task_ids: self.registry.enqueue_all(tasks),
         })
@@ -98,8 +136,10 @@ impl Master {
     /// merged with the finished ones from SQLite.
     pub async fn list_tasks(
         &self,
+        who: &Caller,
         req: pb::ListTasksRequest,
     ) -> Result<pb::ListTasksResponse, Error> {
+        who.may(Op::ListTasks)?;
         let state = match req.state() {
             pb::TaskState::Unspecified => None,
             other => Some(TaskState::try_from(other)?),
@@ -163,7 +203,13 @@ impl Master {
         })
     }
 
-    pub async fn get_task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
+    pub async fn get_task(&self, who: &Caller, id: &str) -> Result<pb::TaskInfo, Error> {
+        who.may(Op::GetTask)?;
+        self.find_task(id).await
+    }
+
+    /// One task by id, from memory or SQLite (for callers already checked).
+    pub async fn find_task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
         match self.registry.task(id)? {
             Lookup::Here(info) => Ok(info),
             Lookup::Stored => {
@@ -175,15 +221,39 @@ impl Master {
         }
     }
 
-    /// "Cancelled" is said only once it is stored.
-    pub async fn cancel(&self, id: &str) -> Result<pb::TaskInfo, Error> {
-        let info = self.registry.cancel(id)?;
-        self.store.sync().await?;
+    /// "Cancelled" is said only once it is stored (the audit entry after it).
+    pub async fn cancel(&self, who: &Caller, id: &str) -> Result<pb::TaskInfo, Error> {
+        who.may(Op::CancelTask)?;
+        let info = match self.registry.cancel(id) {
+            Ok(info) => info,
+            // Ended and no longer in memory (a tick after its end was stored): say how it
+            // ended, as for one that still is.
+            Err(Error::FailedPrecondition(_))
+                if matches!(self.registry.task(id), Ok(Lookup::Stored)) =>
+            {
+                let ended = TaskState::try_from(self.find_task(id).await?.state())?;
+                return Err(Error::FailedPrecondition(format!(
+                    "task {id} already {ended}; nothing to cancel"
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+        let audit = who.audit(Op::CancelTask, &info.id, &info.reason);
+        self.store.write(Write::Audit(Box::new(audit))).await?;
         Ok(info)
     }
 
     /// Shows or switches the policy; a switch is kept across restarts.
-    pub async fn scheduler(&self, name: &str) -> Result<pb::SchedulerResponse, Error> {
+    pub async fn scheduler(
+        &self,
+        who: &Caller,
+        name: &str,
+    ) -> Result<pb::SchedulerResponse, Error> {
+        who.may(if name.is_empty() {
+            Op::ShowScheduler
+        } else {
+            Op::SwitchScheduler
+        })?;
         let to = if name.is_empty() {
             None
         } else {
@@ -196,10 +266,14 @@ impl Master {
         };
         let kind = self.registry.scheduler(to);
         if to.is_some() {
+            let audit = who.audit(Op::SwitchScheduler, &scheduler_name(kind), "");
             self.store
-                .write(Write::Setting {
-                    key: "scheduler".into(),
-                    value: scheduler_name(kind),
+                .write(Write::Audited {
+                    change: Box::new(Write::Setting {
+                        key: "scheduler".into(),
+                        value: scheduler_name(kind),
+                    }),
+                    audit: Box::new(audit),
                 })
                 .await?;
         }
@@ -209,38 +283,73 @@ impl Master {
     }
 
     /// Acknowledged only once stored: a drain survives a restart.
-    pub async fn drain(&self, worker: &str, drain: bool) -> Result<pb::WorkerInfo, Error> {
+    pub async fn drain(
+        &self,
+        who: &Caller,
+        worker: &str,
+        drain: bool,
+    ) -> Result<pb::WorkerInfo, Error> {
+        let op = if drain { Op::Drain } else { Op::Undrain };
+        who.may(op)?;
         let record = self.registry.drain(worker, drain)?;
         let id = record.id.clone();
+        let audit = who.audit(op, &record.spec.name, &record.id);
         self.store
-            .write(Write::Draining {
-                id: record.id,
-                draining: drain,
+            .write(Write::Audited {
+                change: Box::new(Write::Draining {
+                    id: record.id,
+                    draining: drain,
+                }),
+                audit: Box::new(audit),
             })
             .await?;
         self.registry.get(&id)
     }
 
     /// Pre-registers a worker; acknowledged once stored.
-    pub async fn add_worker(&self, request: pb::AddWorkerRequest) -> Result<pb::WorkerInfo, Error> {
+    pub async fn add_worker(
+        &self,
+        who: &Caller,
+        request: pb::AddWorkerRequest,
+    ) -> Result<pb::WorkerInfo, Error> {
+        who.may(Op::AddWorker)?;
         let record = self.registry.add_worker(request.try_into()?)?;
         let id = record.id.clone();
-        self.store.write(Write::Worker(Box::new(record))).await?;
+        let labels: Vec<String> = record
+            .added_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let audit = who.audit(Op::AddWorker, &record.spec.name, &labels.join(" "));
+        self.store
+            .write(Write::Audited {
+                change: Box::new(Write::Worker(Box::new(record))),
+                audit: Box::new(audit),
+            })
+            .await?;
         self.registry.get(&id)
     }
 
-    /// Forgets a worker that is not Active, in memory and in SQLite.
-    pub async fn forget(&self, worker: &str) -> Result<pb::WorkerInfo, Error> {
+    /// Forgets a worker that is not Active, in memory and in SQLite: its name (and its
+    /// secret) is free, and the next registration of the name is a new identity.
+    pub async fn forget(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {
+        who.may(Op::ForgetWorker)?;
         let info = self.registry.forget(worker)?;
+        let name = info.description.as_ref().map(|d| d.name.as_str());
+        let audit = who.audit(Op::ForgetWorker, name.unwrap_or_default(), &info.id);
         self.store
-            .write(Write::ForgetWorker {
-                id: info.id.clone(),
+            .write(Write::Audited {
+                change: Box::new(Write::ForgetWorker {
+                    id: info.id.clone(),
+                }),
+                audit: Box::new(audit),
             })
             .await?;
         Ok(info)
     }
 
-    pub fn summary(&self) -> pb::ClusterSummary {
+    pub fn summary(&self, who: &Caller) -> Result<pb::ClusterSummary, Error> {
+        who.may(Op::Summary)?;
         let summary = self.registry.summary();
         let counts = |list: Vec<(&str, usize)>| {
             list.into_iter()
@@ -250,12 +359,12 @@ impl Master {
                 })
                 .collect()
         };
-        pb::ClusterSummary {
+        Ok(pb::ClusterSummary {
             workers: counts(summary.workers),
             tasks: counts(summary.tasks),
             queue_length: summary.queued as u32,
             scheduler: scheduler_name(summary.scheduler),
-        }
+        })
     }
 }
 

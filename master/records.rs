@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use herd::config::SchedulerKind;
-use herd::domain::{TaskSpec, TaskState, WorkerSpec, WorkerState};
+use herd::domain::{Role, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::pb;
+
+/// The SHA-256 hash of a secret (a worker's secret, an operator token).
+pub type SecretHash = [u8; 32];
 
 /// A row for the `workers` table, written at registration.
 #[derive(Debug, Clone)]
@@ -23,6 +26,59 @@ pub struct WorkerRecord {
     pub draining: bool,
     /// Labels given at `worker add`, merged over the reported ones.
     pub added_labels: BTreeMap<String, String>,
+    /// Hash of the secret issued at its first registration; `None` for a worker known
+    /// from before secrets existed (it is issued one when it next registers).
+    pub secret_hash: Option<SecretHash>,
+}
+
+/// A named operator token, as SQLite keeps it (`tokens`): never the token itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    pub name: String,
+    pub role: Role,
+    pub hash: SecretHash,
+    pub created_ms: i64,
+    pub last_used_ms: i64,
+}
+
+impl TokenRow {
+    pub fn info(&self) -> pb::TokenInfo {
+        pb::TokenInfo {
+            name: self.name.clone(),
+            role: self.role.as_str().into(),
+            created_ms: self.created_ms,
+            last_used_ms: self.last_used_ms,
+        }
+    }
+}
+
+/// One Admin change in the `audit` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    /// Its place in the log (0 before it is stored).
+    pub seq: u64,
+    pub at_ms: i64,
+    pub who: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub peer: String,
+}
+
+impl AuditRow {
+    pub fn entry(&self) -> pb::AuditEntry {
+        pb::AuditEntry {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            who: self.who.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            detail: self.detail.clone(),
+            peer: self.peer.clone(),
+        }
+    }
 }
 
 /// The columns the ticker keeps in sync.
@@ -154,6 +210,8 @@ pub struct Task {
     pub finished_ms: i64,
     /// Every placement, oldest first (`history` in SQLite, as JSON).
     pub history: Vec<Attempt>,
+    /// The name of the token that submitted it.
+    pub submitted_by: String,
     /// Not stored: when the current attempt was sent (a worker gets a grace period to
     /// report it).
     pub assigned_at: Option<Instant>,
@@ -241,6 +299,7 @@ impl Task {
                 })
                 .collect(),
             gpu_ids: self.gpu_ids().to_vec(),
+            submitted_by: self.submitted_by.clone(),
         }
     }
 }

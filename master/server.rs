@@ -1,6 +1,6 @@
 //! The gRPC servers: the public one (TCP, optionally TLS, with health and reflection) and
 //! an in-process one that the master's own REPL talks to. Both put every Registry and Admin
-//! call through the token gate.
+//! call through a gate that checks its credential.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,52 +17,89 @@ use tonic::transport::{Channel, Endpoint, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 use tracing::warn;
 
-use herd::auth::authorized;
 use herd::domain::MAX_MESSAGE_BYTES;
 use herd::pb;
 use herd::pb::admin_server::AdminServer;
 use herd::pb::registry_server::RegistryServer;
 
+use crate::identity::{Caller, Credentials, Refusal};
 use crate::service::Master;
 
 /// HTTP/2 streams one connection may hold open (a load generator multiplexes thousands of
 /// simulated workers over a few connections).
 const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
 
-/// Refuses calls without the cluster token (when there is one).
+/// Checks the credential of every call before it reaches a service: the Registry takes the
+/// join token (and, for a migration, the admin token); Admin takes operator tokens and
+/// hands the handlers the [`Caller`] they resolve to. The master's own REPL is trusted.
 #[derive(Clone)]
-pub struct Gate {
-    token: Option<Arc<str>>,
+pub enum Gate {
+    Workers(Arc<Credentials>),
+    Operators(Arc<Credentials>),
+    /// Every call is this caller (the in-process channel of the master's REPL).
+    Trusted(Caller),
 }
 
-impl Gate {
-    pub fn new(token: Option<String>) -> Gate {
-        Gate {
-            token: token.map(Arc::from),
-        }
-    }
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 impl Interceptor for Gate {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Ok(request);
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let peer = request.remote_addr();
+        let checked = match self {
+            Gate::Trusted(caller) => {
+                request.extensions_mut().insert(caller.clone());
+                return Ok(request);
+            }
+            Gate::Workers(credentials) => credentials.worker(bearer(&request)).map(|token| {
+                request.extensions_mut().insert(token);
+            }),
+            Gate::Operators(credentials) => {
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                credentials.operator(bearer(&request), peer).map(|caller| {
+                    request.extensions_mut().insert(caller);
+                })
+            }
         };
-        if authorized(&request, token) {
-            return Ok(request);
+        match checked {
+            Ok(_) => Ok(request),
+            Err(refusal) => {
+                let given = request.metadata().contains_key("authorization");
+                match &refusal {
+                    Refusal::Unauthenticated(_) => warn!(
+                        ?peer,
+                        token_given = given,
+                        "refused a call without a valid token"
+                    ),
+                    Refusal::PermissionDenied(why) => warn!(?peer, %why,
+                        "refused a call with a token of the wrong kind"),
+                }
+                Err(refusal.into())
+            }
         }
-        let given = request.metadata().contains_key("authorization");
-        warn!(peer = ?request.remote_addr(), token_given = given, "refused a call without a valid token");
-        Err(Status::unauthenticated(if given {
-            "wrong cluster token: use the one in the master's <data-dir>/token"
-        } else {
-            "no cluster token: pass --token, HERD_TOKEN or --token-file \
-             (the master keeps it in <data-dir>/token)"
-        }))
     }
 }
 
-fn router(server: &mut Server, master: &Master, gate: &Gate) -> tonic::transport::server::Router {
+/// The caller the Admin gate resolved (every Admin handler starts here).
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the call did not pass the token check"))
+}
+
+fn router(
+    server: &mut Server,
+    master: &Master,
+    workers: Gate,
+    operators: Gate,
+) -> tonic::transport::server::Router {
     let registry = RegistryServer::new(master.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -70,8 +107,8 @@ fn router(server: &mut Server, master: &Master, gate: &Gate) -> tonic::transport
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     server
-        .add_service(InterceptedService::new(registry, gate.clone()))
-        .add_service(InterceptedService::new(admin, gate.clone()))
+        .add_service(InterceptedService::new(registry, workers))
+        .add_service(InterceptedService::new(admin, operators))
 }
 
 /// Serves the public gRPC API on `listener` until `shutdown` flips.
@@ -79,7 +116,6 @@ pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     master: Master,
-    gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -107,9 +143,15 @@ pub async fn serve_tcp(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    let router = router(&mut server, &master, &gate)
-        .add_service(health_service)
-        .add_service(reflection);
+    let credentials = master.credentials.clone();
+    let router = router(
+        &mut server,
+        &master,
+        Gate::Workers(credentials.clone()),
+        Gate::Operators(credentials),
+    )
+    .add_service(health_service)
+    .add_service(reflection);
     // Accepted sockets get TCP_NODELAY here: the builder's setting only reaches sockets
     // tonic binds itself, and with Nagle on, a reply larger than one segment waits out the
     // peer's delayed ACK (40 ms).
@@ -123,11 +165,13 @@ pub async fn serve_tcp(
 }
 
 /// A channel to the same services, in memory: the master's REPL uses it, so it needs
-/// neither the network, nor TLS, nor a client certificate, yet goes through the same gate.
-pub fn in_process(master: Master, gate: Gate, mut shutdown: watch::Receiver<bool>) -> Channel {
+/// neither the network, nor TLS, nor a token: whoever holds the master's terminal is its
+/// admin, named [`Caller::repl`] in the audit log.
+pub fn in_process(master: Master, mut shutdown: watch::Receiver<bool>) -> Channel {
     let (connections, incoming) = mpsc::channel::<tokio::io::DuplexStream>(4);
     let mut server = Server::builder();
-    let router = router(&mut server, &master, &gate);
+    let workers = Gate::Workers(master.credentials.clone());
+    let router = router(&mut server, &master, workers, Gate::Trusted(Caller::repl()));
     tokio::spawn(router.serve_with_incoming_shutdown(
         ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>),
         async move {

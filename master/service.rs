@@ -16,6 +16,7 @@ use herd::domain::WorkerSpec;
 use herd::pb;
 use herd::pb::worker_message::Body;
 
+use crate::identity::{Credentials, WorkerToken, mtls, secret, warn_legacy};
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::Registry;
@@ -36,7 +37,15 @@ pub struct Master {
     /// How long a new stream may stay silent before its first heartbeat: a worker sends
     /// it at once, and one that cannot would be Inactive anyway.
     pub handshake_timeout: Duration,
+    /// Every credential the master accepts (the gates and the HTTP API check them).
+    pub credentials: Arc<Credentials>,
+    /// `--tls-client-ca`: worker connections carry a client certificate naming the worker.
+    pub require_client_cert: bool,
 }
+
+/// Told to a worker that presented the admin token (it logs it).
+const LEGACY_WARNING: &str = "this worker presented the admin token; give it the join token \
+     (<data-dir>/join-token on the master) instead";
 
 #[tonic::async_trait]
 impl pb::registry_server::Registry for Master {
@@ -44,21 +53,41 @@ impl pb::registry_server::Registry for Master {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let description = request
-            .into_inner()
+        let peer = request.remote_addr();
+        let legacy = request.extensions().get::<WorkerToken>() == Some(&WorkerToken::LegacyAdmin);
+        let cert = mtls::peer_cert(&request);
+        let req = request.into_inner();
+        let description = req
             .worker
             .ok_or_else(|| Status::invalid_argument("RegisterRequest has no worker description"))?;
+        herd::domain::check_secret("RegisterRequest.worker_secret", &req.worker_secret)?;
         let spec = WorkerSpec::try_from(description)?;
-        let registered = self.registry.register(spec);
-        // The id is only handed out once it is stored: a restarted master knows it.
+        if self.require_client_cert {
+            mtls::check(cert.as_ref(), &spec.name, peer)?;
+        }
+        if legacy {
+            warn_legacy(&spec.name, peer);
+        }
+        let registered =
+            self.registry
+                .register(spec, &req.worker_secret, peer, secret::issue()?)?;
+        // The id (and the secret's hash) is only handed out once it is stored: a
+        // restarted master knows it.
         self.store
             .write(Write::Worker(Box::new(registered.record)))
             .await?;
-        Ok(Response::new(pb::RegisterResponse {
+        let mut response = Response::new(pb::RegisterResponse {
             worker_id: registered.id,
             heartbeat_interval_ms: self.registry.heartbeat_interval().as_millis() as u64,
             reregistered: registered.reregistered,
-        }))
+            worker_secret: registered.secret.unwrap_or_default(),
+        });
+        if legacy {
+            response
+                .metadata_mut()
+                .insert("herd-warning", LEGACY_WARNING.parse().expect("ASCII"));
+        }
+        Ok(response)
     }
 
     type HeartbeatStream =
@@ -69,6 +98,8 @@ impl pb::registry_server::Registry for Master {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let peer = request.remote_addr();
+        let legacy = request.extensions().get::<WorkerToken>() == Some(&WorkerToken::LegacyAdmin);
+        let cert = mtls::peer_cert(&request);
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(self.handshake_timeout, inbound.message()).await {
             Err(_) => {
@@ -91,8 +122,22 @@ impl pb::registry_server::Registry for Master {
                 "the first message of a heartbeat stream must be a heartbeat with the worker id",
             ));
         };
+        // With --tls-client-ca the certificate must name the worker the id stands for (an
+        // unknown id gets NOT_FOUND below, and the worker registers).
+        match self.registry.name_of(&first.worker_id) {
+            Some(name) => {
+                if self.require_client_cert {
+                    mtls::check(cert.as_ref(), &name, peer)?;
+                }
+                if legacy {
+                    warn_legacy(&name, peer);
+                }
+            }
+            None if self.require_client_cert && cert.is_none() => mtls::check(None, "", peer)?,
+            None => {}
+        }
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let accepted = self.registry.connect(&first, tx.clone())?;
+        let accepted = self.registry.connect(&first, tx.clone(), peer)?;
         debug!(id = %first.worker_id, ?peer, "heartbeat stream accepted");
         let mut first_ack = ack(first.sequence, Vec::new());
         if let Some(pb::master_message::Body::Ack(a)) = first_ack.body.as_mut() {

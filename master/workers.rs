@@ -17,7 +17,7 @@ use herd::time::now_ms;
 
 use crate::events::Events;
 use crate::liveness::{Liveness, Presence};
-use crate::records::WorkerRecord;
+use crate::records::{SecretHash, WorkerRecord};
 use crate::scheduler::gpus::GpuPool;
 
 /// What the master pushes down a worker's heartbeat stream.
@@ -33,6 +33,8 @@ pub struct Session {
     pub end: oneshot::Sender<Status>,
     /// Highest heartbeat sequence seen on this stream; older ones are replays.
     pub last_sequence: u64,
+    /// Where the stream comes from.
+    pub peer: Option<std::net::SocketAddr>,
     /// Since when the queue towards the worker has been full (it does not read), as a
     /// tick found it or an assignment that could not be sent; cleared by a tick that finds
     /// room. While set, no task is placed here.
@@ -77,6 +79,11 @@ pub struct Entry {
     pub draining: bool,
     /// Forgotten: no longer listed or found; its slot stays so others keep theirs.
     pub forgotten: bool,
+    /// Hash of the secret this worker proves its identity with (`None`: a worker known
+    /// from before secrets, issued one at its next registration).
+    pub secret_hash: Option<SecretHash>,
+    /// Where its last registration or stream came from.
+    pub last_peer: Option<std::net::SocketAddr>,
     /// Labels an operator gave at `worker add`: merged over the reported ones (these win)
     /// at every registration.
     pub added_labels: BTreeMap<String, String>,
@@ -107,6 +114,8 @@ impl Entry {
             gpus,
             draining: false,
             forgotten: false,
+            secret_hash: None,
+            last_peer: None,
             added_labels: BTreeMap::new(),
         }
     }
@@ -208,6 +217,7 @@ impl Entry {
             last_heartbeat_ms: self.last_heartbeat_ms,
             state: self.recorded,
             draining: self.draining,
+            secret_hash: self.secret_hash,
             added_labels: self.added_labels.clone(),
         }
     }

@@ -1,8 +1,10 @@
-//! The cluster token: how clients find it and present it, and how the master checks it.
+//! The master's two bootstrap credentials, how clients find them and present them.
 //!
 //! Every Registry and Admin call carries `authorization: Bearer <token>`. The master
-//! generates the token on first start and keeps it in `<data-dir>/token` (mode 0600);
-//! programs on the master's machine find it there by themselves.
+//! generates both on first start, mode 0600: `<data-dir>/token`, the bootstrap admin token
+//! (herdctl and the dashboard), and `<data-dir>/join-token`, which lets workers register
+//! and heartbeat and nothing else. Programs on the master's machine find the one they need
+//! there by themselves. Named operator tokens with roles are made by `token create`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,8 +14,10 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-/// File name of the token inside the data dir.
+/// File name of the bootstrap admin token inside the data dir.
 pub const TOKEN_FILE: &str = "token";
+/// File name of the join token (workers only) inside the data dir.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
 
 /// Adds the bearer token to every outgoing call (no header when there is no token).
 #[derive(Clone, Default)]
@@ -44,11 +48,13 @@ impl Interceptor for Bearer {
 }
 
 /// Finds the token a client should present: `--token`/`HERD_TOKEN`, else `--token-file`,
-/// else the master's own token file when this machine runs the master
-/// (`$HERD_DATA_DIR/token`, else the default data dir's). `None` when there is none.
+/// else the master's own file `local` ([`TOKEN_FILE`] for herdctl, [`JOIN_TOKEN_FILE`]
+/// for a worker) when this machine runs the master (in `$HERD_DATA_DIR`, else the default
+/// data dir). `None` when there is none.
 pub fn resolve_token(
     token: Option<String>,
     file: Option<PathBuf>,
+    local: &str,
 ) -> Result<Option<String>, String> {
     if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
         return Ok(Some(token.trim().to_string()));
@@ -56,14 +62,15 @@ pub fn resolve_token(
     if let Some(file) = file {
         return read_token(&file).map(Some);
     }
-    let local = crate::config::local_data_dir().join(TOKEN_FILE);
+    let local = crate::config::local_data_dir().join(local);
     if local.exists() {
         return read_token(&local).map(Some);
     }
     Ok(None)
 }
 
-fn read_token(path: &Path) -> Result<String, String> {
+/// Reads a token (or secret) file: its first line, trimmed; an empty one is an error.
+pub fn read_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
     let token = text.trim().to_string();
@@ -73,30 +80,52 @@ fn read_token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// The master's token: the one given, else the one in `<data-dir>/token`, else a new
-/// random one written there with mode 0600. Returns the token and whether it was made now.
-pub fn master_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
-    if let Some(token) = given.filter(|t| !t.trim().is_empty()) {
-        return Ok((token.trim().to_string(), false));
-    }
-    let path = data_dir.join(TOKEN_FILE);
-    if path.exists() {
-        return read_token(&path).map(|t| (t, false));
-    }
+/// 32 random bytes from the kernel, as 64 hex digits: tokens and worker secrets.
+pub fn random_secret() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| format!("cannot read random bytes for the token: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        .map_err(|e| format!("cannot read random bytes: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The master's bootstrap admin token: the one given, else the one in `<data-dir>/token`,
+/// else a new random one written there with mode 0600. Returns the token and whether it
+/// was made now.
+pub fn master_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
+    load_or_make(given, &data_dir.join(TOKEN_FILE))
+}
+
+/// The join token, found or made like [`master_token`] in `<data-dir>/join-token`.
+pub fn join_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
+    load_or_make(given, &data_dir.join(JOIN_TOKEN_FILE))
+}
+
+fn load_or_make(given: Option<String>, path: &Path) -> Result<(String, bool), String> {
+    if let Some(token) = given.filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_string(), false));
+    }
+    if path.exists() {
+        return read_token(path).map(|t| (t, false));
+    }
+    let token = random_secret()?;
+    write_private(path, &token)?;
+    Ok((token, true))
+}
+
+/// Writes `text` to a new file only its owner can read (mode 0600 from the start, so it
+/// is never readable by others, not even for a moment); an existing file is an error.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
-    writeln!(file, "{token}")
-        .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
-    Ok((token, true))
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    writeln!(file, "{text}")
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
 }
 
 /// Compares in time that depends only on the lengths, not on where the bytes differ.
@@ -105,16 +134,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether a request carries `authorization: Bearer <expected>`.
-pub fn authorized<T>(request: &Request<T>, expected: &str) -> bool {
-    request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
 }
 
 #[cfg(test)]
@@ -139,24 +158,19 @@ mod tests {
             (token.clone(), false)
         );
         assert_eq!(
-            resolve_token(None, Some(dir.path().join(TOKEN_FILE))).unwrap(),
-            Some(token)
+            resolve_token(None, Some(dir.path().join(TOKEN_FILE)), TOKEN_FILE).unwrap(),
+            Some(token.clone())
         );
+        let (join, made) = join_token(None, dir.path()).unwrap();
+        assert!(made && join != token && join.len() == 64);
+        assert_eq!(join_token(None, dir.path()).unwrap(), (join, false));
     }
 
     #[test]
-    fn the_check_wants_the_exact_bearer_token() {
-        let good = Bearer::new(Some("s3cret"))
-            .unwrap()
-            .call(Request::new(()))
-            .unwrap();
-        assert!(authorized(&good, "s3cret"));
-        let bad = Bearer::new(Some("s3cres"))
-            .unwrap()
-            .call(Request::new(()))
-            .unwrap();
-        assert!(!authorized(&bad, "s3cret"));
-        assert!(!authorized(&Request::new(()), "s3cret"));
+    fn comparisons_need_the_same_bytes() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cres", b"s3cret"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(Bearer::new(Some("fine")).is_ok());
     }
 }

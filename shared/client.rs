@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::Bearer;
 
@@ -23,6 +23,16 @@ pub fn with_scheme(url: &str) -> String {
 
 /// An endpoint for `url` (`http://` is assumed when it has no scheme): `http://` in plain text, `https://` with TLS trusting `ca`.
 pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+    endpoint_as(url, ca, None)
+}
+
+/// Like [`endpoint`], presenting the client certificate `identity` (certificate and key
+/// files, PEM) to a master that asks for one (`--tls-client-ca`).
+pub fn endpoint_as(
+    url: &str,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Endpoint, String> {
     let url = &with_scheme(url);
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("'{url}' is not a master URL ({e}): use http://HOST:PORT"))?
@@ -38,8 +48,15 @@ pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
         (true, Some(ca)) => {
             let pem = std::fs::read(ca)
                 .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some((cert, key)) = identity {
+                let read = |p: &Path| {
+                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                };
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
             endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .tls_config(tls)
                 .map_err(|e| format!("bad TLS settings: {e}"))
         }
         (true, None) => Err(format!(
@@ -47,6 +64,9 @@ pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
         )),
         (false, Some(_)) => Err(format!(
             "--ca was given but {url} is plain http: use https://HOST:PORT"
+        )),
+        (false, None) if identity.is_some() => Err(format!(
+            "a client certificate was given but {url} is plain http: use https://HOST:PORT"
         )),
         (false, None) => Ok(endpoint),
     }

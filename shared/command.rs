@@ -4,15 +4,20 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::SchedulerKind;
-use crate::domain::TaskState;
+use crate::domain::{Role, TaskState};
 
 /// Text printed by `help`.
 pub const HELP: &str = "\
 commands:
   workers [--all]                     list workers (--all includes Removed ones)
   worker <id|name>                    show one worker in full
-  worker add <name> [--label k=v]...  pre-register a worker: Pending until it connects; its
-                                      labels are merged over the ones it reports
+  worker add <name> [--label k=v]... [--secret]
+                                      pre-register a worker: Pending until it connects; its
+                                      labels are merged over the ones it reports; --secret
+                                      prints its secret once, to provision its machine with
+                                      (herd-worker --worker-secret)
+  worker secret <id|name>             a new secret for a worker that is not Active (printed
+                                      once; the old one stops working)
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
               [--disk GB] [--priority N] [--constraint K=V|K!=V|K]... [--timeout D] [--env K=V]...
@@ -39,6 +44,14 @@ commands:
                                       show or switch the placement policy
   drain <id|name>                     no new tasks on a worker; running ones finish
   undrain <id|name>                   take new tasks again
+  token create <name> --role admin|operator|viewer
+                                      make a named operator token; prints it once
+                                      (viewer: read only; operator: also submit, cancel,
+                                      drain; admin: everything, tokens included)
+  token list                          named tokens: role, created, last used
+  token revoke <name>                 refuse a token from now on
+  audit [--limit N]                   who changed what, when and from where, newest first
+                                      (50 unless --limit)
   status                              cluster at a glance, refreshed every 2s until a key
   help                                this text
   exit | quit                         leave (Ctrl-D works too; Ctrl-C clears the line)
@@ -93,6 +106,17 @@ pub enum Command {
     Undrain { worker: String },
     /// Workers and tasks by state, refreshed until a key is pressed.
     Status,
+    /// Named operator tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Who changed what, newest first.
+    Audit {
+        /// At most this many (default 50).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// List the commands.
     Help,
     /// Leave.
@@ -110,9 +134,37 @@ pub enum WorkerCommand {
         /// k=v, merged over the labels the worker reports; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Also issue its secret, to provision its machine with (herd-worker
+        /// --worker-secret or HERD_WORKER_SECRET); printed once.
+        #[arg(long)]
+        secret: bool,
     },
+    /// Issue a new secret for a worker that is not Active (printed once; the old one
+    /// stops working).
+    Secret { worker: String },
     /// Remove a worker that is not Active.
     Forget { worker: String },
+}
+
+/// `token ...` commands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+pub enum TokenCommand {
+    /// Make a named token with a role; prints it once.
+    Create {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Named tokens: role, created, last used.
+    List,
+    /// Refuse a token from now on.
+    Revoke { name: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("'{text}' is not a role; use admin, operator or viewer"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -371,6 +423,22 @@ mod tests {
         assert_eq!(
             parse_line("quit").unwrap().map(|p| p.command),
             Some(Command::Quit)
+        );
+        assert_eq!(
+            parse_line("token create ci --role operator")
+                .unwrap()
+                .map(|p| p.command),
+            Some(Command::Token {
+                action: TokenCommand::Create {
+                    name: "ci".into(),
+                    role: Role::Operator
+                }
+            })
+        );
+        assert!(parse_line("token create ci --role root").is_err());
+        assert_eq!(
+            parse_line("audit --limit 5").unwrap().map(|p| p.command),
+            Some(Command::Audit { limit: Some(5) })
         );
         assert_eq!(
             parse_line("worker forget old-box")

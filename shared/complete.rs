@@ -24,12 +24,16 @@ const COMMANDS: &[&str] = &[
     "drain",
     "undrain",
     "status",
+    "token",
+    "audit",
     "help",
     "exit",
     "quit",
 ];
 const TASK_ACTIONS: &[&str] = &["submit", "status", "logs", "cancel"];
 const SCHEDULERS: &[&str] = &["round-robin", "resource-aware", "bin-pack"];
+const TOKEN_ACTIONS: &[&str] = &["create", "list", "revoke"];
+const ROLES: &[&str] = &["admin", "operator", "viewer"];
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
 /// What the cluster offers to complete, and when it was asked.
@@ -109,6 +113,10 @@ impl Completion {
         let words: Vec<String> = match before {
             [] => strings(COMMANDS),
             ["task"] => strings(TASK_ACTIONS),
+            ["token"] => strings(TOKEN_ACTIONS),
+            ["token", "create", .., "--role"] => strings(ROLES),
+            ["token", "create", _, ..] => strings(&["--role"]),
+            ["audit", ..] => strings(&["--limit"]),
             [.., "--state"] => TaskState::ALL
                 .iter()
                 .map(|s| s.as_str().to_string())
@@ -116,15 +124,15 @@ impl Completion {
             ["scheduler"] => strings(SCHEDULERS),
             ["worker"] => {
                 self.refresh();
-                let mut words = strings(&["add", "forget"]);
+                let mut words = strings(&["add", "forget", "secret"]);
                 words.extend(self.known.borrow().workers.iter().cloned());
                 words
             }
-            ["worker", "forget"] | ["drain" | "undrain"] => {
+            ["worker", "forget" | "secret"] | ["drain" | "undrain"] => {
                 self.refresh();
                 self.known.borrow().workers.clone()
             }
-            ["worker", "add", _, ..] => strings(&["--label"]),
+            ["worker", "add", _, ..] => strings(&["--label", "--secret"]),
             ["task", "status" | "logs" | "cancel"] if !word.starts_with('-') => {
                 self.refresh();
                 self.known.borrow().tasks.clone()

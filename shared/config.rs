@@ -122,10 +122,15 @@ pub struct MasterConfig {
     #[arg(long)]
     pub no_repl: bool,
 
-    /// Cluster token every call must carry (default: generated once, kept in
-    /// <data-dir>/token).
+    /// Bootstrap admin token (default: generated once, kept in <data-dir>/token). Named
+    /// operator tokens with roles come from `token create`.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Join token: lets workers register and heartbeat, nothing else (default: generated
+    /// once, kept in <data-dir>/join-token).
+    #[arg(long, env = "HERD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
 
     /// Accept calls without a token. Anyone who reaches the master can then run commands
     /// on every worker.
@@ -139,6 +144,11 @@ pub struct MasterConfig {
     /// TLS private key (PEM) for the gRPC server; needs --tls-cert.
     #[arg(long, env = "HERD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM): worker connections must present a client certificate it
+    /// signed, naming the worker (a DNS name equal to the worker name). Needs --tls-cert.
+    #[arg(long, env = "HERD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "HERD_METRICS_LISTEN")]
@@ -164,6 +174,14 @@ impl MasterConfig {
                  or every worker is marked Inactive between two heartbeats",
                 self.heartbeat_interval, self.heartbeat_timeout
             ));
+        }
+        if self.tls_client_ca.is_some() && self.local_worker {
+            return Err(
+                "--local-worker cannot be used with --tls-client-ca: the local worker \
+                        has no client certificate; start a herd-worker with --client-cert \
+                        and --client-key instead"
+                    .into(),
+            );
         }
         if self.worker_timeout <= self.heartbeat_timeout {
             return Err(format!(
@@ -253,6 +271,20 @@ pub struct WorkerConfig {
     #[arg(long, env = "HERD_TASK_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub task_retention: Duration,
 
+    /// The secret `worker add NAME` printed for this worker, for its first registration
+    /// (afterwards the worker keeps its secret in the work dir).
+    #[arg(long, env = "HERD_WORKER_SECRET", hide_env_values = true)]
+    pub worker_secret: Option<String>,
+
+    /// Client certificate (PEM) for a master started with --tls-client-ca; it must name
+    /// this worker. Needs --client-key.
+    #[arg(long, env = "HERD_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, env = "HERD_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
     #[command(flatten)]
     pub access: Access,
 }
@@ -260,11 +292,13 @@ pub struct WorkerConfig {
 /// How a client authenticates to the master and checks who it talks to.
 #[derive(Debug, Clone, Args)]
 pub struct Access {
-    /// Cluster token (default: the master's <data-dir>/token when on the master's machine).
+    /// Token to present: the join token for herd-worker, an operator token for herdctl
+    /// (default: the master's <data-dir>/join-token, or <data-dir>/token for herdctl, when
+    /// on the master's machine).
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// File holding the cluster token.
+    /// File holding the token.
     #[arg(long, env = "HERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -274,9 +308,10 @@ pub struct Access {
 }
 
 impl Access {
-    /// The token to present, found as [`crate::auth::resolve_token`] says.
-    pub fn bearer(&self) -> Result<crate::auth::Bearer, String> {
-        let token = crate::auth::resolve_token(self.token.clone(), self.token_file.clone())?;
+    /// The token to present, found as [`crate::auth::resolve_token`] says (`local`: which
+    /// of the master's files to look for on its machine).
+    pub fn bearer(&self, local: &str) -> Result<crate::auth::Bearer, String> {
+        let token = crate::auth::resolve_token(self.token.clone(), self.token_file.clone(), local)?;
         crate::auth::Bearer::new(token.as_deref())
     }
 }

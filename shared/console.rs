@@ -10,7 +10,9 @@ use tonic::{Code, Status};
 
 use crate::auth::Bearer;
 use crate::client::{Authed, endpoint};
-use crate::command::{Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, WorkerCommand};
+use crate::command::{
+    Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, TokenCommand, WorkerCommand,
+};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::render::{self, Style, json};
@@ -97,18 +99,26 @@ impl Console {
                 self.either(json::workers(&list), || render::workers(&list, self.style))
             }
             Command::Worker {
-                action: Some(WorkerCommand::Add { name, labels }),
+                action:
+                    Some(WorkerCommand::Add {
+                        name,
+                        labels,
+                        secret,
+                    }),
                 ..
             } => {
                 let info = self
                     .admin
                     .add_worker(pb::AddWorkerRequest {
-                        name,
+                        name: name.clone(),
                         labels: labels.into_iter().collect(),
                     })
                     .await
                     .map_err(|s| self.explain(s))?
                     .into_inner();
+                if secret {
+                    return self.worker_secret(name, true, out).await;
+                }
                 let name = info.description.as_ref().map(|d| d.name.clone());
                 self.either(json::worker(&info), || {
                     format!(
@@ -118,6 +128,10 @@ impl Console {
                     )
                 })
             }
+            Command::Worker {
+                action: Some(WorkerCommand::Secret { worker }),
+                ..
+            } => return self.worker_secret(worker, false, out).await,
             Command::Worker {
                 action: Some(WorkerCommand::Forget { worker }),
                 ..
@@ -178,6 +192,10 @@ impl Console {
                 }
             }
             Command::Task { action } => return self.task(action, out).await,
+            Command::Token { action } => self.token(action).await?,
+            Command::Audit { limit } => {
+                return self.audit(limit.unwrap_or(DEFAULT_TASK_LIMIT), out).await;
+            }
         };
         writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
         Ok(Flow::Continue)
@@ -411,6 +429,126 @@ impl Console {
         } else {
             writeln!(out, "{}", render::tasks(&shown)).map_err(write_err)?;
         }
+        Ok(Flow::Continue)
+    }
+
+    async fn token(&mut self, action: TokenCommand) -> Result<String, String> {
+        use crate::render::identity::{self as view, json};
+        Ok(match action {
+            TokenCommand::Create { name, role } => {
+                let made = self
+                    .admin
+                    .create_token(pb::CreateTokenRequest {
+                        name,
+                        role: role.as_str().into(),
+                    })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                self.either(json::created(&made), || view::created(&made))
+            }
+            TokenCommand::List => {
+                let mut list = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = self
+                        .admin
+                        .list_tokens(pb::ListTokensRequest {
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await
+                        .map_err(|s| self.explain(s))?
+                        .into_inner();
+                    list.extend(page.tokens);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                self.either(json::tokens(&list), || view::tokens(&list))
+            }
+            TokenCommand::Revoke { name } => {
+                let info = self
+                    .admin
+                    .revoke_token(pb::RevokeTokenRequest { name })
+                    .await
+                    .map_err(|s| self.explain(s))?
+                    .into_inner();
+                self.either(json::token(&info), || {
+                    format!("token '{}' revoked: it is refused from now on", info.name)
+                })
+            }
+        })
+    }
+
+    /// `worker secret` (and `worker add --secret`): a new secret, shown once.
+    async fn worker_secret(
+        &mut self,
+        worker: String,
+        added: bool,
+        out: &mut dyn Write,
+    ) -> Result<Flow, String> {
+        let issued = self
+            .admin
+            .issue_worker_secret(pb::IssueWorkerSecretRequest { worker })
+            .await
+            .map_err(|s| self.explain(s))?
+            .into_inner();
+        let info = issued.worker.unwrap_or_default();
+        let name = info
+            .description
+            .as_ref()
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        let text = if self.wants_json() {
+            serde_json::json!({
+                "worker": json::worker(&info),
+                "worker_secret": issued.worker_secret,
+            })
+            .to_string()
+        } else {
+            format!(
+                "{}\n{name} ({}) {}; its secret is above, shown only this once: start its \
+                 machine with herd-worker --name {name} --worker-secret SECRET (or \
+                 HERD_WORKER_SECRET), and it keeps it in its work dir from then on",
+                issued.worker_secret,
+                info.id,
+                if added {
+                    "added: Pending until it connects"
+                } else {
+                    "has a new secret (the old one no longer works)"
+                }
+            )
+        };
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
+        Ok(Flow::Continue)
+    }
+
+    /// `audit`: the newest `limit` entries, page by page.
+    async fn audit(&mut self, limit: usize, out: &mut dyn Write) -> Result<Flow, String> {
+        use crate::render::identity::{self as view, json};
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        while entries.len() < limit {
+            let page = self
+                .admin
+                .list_audit(pb::ListAuditRequest {
+                    page_size: (limit - entries.len()).min(1000) as u32,
+                    page_token,
+                })
+                .await
+                .map_err(|s| self.explain(s))?
+                .into_inner();
+            let room = limit - entries.len();
+            entries.extend(page.entries.into_iter().take(room));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let text = self.either(json::audit(&entries), || view::audit(&entries));
+        writeln!(out, "{text}").map_err(|e| format!("error: cannot write: {e}"))?;
         Ok(Flow::Continue)
     }
 

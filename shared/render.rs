@@ -8,6 +8,7 @@ use crate::time::{ago, now_ms};
 
 mod workers;
 pub use workers::{worker, workers};
+pub mod identity;
 
 /// Whether to paint status words. Decided once per program from the output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,16 @@ impl Cell {
             text,
         }
     }
+}
+
+/// [`table`] of plain cells.
+pub(crate) fn table_of(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    table(
+        header,
+        rows.into_iter()
+            .map(|r| r.into_iter().map(Cell::plain).collect())
+            .collect(),
+    )
 }
 
 /// Renders rows under a header, columns separated by two spaces, like kubectl does.
@@ -272,6 +283,9 @@ pub fn task(t: &pb::TaskInfo) -> String {
         t.exit_code.map(|c| c.to_string()).unwrap_or("-".into()),
     );
     field("submitted", when(t.submitted_ms));
+    if !t.submitted_by.is_empty() {
+        field("by", t.submitted_by.clone());
+    }
     field("started", when(t.started_ms));
     field("finished", when(t.finished_ms));
     for a in &t.history {
@@ -435,6 +449,7 @@ pub mod json {
             "exit_code": t.exit_code,
             "reason": t.reason,
             "submitted_ms": t.submitted_ms,
+            "submitted_by": t.submitted_by,
             "started_ms": t.started_ms,
             "finished_ms": t.finished_ms,
             "history": t.history.iter().map(|a| json!({

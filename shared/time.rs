@@ -30,6 +30,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A unix-ms timestamp as UTC, to the second: `2026-12-01T09:30:00Z`.
+pub fn format_ms(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// "0.4s ago", "3m ago", "2h ago", "never" — how long ago a unix-ms timestamp was.
 pub fn ago(then_ms: i64, now_ms: i64) -> String {
     if then_ms <= 0 {

@@ -160,7 +160,10 @@ async fn worker_pages_cross_20000_workers_some_with_every_label() {
                         .collect();
                 }
                 registry
-                    .register(pb::RegisterRequest { worker: Some(d) })
+                    .register(pb::RegisterRequest {
+                        worker: Some(d),
+                        ..Default::default()
+                    })
                     .await
                     .unwrap();
             }
@@ -215,6 +218,7 @@ async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing(
     let status = registry
         .register(pb::RegisterRequest {
             worker: Some(description("w-0123abcd")),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -244,16 +248,10 @@ async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing(
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().len() < 300);
 
-    let id = registry
-        .register(pb::RegisterRequest {
-            worker: Some(description("honest")),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let (id, secret) = register(&mut registry, "honest").await;
     let hb = |sequence: u64, cpu_percent: f64| pb::Heartbeat {
         worker_id: id.clone(),
+        worker_secret: secret.clone(),
         sequence,
         usage: Some(pb::Usage {
             cpu_percent,
@@ -505,20 +503,24 @@ async fn a_worker_that_never_reads_its_stream_is_cut_off_and_no_task_waits_on_it
         .unwrap();
     let mut registry = pb::registry_client::RegistryClient::with_interceptor(
         channel,
-        herd::auth::Bearer::new(Some(TOKEN)).unwrap(),
+        herd::auth::Bearer::new(Some(JOIN_TOKEN)).unwrap(),
     );
     let mut desc = description("deaf");
     desc.capacity.as_mut().unwrap().cpu = 1000.0;
-    let id = registry
-        .register(pb::RegisterRequest { worker: Some(desc) })
+    let registered = registry
+        .register(pb::RegisterRequest {
+            worker: Some(desc),
+            ..Default::default()
+        })
         .await
         .unwrap()
-        .into_inner()
-        .worker_id;
+        .into_inner();
+    let (id, secret) = (registered.worker_id, registered.worker_secret);
     let hb = move |sequence| pb::WorkerMessage {
         body: Some(Body::Heartbeat(pb::Heartbeat {
             worker_id: id.clone(),
             sequence,
+            worker_secret: secret.clone(),
             ..Default::default()
         })),
     };

@@ -536,7 +536,10 @@ async fn ten_thousand_workers_paint_within_a_second() {
             let mut d = description(&format!("node-{i:05}"));
             d.address = format!("10.1.{}.{}", i / 250, i % 250);
             let r = registry
-                .register(pb::RegisterRequest { worker: Some(d) })
+                .register(pb::RegisterRequest {
+                    worker: Some(d),
+                    ..Default::default()
+                })
                 .await;
             drop(permit);
             r.is_ok()

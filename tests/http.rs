@@ -413,6 +413,7 @@ async fn a_client_behind_what_is_kept_is_told_to_resync_not_skipped_in_silence()
                 registry
                     .register(pb::RegisterRequest {
                         worker: Some(description(&format!("many-{i:05}"))),
+                        ..Default::default()
                     })
                     .await
                     .unwrap();

@@ -151,7 +151,7 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
         < 2
         || !std::fs::read_to_string(&wrong_log)
             .unwrap_or_default()
-            .contains("wrong cluster token")
+            .contains("wrong token")
     {
         deadline.wait().await;
     }
@@ -182,6 +182,7 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
     let status = bare
         .register(pb::RegisterRequest {
             worker: Some(description("sneaky")),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -266,7 +267,15 @@ async fn the_token_is_made_once_and_found_on_the_masters_machine() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(err.contains("generated the cluster token"), "{err}");
+    assert!(err.contains("generated the admin token"), "{err}");
+    assert!(err.contains("generated the join token"), "{err}");
+    let join = std::fs::read_to_string(data.join("join-token")).unwrap();
+    assert_eq!(join.trim().len(), 64);
+    assert_ne!(
+        join.trim(),
+        token,
+        "the local worker holds only the join token"
+    );
     assert!(
         err.contains(&data.display().to_string()),
         "the data dir is printed: {err}"
@@ -350,15 +359,21 @@ async fn tls_works_with_the_ca_and_plain_text_is_refused() {
     assert!(!ok && err.contains("--ca"), "{err}");
 }
 
-/// Opens a heartbeat stream as worker `id`, returns the sender and the master's replies.
+/// Opens a heartbeat stream as worker `id` (with its `secret`), returns the sender and
+/// the master's replies.
 async fn stream_as(
     registry: &mut Registry,
     id: &str,
+    secret: &str,
 ) -> (
     tokio::sync::mpsc::Sender<pb::WorkerMessage>,
     tonic::Streaming<pb::MasterMessage>,
 ) {
-    open_stream(registry, hb(id, 1)).await
+    let first = pb::Heartbeat {
+        worker_secret: secret.into(),
+        ..hb(id, 1)
+    };
+    open_stream(registry, first).await
 }
 
 fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
@@ -381,26 +396,46 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     let master = Master::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut registry = master.registry().await;
-    let register = |name: &'static str| {
-        let mut registry = registry.clone();
-        async move {
-            registry
-                .register(pb::RegisterRequest {
-                    worker: Some(description(name)),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .worker_id
-        }
-    };
-    let victim = register("victim").await;
-    let attacker = register("attacker").await;
-    let (_victim_tx, _victim_replies) = stream_as(&mut registry, &victim).await;
+    let (victim, victim_secret) = register(&mut registry, "victim").await;
+    let (attacker, secret) = register(&mut registry, "attacker").await;
+    let (_victim_tx, mut victim_replies) = stream_as(&mut registry, &victim, &victim_secret).await;
     wait_state(&mut admin, "victim", pb::WorkerState::Active, T).await;
 
+    // Taking the victim's place: its name without its secret, a stream for its id with
+    // another secret. Both are refused, and the victim's stream is not replaced.
+    let status = registry
+        .register(pb::RegisterRequest {
+            worker: Some(description("victim")),
+            worker_secret: secret.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::WorkerMessage {
+        body: Some(Body::Heartbeat(pb::Heartbeat {
+            worker_secret: secret.clone(),
+            ..hb(&victim, 100)
+        })),
+    })
+    .await
+    .unwrap();
+    let status = registry
+        .heartbeat(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        !master.log_text().contains("replaced an open one"),
+        "the victim's stream was replaced"
+    );
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_millis(300), victim_replies.message()).await,
+        Err(_) | Ok(Ok(Some(_)))
+    ));
+
     // Speaking for another worker.
-    let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
+    let (tx, mut replies) = stream_as(&mut registry, &attacker, &secret).await;
     tx.send(heartbeat(&victim, 2)).await.unwrap();
     assert_eq!(
         stream_error(&mut replies).await.code(),
@@ -410,7 +445,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     // Reporting on a task it was never given: the task is untouched.
     let victim_task = submit(&mut admin, "sleep 30", 1.0).await;
     let before = task(&mut admin, &victim_task.id).await;
-    let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
+    let (tx, mut replies) = stream_as(&mut registry, &attacker, &secret).await;
     tx.send(pb::WorkerMessage {
         body: Some(Body::TaskUpdate(pb::TaskUpdate {
             task_id: victim_task.id.clone(),
@@ -426,7 +461,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
         stream_error(&mut replies).await.code(),
         Code::PermissionDenied
     );
-    let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
+    let (tx, mut replies) = stream_as(&mut registry, &attacker, &secret).await;
     tx.send(pb::WorkerMessage {
         body: Some(Body::Output(pb::TaskOutput {
             task_id: victim_task.id.clone(),
@@ -453,7 +488,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     );
 
     // Out-of-order and replayed sequence numbers: still alive, nothing breaks.
-    let (tx, mut replies) = stream_as(&mut registry, &attacker).await;
+    let (tx, mut replies) = stream_as(&mut registry, &attacker, &secret).await;
     for sequence in [5, 3, 3, u64::MAX, 0, 7] {
         tx.send(heartbeat(&attacker, sequence)).await.unwrap();
     }
@@ -482,7 +517,10 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     big.labels
         .insert("blob".into(), "x".repeat(2 * 1024 * 1024));
     let status = registry
-        .register(pb::RegisterRequest { worker: Some(big) })
+        .register(pb::RegisterRequest {
+            worker: Some(big),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(
@@ -492,6 +530,7 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
     let status = registry
         .register(pb::RegisterRequest {
             worker: Some(description(&"n".repeat(300))),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -501,7 +540,10 @@ async fn hostile_streams_get_their_status_and_change_nothing() {
         many.labels.insert(format!("k{i}"), "v".into());
     }
     let status = registry
-        .register(pb::RegisterRequest { worker: Some(many) })
+        .register(pb::RegisterRequest {
+            worker: Some(many),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -699,7 +741,7 @@ async fn a_worker_with_a_wrong_token_exits_at_once_saying_where_the_right_one_is
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused this worker's token"), "{err}");
-    assert!(err.contains("<data-dir>/token"), "{err}");
+    assert!(err.contains("<data-dir>/join-token"), "{err}");
     assert!(
         master
             .log_text()

@@ -78,7 +78,8 @@ fn master_command(data: &std::path::Path, port: u16) -> Command {
         .arg(data)
         .args(FAST)
         .env("TERM", "xterm")
-        .env("HERD_TOKEN", TOKEN);
+        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_JOIN_TOKEN", JOIN_TOKEN);
     command
 }
 
@@ -454,6 +455,33 @@ async fn the_repl_submits_batches_from_a_file_on_the_masters_side() {
     repl.exp_string("master> ").unwrap();
     let mut admin = clients(&url).await.unwrap().0;
     assert_eq!(all_tasks(&mut admin).await.len(), 5);
+    repl.send_control('d').unwrap();
+    repl.exp_eof().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repl_is_the_trusted_admin_named_repl_in_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut repl = repl_master(&dir.path().join("data"), port, true);
+    let mut admin = clients(&url).await.unwrap().0;
+
+    repl.send_line("token create from-repl --role viewer")
+        .unwrap();
+    repl.exp_string("shown only this once").unwrap();
+    repl.exp_string("master> ").unwrap();
+    repl.send_line("task submit --command true").unwrap();
+    let (_, id) = repl.exp_regex(r"t-[0-9]+").unwrap();
+    repl.exp_string("master> ").unwrap();
+    assert_eq!(task(&mut admin, &id).await.submitted_by, "repl");
+
+    repl.send_line("audit").unwrap();
+    repl.exp_regex(r"repl\s+admin\s+task submit\s+t-[0-9]+\s+local")
+        .unwrap();
+    repl.exp_regex(r"repl\s+admin\s+token create\s+from-repl\s+local")
+        .unwrap();
+    repl.exp_string("master> ").unwrap();
     repl.send_control('d').unwrap();
     repl.exp_eof().unwrap();
 }

@@ -68,19 +68,25 @@ async fn one_name_registering_from_many_connections_at_once_gets_one_id() {
             client
                 .register(pb::RegisterRequest {
                     worker: Some(description("twin")),
+                    ..Default::default()
                 })
                 .await
-                .unwrap()
-                .into_inner()
-                .worker_id
         }));
     }
+    // The first takes the name (and its secret); the others, without it, are refused.
     let mut ids = Vec::new();
+    let mut refused = 0;
     for call in calls {
-        ids.push(call.await.unwrap());
+        match call.await.unwrap() {
+            Ok(r) => ids.push(r.into_inner().worker_id),
+            Err(status) => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                assert!(status.message().contains("'twin'"), "{status:?}");
+                refused += 1;
+            }
+        }
     }
-    ids.dedup();
-    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!((ids.len(), refused), (1, 15), "{ids:?}");
     assert_eq!(db_count(&master.db()), 1);
 }
 
@@ -273,14 +279,20 @@ async fn bad_registrations_are_refused_and_nothing_is_stored() {
     ];
     for (what, d) in cases {
         let status = registry
-            .register(pb::RegisterRequest { worker: Some(d) })
+            .register(pb::RegisterRequest {
+                worker: Some(d),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert!(!status.message().is_empty(), "{what}");
     }
     let status = registry
-        .register(pb::RegisterRequest { worker: None })
+        .register(pb::RegisterRequest {
+            worker: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -615,3 +615,32 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
         t.reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_ended_task_says_how_it_ended_before_and_after_it_leaves_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "ender", &[]);
+    wait_state(&mut admin, "ender", pb::WorkerState::Active, T).await;
+    let t = submit(&mut admin, "true", 1.0).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
+    // A finished task leaves memory a tick (100 ms here) after its end is stored: ask on
+    // both sides of that moment.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let status = admin
+            .cancel_task(pb::CancelTaskRequest {
+                task_id: t.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("already succeeded"),
+            "{}",
+            status.message()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

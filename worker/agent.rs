@@ -22,6 +22,7 @@ use herd::pb::master_message::Body as ToWorker;
 use herd::pb::registry_client::RegistryClient;
 
 use crate::executor::{Executor, Outgoing};
+use crate::identity::Secret;
 use crate::telemetry::Telemetry;
 
 /// First pause after a failed attempt.
@@ -73,10 +74,20 @@ enum Ended {
 /// What a refusal that cannot heal says, if `status` is one.
 fn refusal(status: &tonic::Status) -> Option<String> {
     match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied => Some(format!(
-            "the master refused this worker's token ({}): give the cluster token from the \
-             master's <data-dir>/token (default ~/.local/state/herd/token) with --token, \
-             HERD_TOKEN or --token-file",
+        Code::Unauthenticated if status.message().contains("client certificate") => Some(format!(
+            "the master refused this worker: {}",
+            status.message()
+        )),
+        Code::Unauthenticated => Some(format!(
+            "the master refused this worker's token ({}): give the join token from the \
+             master's <data-dir>/join-token (default ~/.local/state/herd/join-token) with \
+             --token, HERD_TOKEN or --token-file",
+            status.message()
+        )),
+        // The token is of the wrong kind, the secret or the certificate is not this
+        // worker's, or the name belongs to another worker.
+        Code::PermissionDenied | Code::AlreadyExists => Some(format!(
+            "the master refused this worker: {}",
             status.message()
         )),
         _ => None,
@@ -102,9 +113,13 @@ pub struct Agent {
     sequence: Arc<AtomicU64>,
     /// Whether the last attempt reached the master (to log changes, not every try).
     reachable: bool,
+    /// The secret that proves who we are (once the master issued one).
+    secret: Secret,
 }
 
 impl Agent {
+    // Each is a separate part of the worker, built in main.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         endpoint: Endpoint,
         bearer: Bearer,
@@ -113,8 +128,10 @@ impl Agent {
         telemetry: Telemetry,
         executor: Executor,
         outbox: mpsc::Receiver<Outgoing>,
+        secret: Secret,
     ) -> Agent {
         Agent {
+            secret,
             endpoint,
             bearer,
             master,
@@ -175,6 +192,7 @@ impl Agent {
         let response = client
             .register(pb::RegisterRequest {
                 worker: Some(self.description.clone()),
+                worker_secret: self.secret.current().to_string(),
             })
             .await
             .map_err(|status| match status.code() {
@@ -187,8 +205,22 @@ impl Agent {
                     Some(why) => Ended::Refused(why),
                     None => Ended::Lost(format!("register failed: {}", status.message())),
                 },
-            })?
-            .into_inner();
+            })?;
+        if let Some(warning) = response
+            .metadata()
+            .get("herd-warning")
+            .and_then(|v| v.to_str().ok())
+        {
+            warn!("THE MASTER SAYS: {warning}");
+        }
+        let response = response.into_inner();
+        if response.worker_secret.is_empty() {
+            self.secret.accepted().map_err(Ended::Refused)?;
+        } else {
+            self.secret
+                .keep(response.worker_secret)
+                .map_err(Ended::Refused)?;
+        }
         self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(10));
         info!(
             worker = %self.description.name, id = %response.worker_id,
@@ -225,7 +257,12 @@ impl Agent {
             sequence: self.sequence.clone(),
             stopping: false,
         };
-        let _ = tx.try_send(heartbeats.next());
+        // The first heartbeat of a stream proves who we are.
+        let mut first = heartbeats.next();
+        if let Some(pb::worker_message::Body::Heartbeat(hb)) = first.body.as_mut() {
+            hb.worker_secret = self.secret.current().to_string();
+        }
+        let _ = tx.try_send(first);
         let mut inbound = match client.heartbeat(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
@@ -381,6 +418,7 @@ impl HeartbeatSource {
                 running_task_ids: running,
                 finished,
                 held,
+                worker_secret: String::new(),
             })),
         }
     }

@@ -7,6 +7,7 @@ mod devices;
 mod executor;
 mod folder;
 mod follow;
+mod identity;
 mod procs;
 mod supervisor;
 mod telemetry;
@@ -27,6 +28,7 @@ use herd::pb;
 use crate::agent::Agent;
 use crate::cgroup::Isolation;
 use crate::executor::Executor;
+use crate::identity::Secret;
 use crate::telemetry::{Telemetry, detect_capacity};
 
 /// Messages waiting to be forwarded to the master (task reports and output).
@@ -95,6 +97,8 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             .disk
             .unwrap_or_else(|| devices::free_disk_gb(&work_dir)),
     };
+    let secret = Secret::open(&work_dir, &name, config.worker_secret.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let runtime = pick_runtime(&config.runtime).await?;
     let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
         (isolation, None) => isolation,
@@ -142,8 +146,15 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             }
         })
     };
-    let bearer = config.access.bearer().map_err(anyhow::Error::msg)?;
-    let endpoint = herd::client::endpoint(&config.master, config.access.ca.as_deref())
+    let bearer = config
+        .access
+        .bearer(herd::auth::JOIN_TOKEN_FILE)
+        .map_err(anyhow::Error::msg)?;
+    let identity = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let endpoint = herd::client::endpoint_as(&config.master, config.access.ca.as_deref(), identity)
         .map_err(anyhow::Error::msg)?;
     let agent = Agent::new(
         endpoint,
@@ -153,6 +164,7 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         Telemetry::start(Duration::from_secs(1)),
         executor.clone(),
         outbox_rx,
+        secret,
     );
     let mut agent = tokio::spawn(agent.run(shutdown_rx));
     tokio::select! {

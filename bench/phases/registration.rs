@@ -11,31 +11,33 @@ use herd::pb;
 use herd::pb::registry_client::RegistryClient;
 
 use super::Bench;
-use crate::cluster::bearer;
+use crate::cluster::join_bearer;
 use crate::report::Figure;
 use crate::sim::description;
 
-/// Registers every worker; returns their ids.
-pub async fn run(b: &mut Bench) -> anyhow::Result<Vec<String>> {
+/// Registers every worker; returns their ids and the secrets the master issued them.
+pub async fn run(b: &mut Bench) -> anyhow::Result<Vec<(String, String)>> {
     let n = b.n;
     let started = Instant::now();
-    let mut ids = vec![String::new(); n];
-    let (done_tx, mut done_rx) = mpsc::channel::<(usize, String)>(1024);
+    let mut ids = vec![(String::new(), String::new()); n];
+    let (done_tx, mut done_rx) = mpsc::channel::<(usize, (String, String))>(1024);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
     for i in 0..n {
         let mut registry =
-            RegistryClient::with_interceptor(b.conns[i % b.conns.len()].clone(), bearer());
+            RegistryClient::with_interceptor(b.conns[i % b.conns.len()].clone(), join_bearer());
         let done = done_tx.clone();
         let permit = in_flight.clone().acquire_owned().await?;
         tokio::spawn(async move {
             let r = registry
                 .register(pb::RegisterRequest {
                     worker: Some(description(i)),
+                    worker_secret: String::new(),
                 })
                 .await;
             drop(permit);
             if let Ok(r) = r {
-                let _ = done.send((i, r.into_inner().worker_id)).await;
+                let r = r.into_inner();
+                let _ = done.send((i, (r.worker_id, r.worker_secret))).await;
             }
         });
     }

@@ -15,11 +15,11 @@ use crate::report::{Figure, percentiles};
 use crate::sim::{Mode, Sim, description, simulate};
 
 /// Opens a stream per worker and waits until all are Active.
-pub async fn open_streams(b: &mut Bench, ids: &[String]) -> anyhow::Result<()> {
+pub async fn open_streams(b: &mut Bench, ids: &[(String, String)]) -> anyhow::Result<()> {
     let n = b.n;
     let interval = b.cli.heartbeat_interval;
     let started = Instant::now();
-    for (i, id) in ids.iter().enumerate() {
+    for (i, (id, secret)) in ids.iter().enumerate() {
         let (mode, mode_rx) = watch::channel(Mode::Normal);
         b.sims.push(Sim {
             id: id.clone(),
@@ -30,6 +30,7 @@ pub async fn open_streams(b: &mut Bench, ids: &[String]) -> anyhow::Result<()> {
             b.conns[i % b.conns.len()].clone(),
             description(i),
             id.clone(),
+            secret.clone(),
             mode_rx,
         ));
         // Spread the first heartbeats over one interval, as real workers would be.

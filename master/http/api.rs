@@ -3,7 +3,7 @@
 //! The OpenAPI document is generated from these handlers.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +17,9 @@ use herd::error::Error;
 use herd::pb;
 use herd::render::json as view;
 
-use super::{ApiError, Http, JsonBody, Query, stream};
+use super::{ApiError, Http, JsonBody, Query, access, stream};
+use crate::identity::Caller;
+use crate::identity::authz::Op;
 
 type Answer = Result<axum::Json<Value>, ApiError>;
 
@@ -27,9 +29,10 @@ type Answer = Result<axum::Json<Value>, ApiError>;
     paths(
         list_workers, add_worker, get_worker, drain, undrain, forget, list_tasks, submit,
         submit_batch, get_task, cancel, logs, get_scheduler, set_scheduler, status, history,
-        stream::events
+        stream::events, access::list_tokens, access::create_token, access::revoke_token,
+        access::audit, access::issue_worker_secret
     ),
-    components(schemas(SubmitBody, BatchBody, SchedulerBody, AddWorkerBody)),
+    components(schemas(SubmitBody, BatchBody, SchedulerBody, AddWorkerBody, access::TokenBody)),
     modifiers(&Bearer)
 )]
 struct Doc;
@@ -86,6 +89,10 @@ impl utoipa::Modify for Bearer {
             {
                 for (code, what) in [
                     ("401", "no token, or the wrong one: `{error, code}`"),
+                    (
+                        "403",
+                        "the token's role does not allow this, or it is the join token: `{error, code}`",
+                    ),
                     ("400", "bad input, saying which: `{error, code}`"),
                 ] {
                     op.responses
@@ -122,6 +129,7 @@ pub fn routes() -> Router<Http> {
         .route("/api/v1/scheduler", get(get_scheduler).put(set_scheduler))
         .route("/api/v1/status", get(status))
         .route("/api/v1/history", get(history))
+        .merge(access::routes())
 }
 
 /// A page of workers.
@@ -146,14 +154,18 @@ pub struct WorkersQuery {
               (status = 401, description = "no or wrong token", body = Value)))]
 async fn list_workers(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     Query(q): Query<WorkersQuery>,
 ) -> Result<Response, ApiError> {
     let event_id = http.events.last_id();
-    let page = http.master.list_workers(pb::ListWorkersRequest {
-        all: q.all,
-        page_size: q.page_size,
-        page_token: q.page_token,
-    })?;
+    let page = http.master.list_workers(
+        &who,
+        pb::ListWorkersRequest {
+            all: q.all,
+            page_size: q.page_size,
+            page_token: q.page_token,
+        },
+    )?;
     let body = json!({
         "workers": view::workers(&page.workers),
         "next_page_token": page.next_page_token,
@@ -193,46 +205,69 @@ pub struct AddWorkerBody {
               (status = 409, description = "a worker of that name is known", body = Value)))]
 async fn add_worker(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     JsonBody(body): JsonBody<AddWorkerBody>,
 ) -> Result<Response, ApiError> {
+    who.may(Op::AddWorker)?;
     let info = http
         .master
-        .add_worker(pb::AddWorkerRequest {
-            name: body.name,
-            labels: body.labels,
-        })
+        .add_worker(
+            &who,
+            pb::AddWorkerRequest {
+                name: body.name,
+                labels: body.labels,
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, axum::Json(view::worker(&info))).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
     responses((status = 200, description = "the worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
-async fn get_worker(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
-    Ok(axum::Json(view::worker(&http.master.get_worker(&worker)?)))
+async fn get_worker(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(worker): Path<String>,
+) -> Answer {
+    Ok(axum::Json(view::worker(
+        &http.master.get_worker(&who, &worker)?,
+    )))
 }
 
 #[utoipa::path(post, path = "/api/v1/workers/{worker}/drain", params(("worker" = String, Path, description = "a worker id or name")),
     responses((status = 200, description = "the drained worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
-async fn drain(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+async fn drain(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(worker): Path<String>,
+) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.drain(&worker, true).await?,
+        &http.master.drain(&who, &worker, true).await?,
     )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/workers/{worker}/drain", params(("worker" = String, Path, description = "a worker id or name")),
     responses((status = 200, description = "the undrained worker", body = Value), (status = 404, description = "no such worker", body = Value)))]
-async fn undrain(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+async fn undrain(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(worker): Path<String>,
+) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.drain(&worker, false).await?,
+        &http.master.drain(&who, &worker, false).await?,
     )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/workers/{worker}", params(("worker" = String, Path, description = "a worker id or name")),
     responses((status = 200, description = "the forgotten worker", body = Value),
               (status = 409, description = "the worker is Active", body = Value), (status = 404, description = "no such worker", body = Value)))]
-async fn forget(State(http): State<Http>, Path(worker): Path<String>) -> Answer {
+async fn forget(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(worker): Path<String>,
+) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.forget(&worker).await?,
+        &http.master.forget(&who, &worker).await?,
     )))
 }
 
@@ -263,6 +298,7 @@ pub struct TasksQuery {
               (status = 404, description = "no such worker (the worker filter)", body = Value)))]
 async fn list_tasks(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     Query(q): Query<TasksQuery>,
 ) -> Result<Response, ApiError> {
     let event_id = http.events.last_id();
@@ -277,13 +313,16 @@ async fn list_tasks(
     };
     let page = http
         .master
-        .list_tasks(pb::ListTasksRequest {
-            state: state as i32,
-            page_size: q.page_size,
-            page_token: q.page_token,
-            worker: q.worker.unwrap_or_default(),
-            submitted_since_ms: q.since.unwrap_or(0),
-        })
+        .list_tasks(
+            &who,
+            pb::ListTasksRequest {
+                state: state as i32,
+                page_size: q.page_size,
+                page_token: q.page_token,
+                worker: q.worker.unwrap_or_default(),
+                submitted_since_ms: q.since.unwrap_or(0),
+            },
+        )
         .await?;
     let body = json!({
         "tasks": view::tasks(&page.tasks),
@@ -296,10 +335,13 @@ async fn list_tasks(
     responses((status = 201, description = "the task, stored", body = Value), (status = 400, description = "a bad field", body = Value)))]
 async fn submit(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<Response, ApiError> {
+    // Bad credentials change nothing, and say so before anything about the body.
+    who.may(Op::SubmitTask)?;
     let spec = body.into_spec()?;
-    let info = http.master.submit(Some(spec)).await?;
+    let info = http.master.submit(&who, Some(spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(view::task(&info))).into_response())
 }
 
@@ -321,8 +363,10 @@ pub struct BatchBody {
               (status = 400, description = "a bad task (`tasks[i]: ...`) or batch; nothing was stored", body = Value)))]
 async fn submit_batch(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Response, ApiError> {
+    who.may(Op::SubmitTask)?;
     let specs = body
         .tasks
         .into_iter()
@@ -337,28 +381,44 @@ async fn submit_batch(
         count: body.count.unwrap_or(0),
     };
     // The operation names a bad task by its place in `specs`: here that is `tasks`.
-    let ids = http.master.submit_batch(req).await.map_err(|e| match e {
-        Error::InvalidArgument(m) => match m.strip_prefix("specs[") {
-            Some(rest) => Error::invalid(format!("tasks[{rest}")),
-            None => Error::invalid(m),
-        },
-        other => other,
-    })?;
+    let ids = http
+        .master
+        .submit_batch(&who, req)
+        .await
+        .map_err(|e| match e {
+            Error::InvalidArgument(m) => match m.strip_prefix("specs[") {
+                Some(rest) => Error::invalid(format!("tasks[{rest}")),
+                None => Error::invalid(m),
+            },
+            other => other,
+        })?;
     let body = json!({ "task_ids": ids.task_ids });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
     responses((status = 200, description = "the task with every attempt", body = Value), (status = 404, description = "no such task", body = Value)))]
-async fn get_task(State(http): State<Http>, Path(id): Path<String>) -> Answer {
-    Ok(axum::Json(view::task(&http.master.get_task(&id).await?)))
+async fn get_task(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(axum::Json(view::task(
+        &http.master.get_task(&who, &id).await?,
+    )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
     responses((status = 200, description = "the task, cancelled or being cancelled", body = Value),
               (status = 409, description = "it has ended", body = Value), (status = 404, description = "no such task", body = Value)))]
-async fn cancel(State(http): State<Http>, Path(id): Path<String>) -> Answer {
-    Ok(axum::Json(view::task(&http.master.cancel(&id).await?)))
+async fn cancel(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(axum::Json(view::task(
+        &http.master.cancel(&who, &id).await?,
+    )))
 }
 
 /// Which part of the output.
@@ -383,6 +443,7 @@ pub struct LogsQuery {
               (status = 404, description = "no such task", body = Value)))]
 async fn logs(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
@@ -395,7 +456,7 @@ async fn logs(
         offset: q.offset,
         length: q.length,
     };
-    let mut chunks = http.master.logs(req.clone()).await?;
+    let mut chunks = http.master.logs(&who, req.clone()).await?;
     if q.follow {
         return Ok(stream::logs(chunks).into_response());
     }
@@ -431,8 +492,8 @@ pub struct SchedulerBody {
 }
 
 #[utoipa::path(get, path = "/api/v1/scheduler", responses((status = 200, description = "`{scheduler}`", body = Value)))]
-async fn get_scheduler(State(http): State<Http>) -> Answer {
-    let now = http.master.scheduler("").await?;
+async fn get_scheduler(State(http): State<Http>, Extension(who): Extension<Caller>) -> Answer {
+    let now = http.master.scheduler(&who, "").await?;
     Ok(axum::Json(json!({ "scheduler": now.name })))
 }
 
@@ -440,23 +501,32 @@ async fn get_scheduler(State(http): State<Http>) -> Answer {
     responses((status = 200, description = "`{scheduler}`, switched (kept across restarts)", body = Value), (status = 400, description = "unknown policy", body = Value)))]
 async fn set_scheduler(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     JsonBody(body): JsonBody<SchedulerBody>,
 ) -> Answer {
+    who.may(Op::SwitchScheduler)?;
     if body.scheduler.is_empty() {
         return Err(Error::invalid("give a scheduler: round-robin or resource-aware").into());
     }
-    let now = http.master.scheduler(&body.scheduler).await?;
+    let now = http.master.scheduler(&who, &body.scheduler).await?;
     Ok(axum::Json(json!({ "scheduler": now.name })))
 }
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler}`", body = Value)))]
-async fn status(State(http): State<Http>) -> Result<Response, ApiError> {
+async fn status(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let event_id = http.events.last_id();
-    Ok(as_of_event(event_id, view::summary(&http.master.summary())))
+    Ok(as_of_event(
+        event_id,
+        view::summary(&http.master.summary(&who)?),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/history", responses((status = 200, description = "`{interval_ms, samples}`: the last 15 minutes, a sample every 10 s", body = Value)))]
-async fn history(State(http): State<Http>) -> Answer {
+async fn history(State(http): State<Http>, Extension(who): Extension<Caller>) -> Answer {
+    who.may(Op::Watch)?;
     Ok(axum::Json(json!({
         "interval_ms": crate::history::INTERVAL.as_millis() as u64,
         "samples": http.history.samples(),

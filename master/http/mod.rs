@@ -3,6 +3,7 @@
 //! dashboard (assets embedded in the binary), `/metrics` and `/healthz`. TLS with the same
 //! certificate as gRPC when one is given.
 
+mod access;
 mod api;
 mod stream;
 
@@ -19,11 +20,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use herd::auth::constant_time_eq;
 use herd::error::Error;
 
 use crate::events::Events;
 use crate::history::History;
+use crate::identity::Refusal;
 use crate::service::Master;
 
 /// What every handler can reach.
@@ -32,8 +33,6 @@ pub struct Http {
     pub master: Master,
     pub events: Arc<Events>,
     pub history: Arc<History>,
-    /// The token `/api` calls must carry; `None` with `--insecure`.
-    pub token: Option<Arc<str>>,
     /// Flips when the master stops: open streams end.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -73,12 +72,11 @@ fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Refuses `/api` calls without the token: `Authorization: Bearer TOKEN`, or for the two
-/// streams a browser's EventSource opens (which cannot set headers) `?token=TOKEN`.
-async fn authorize(State(http): State<Http>, request: Request, next: Next) -> Response {
-    let Some(token) = &http.token else {
-        return next.run(request).await;
-    };
+/// Refuses `/api` calls without an operator token (`Authorization: Bearer TOKEN`, or for
+/// the two streams a browser's EventSource opens, which cannot set headers,
+/// `?token=TOKEN`), and hands the handlers the [`crate::identity::Caller`] it resolves to.
+/// The join token is refused with 403: it is a worker's credential.
+async fn authorize(State(http): State<Http>, mut request: Request, next: Next) -> Response {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -91,25 +89,32 @@ async fn authorize(State(http): State<Http>, request: Request, next: Next) -> Re
         .then(|| query_token(request.uri().query().unwrap_or_default()))
         .flatten();
     let given = bearer.or(query);
-    match given {
-        Some(given) if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) => {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let checked = http.master.credentials.operator(
+        given.as_deref().map(str::trim),
+        peer.map(|p| p.to_string()).unwrap_or_default(),
+    );
+    match checked {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        given => {
-            let peer = request
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
+        Err(Refusal::Unauthenticated(why)) => {
             warn!(?peer, path = %request.uri().path(), token_given = given.is_some(), "refused an HTTP call without a valid token");
-            error_body(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                if given.is_some() {
-                    "wrong token: use the one in the master's <data-dir>/token"
-                } else {
-                    "no token: send Authorization: Bearer TOKEN (the master keeps it in <data-dir>/token)"
-                },
-            )
+            let why = match given {
+                Some(_) => why,
+                None => "no token: send Authorization: Bearer TOKEN (the master keeps the admin \
+                         token in <data-dir>/token; tokens with roles come from `token create`)"
+                    .into(),
+            };
+            error_body(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &why)
+        }
+        Err(Refusal::PermissionDenied(why)) => {
+            warn!(?peer, path = %request.uri().path(), %why, "refused an HTTP call with a token of the wrong kind");
+            error_body(StatusCode::FORBIDDEN, "PERMISSION_DENIED", &why)
         }
     }
 }

@@ -5,14 +5,16 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as Sse_, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Http, Query};
+use super::{ApiError, Http, Query};
 use crate::events::Event;
+use crate::identity::Caller;
+use crate::identity::authz::Op;
 use crate::logs::Chunks;
 
 type Stream = axum::response::sse::KeepAliveStream<ReceiverStream<Result<Sse_, Infallible>>>;
@@ -56,22 +58,26 @@ pub struct EventsQuery {
     responses((status = 200, description = "Server-Sent Events `worker` and `task` (data: the object as JSON; id: increasing); a client further behind than the events kept (10,000) gets `resync` and the end of the stream: it reads its lists again", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(http): State<Http>,
+    Extension(who): Extension<Caller>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> Sse<Stream> {
+) -> Result<Sse<Stream>, ApiError> {
+    who.may(Op::Watch)?;
     let last: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(q.last_event_id);
+    let revoked = http.master.credentials.revoked(&who);
     let (tx, rx) = mpsc::channel(256);
     let Some((last, missed, mut live)) = http.events.subscribe(last) else {
         let _ = tx.try_send(Ok(resync(last.unwrap_or(0))));
-        return Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+        return Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()));
     };
     let mut shutdown = http.shutdown.clone();
     let events = http.events.clone();
     tokio::spawn(async move {
+        tokio::pin!(revoked);
         let mut sent = last;
         for event in missed {
             sent = event.id;
@@ -95,6 +101,7 @@ pub async fn events(
                 },
                 _ = tx.closed() => return,
                 _ = shutdown.changed() => return,
+                _ = &mut revoked => return,
             };
             for event in next {
                 if event.id <= sent {
@@ -107,7 +114,7 @@ pub async fn events(
             }
         }
     });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
 /// A task's output as it comes: `output` events (id: the offset of the data), then `end`.

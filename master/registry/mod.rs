@@ -8,20 +8,22 @@
 //! reaches SQLite through the ticker ([`Registry::tick`]); task changes are handed to the
 //! store thread as they happen, and what is acknowledged waits for their commit.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use herd::config::SchedulerKind;
-use herd::domain::{TaskState, WorkerSpec, WorkerState};
+use herd::domain::{TaskState, WorkerState};
 use herd::error::Error;
 use herd::pb;
 
 use crate::events::Events;
+use crate::identity::secret;
 use crate::liveness::{Liveness, StallGuard};
 use crate::metrics::Metrics;
 use crate::records::{LivenessRow, Task, WorkerRecord};
@@ -30,6 +32,7 @@ use crate::tasks::Tasks;
 use crate::workers::{Entry, Outbound, Session, Workers, removed_worker, unknown_worker};
 
 mod operator;
+mod register;
 
 /// How far the `last_heartbeat` column may lag behind the last heartbeat. Changes of state
 /// are written at the next tick; the timestamp alone is informational (liveness after a
@@ -74,6 +77,8 @@ pub struct Registry {
 pub struct Registered {
     pub id: String,
     pub reregistered: bool,
+    /// The secret issued now (first registration of the name), to hand to the worker.
+    pub secret: Option<String>,
     /// To be stored before the id is handed out.
     pub record: WorkerRecord,
 }
@@ -184,6 +189,7 @@ impl Registry {
             // Loaded workers were possibly Active in SQLite: write Inactive back.
             entry.dirty = r.state != recorded;
             entry.persisted_heartbeat_ms = r.last_heartbeat_ms;
+            entry.secret_hash = r.secret_hash;
             inner.workers.insert(entry);
         }
         inner
@@ -191,55 +197,16 @@ impl Registry {
             .load(&mut inner.workers, tasks, finished, last_task, now);
     }
 
-    /// Registers a worker, or re-registers it by name keeping its id.
-    pub fn register(&self, spec: WorkerSpec) -> Registered {
-        let (mut guard, now) = self.lock();
-        let inner = &mut *guard;
-        let liveness = inner.liveness;
-        if let Some(id) = inner.workers.id_of(&spec.name).map(str::to_string) {
-            let entry = inner
-                .workers
-                .get_mut(&id)
-                .expect("by name points at a worker");
-            entry.describe(spec);
-            let first = std::mem::take(&mut entry.presence.pending);
-            entry.presence.removed = false;
-            entry.presence.last_seen = now;
-            if first {
-                entry.registered_at_ms = herd::time::now_ms();
-                entry.dirty = true;
-                entry.observe(&liveness, now, "registered", &inner.events);
-                info!(worker = %entry.spec.name, %id, labels = entry.added_labels.len(),
-                      "pre-registered worker registered, taking its id");
-            } else {
-                entry.observe(&liveness, now, "re-registered", &inner.events);
-                info!(worker = %entry.spec.name, %id, "worker re-registered, keeping its id");
-            }
-            return Registered {
-                reregistered: !first,
-                record: entry.record(),
-                id,
-            };
-        }
-        let id = inner.workers.new_id();
-        let entry = Entry::new(id.clone(), spec, now);
-        info!(worker = %entry.spec.name, %id, cpu = entry.spec.capacity.cpu,
-              memory_gb = entry.spec.capacity.memory_gb, gpu = entry.spec.capacity.gpu,
-              runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
-              isolation = %entry.spec.isolation, "worker registered");
-        let record = entry.record();
-        inner.events.worker(&entry.info(&inner.liveness, now));
-        inner.workers.insert(entry);
-        Registered {
-            id,
-            reregistered: false,
-            record,
-        }
-    }
-
     /// Opens a heartbeat stream for `first.worker_id`, replacing an older stream of the
     /// same worker. Unknown or Removed ids get NOT_FOUND: the worker must register again.
-    pub fn connect(&self, first: &pb::Heartbeat, outbound: Outbound) -> Result<Accepted, Error> {
+    /// The first heartbeat must carry the worker's secret (when it has one): a stream
+    /// without it is refused before it can replace anything.
+    pub fn connect(
+        &self,
+        first: &pb::Heartbeat,
+        outbound: Outbound,
+        peer: Option<SocketAddr>,
+    ) -> Result<Accepted, Error> {
         herd::domain::check_heartbeat(first)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
@@ -249,15 +216,30 @@ impl Registry {
             .workers
             .get_mut(&first.worker_id)
             .ok_or_else(|| unknown_worker(&herd::text::clip(&first.worker_id)))?;
+        if let Some(kept) = &entry.secret_hash
+            && !secret::matches(kept, &first.worker_secret)
+        {
+            let connected = entry.session.as_ref().and_then(|s| s.peer);
+            warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer,
+                  ?connected, secret_given = !first.worker_secret.is_empty(),
+                  "refused a heartbeat stream without this worker's secret");
+            return Err(Error::PermissionDenied(format!(
+                "this heartbeat stream does not carry the secret of worker {} ({}); only \
+                 the process it was issued to can open one",
+                entry.spec.name, entry.id
+            )));
+        }
         if inner.liveness.state(&entry.presence, now) == WorkerState::Removed {
             return Err(removed_worker(entry));
         }
         let (end_tx, end_rx) = oneshot::channel();
+        entry.last_peer = peer;
         if let Some(old) = entry.session.replace(Session {
             generation,
             outbound,
             end: end_tx,
             last_sequence: first.sequence,
+            peer,
             full_since: None,
         }) {
             warn!(worker = %entry.spec.name, id = %entry.id,

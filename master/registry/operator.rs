@@ -51,6 +51,11 @@ impl Registry {
         Ok(inner.workers[id.as_str()].info(&inner.liveness, now))
     }
 
+    /// The name of the worker with this id, if it is known.
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.lock().0.workers.name_of(id).map(str::to_string)
+    }
+
     /// A new task, not yet known to anyone: store it, then [`Registry::enqueue`] it.
     pub fn new_task(&self, spec: TaskSpec) -> Task {
         self.lock().0.tasks.new_task(spec)
@@ -188,6 +193,29 @@ impl Registry {
 
     /// Pre-registers a worker (`worker add`): Pending, with an id, until a worker of that
     /// name registers and takes it. Returns the record to store.
+    /// Gives a worker that is not Active a new secret (by its hash): the process holding
+    /// the old one can no longer be it. Returns the record to store.
+    pub fn set_secret(
+        &self,
+        id_or_name: &str,
+        hash: crate::records::SecretHash,
+    ) -> Result<WorkerRecord, Error> {
+        let (mut guard, now) = self.lock();
+        let inner = &mut *guard;
+        let id = inner.workers.resolve(id_or_name)?;
+        let entry = inner.workers.get_mut(&id).expect("resolved");
+        if inner.liveness.state(&entry.presence, now) == WorkerState::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "worker {} ({id}) is Active: a new secret would lock its process out; stop it \
+                 first (only workers that are not Active get a new secret)",
+                entry.spec.name
+            )));
+        }
+        entry.secret_hash = Some(hash);
+        info!(worker = %entry.spec.name, %id, "a new worker secret was issued; the old one no longer works");
+        Ok(entry.record())
+    }
+
     pub fn add_worker(&self, new: NewWorker) -> Result<WorkerRecord, Error> {
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;

@@ -1,6 +1,6 @@
 //! Unit tests of the registry: liveness at read time, streams, stalls, mass removals.
 use super::*;
-use herd::domain::Resources;
+use herd::domain::{Resources, WorkerSpec};
 use tokio::sync::mpsc;
 
 fn spec(name: &str) -> WorkerSpec {
@@ -43,10 +43,20 @@ fn listed(r: &Registry, all: bool) -> usize {
     r.list(all, "", usize::MAX, usize::MAX).0.len()
 }
 
+/// The secret every worker of these tests is issued and presents.
+const SECRET: &str = "the-secret";
+
+/// Registers `spec` as its own process would: presenting [`SECRET`] (once issued).
+fn register(r: &Registry, spec: WorkerSpec) -> Registered {
+    r.register(spec, SECRET, None, (SECRET.into(), secret::digest(SECRET)))
+        .unwrap()
+}
+
 fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
     pb::Heartbeat {
         worker_id: id.into(),
         sequence,
+        worker_secret: SECRET.into(),
         ..Default::default()
     }
 }
@@ -70,10 +80,10 @@ async fn pass(r: &Registry, d: Duration) {
 #[tokio::test(start_paused = true)]
 async fn liveness_follows_the_timeouts_exactly() {
     let (r, _dir) = registry();
-    let id = r.register(spec("a")).id;
+    let id = register(&r, spec("a")).id;
     assert_eq!(state(&r, &id), pb::WorkerState::Inactive, "no stream yet");
     let (tx, _rx) = mpsc::channel(4);
-    let acc = r.connect(&hb(&id, 1), tx).unwrap();
+    let acc = r.connect(&hb(&id, 1), tx, None).unwrap();
     assert_eq!(state(&r, &id), pb::WorkerState::Active);
 
     pass(&r, Duration::from_millis(29_999)).await;
@@ -106,20 +116,20 @@ async fn liveness_follows_the_timeouts_exactly() {
     assert!(listed(&r, false) == 0, "Removed is hidden without --all");
     assert_eq!(listed(&r, true), 1);
 
-    let again = r.register(spec("a"));
+    let again = register(&r, spec("a"));
     assert_eq!(again.id, id, "coming back by name keeps the id");
     assert!(again.reregistered);
     let (tx, _rx) = mpsc::channel(4);
-    r.connect(&hb(&id, 1), tx).unwrap();
+    r.connect(&hb(&id, 1), tx, None).unwrap();
     assert_eq!(state(&r, &id), pb::WorkerState::Active);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_stream_is_inactive_at_once() {
     let (r, _dir) = registry();
-    let id = r.register(spec("a")).id;
+    let id = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
-    let acc = r.connect(&hb(&id, 1), tx).unwrap();
+    let acc = r.connect(&hb(&id, 1), tx, None).unwrap();
     r.disconnect(&id, acc.generation);
     assert_eq!(state(&r, &id), pb::WorkerState::Inactive);
 }
@@ -127,11 +137,11 @@ async fn a_closed_stream_is_inactive_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_newer_stream_wins_and_the_old_one_is_ended() {
     let (r, _dir) = registry();
-    let id = r.register(spec("a")).id;
+    let id = register(&r, spec("a")).id;
     let (tx1, _rx1) = mpsc::channel(4);
-    let old = r.connect(&hb(&id, 1), tx1).unwrap();
+    let old = r.connect(&hb(&id, 1), tx1, None).unwrap();
     let (tx2, _rx2) = mpsc::channel(4);
-    let new = r.connect(&hb(&id, 1), tx2).unwrap();
+    let new = r.connect(&hb(&id, 1), tx2, None).unwrap();
     assert_eq!(old.end.await.unwrap().code(), tonic::Code::Aborted);
     assert!(r.heartbeat(&id, old.generation, &hb(&id, 2)).is_err());
     r.disconnect(&id, old.generation);
@@ -146,15 +156,15 @@ async fn a_newer_stream_wins_and_the_old_one_is_ended() {
 #[test]
 fn names_map_to_one_id_and_strangers_are_refused() {
     let (r, _dir) = registry();
-    let a = r.register(spec("a")).id;
-    let b = r.register(spec("b")).id;
+    let a = register(&r, spec("a")).id;
+    let b = register(&r, spec("b")).id;
     assert_ne!(a, b);
-    assert_eq!(r.register(spec("a")).id, a);
+    assert_eq!(register(&r, spec("a")).id, a);
     assert_eq!(listed(&r, true), 2);
     assert_eq!(r.get("b").unwrap().id, b);
     let (tx, _rx) = mpsc::channel(4);
     assert!(matches!(
-        r.connect(&hb("w-nope", 1), tx),
+        r.connect(&hb("w-nope", 1), tx, None),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
@@ -175,6 +185,7 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
             state: WorkerState::Active,
             draining: false,
             added_labels: Default::default(),
+            secret_hash: None,
         }],
         Vec::new(),
         Vec::new(),
@@ -184,15 +195,60 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
     let out = r.tick(false);
     assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");
     assert!(out.removed.is_empty());
-    assert_eq!(r.register(spec("a")).id, "w-1");
+    // Known from before secrets: it is issued one when it registers again.
+    let again = r
+        .register(spec("a"), "", None, (SECRET.into(), secret::digest(SECRET)))
+        .unwrap();
+    assert_eq!(
+        (again.id.as_str(), again.secret.as_deref()),
+        ("w-1", Some(SECRET))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_is_only_taken_with_its_secret_and_the_holder_is_not_disturbed() {
+    let (r, _dir) = registry();
+    let first = register(&r, spec("dup"));
+    assert_eq!(
+        first.secret.as_deref(),
+        Some(SECRET),
+        "issued at the first registration"
+    );
+    let (tx, _rx) = mpsc::channel(4);
+    let mut held = r.connect(&hb(&first.id, 1), tx, None).unwrap();
+    let fresh = || ("other".to_string(), secret::digest("other"));
+    for presented in ["", "a-guess"] {
+        let refused = r.register(spec("dup"), presented, None, fresh());
+        let Err(Error::AlreadyExists(why)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(why.contains("'dup'") && why.contains(&first.id), "{why}");
+    }
+    // A stream for its id without the secret cannot replace the open one.
+    let (tx, _rx) = mpsc::channel(4);
+    let mut forged = hb(&first.id, 2);
+    forged.worker_secret = "a-guess".into();
+    assert!(matches!(
+        r.connect(&forged, tx, None),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(held.end.try_recv().is_err(), "the open stream is untouched");
+    assert!(
+        r.heartbeat(&first.id, held.generation, &hb(&first.id, 3))
+            .is_ok()
+    );
+    assert_eq!(state(&r, &first.id), pb::WorkerState::Active);
+    // Coming back with it keeps the id, and issues nothing new.
+    let again = register(&r, spec("dup"));
+    assert_eq!((again.id, again.secret), (first.id, None));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
     let (r, _dir) = registry();
-    let id = r.register(spec("a")).id;
+    let id = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
-    r.connect(&hb(&id, 1), tx).unwrap();
+    r.connect(&hb(&id, 1), tx, None).unwrap();
     // Paused far past the worker timeout: nothing ran, so nothing is held against it.
     tokio::time::advance(Duration::from_secs(700)).await;
     assert_eq!(state(&r, &id), pb::WorkerState::Active, "a fresh timeout");
@@ -207,12 +263,12 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
     let (r, _dir) = registry();
     let ids: Vec<String> = ["a", "b", "c"]
         .into_iter()
-        .map(|n| r.register(spec(n)).id)
+        .map(|n| register(&r, spec(n)).id)
         .collect();
     let mut streams = Vec::new();
     for id in &ids {
         let (tx, rx) = mpsc::channel(4);
-        r.connect(&hb(id, 1), tx).unwrap();
+        r.connect(&hb(id, 1), tx, None).unwrap();
         streams.push(rx);
     }
     // All three go silent while the master keeps running (ticks every half second).
@@ -246,12 +302,12 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
     let (r, _dir) = registry();
-    let a = r.register(spec("a")).id;
-    let b = r.register(spec("b")).id;
+    let a = register(&r, spec("a")).id;
+    let b = register(&r, spec("b")).id;
     let (tx_a, _rx_a) = mpsc::channel(16);
     let (tx_b, _rx_b) = mpsc::channel(16);
-    r.connect(&hb(&a, 1), tx_a).unwrap();
-    let acc_b = r.connect(&hb(&b, 1), tx_b).unwrap();
+    r.connect(&hb(&a, 1), tx_a, None).unwrap();
+    let acc_b = r.connect(&hb(&b, 1), tx_b, None).unwrap();
     let spec1 = || herd::domain::TaskSpec {
         name: String::new(),
         image: None,

@@ -19,11 +19,14 @@ use tracing::{error, warn};
 use herd::domain::{Runtime, WorkerState};
 use herd::error::Error;
 
+mod identity;
 mod schema;
 
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
 use crate::output::OutputDir;
-use crate::records::{LivenessRow, Task, TaskFilter, WorkerRecord, task_number};
+use crate::records::{
+    AuditRow, LivenessRow, Task, TaskFilter, TokenRow, WorkerRecord, task_number,
+};
 
 /// A write the store thread performs.
 pub enum Write {
@@ -49,6 +52,20 @@ pub enum Write {
     Setting { key: String, value: String },
     /// A worker forgotten by an operator: its rows go (its tasks keep their history).
     ForgetWorker { id: String },
+    /// A new named operator token (its hash).
+    TokenCreate(TokenRow),
+    /// A named token revoked: its row goes.
+    TokenRevoke { name: String },
+    /// When a named token was last used (written coarsely).
+    TokenUsed { name: String, at_ms: i64 },
+    /// An entry of the audit log, after everything handed over before it.
+    Audit(Box<AuditRow>),
+    /// A change and its audit entry, in one transaction: neither is stored without the
+    /// other.
+    Audited {
+        change: Box<Write>,
+        audit: Box<AuditRow>,
+    },
     /// Nothing: waiting for it waits for everything handed over before it.
     Barrier,
 }
@@ -101,6 +118,8 @@ pub struct Loaded {
     pub last_task: u64,
     /// The scheduler chosen at run time, if one was.
     pub scheduler: Option<String>,
+    /// The named operator tokens.
+    pub tokens: Vec<TokenRow>,
 }
 
 /// Handle to the store thread. Dropping every handle stops the thread after it has
@@ -158,6 +177,7 @@ impl Store {
             finished: final_counts(&conn)?,
             last_task: last_task_number(&conn)?,
             scheduler: setting(&conn, "scheduler")?,
+            tokens: identity::load_tokens(&conn)?,
         };
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -235,6 +255,16 @@ impl Store {
             .await
     }
 
+    /// Audit entries numbered below `before`, newest first.
+    pub async fn audit_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, Error> {
+        self.read(move |conn| identity::audit_page(conn, before, limit))
+            .await
+    }
+
     /// One task by id, as SQLite has it.
     pub async fn task(&self, id: &str) -> Result<Option<Task>, Error> {
         let id = id.to_string();
@@ -291,6 +321,10 @@ fn learn_rowids<'a>(
     writes: impl Iterator<Item = &'a Write>,
 ) {
     for write in writes {
+        let write = match write {
+            Write::Audited { change, .. } => change.as_ref(),
+            other => other,
+        };
         if let Write::Worker(r) = write
             && !rowids.contains_key(&r.id)
             && let Ok(rowid) =
@@ -415,18 +449,32 @@ fn commit<'a>(
         {
             continue;
         }
+        // A change with its audit entry: the change, then the entry, in this transaction.
+        let (write, audit) = match write {
+            Write::Audited { change, audit } => (change.as_ref(), Some(audit)),
+            other => (other, None),
+        };
         match write {
+            Write::Audited { .. } => {
+                return Err(Error::Storage("an audited write inside another".into()));
+            }
+            Write::Audit(audit) => identity::insert_audit(&tx, audit)?,
+            Write::TokenCreate(row) => identity::insert_token(&tx, row)?,
+            Write::TokenRevoke { name } => identity::revoke_token(&tx, name)?,
+            Write::TokenUsed { name, at_ms } => identity::token_used(&tx, name, *at_ms)?,
             Write::Worker(r) => {
                 let labels = serde_json::to_string(&r.spec.labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 let added_labels = serde_json::to_string(&r.added_labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 tx.prepare_cached(
-                    "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at,
+                         secret_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT(id) DO UPDATE SET
                          name = excluded.name, is_active = excluded.is_active,
-                         state = excluded.state, registered_at = excluded.registered_at",
+                         state = excluded.state, registered_at = excluded.registered_at,
+                         secret_hash = excluded.secret_hash",
                 )?
                 .execute(params![
                     r.id,
@@ -435,6 +483,7 @@ fn commit<'a>(
                     r.last_heartbeat_ms,
                     r.state.as_str(),
                     r.registered_at_ms,
+                    r.secret_hash.as_ref().map(|h| &h[..]),
                 ])?;
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
@@ -523,6 +572,9 @@ fn commit<'a>(
                 }
             }
         }
+        if let Some(audit) = audit {
+            identity::insert_audit(&tx, audit)?;
+        }
     }
     tx.commit()?;
     Ok(())
@@ -534,9 +586,9 @@ fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,
                  finished_at, history, seq, priority, constraints, timeout_ms, env,
-                 workdir, retries, disk_gb)
+                 workdir, retries, disk_gb, submitted_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
              ON CONFLICT(id) DO UPDATE SET
                  state = excluded.state, worker_id = excluded.worker_id,
                  attempts = excluded.attempts, exit_code = excluded.exit_code,
@@ -575,6 +627,7 @@ fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
         t.spec.run.workdir.as_deref().unwrap_or(""),
         t.spec.run.retries,
         t.spec.resources.disk_gb,
+        t.submitted_by,
     ])?;
     Ok(())
 }

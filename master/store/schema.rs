@@ -106,6 +106,28 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tasks ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
     ALTER TABLE worker_specs ADD COLUMN disk_gb REAL NOT NULL DEFAULT 0;
     ALTER TABLE worker_specs ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';",
+    // 11: identities (issue 13): who submitted each task; each worker's secret (its hash;
+    // NULL for workers known from before, issued one when they next register); named
+    // operator tokens (their hashes); the audit log of Admin changes.
+    "ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workers ADD COLUMN secret_hash BLOB;
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        last_used INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '',
+        peer TEXT NOT NULL DEFAULT ''
+    );",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -141,7 +163,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
-                w.draining, s.isolation, s.added_labels, s.disk_gb, s.gpus
+                w.draining, s.isolation, s.added_labels, s.disk_gb, s.gpus, w.secret_hash
          FROM workers w JOIN worker_specs s ON s.id = w.id ORDER BY w.name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -168,11 +190,13 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             r.get::<_, i64>(12)?,
             r.get::<_, bool>(13)?,
             serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+            r.get::<_, Option<Vec<u8>>>(18)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, added_labels) = row?;
+        let (id, spec, last_heartbeat_ms, state, registered_at_ms, draining, added_labels, secret) =
+            row?;
         out.push(WorkerRecord {
             id,
             spec,
@@ -181,6 +205,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
             state: WorkerState::parse(&state).unwrap_or(WorkerState::Inactive),
             draining,
             added_labels,
+            secret_hash: secret.and_then(|h| h.try_into().ok()),
         });
     }
     Ok(out)
@@ -189,7 +214,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
 /// The columns a task is read from, in the order [`task_from_row`] takes them.
 const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, timeout_ms, env, workdir, retries, disk_gb";
+    constraints, timeout_ms, env, workdir, retries, disk_gb, submitted_by";
 
 /// The states in which a task is done: these rows live in SQLite only.
 const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
@@ -232,6 +257,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
         started_ms: r.get(13)?,
         finished_ms: r.get(14)?,
         history: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
+        submitted_by: r.get(23)?,
         assigned_at: None,
         cancel_requested: false,
         output_len: 0,

@@ -31,6 +31,7 @@ fn record(id: &str, name: &str) -> WorkerRecord {
         state: WorkerState::Inactive,
         draining: false,
         added_labels: [("rack".to_string(), "7".to_string())].into(),
+        secret_hash: Some([7; 32]),
     }
 }
 
@@ -173,6 +174,7 @@ fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
         started_ms: 0,
         finished_ms: 0,
         history: Vec::new(),
+        submitted_by: "someone".into(),
         assigned_at: None,
         cancel_requested: false,
         output_len: 0,
@@ -237,4 +239,84 @@ async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
             ("t-6", herd::domain::TaskState::Queued, 0, 0)
         ]
     );
+}
+
+fn audit(action: &str, target: &str) -> AuditRow {
+    AuditRow {
+        seq: 0,
+        at_ms: 5,
+        who: "ci".into(),
+        role: "operator".into(),
+        action: action.into(),
+        target: target.into(),
+        detail: String::new(),
+        peer: "127.0.0.1:1".into(),
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_audit_entries_survive_a_restart_and_a_failed_change_leaves_no_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    assert!(loaded.tokens.is_empty());
+    let token = |name: &str, byte: u8| TokenRow {
+        name: name.into(),
+        role: herd::domain::Role::Viewer,
+        hash: [byte; 32],
+        created_ms: 1,
+        last_used_ms: 0,
+    };
+    for (name, byte) in [("keep", 1), ("gone", 2)] {
+        store
+            .write(Write::Audited {
+                change: Box::new(Write::TokenCreate(token(name, byte))),
+                audit: Box::new(audit("token create", name)),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .write(Write::TokenUsed {
+            name: "keep".into(),
+            at_ms: 99,
+        })
+        .await
+        .unwrap();
+    store
+        .write(Write::Audited {
+            change: Box::new(Write::TokenRevoke {
+                name: "gone".into(),
+            }),
+            audit: Box::new(audit("token revoke", "gone")),
+        })
+        .await
+        .unwrap();
+    // A change that fails (a name taken) is not in the log either.
+    let failed = store
+        .write(Write::Audited {
+            change: Box::new(Write::TokenCreate(token("keep", 3))),
+            audit: Box::new(audit("token create", "keep again")),
+        })
+        .await;
+    assert!(failed.is_err());
+    drop(store);
+
+    let (store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    assert_eq!(
+        loaded.tokens,
+        vec![TokenRow {
+            last_used_ms: 99,
+            ..token("keep", 1)
+        }]
+    );
+    let page = store.audit_page(None, 10).await.unwrap();
+    let seen: Vec<&str> = page.iter().map(|a| a.target.as_str()).collect();
+    assert_eq!(
+        seen,
+        ["gone", "gone", "keep"],
+        "newest first, the failed one absent"
+    );
+    let older = store.audit_page(Some(page[0].seq), 1).await.unwrap();
+    assert_eq!(older[0].seq, page[1].seq);
 }

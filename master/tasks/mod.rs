@@ -245,6 +245,7 @@ impl Tasks {
             started_ms: 0,
             finished_ms: 0,
             history: Vec::new(),
+            submitted_by: String::new(),
             assigned_at: None,
             cancel_requested: false,
             output_len: 0,

@@ -8,7 +8,9 @@ use crate::error::Error;
 use crate::pb;
 
 pub mod body;
+pub mod identity;
 pub mod run;
+pub use identity::Role;
 
 /// Longest worker name accepted (a DNS label is 63; leave room for suffixes like `-gpu0`).
 pub const MAX_NAME_LEN: usize = 128;
@@ -160,6 +162,7 @@ pub fn bounded_reason(text: &str) -> String {
 
 /// Checks what a heartbeat says before anything is taken from it.
 pub fn check_heartbeat(hb: &pb::Heartbeat) -> Result<(), Error> {
+    check_secret("Heartbeat.worker_secret", &hb.worker_secret)?;
     if let Some(u) = &hb.usage {
         if !u.cpu_percent.is_finite() || !(0.0..=100.0).contains(&u.cpu_percent) {
             return Err(Error::invalid(format!(
@@ -193,6 +196,20 @@ pub fn check_heartbeat(hb: &pb::Heartbeat) -> Result<(), Error> {
         .chain(hb.finished.iter().map(|u| &u.task_id));
     for id in ids {
         check_task_id("Heartbeat", id)?;
+    }
+    Ok(())
+}
+
+/// Longest worker secret accepted (the master issues 64 hex digits).
+pub const MAX_SECRET_LEN: usize = 128;
+
+/// A worker secret a worker presents must be short (`field` names it).
+pub fn check_secret(field: &str, secret: &str) -> Result<(), Error> {
+    if secret.len() > MAX_SECRET_LEN {
+        return Err(Error::invalid(format!(
+            "{field} is {} bytes long; at most {MAX_SECRET_LEN} are allowed",
+            secret.len()
+        )));
     }
     Ok(())
 }

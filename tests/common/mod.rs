@@ -16,22 +16,46 @@ use herd::pb;
 use herd::pb::admin_client::AdminClient;
 use herd::pb::registry_client::RegistryClient;
 
-/// The cluster token every test master, worker and client uses.
+/// The admin token every test master and client uses (`--token`).
 pub const TOKEN: &str = "test-token-0123456789";
+/// The join token every test master and worker uses (`--join-token`).
+pub const JOIN_TOKEN: &str = "test-join-token-0123456789";
 
 /// An Admin client that presents [`TOKEN`].
 pub type Admin = AdminClient<Authed>;
-/// A Registry client that presents [`TOKEN`].
+/// A Registry client that presents [`JOIN_TOKEN`].
 pub type Registry = RegistryClient<Authed>;
 
-/// Clients for `url` with [`TOKEN`].
+/// Clients for `url`: Admin with [`TOKEN`], Registry with [`JOIN_TOKEN`].
 pub async fn clients(url: &str) -> Result<(Admin, Registry), tonic::transport::Error> {
     let channel = herd::client::endpoint(url, None).unwrap().connect().await?;
-    let bearer = Bearer::new(Some(TOKEN)).unwrap();
     Ok((
-        AdminClient::with_interceptor(channel.clone(), bearer.clone()),
-        RegistryClient::with_interceptor(channel, bearer),
+        AdminClient::with_interceptor(channel.clone(), Bearer::new(Some(TOKEN)).unwrap()),
+        RegistryClient::with_interceptor(channel, Bearer::new(Some(JOIN_TOKEN)).unwrap()),
     ))
+}
+
+/// An Admin client for `url` presenting `token`.
+pub async fn admin_with(url: &str, token: &str) -> Admin {
+    let channel = herd::client::endpoint(url, None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AdminClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap())
+}
+
+/// Registers `name` directly; returns its id and the secret the master issued.
+pub async fn register(registry: &mut Registry, name: &str) -> (String, String) {
+    let r = registry
+        .register(pb::RegisterRequest {
+            worker: Some(description(name)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.worker_id, r.worker_secret)
 }
 
 pub const MASTER: &str = env!("CARGO_BIN_EXE_herd-master");
@@ -106,6 +130,7 @@ impl Master {
             .args(args)
             .env("HERD_LOG", "info,herd_master=debug")
             .env("HERD_TOKEN", TOKEN)
+            .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
             // Tests run side by side: no HTTP listener unless a test asks for one.
             .env("HERD_HTTP_LISTEN", "off")
             // Nothing a test starts writes to the real per-user state folder.
@@ -187,6 +212,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(dir: &Path, master: &str, name: &str, args: &[&str]) -> Worker {
+        Worker::start_in(dir, master, name, &format!("work-{name}"), args)
+    }
+
+    /// Like [`Worker::start`], with `dir/work` as its work dir.
+    pub fn start_in(dir: &Path, master: &str, name: &str, work: &str, args: &[&str]) -> Worker {
         let log = dir.join(format!("worker-{name}-{}.log", fastrand::u32(..)));
         let child = Command::new(WORKER)
             .arg("--master")
@@ -199,9 +229,9 @@ impl Worker {
                 &["--runtime", "none"][..]
             })
             .arg("--work-dir")
-            .arg(dir.join(format!("work-{name}")))
+            .arg(dir.join(work))
             .args(args)
-            .env("HERD_TOKEN", TOKEN)
+            .env("HERD_TOKEN", JOIN_TOKEN)
             .env("XDG_STATE_HOME", dir.join("state"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -506,12 +536,17 @@ pub async fn logs(admin: &mut Admin, id: &str, follow: bool) -> String {
 
 /// Runs herdctl against `master` and returns (success, stdout, stderr).
 pub fn herdctl(master: &str, args: &[&str]) -> (bool, String, String) {
+    herdctl_as(master, TOKEN, args)
+}
+
+/// Runs herdctl presenting `token`.
+pub fn herdctl_as(master: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_herdctl"))
         .arg("--master")
         .arg(master)
         .args(args)
         .env("NO_COLOR", "1")
-        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_TOKEN", token)
         .stdin(Stdio::null())
         .output()
         .expect("run herdctl");

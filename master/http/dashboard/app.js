@@ -132,6 +132,8 @@
     const data = type.includes("json") ? await res.json() : await res.text();
     if (!res.ok) {
       const msg = (data && data.error) || res.status + " " + res.statusText;
+      // A worker's join token opens nothing here: ask for an operator token instead.
+      if (res.status === 403 && /join token/.test(msg)) showLogin(msg);
       throw new ApiError(res.status, data && data.code, msg);
     }
     return data;
@@ -821,7 +823,8 @@
     $("task-attempts").textContent = t.attempts;
     $("task-exit").textContent = TERMINAL.has(t.state) && t.state !== "cancelled" ? String(t.exit_code ?? "–") : "–";
     $("task-reason").textContent = t.reason || "–";
-    $("task-times").textContent = `submitted ${clock(t.submitted_ms)} · started ${clock(t.started_ms)} · finished ${clock(t.finished_ms)}`;
+    const by = t.submitted_by ? ` by ${t.submitted_by}` : "";
+    $("task-times").textContent = `submitted ${clock(t.submitted_ms)}${by} · started ${clock(t.started_ms)} · finished ${clock(t.finished_ms)}`;
     const cancel = $("cancel-button");
     cancel.disabled = TERMINAL.has(t.state);
     cancel.hidden = TERMINAL.has(t.state);
