@@ -85,8 +85,11 @@ fn print_lines(mut printer: Printer) {
         }
         guard.printing = true;
         drop(guard);
+        // Outside the line editor (a line was just entered) rustyline writes the text as it
+        // is: the newline keeps it a line of its own. Inside, it adds none when there is one.
+        let line = line + "\n";
         if let Err(e) = printer.print(line.clone()) {
-            let _ = writeln!(std::io::stderr(), "{line} [{e}]");
+            let _ = write!(std::io::stderr(), "[{e}] {line}");
         }
         guard = sink();
         guard.printing = false;

@@ -335,3 +335,54 @@ async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
     let t = r.enqueue(r.new_task(spec1()));
     assert_eq!(t.worker_id, b, "placed on a worker silent past its timeout");
 }
+
+/// A task that waited five minutes while smaller ones took the room it needs gets a worker
+/// held for it: later (smaller) tasks no longer go there, so it fits once that drains.
+#[tokio::test(start_paused = true)]
+async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
+    let (r, _dir) = registry();
+    let a = register(&r, spec("a")).id;
+    let (tx, _rx) = mpsc::channel(64);
+    r.connect(&hb(&a, 1), tx, None).unwrap();
+    let task = |cpu: f64| herd::domain::TaskSpec {
+        name: String::new(),
+        image: None,
+        command: Some("true".into()),
+        resources: Resources {
+            cpu,
+            memory_gb: 0.0,
+            gpu: 0,
+            disk_gb: 0.0,
+        },
+        priority: 0,
+        constraints: Vec::new(),
+        run: Default::default(),
+    };
+    // `a` has 2 CPUs: one small task takes half of it.
+    assert_eq!(r.enqueue(r.new_task(task(1.0))).worker_id, a);
+    // A large one that has waited long (submitted six minutes ago) cannot fit now.
+    let mut large = r.new_task(task(2.0));
+    large.submitted_ms -= 6 * 60 * 1000;
+    let large = r.enqueue(large);
+    assert!(large.worker_id.is_empty());
+    assert!(
+        large.reason.contains("worker a is held for it"),
+        "{}",
+        large.reason
+    );
+    // A small task that would fit is not placed on the held worker.
+    let small = r.enqueue(r.new_task(task(1.0)));
+    assert!(
+        small.worker_id.is_empty(),
+        "backfilled onto the held worker"
+    );
+    // A large task that has not waited long does not hold anything.
+    let (r2, _dir2) = registry();
+    let b = register(&r2, spec("b")).id;
+    let (tx2, _rx2) = mpsc::channel(64);
+    r2.connect(&hb(&b, 1), tx2, None).unwrap();
+    assert_eq!(r2.enqueue(r2.new_task(task(1.0))).worker_id, b);
+    let fresh = r2.enqueue(r2.new_task(task(2.0)));
+    assert!(!fresh.reason.contains("held"), "{}", fresh.reason);
+    assert_eq!(r2.enqueue(r2.new_task(task(1.0))).worker_id, b, "backfill");
+}

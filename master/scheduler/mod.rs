@@ -193,6 +193,43 @@ impl Scheduler for BinPack {
     }
 }
 
+/// How long a task may wait, fitting some worker's whole capacity but never its free room,
+/// before a worker is held for it: from then on no task after it in the queue is placed on
+/// that worker, which drains as its tasks end until the large task fits. Backfill keeps the
+/// cluster busy; this keeps a large task from starving behind an endless stream of small
+/// ones (as Slurm's backfill reserves for the first job that cannot start).
+pub const RESERVE_AFTER_MS: u64 = 5 * 60 * 1000;
+
+/// Workers held in one pass at most: for the first tasks in queue order that waited too
+/// long (Slurm too reserves for the first few only), so a long queue of large tasks costs
+/// a pass no more than a few walks over the workers.
+pub const MAX_HELD: usize = 4;
+
+/// The worker to hold for a task that waited [`RESERVE_AFTER_MS`]: of the schedulable ones
+/// whose whole capacity could take it (runtime too), the one already closest to having
+/// room (least full once it is placed; ties: the first). `None` if no worker could ever.
+pub fn reservation(workers: &[Candidate], req: &Request) -> Option<usize> {
+    let r = &req.resources;
+    let mut best: Option<(usize, f64)> = None;
+    for (i, w) in workers.iter().enumerate() {
+        let c = &w.capacity;
+        let could = w.schedulable
+            && (w.has_runtime || !req.needs_runtime)
+            && c.cpu + EPSILON >= r.cpu
+            && c.memory_gb + EPSILON >= r.memory_gb
+            && c.gpu >= r.gpu
+            && c.disk_gb + EPSILON >= r.disk_gb;
+        if !could {
+            continue;
+        }
+        let full = scores::fullness_after(w, req);
+        if best.is_none_or(|(_, b)| full < b) {
+            best = Some((i, full));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// Why a request fits nowhere, in words an operator can act on.
 pub fn why_not(workers: &[Candidate], req: &Request) -> String {
     let live: Vec<&Candidate> = workers.iter().filter(|w| w.schedulable).collect();

@@ -367,6 +367,9 @@ impl Tasks {
         self.candidates.refresh(workers, liveness, now);
         let mut view = std::mem::take(&mut self.candidates);
         let queue = std::mem::take(&mut self.queue);
+        // Workers held for tasks that waited too long (left out for the rest of the pass).
+        let mut held: Vec<usize> = Vec::new();
+        let wall = now_ms();
         for id in queue {
             let candidates = &mut view.list;
             let task = &self.tasks[&id];
@@ -410,12 +413,32 @@ impl Tasks {
                 break true;
             };
             let candidates = &mut view.list;
+            let waited = u64::try_from(wall - self.tasks[&id].submitted_ms).unwrap_or(0);
+            let mut holding = None;
+            if !placed && waited >= scheduler::RESERVE_AFTER_MS && held.len() < scheduler::MAX_HELD
+            {
+                // Long enough behind smaller tasks: hold the worker closest to room for it.
+                if let Some(i) = scheduler::reservation(candidates, &request) {
+                    candidates[i].schedulable = false;
+                    held.push(i);
+                    holding = Some(i);
+                }
+            }
             if !placed {
                 let meets = candidates.iter().any(|c| c.schedulable);
                 let reason = if !constraints.is_empty() && !meets && !unmet.is_empty() {
                     unmet_reason(&constraints, &unmet, workers)
                 } else {
                     scheduler::why_not(candidates, &request)
+                };
+                let reason = match holding {
+                    Some(i) => format!(
+                        "{reason}; worker {} is held for it (no new task goes there until it \
+                         fits: it waited over {} min)",
+                        workers.slab[workers.order[i]].spec.name,
+                        scheduler::RESERVE_AFTER_MS / 60_000
+                    ),
+                    None => reason,
                 };
                 let task = self.tasks.get_mut(&id).expect("queued task");
                 task.reason = reason;
@@ -424,6 +447,9 @@ impl Tasks {
             for &i in &unmet {
                 candidates[i].schedulable = true;
             }
+        }
+        for i in held {
+            view.list[i].schedulable = true;
         }
         self.candidates = view;
     }
