@@ -12,21 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use prometheus_client::metrics::histogram::Histogram;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use herd::domain::{Runtime, WorkerState};
 use herd::error::Error;
 
+mod commit;
 mod identity;
 mod schema;
 
+use self::commit::commit;
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
 use crate::output::OutputDir;
-use crate::records::{
-    AuditRow, LivenessRow, Task, TaskFilter, TokenRow, WorkerRecord, task_number,
-};
+use crate::records::{AuditRow, LivenessRow, Task, TaskFilter, TokenRow, WorkerRecord};
 
 /// A write the store thread performs.
 pub enum Write {
@@ -425,211 +424,6 @@ fn read_output(conn: &Connection, id: &str) -> Result<Vec<u8>, Error> {
         .optional()?
         .flatten()
         .unwrap_or_default())
-}
-
-fn commit<'a>(
-    conn: &mut Connection,
-    output: &OutputDir,
-    rowids: &RowIds,
-    writes: impl Iterator<Item = &'a Write>,
-) -> Result<(), Error> {
-    let tx = conn.transaction()?;
-    // A task's row is a whole snapshot: of several in one commit (assigned, started and
-    // finished can come together at a high rate), only the last is written.
-    let writes: Vec<&Write> = writes.collect();
-    let mut last_of: HashMap<&str, usize> = HashMap::new();
-    for (at, write) in writes.iter().enumerate() {
-        if let Write::Task(t) = write {
-            last_of.insert(t.id.as_str(), at);
-        }
-    }
-    for (at, write) in writes.into_iter().enumerate() {
-        if let Write::Task(t) = write
-            && last_of.get(t.id.as_str()) != Some(&at)
-        {
-            continue;
-        }
-        // A change with its audit entry: the change, then the entry, in this transaction.
-        let (write, audit) = match write {
-            Write::Audited { change, audit } => (change.as_ref(), Some(audit)),
-            other => (other, None),
-        };
-        match write {
-            Write::Audited { .. } => {
-                return Err(Error::Storage("an audited write inside another".into()));
-            }
-            Write::Audit(audit) => identity::insert_audit(&tx, audit)?,
-            Write::TokenCreate(row) => identity::insert_token(&tx, row)?,
-            Write::TokenRevoke { name } => identity::revoke_token(&tx, name)?,
-            Write::TokenUsed { name, at_ms } => identity::token_used(&tx, name, *at_ms)?,
-            Write::Worker(r) => {
-                let labels = serde_json::to_string(&r.spec.labels)
-                    .map_err(|e| Error::Storage(e.to_string()))?;
-                let added_labels = serde_json::to_string(&r.added_labels)
-                    .map_err(|e| Error::Storage(e.to_string()))?;
-                tx.prepare_cached(
-                    "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at,
-                         secret_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(id) DO UPDATE SET
-                         name = excluded.name, is_active = excluded.is_active,
-                         state = excluded.state, registered_at = excluded.registered_at,
-                         secret_hash = excluded.secret_hash",
-                )?
-                .execute(params![
-                    r.id,
-                    r.spec.name,
-                    r.state == WorkerState::Active,
-                    r.last_heartbeat_ms,
-                    r.state.as_str(),
-                    r.registered_at_ms,
-                    r.secret_hash.as_ref().map(|h| &h[..]),
-                ])?;
-                tx.prepare_cached(
-                    "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
-                         labels, container_runtime, isolation, added_labels, disk_gb, gpus)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                     ON CONFLICT(id) DO UPDATE SET
-                         host = excluded.host, address = excluded.address,
-                         version = excluded.version, cpu = excluded.cpu,
-                         memory_gb = excluded.memory_gb, gpu = excluded.gpu,
-                         labels = excluded.labels, container_runtime = excluded.container_runtime,
-                         isolation = excluded.isolation, added_labels = excluded.added_labels,
-                         disk_gb = excluded.disk_gb, gpus = excluded.gpus",
-                )?
-                .execute(params![
-                    r.id,
-                    r.spec.host,
-                    r.spec.address,
-                    r.spec.version,
-                    r.spec.capacity.cpu,
-                    r.spec.capacity.memory_gb,
-                    r.spec.capacity.gpu,
-                    labels,
-                    r.spec.runtime.map(Runtime::as_str).unwrap_or(""),
-                    r.spec.isolation,
-                    added_labels,
-                    r.spec.capacity.disk_gb,
-                    serde_json::to_string(&r.spec.gpus)
-                        .map_err(|e| Error::Storage(e.to_string()))?,
-                ])?;
-            }
-            Write::Task(t) => write_task(&tx, t)?,
-            Write::Tasks(tasks) => {
-                for t in tasks {
-                    write_task(&tx, t)?;
-                }
-            }
-            Write::Draining { id, draining } => {
-                tx.prepare_cached("UPDATE workers SET draining = ?2 WHERE id = ?1")?
-                    .execute(params![id, draining])?;
-            }
-            Write::Output {
-                task,
-                attempt,
-                offset,
-                data,
-            } => output
-                .append(task, *attempt, *offset, data)
-                .map_err(|e| Error::Storage(format!("cannot write the output of {task}: {e}")))?,
-            Write::Setting { key, value } => {
-                tx.prepare_cached(
-                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![key, value])?;
-            }
-            Write::ForgetWorker { id } => {
-                tx.prepare_cached("DELETE FROM worker_specs WHERE id = ?1")?
-                    .execute([id])?;
-                tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
-                    .execute([id])?;
-            }
-            Write::Barrier => {}
-            Write::Liveness(rows) => {
-                let mut by_rowid = tx.prepare_cached(
-                    "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
-                     WHERE rowid = ?1",
-                )?;
-                let mut by_id = tx.prepare_cached(
-                    "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
-                     WHERE id = ?1",
-                )?;
-                for row in rows {
-                    let active = row.state == WorkerState::Active;
-                    let state = row.state.as_str();
-                    match rowids.get(&row.id) {
-                        Some(rowid) => by_rowid.execute(params![
-                            rowid,
-                            active,
-                            row.last_heartbeat_ms,
-                            state
-                        ])?,
-                        None => {
-                            by_id.execute(params![row.id, active, row.last_heartbeat_ms, state])?
-                        }
-                    };
-                }
-            }
-        }
-        if let Some(audit) = audit {
-            identity::insert_audit(&tx, audit)?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Inserts or updates one task's row (its spec is written once, at submission).
-fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
-                 worker_id, attempts, exit_code, reason, submitted_at, started_at,
-                 finished_at, history, seq, priority, constraints, timeout_ms, env,
-                 workdir, retries, disk_gb, submitted_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
-             ON CONFLICT(id) DO UPDATE SET
-                 state = excluded.state, worker_id = excluded.worker_id,
-                 attempts = excluded.attempts, exit_code = excluded.exit_code,
-                 reason = excluded.reason, started_at = excluded.started_at,
-                 finished_at = excluded.finished_at, history = excluded.history",
-    )?
-    .execute(params![
-        t.id,
-        t.spec.name,
-        t.spec.image,
-        t.spec.command,
-        t.spec.resources.cpu,
-        t.spec.resources.memory_gb,
-        t.spec.resources.gpu,
-        t.state.as_str(),
-        t.worker_id,
-        t.attempts,
-        t.exit_code,
-        t.reason,
-        t.submitted_ms,
-        t.started_ms,
-        t.finished_ms,
-        serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
-        task_number(&t.id).unwrap_or(0) as i64,
-        t.spec.priority,
-        serde_json::to_string(
-            &t.spec
-                .constraints
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-        )
-        .map_err(|e| Error::Storage(e.to_string()))?,
-        t.spec.run.timeout.map_or(0, |d| d.as_millis() as i64),
-        serde_json::to_string(&t.spec.run.env).map_err(|e| Error::Storage(e.to_string()))?,
-        t.spec.run.workdir.as_deref().unwrap_or(""),
-        t.spec.run.retries,
-        t.spec.resources.disk_gb,
-        t.submitted_by,
-    ])?;
-    Ok(())
 }
 
 #[cfg(test)]

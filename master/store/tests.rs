@@ -1,7 +1,7 @@
 //! Tests of the store: round trips, migrations, refused writes.
 use super::schema::MIGRATIONS;
 use super::*;
-use herd::domain::{Resources, WorkerSpec};
+use herd::domain::{Resources, Runtime, WorkerSpec, WorkerState};
 
 fn out(dir: &tempfile::TempDir) -> OutputDir {
     OutputDir::new(dir.path().join("output"))
