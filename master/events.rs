@@ -114,12 +114,12 @@ impl Events {
     }
 
     /// A worker changed (state, drain, registration).
-    pub fn worker(&self, info: &pb::WorkerInfo) {
+    pub fn worker(&self, info: pb::WorkerInfo) {
         if let Some(d) = &info.description {
             let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             names.insert(info.id.clone(), d.name.clone());
         }
-        self.emit("worker", Payload::Worker(Box::new(info.clone())));
+        self.emit("worker", Payload::Worker(Box::new(info)));
     }
 
     /// The id of the newest event (0 before any): a list read after it, and a stream
@@ -141,8 +141,7 @@ impl Events {
     }
 
     /// A task changed (worker names filled in from what worker events said).
-    pub fn task(&self, info: &pb::TaskInfo) {
-        let mut info = info.clone();
+    pub fn task(&self, mut info: pb::TaskInfo) {
         {
             let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             let name = |id: &str| names.get(id).cloned().unwrap_or_default();

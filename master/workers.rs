@@ -178,7 +178,7 @@ impl Entry {
             let from = self.recorded;
             self.recorded = state;
             self.dirty = true;
-            events.worker(&self.info(liveness, now));
+            events.worker(self.info(liveness, now));
             match state {
                 WorkerState::Active => {
                     info!(worker = %self.spec.name, id = %self.id, %from, to = %state, "{why}")

@@ -90,7 +90,7 @@ impl Registry {
         // placement), built without holding the lock that heartbeats wait on.
         let events = self.lock().0.events.clone();
         for task in &tasks {
-            events.task(&task.info(|_| None));
+            events.task(task.info(|_| None));
         }
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
@@ -247,7 +247,7 @@ impl Registry {
         entry.added_labels = new.labels;
         info!(worker = %entry.spec.name, %id, labels = entry.added_labels.len(),
               "worker pre-registered (Pending until it connects)");
-        inner.events.worker(&entry.info(&inner.liveness, now));
+        inner.events.worker(entry.info(&inner.liveness, now));
         let record = entry.record();
         inner.workers.insert(entry);
         Ok(record)
@@ -263,7 +263,7 @@ impl Registry {
             entry.draining = drain;
             info!(worker = %entry.spec.name, %id, draining = drain,
                   "{}", if drain { "worker draining" } else { "worker undrained" });
-            inner.events.worker(&entry.info(&inner.liveness, now));
+            inner.events.worker(entry.info(&inner.liveness, now));
         }
         let record = entry.record();
         if !drain {

@@ -77,7 +77,7 @@ impl Registry {
               runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
               isolation = %entry.spec.isolation, "worker registered");
         let record = entry.record();
-        inner.events.worker(&entry.info(&inner.liveness, now));
+        inner.events.worker(entry.info(&inner.liveness, now));
         inner.workers.insert(entry);
         Ok(Registered {
             id,

@@ -67,7 +67,7 @@ impl Tasks {
         };
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
         let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
-        self.events.task(&task.info(|_| None));
+        self.events.task(task.info(|_| None));
         let undelivered = self.undelivered.clone();
         self.store
             .enqueue_then(Write::Task(Box::new(task.clone())), move || {
@@ -454,7 +454,7 @@ impl Tasks {
         info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
         *self.finished.entry(state.as_str()).or_default() += 1;
         self.finished_total += 1;
-        self.events.task(&task.info(|_| None));
+        self.events.task(task.info(|_| None));
         // Once the final row is committed, SQLite answers for the task.
         let (retired, n) = (self.retired.clone(), crate::records::task_number(id));
         self.store
