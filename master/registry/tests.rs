@@ -39,6 +39,24 @@ fn registry() -> (Registry, tempfile::TempDir) {
     (r, dir)
 }
 
+/// A plain process task asking for `cpu` CPUs.
+fn task_spec(cpu: f64) -> herd::domain::TaskSpec {
+    herd::domain::TaskSpec {
+        name: String::new(),
+        image: None,
+        command: Some("true".into()),
+        resources: Resources {
+            cpu,
+            memory_gb: 0.0,
+            gpu: 0,
+            disk_gb: 0.0,
+        },
+        priority: 0,
+        constraints: Vec::new(),
+        run: Default::default(),
+    }
+}
+
 fn listed(r: &Registry, all: bool) -> usize {
     r.list(all, "", usize::MAX, usize::MAX).0.len()
 }
@@ -308,20 +326,7 @@ async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
     let (tx_b, _rx_b) = mpsc::channel(16);
     r.connect(&hb(&a, 1), tx_a, None).unwrap();
     let acc_b = r.connect(&hb(&b, 1), tx_b, None).unwrap();
-    let spec1 = || herd::domain::TaskSpec {
-        name: String::new(),
-        image: None,
-        command: Some("true".into()),
-        resources: Resources {
-            cpu: 1.0,
-            memory_gb: 0.0,
-            gpu: 0,
-            disk_gb: 0.0,
-        },
-        priority: 0,
-        constraints: Vec::new(),
-        run: Default::default(),
-    };
+    let spec1 = || task_spec(1.0);
     // One task on each (ties go to the first by name): both are in the scheduler's view,
     // Active, with one CPU free.
     assert_eq!(r.enqueue(r.new_task(spec1())).worker_id, a);
@@ -344,20 +349,7 @@ async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
     let a = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(64);
     r.connect(&hb(&a, 1), tx, None).unwrap();
-    let task = |cpu: f64| herd::domain::TaskSpec {
-        name: String::new(),
-        image: None,
-        command: Some("true".into()),
-        resources: Resources {
-            cpu,
-            memory_gb: 0.0,
-            gpu: 0,
-            disk_gb: 0.0,
-        },
-        priority: 0,
-        constraints: Vec::new(),
-        run: Default::default(),
-    };
+    let task = task_spec;
     // `a` has 2 CPUs: one small task takes half of it.
     assert_eq!(r.enqueue(r.new_task(task(1.0))).worker_id, a);
     // A large one that has waited long (submitted six minutes ago) cannot fit now.
