@@ -53,6 +53,12 @@ use crate::registry::{Registry, Settings};
 use crate::service::Master;
 use crate::store::Store;
 
+/// mimalloc instead of glibc's malloc: a task's way through the master is made of many
+/// small allocations on two threads (the async workers and the store), and glibc's
+/// arenas spent a sixth of the master's time on them at 8,000 placements a second.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "herd-master",

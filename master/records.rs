@@ -3,6 +3,7 @@
 //! depends on nothing that depends on it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -196,7 +197,9 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub struct Task {
     pub id: String,
-    pub spec: TaskSpec,
+    /// Fixed at submission and shared by every snapshot of the task (the store's writes,
+    /// the event stream), so a snapshot copies only what changes.
+    pub spec: Arc<TaskSpec>,
     pub state: TaskState,
     /// Where it is placed (or last ran).
     pub worker_id: Option<String>,
@@ -273,7 +276,7 @@ impl Task {
         let name = |id: &str| name_of(id).unwrap_or_default().to_string();
         pb::TaskInfo {
             id: self.id.clone(),
-            spec: Some((&self.spec).into()),
+            spec: Some(self.spec.as_ref().into()),
             state: pb::TaskState::from(self.state) as i32,
             worker_id: self.worker_id.clone().unwrap_or_default(),
             worker_name: self.worker_id.as_deref().map(name).unwrap_or_default(),

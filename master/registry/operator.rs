@@ -90,7 +90,7 @@ impl Registry {
         // placement), built without holding the lock that heartbeats wait on.
         let events = self.lock().0.events.clone();
         for task in &tasks {
-            events.task(task.info(|_| None));
+            events.task(task);
         }
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;

@@ -110,10 +110,10 @@ fn best_by(
     let mut best: Option<(usize, f64)> = None;
     let mut fitting = 0;
     let mut looked = 0;
-    for k in 0..n {
-        looked = k + 1;
-        let i = (start + k) % n;
-        let w = &workers[i];
+    // From `start` to the end, then from the first worker (no division per worker).
+    let order = (start..n).chain(0..start);
+    for (w, i) in workers[start..].iter().chain(&workers[..start]).zip(order) {
+        looked += 1;
         if !w.fits(req) {
             continue;
         }

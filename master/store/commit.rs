@@ -19,17 +19,17 @@ pub(super) fn commit<'a>(
     writes: impl Iterator<Item = &'a Write>,
 ) -> Result<(), Error> {
     let tx = conn.transaction()?;
-    // A task's row is a whole snapshot: of several in one commit (assigned, started and
-    // finished can come together at a high rate), only the last is written.
+    // A task's changing columns are a whole snapshot: of several in one commit (assigned,
+    // started and finished can come together at a high rate), only the last is written.
     let writes: Vec<&Write> = writes.collect();
     let mut last_of: HashMap<&str, usize> = HashMap::new();
     for (at, write) in writes.iter().enumerate() {
-        if let Write::Task(t) = write {
+        if let Write::TaskState(t) = write {
             last_of.insert(t.id.as_str(), at);
         }
     }
     for (at, write) in writes.into_iter().enumerate() {
-        if let Write::Task(t) = write
+        if let Write::TaskState(t) = write
             && last_of.get(t.id.as_str()) != Some(&at)
         {
             continue;
@@ -100,6 +100,7 @@ pub(super) fn commit<'a>(
                 ])?;
             }
             Write::Task(t) => write_task(&tx, t)?,
+            Write::TaskState(t) => write_task_state(&tx, t)?,
             Write::Tasks(tasks) => {
                 for t in tasks {
                     write_task(&tx, t)?;
@@ -165,8 +166,30 @@ pub(super) fn commit<'a>(
     Ok(())
 }
 
+/// The update of a task's changing columns (three or four per task).
+pub(super) const UPDATE_TASK_STATE: &str =
+    "UPDATE tasks SET state = ?2, worker_id = ?3, attempts = ?4, exit_code = ?5,
+         reason = ?6, started_at = ?7, finished_at = ?8, history = ?9
+     WHERE id = ?1";
+
+/// Updates the columns of a stored task that change after its submission.
+fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
+    tx.prepare_cached(UPDATE_TASK_STATE)?.execute(params![
+        t.id,
+        t.state.as_str(),
+        t.worker_id,
+        t.attempts,
+        t.exit_code,
+        t.reason,
+        t.started_ms,
+        t.finished_ms,
+        serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
+    ])?;
+    Ok(())
+}
+
 /// Inserts or updates one task's row (its spec is written once, at submission).
-fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
+pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
     tx.prepare_cached(
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,

@@ -128,6 +128,23 @@ pub const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL DEFAULT '',
         peer TEXT NOT NULL DEFAULT ''
     );",
+    // 12: a task's row changes three or four times in a few milliseconds (submitted,
+    // assigned, running, ended), and every index on `state` or `worker_id` changed with
+    // it. Finished tasks are read from SQLite, unfinished ones only at start: each index
+    // now covers one of the two (partial indexes), so a task in flight touches the small
+    // `tasks_open` only, and the finished-task indexes get one entry, once.
+    "DROP INDEX tasks_by_state;
+    DROP INDEX tasks_by_seq;
+    DROP INDEX tasks_by_state_seq;
+    DROP INDEX tasks_by_worker_seq;
+    CREATE INDEX tasks_open ON tasks(seq)
+        WHERE (state = 'queued' OR state = 'assigned' OR state = 'running');
+    CREATE INDEX tasks_done_by_seq ON tasks(seq)
+        WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled');
+    CREATE INDEX tasks_done_by_state ON tasks(state, seq)
+        WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled');
+    CREATE INDEX tasks_done_by_worker ON tasks(worker_id, seq)
+        WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled');",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -216,14 +233,19 @@ const TASK_COLUMNS: &str = "id, name, image, command, cpu, memory_gb, gpu, state
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
     constraints, timeout_ms, env, workdir, retries, disk_gb, submitted_by";
 
-/// The states in which a task is done: these rows live in SQLite only.
-const FINAL_STATES: &str = "('succeeded', 'failed', 'cancelled')";
+/// A task is done: these rows live in SQLite only. A query that reads them says this, word
+/// for word as the partial indexes of migration 12 do, or SQLite cannot use those indexes.
+/// (Comparisons, not `IN (...)`: SQLite evaluates an `IN` list in an index's condition
+/// with a temporary table, twice per index, at every update of a row.)
+const FINAL: &str = "(state = 'succeeded' OR state = 'failed' OR state = 'cancelled')";
+/// A task in flight (the `tasks_open` index), likewise.
+const OPEN: &str = "(state = 'queued' OR state = 'assigned' OR state = 'running')";
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     let state: String = r.get(7)?;
     Ok(Task {
         id: r.get(0)?,
-        spec: TaskSpec {
+        spec: std::sync::Arc::new(TaskSpec {
             name: r.get(1)?,
             image: r.get(2)?,
             command: r.get(3)?,
@@ -247,7 +269,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 workdir: Some(r.get::<_, String>(20)?).filter(|w| !w.is_empty()),
                 retries: r.get(21)?,
             },
-        },
+        }),
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),
         worker_id: r.get(8)?,
         attempts: r.get(9)?,
@@ -268,7 +290,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
 /// output of their current attempt is on disk.
 pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'assigned', 'running')"
+        "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
     ))?;
     let mut tasks = Vec::new();
     for task in stmt.query_map([], task_from_row)? {
@@ -286,7 +308,8 @@ pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Er
 /// How many finished tasks there are in each final state.
 pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>, Error> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT state, count(*) FROM tasks WHERE state IN {FINAL_STATES} GROUP BY state"
+        "SELECT state, count(*) FROM tasks INDEXED BY tasks_done_by_state
+         WHERE {FINAL} GROUP BY state"
     ))?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
@@ -301,15 +324,26 @@ pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>, Error> {
     Ok(out)
 }
 
-/// The highest task number ever given out.
+/// The highest task number ever given out (every task is either in flight or done: the
+/// larger of the two indexes' last entries).
 pub fn last_task_number(conn: &Connection) -> Result<u64, Error> {
-    let n: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM tasks", [], |r| r.get(0))?;
+    let n: i64 = conn.query_row(
+        &format!(
+            "SELECT max(
+                 coalesce((SELECT max(seq) FROM tasks INDEXED BY tasks_open
+                           WHERE {OPEN}), 0),
+                 coalesce((SELECT max(seq) FROM tasks INDEXED BY tasks_done_by_seq
+                           WHERE {FINAL}), 0))"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
     Ok(n.max(0) as u64)
 }
 
 /// Finished tasks numbered below `before`, newest first, matching `filter`. Each filter
-/// walks an index in task-number order (`+state` keeps SQLite from walking the state
-/// index and sorting a million rows instead).
+/// walks one of the finished-task indexes in task-number order, named so that SQLite
+/// never walks another and sorts a million rows instead.
 pub fn finished_page(
     conn: &Connection,
     filter: &TaskFilter,
@@ -317,15 +351,22 @@ pub fn finished_page(
     limit: usize,
 ) -> Result<Vec<Task>, Error> {
     use rusqlite::types::Value;
-    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE seq < ?");
+    if filter.state.is_some_and(|s| !s.is_final()) {
+        return Ok(Vec::new());
+    }
+    let index = match (&filter.worker_id, filter.state) {
+        (Some(_), _) => "tasks_done_by_worker",
+        (None, Some(_)) => "tasks_done_by_state",
+        (None, None) => "tasks_done_by_seq",
+    };
+    let mut sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY {index}
+         WHERE {FINAL} AND seq < ?"
+    );
     let mut args: Vec<Value> = vec![Value::Integer(before.min(i64::MAX as u64) as i64)];
-    match filter.state {
-        Some(state) if state.is_final() => {
-            sql.push_str(" AND state = ?");
-            args.push(Value::Text(state.as_str().into()));
-        }
-        Some(_) => return Ok(Vec::new()),
-        None => sql.push_str(&format!(" AND +state IN {FINAL_STATES}")),
+    if let Some(state) = filter.state {
+        sql.push_str(" AND state = ?");
+        args.push(Value::Text(state.as_str().into()));
     }
     if let Some(worker) = &filter.worker_id {
         sql.push_str(" AND worker_id = ?");

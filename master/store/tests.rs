@@ -164,7 +164,7 @@ fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
     };
     Task {
         id: format!("t-{n}"),
-        spec,
+        spec: std::sync::Arc::new(spec),
         state: herd::domain::TaskState::Queued,
         worker_id: None,
         attempts: 0,
@@ -214,15 +214,19 @@ async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herd.db");
     let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-    let mut running = queued_task(5, Default::default());
+    let mut assigned = queued_task(5, Default::default());
+    assigned.state = herd::domain::TaskState::Assigned;
+    assigned.attempts = 1;
+    assigned.worker_id = Some("w-1".into());
+    let mut running = assigned.clone();
     running.state = herd::domain::TaskState::Running;
-    running.attempts = 1;
-    running.worker_id = Some("w-1".into());
     running.started_ms = 7;
-    // Handed over without waiting, so they meet in one commit (or in order, if not).
+    // Handed over without waiting, so they meet in one commit (or in order, if not): the
+    // rows are inserted, then only the last of t-5's changes is written.
     store.enqueue(Write::Task(Box::new(queued_task(5, Default::default()))));
+    store.enqueue(Write::TaskState(Box::new(assigned)));
     store.enqueue(Write::Task(Box::new(queued_task(6, Default::default()))));
-    store.enqueue(Write::Task(Box::new(running)));
+    store.enqueue(Write::TaskState(Box::new(running)));
     store.sync().await.unwrap();
     drop(store);
     let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
@@ -319,4 +323,153 @@ async fn tokens_and_audit_entries_survive_a_restart_and_a_failed_change_leaves_n
     );
     let older = store.audit_page(Some(page[0].seq), 1).await.unwrap();
     assert_eq!(older[0].seq, page[1].seq);
+}
+
+fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+    let mut t = queued_task(n, Default::default());
+    t.state = state;
+    t.attempts = 1;
+    t.worker_id = Some(worker.into());
+    t.finished_ms = 100 + n as i64;
+    t
+}
+
+/// Finished tasks are paged through the partial indexes of migration 12, newest first,
+/// by every filter; tasks in flight are in none of those pages and are what a restart
+/// loads; the highest number given out counts both.
+#[tokio::test]
+async fn finished_pages_walk_the_finished_indexes_and_a_restart_loads_the_rest() {
+    use herd::domain::TaskState::{Cancelled, Failed, Running, Succeeded};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let done = [
+        ended(1, Succeeded, "w-1"),
+        ended(2, Failed, "w-2"),
+        ended(3, Succeeded, "w-2"),
+        ended(4, Cancelled, "w-1"),
+        ended(5, Succeeded, "w-1"),
+    ];
+    let batch: Vec<Task> = (1..=7)
+        .map(|n| queued_task(n, Default::default()))
+        .collect();
+    store.write(Write::Tasks(batch)).await.unwrap();
+    for t in &done {
+        store.enqueue(Write::TaskState(Box::new(t.clone())));
+    }
+    let mut running = queued_task(7, Default::default());
+    running.state = Running;
+    running.worker_id = Some("w-1".into());
+    store
+        .write(Write::TaskState(Box::new(running)))
+        .await
+        .unwrap();
+    let page = |filter: TaskFilter, before: u64, limit: usize| {
+        let store = store.clone();
+        async move {
+            let tasks = store.finished_page(filter, before, limit).await.unwrap();
+            tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>()
+        }
+    };
+    let all = TaskFilter::default();
+    assert_eq!(
+        page(all.clone(), 100, 10).await,
+        ["t-5", "t-4", "t-3", "t-2", "t-1"]
+    );
+    assert_eq!(
+        page(all, 4, 2).await,
+        ["t-3", "t-2"],
+        "a page before a number"
+    );
+    let succeeded = TaskFilter {
+        state: Some(Succeeded),
+        ..Default::default()
+    };
+    assert_eq!(page(succeeded, 100, 10).await, ["t-5", "t-3", "t-1"]);
+    let on_w1 = TaskFilter {
+        worker_id: Some("w-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(page(on_w1.clone(), 100, 10).await, ["t-5", "t-4", "t-1"]);
+    let succeeded_on_w1 = TaskFilter {
+        state: Some(Succeeded),
+        ..on_w1
+    };
+    assert_eq!(page(succeeded_on_w1, 5, 10).await, ["t-1"]);
+    let running = TaskFilter {
+        state: Some(Running),
+        ..Default::default()
+    };
+    assert!(page(running, 100, 10).await.is_empty(), "not a final state");
+    drop(store);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut open: Vec<_> = loaded
+        .tasks
+        .iter()
+        .map(|t| (t.id.clone(), t.state))
+        .collect();
+    open.sort_by_key(|(id, _)| id.clone());
+    assert_eq!(
+        open,
+        [
+            ("t-6".to_string(), herd::domain::TaskState::Queued),
+            ("t-7".to_string(), Running)
+        ]
+    );
+    assert_eq!(loaded.last_task, 7);
+    let mut counts = loaded.finished.clone();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, [(Cancelled, 1), (Failed, 1), (Succeeded, 3)]);
+}
+
+/// A database of version 11 with tasks in flight and finished migrates, and keeps them.
+#[test]
+fn a_version_11_database_migrates_with_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS[..11].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        let tx = conn.transaction().unwrap();
+        super::commit::write_task(&tx, &ended(1, herd::domain::TaskState::Succeeded, "w-1"))
+            .unwrap();
+        super::commit::write_task(&tx, &queued_task(2, Default::default())).unwrap();
+        tx.commit().unwrap();
+    }
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let ids: Vec<_> = loaded.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["t-2"]);
+    assert_eq!(loaded.last_task, 2);
+    assert_eq!(loaded.finished, [(herd::domain::TaskState::Succeeded, 1)]);
+}
+
+/// The update every task goes through several times does no more than its row and the
+/// indexes it moves in: no temporary table (an `IN (...)` in a partial index's condition
+/// costs two per index), no scan.
+#[test]
+fn a_task_update_opens_no_temporary_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("herd.db")).unwrap();
+    super::schema::migrate(&mut conn).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN {}", super::commit::UPDATE_TASK_STATE))
+        .unwrap();
+    let ops: Vec<String> = stmt
+        .query_map(rusqlite::params![1, 2, 3, 4, 5, 6, 7, 8, 9], |r| r.get(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{ops:?}");
+    let plan: String = conn
+        .query_row(
+            &format!("EXPLAIN QUERY PLAN {}", super::commit::UPDATE_TASK_STATE),
+            rusqlite::params![1, 2, 3, 4, 5, 6, 7, 8, 9],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("USING INDEX"), "{plan}");
 }

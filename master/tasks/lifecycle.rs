@@ -67,10 +67,10 @@ impl Tasks {
         };
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
         let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
-        self.events.task(task.info(|_| None));
+        self.events.task(task);
         let undelivered = self.undelivered.clone();
         self.store
-            .enqueue_then(Write::Task(Box::new(task.clone())), move || {
+            .enqueue_then(Write::TaskState(Box::new(task.clone())), move || {
                 // A full or closed stream: the worker never hears of it, so the task goes
                 // back to the queue at the next pass.
                 if outbound.is_none_or(|o| o.try_send(Ok(message)).is_err()) {
@@ -454,11 +454,11 @@ impl Tasks {
         info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
         *self.finished.entry(state.as_str()).or_default() += 1;
         self.finished_total += 1;
-        self.events.task(task.info(|_| None));
+        self.events.task(task);
         // Once the final row is committed, SQLite answers for the task.
         let (retired, n) = (self.retired.clone(), crate::records::task_number(id));
         self.store
-            .enqueue_then(Write::Task(Box::new(task.clone())), move || {
+            .enqueue_then(Write::TaskState(Box::new(task.clone())), move || {
                 if let Some(n) = n {
                     retired.lock().unwrap_or_else(|p| p.into_inner()).push(n);
                 }

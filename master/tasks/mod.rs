@@ -235,7 +235,7 @@ impl Tasks {
         self.next_task += 1;
         Task {
             id,
-            spec,
+            spec: std::sync::Arc::new(spec),
             state: TaskState::Queued,
             worker_id: None,
             attempts: 0,
@@ -255,7 +255,7 @@ impl Tasks {
     /// Queues a stored task.
     pub fn enqueue(&mut self, task: Task) -> String {
         info!(task = %task.id, name = %task.spec.name, "task submitted");
-        self.events.task(task.info(|_| None));
+        self.events.task(&task);
         self.put(task)
     }
 
@@ -507,8 +507,8 @@ fn restore_gpus(
 /// Hands a task's row to the store thread without waiting for the commit, and tells the
 /// event stream.
 fn persist(store: &Store, events: &Events, task: &Task) {
-    events.task(task.info(|_| None));
-    store.enqueue(Write::Task(Box::new(task.clone())));
+    events.task(task);
+    store.enqueue(Write::TaskState(Box::new(task.clone())));
 }
 
 fn unknown_task(id: &str) -> Error {
