@@ -93,13 +93,31 @@ impl Master {
             None => command,
         };
         let audit = who.audit(Op::SubmitTask, &task.id, &what);
-        self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Task(Box::new(task.clone()))),
-                audit: Box::new(audit),
-            })
-            .await?;
-        Ok(self.registry.enqueue(task))
+        let id = task.id.clone();
+        let stored = self.store.begin(Write::Audited {
+            change: Box::new(Write::Task(Box::new(task.clone()))),
+            audit: Box::new(audit),
+        });
+        let info = self.registry.enqueue(task);
+        self.acknowledge(stored, &[id]).await?;
+        Ok(info)
+    }
+
+    /// Waits for the rows of tasks just submitted, which were queued (and placed) while
+    /// they were being written, so a task and its placement share one commit; the
+    /// submission is answered only once they are stored. A placement is sent to its
+    /// worker only after its own commit, which fails without the task's row: if the rows
+    /// cannot be stored, no worker ever hears of the tasks, and they are withdrawn.
+    async fn acknowledge(
+        &self,
+        stored: impl Future<Output = Result<(), Error>>,
+        ids: &[String],
+    ) -> Result<(), Error> {
+        if let Err(err) = stored.await {
+            self.registry.withdraw(ids);
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Stores a batch in one transaction before any id is handed out: all the tasks, or
@@ -121,15 +139,13 @@ impl Master {
             _ => String::new(),
         };
         let audit = who.audit(Op::SubmitTask, &ids, &format!("{} tasks", tasks.len()));
-        self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Tasks(tasks.clone())),
-                audit: Box::new(audit),
-            })
-            .await?;
-        Ok(pb::SubmitTasksResponse {
-            task_ids: self.registry.enqueue_all(tasks),
-        })
+        let stored = self.store.begin(Write::Audited {
+            change: Box::new(Write::Tasks(tasks.clone())),
+            audit: Box::new(audit),
+        });
+        let task_ids = self.registry.enqueue_all(tasks);
+        self.acknowledge(stored, &task_ids).await?;
+        Ok(pb::SubmitTasksResponse { task_ids })
     }
 
     /// A page of tasks, newest first: the unfinished (and just finished) ones from memory

@@ -391,8 +391,8 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let port = free_port();
     let data = dir.path().join("data");
     // A data dir as the release before identities left it: a token, no join token, and
-    // herd.db one schema version back (identities are the last migration), with a worker
-    // that has no secret and a task with no submitter.
+    // herd.db at schema version 10 (identities are migration 11; 12 came after), with a
+    // worker that has no secret and a task with no submitter.
     let mut master = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = master.admin().await;
     let mut old = Worker::start(dir.path(), &master.url(), "veteran", &[]);
@@ -406,15 +406,22 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let before_version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    let version = before_version;
-    db.execute_batch(&format!(
-        "ALTER TABLE tasks DROP COLUMN submitted_by;
+    assert_eq!(before_version, 12, "this test undoes migrations 12 and 11");
+    db.execute_batch(
+        "DROP INDEX tasks_open;
+         DROP INDEX tasks_done_by_seq;
+         DROP INDEX tasks_done_by_state;
+         DROP INDEX tasks_done_by_worker;
+         CREATE INDEX tasks_by_state ON tasks(state);
+         CREATE INDEX tasks_by_seq ON tasks(seq);
+         CREATE INDEX tasks_by_state_seq ON tasks(state, seq);
+         CREATE INDEX tasks_by_worker_seq ON tasks(worker_id, seq);
+         ALTER TABLE tasks DROP COLUMN submitted_by;
          ALTER TABLE workers DROP COLUMN secret_hash;
          DROP TABLE tokens;
          DROP TABLE audit;
-         PRAGMA user_version = {};",
-        version - 1
-    ))
+         PRAGMA user_version = 10;",
+    )
     .unwrap();
     drop(db);
 

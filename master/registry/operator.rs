@@ -101,6 +101,16 @@ impl Registry {
         ids
     }
 
+    /// Forgets tasks whose rows could not be stored (their submission failed and was not
+    /// acknowledged): they leave the queue and free what they were given.
+    pub fn withdraw(&self, ids: &[String]) {
+        let (mut guard, _) = self.lock();
+        let inner = &mut *guard;
+        for id in ids {
+            inner.tasks.withdraw(id, &mut inner.workers);
+        }
+    }
+
     /// One task as the master has it in memory (`Stored`: ask SQLite).
     pub fn task(&self, id: &str) -> Result<Lookup<pb::TaskInfo>, Error> {
         let (inner, _) = self.lock();

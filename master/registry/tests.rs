@@ -378,3 +378,25 @@ async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
     assert!(!fresh.reason.contains("held"), "{}", fresh.reason);
     assert_eq!(r2.enqueue(r2.new_task(task(1.0))).worker_id, b, "backfill");
 }
+
+/// Tasks whose rows could not be stored are withdrawn: out of the queue and off their
+/// worker, whose room goes to the next task.
+#[tokio::test]
+async fn a_withdrawn_task_frees_its_worker_and_leaves_the_queue() {
+    let (r, _dir) = registry();
+    let a = register(&r, spec("a")).id;
+    let (tx, _rx) = mpsc::channel(16);
+    r.connect(&hb(&a, 1), tx, None).unwrap();
+    let cpus = spec("a").capacity.cpu;
+    let placed = r.enqueue(r.new_task(task_spec(cpus)));
+    assert_eq!(placed.worker_id, a);
+    let waiting = r.enqueue(r.new_task(task_spec(cpus)));
+    assert!(waiting.worker_id.is_empty(), "the worker is full");
+    r.withdraw(&[placed.id.clone(), waiting.id.clone()]);
+    assert!(
+        !matches!(r.task(&placed.id), Ok(crate::tasks::Lookup::Here(_))),
+        "still in memory"
+    );
+    let next = r.enqueue(r.new_task(task_spec(cpus)));
+    assert_eq!(next.worker_id, a, "the withdrawn task's room was not freed");
+}

@@ -1,7 +1,7 @@
 //! One commit of the store thread: every write of a batch in one transaction, in order
 //! (of several snapshots of one task's row, only the last).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, params};
 
@@ -20,7 +20,9 @@ pub(super) fn commit<'a>(
 ) -> Result<(), Error> {
     let tx = conn.transaction()?;
     // A task's changing columns are a whole snapshot: of several in one commit (assigned,
-    // started and finished can come together at a high rate), only the last is written.
+    // started and finished can come together at a high rate), only the last is written,
+    // and a task stored in this commit is inserted as that last snapshot has it (a batch
+    // and its placements, handed over together, cost one row write per task).
     let writes: Vec<&Write> = writes.collect();
     let mut last_of: HashMap<&str, usize> = HashMap::new();
     for (at, write) in writes.iter().enumerate() {
@@ -28,9 +30,22 @@ pub(super) fn commit<'a>(
             last_of.insert(t.id.as_str(), at);
         }
     }
-    for (at, write) in writes.into_iter().enumerate() {
+    let mut inserted: HashSet<usize> = HashSet::new();
+    let newest = |t: &'a Task, at: usize, inserted: &mut HashSet<usize>| -> &'a Task {
+        match last_of
+            .get(t.id.as_str())
+            .map(|&later| (later, writes[later]))
+        {
+            Some((later, Write::TaskState(newer))) if later > at => {
+                inserted.insert(later);
+                newer
+            }
+            _ => t,
+        }
+    };
+    for (at, &write) in writes.iter().enumerate() {
         if let Write::TaskState(t) = write
-            && last_of.get(t.id.as_str()) != Some(&at)
+            && (last_of.get(t.id.as_str()) != Some(&at) || inserted.contains(&at))
         {
             continue;
         }
@@ -99,11 +114,11 @@ pub(super) fn commit<'a>(
                         .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
-            Write::Task(t) => write_task(&tx, t)?,
+            Write::Task(t) => write_task(&tx, newest(t, at, &mut inserted))?,
             Write::TaskState(t) => write_task_state(&tx, t)?,
             Write::Tasks(tasks) => {
                 for t in tasks {
-                    write_task(&tx, t)?;
+                    write_task(&tx, newest(t, at, &mut inserted))?;
                 }
             }
             Write::Draining { id, draining } => {
@@ -173,8 +188,10 @@ pub(super) const UPDATE_TASK_STATE: &str =
      WHERE id = ?1";
 
 /// Updates the columns of a stored task that change after its submission.
+/// A task that is not stored fails the write (and with it what waits for its commit:
+/// a placement of a task whose row could not be stored is never sent).
 fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
-    tx.prepare_cached(UPDATE_TASK_STATE)?.execute(params![
+    let changed = tx.prepare_cached(UPDATE_TASK_STATE)?.execute(params![
         t.id,
         t.state.as_str(),
         t.worker_id,
@@ -185,6 +202,9 @@ fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Erro
         t.finished_ms,
         serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
     ])?;
+    if changed != 1 {
+        return Err(Error::Storage(format!("task {} is not stored", t.id)));
+    }
     Ok(())
 }
 

@@ -203,15 +203,26 @@ impl Store {
 
     /// Performs `write` and returns once it is committed.
     pub async fn write(&self, write: Write) -> Result<(), Error> {
+        self.begin(write).await
+    }
+
+    /// Hands `write` to the store thread now; the future it returns ends once the write
+    /// is committed. What is handed over after it (the placements of the tasks it stores,
+    /// say) is committed with it or after it, never before.
+    pub fn begin(
+        &self,
+        write: Write,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job::Write {
-                write,
-                done: Done::Reply(done),
-            })
-            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
-        wait.await
-            .map_err(|_| Error::Unavailable("the store stopped".into()))?
+        let sent = self.jobs.send(Job::Write {
+            write,
+            done: Done::Reply(done),
+        });
+        async move {
+            sent.map_err(|_| Error::Unavailable("the store is closed".into()))?;
+            wait.await
+                .map_err(|_| Error::Unavailable("the store stopped".into()))?
+        }
     }
 
     /// Returns once everything handed to the store before is committed: what is

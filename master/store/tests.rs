@@ -473,3 +473,57 @@ fn a_task_update_opens_no_temporary_table() {
         .unwrap();
     assert!(plan.contains("USING INDEX"), "{plan}");
 }
+
+/// A batch and the placements handed over right after it: one row per task, as its last
+/// snapshot has it. A placement of a task whose row is not stored fails, and what waits
+/// for its commit (sending it to the worker) never runs.
+#[tokio::test]
+async fn a_batch_and_its_placements_share_a_commit_and_an_unstored_task_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut assigned = queued_task(1, Default::default());
+    assigned.state = herd::domain::TaskState::Assigned;
+    assigned.attempts = 1;
+    assigned.worker_id = Some("w-1".into());
+    let stored = store.begin(Write::Tasks(vec![
+        queued_task(1, Default::default()),
+        queued_task(2, Default::default()),
+    ]));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let then = |n: u32| {
+        let sent = sent.clone();
+        move || sent.lock().unwrap().push(n)
+    };
+    store.enqueue_then(Write::TaskState(Box::new(assigned)), then(1));
+    store.enqueue_then(
+        Write::TaskState(Box::new(queued_task(3, Default::default()))),
+        then(3),
+    );
+    stored.await.unwrap();
+    store.sync().await.unwrap();
+    assert_eq!(
+        *sent.lock().unwrap(),
+        [1],
+        "sent for a task that is not stored"
+    );
+    drop(store);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let mut seen: Vec<_> = loaded
+        .tasks
+        .iter()
+        .map(|t| (t.id.clone(), t.state, t.worker_id.clone()))
+        .collect();
+    seen.sort_by_key(|(id, ..)| id.clone());
+    assert_eq!(
+        seen,
+        [
+            (
+                "t-1".to_string(),
+                herd::domain::TaskState::Assigned,
+                Some("w-1".to_string())
+            ),
+            ("t-2".to_string(), herd::domain::TaskState::Queued, None)
+        ]
+    );
+}

@@ -466,7 +466,7 @@ impl Tasks {
     }
 
     /// Frees what a placed task held on its worker.
-    fn release(&mut self, id: &str, workers: &mut Workers) {
+    pub(super) fn release(&mut self, id: &str, workers: &mut Workers) {
         let task = &self.tasks[id];
         if !task.state.is_placed() {
             return;

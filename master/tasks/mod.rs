@@ -219,6 +219,20 @@ impl Tasks {
         }
     }
 
+    /// Forgets a task whose row could not be stored. No worker has heard of it: a
+    /// placement is sent only once committed, and that commit fails without the row.
+    pub fn withdraw(&mut self, id: &str, workers: &mut Workers) {
+        if self.tasks.get(id).is_none() {
+            return;
+        }
+        self.release(id, workers);
+        self.queue.retain(|queued| queued != id);
+        if let Some(n) = task_number(id) {
+            self.tasks.0.remove(&n);
+        }
+        tracing::warn!(task = %id, "task withdrawn: its row could not be stored");
+    }
+
     /// Lets go of finished tasks whose final row is committed (SQLite answers for them).
     pub fn drop_retired(&mut self) {
         let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
