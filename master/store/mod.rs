@@ -2,7 +2,7 @@
 //!
 //! Callers hand writes to the store thread and await the commit. The thread batches
 //! whatever is waiting into one transaction (group commit), so many registrations arriving
-//! together cost one commit, and a tick's liveness flush is always exactly one commit.
+//! together cost one commit, and a tick's liveness flush is a commit per 2,000 rows.
 //! WAL with `synchronous=NORMAL`: a commit survives kill -9 of the master.
 
 use std::collections::HashMap;
@@ -146,7 +146,7 @@ const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 impl Store {
     /// Opens (creating if needed) the database, migrates it, and returns the store with
     /// every worker it knows.
-    /// `flushes` gets the duration of every commit that carries a tick's liveness rows.
+    /// `flushes` gets the duration of every commit that carries liveness rows of a tick.
     pub fn open(
         path: &Path,
         output: OutputDir,
