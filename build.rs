@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["herd.proto"], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("herd_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Every service uses herd's codec: prost with a small first buffer (shared/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::HerdCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

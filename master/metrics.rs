@@ -60,7 +60,7 @@ impl Metrics {
         );
         prometheus.register(
             "sqlite_flush_seconds",
-            "Duration of one commit of a tick's liveness flush to SQLite (at most 2,000 rows)",
+            "Duration of one commit of a tick's liveness flush to SQLite (at most 1,000 rows)",
             flush.clone(),
         );
         prometheus.register("workers", "Workers by state", workers.clone());

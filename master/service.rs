@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::Registry;
 use crate::store::{Store, Write};
+use crate::workers::Outbound;
 
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
 /// assignments wait for the next scheduling pass. A queue that stays full for a heartbeat
@@ -193,7 +194,8 @@ impl pb::registry_server::Registry for Master {
             }
             registry.disconnect(&id, generation);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let outbound = ReceiverStream::new(rx).map(|message| message.map(|boxed| *boxed));
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 /// The status a stream ends with when a message on it could not be read.
@@ -231,12 +233,12 @@ fn ack(sequence: u64, finished_task_ids: Vec<String>) -> pb::MasterMessage {
 /// will do: finished tasks are repeated until acknowledged).
 fn acknowledge(
     store: &Store,
-    tx: &mpsc::Sender<Result<pb::MasterMessage, Status>>,
+    tx: &Outbound,
     mut message: pb::MasterMessage,
     finished: Vec<String>,
 ) {
     if finished.is_empty() {
-        let _ = tx.try_send(Ok(message));
+        let _ = tx.try_send(Ok(Box::new(message)));
         return;
     }
     let (store, tx) = (store.clone(), tx.clone());
@@ -245,7 +247,7 @@ fn acknowledge(
             if let Some(pb::master_message::Body::Ack(a)) = message.body.as_mut() {
                 a.finished_task_ids = finished;
             }
-            let _ = tx.send(Ok(message)).await;
+            let _ = tx.send(Ok(Box::new(message))).await;
         }
     });
 }

@@ -39,7 +39,7 @@ pub fn spawn(
 /// at once (10,000 took 28 ms in one commit, holding up every placement behind it); in
 /// commits of this many, each takes a few milliseconds, other writes go between them, and
 /// the whole flush still ends within the tick.
-pub const FLUSH_CHUNK: usize = 2_000;
+pub const FLUSH_CHUNK: usize = 1_000;
 
 /// One tick: apply the rule, flush the changed rows (all of them with `everything`), in
 /// commits of at most [`FLUSH_CHUNK`] rows. A failed flush is retried next tick.

@@ -20,8 +20,10 @@ use crate::liveness::{Liveness, Presence};
 use crate::records::{SecretHash, WorkerRecord};
 use crate::scheduler::gpus::GpuPool;
 
-/// What the master pushes down a worker's heartbeat stream.
-pub type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
+/// What the master pushes down a worker's heartbeat stream. Messages are boxed in the
+/// queue: tokio allocates a stream's queue 32 slots at a time, and at 248 bytes a message
+/// that was 8 KiB for every open stream (boxed: 512 bytes).
+pub type Outbound = mpsc::Sender<Result<Box<pb::MasterMessage>, Status>>;
 
 /// An open heartbeat stream.
 pub struct Session {
@@ -195,7 +197,7 @@ impl Entry {
     pub fn push(&self, body: ToWorker) -> bool {
         self.session.as_ref().is_some_and(|s| {
             s.outbound
-                .try_send(Ok(pb::MasterMessage { body: Some(body) }))
+                .try_send(Ok(Box::new(pb::MasterMessage { body: Some(body) })))
                 .is_ok()
         })
     }

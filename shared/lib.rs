@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod batch;
 pub mod client;
+pub mod codec;
 pub mod command;
 pub mod complete;
 pub mod config;

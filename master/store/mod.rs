@@ -2,7 +2,7 @@
 //!
 //! Callers hand writes to the store thread and await the commit. The thread batches
 //! whatever is waiting into one transaction (group commit), so many registrations arriving
-//! together cost one commit, and a tick's liveness flush is a commit per 2,000 rows.
+//! together cost one commit, and a tick's liveness flush is a commit per 1,000 rows.
 //! WAL with `synchronous=NORMAL`: a commit survives kill -9 of the master.
 
 use std::collections::HashMap;

@@ -73,7 +73,7 @@ impl Tasks {
             .enqueue_then(Write::TaskState(Box::new(task.clone())), move || {
                 // A full or closed stream: the worker never hears of it, so the task goes
                 // back to the queue at the next pass.
-                if outbound.is_none_or(|o| o.try_send(Ok(message)).is_err()) {
+                if outbound.is_none_or(|o| o.try_send(Ok(Box::new(message))).is_err()) {
                     warn!(task = %task_id, %worker, "the assignment could not be sent; re-queuing it");
                     undelivered
                         .lock()
