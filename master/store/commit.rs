@@ -208,7 +208,7 @@ fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Erro
     Ok(())
 }
 
-/// Inserts or updates one task's row (its spec is written once, at submission).
+/// Inserts a new task's row (once, at submission; its changes are [`UPDATE_TASK_STATE`]).
 pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
     tx.prepare_cached(
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
@@ -216,12 +216,7 @@ pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(),
                  finished_at, history, seq, priority, constraints, timeout_ms, env,
                  workdir, retries, disk_gb, submitted_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
-             ON CONFLICT(id) DO UPDATE SET
-                 state = excluded.state, worker_id = excluded.worker_id,
-                 attempts = excluded.attempts, exit_code = excluded.exit_code,
-                 reason = excluded.reason, started_at = excluded.started_at,
-                 finished_at = excluded.finished_at, history = excluded.history",
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
     )?
     .execute(params![
         t.id,

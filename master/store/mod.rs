@@ -35,7 +35,7 @@ pub enum Write {
     Liveness(Vec<LivenessRow>),
     /// Whether a worker is drained.
     Draining { id: String, draining: bool },
-    /// Insert or update a task (everything but its output).
+    /// Insert a new task (everything but its output).
     Task(Box<Task>),
     /// What changes of a task already stored: its state, placement, result and attempts.
     /// Of several in one commit, only the last of each task is written.

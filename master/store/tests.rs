@@ -181,6 +181,22 @@ fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
     }
 }
 
+/// Task `n` in `state`, on its first attempt on `worker`.
+fn placed(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+    let mut t = queued_task(n, Default::default());
+    t.state = state;
+    t.attempts = 1;
+    t.worker_id = Some(worker.into());
+    t
+}
+
+/// Task `n`, ended in `state` on `worker`.
+fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+    let mut t = placed(n, state, worker);
+    t.finished_ms = 100 + n as i64;
+    t
+}
+
 #[tokio::test]
 async fn a_batch_of_tasks_round_trips_with_how_each_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,10 +230,7 @@ async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herd.db");
     let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-    let mut assigned = queued_task(5, Default::default());
-    assigned.state = herd::domain::TaskState::Assigned;
-    assigned.attempts = 1;
-    assigned.worker_id = Some("w-1".into());
+    let assigned = placed(5, herd::domain::TaskState::Assigned, "w-1");
     let mut running = assigned.clone();
     running.state = herd::domain::TaskState::Running;
     running.started_ms = 7;
@@ -323,15 +336,6 @@ async fn tokens_and_audit_entries_survive_a_restart_and_a_failed_change_leaves_n
     );
     let older = store.audit_page(Some(page[0].seq), 1).await.unwrap();
     assert_eq!(older[0].seq, page[1].seq);
-}
-
-fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
-    let mut t = queued_task(n, Default::default());
-    t.state = state;
-    t.attempts = 1;
-    t.worker_id = Some(worker.into());
-    t.finished_ms = 100 + n as i64;
-    t
 }
 
 /// Finished tasks are paged through the partial indexes of migration 12, newest first,
@@ -482,10 +486,7 @@ async fn a_batch_and_its_placements_share_a_commit_and_an_unstored_task_is_never
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herd.db");
     let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-    let mut assigned = queued_task(1, Default::default());
-    assigned.state = herd::domain::TaskState::Assigned;
-    assigned.attempts = 1;
-    assigned.worker_id = Some("w-1".into());
+    let assigned = placed(1, herd::domain::TaskState::Assigned, "w-1");
     let stored = store.begin(Write::Tasks(vec![
         queued_task(1, Default::default()),
         queued_task(2, Default::default()),
