@@ -118,13 +118,17 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + window;
     let mut jobs = Vec::new();
-    for _ in 0..submitters {
+    for k in 0..submitters {
         let mut admin = b.admin.clone();
         let shared = b.shared.clone();
+        // The submitters take turns (a batch every beat / submitters), rather than all
+        // four sending at once: the offered load is a steady rate, not bursts of four
+        // batches.
+        let first = tokio::time::Instant::from_std(started) + beat * k / submitters;
         jobs.push(tokio::spawn(async move {
             let (mut submitted, mut waits) = (0u64, Vec::new());
             let mut n = 0u64;
-            let mut ticks = tokio::time::interval(beat);
+            let mut ticks = tokio::time::interval_at(first, beat);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while Instant::now() < deadline {
                 ticks.tick().await;
