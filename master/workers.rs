@@ -264,6 +264,8 @@ pub struct Workers {
     position: Vec<usize>,
     /// What changed since the scheduler last asked ([`Workers::take_changes`]).
     changes: Changes,
+    /// The number in the next new id ([`Workers::new_id`]); drawn at random at first use.
+    next_id: Option<u32>,
 }
 
 /// Which workers may have changed since the scheduler last looked: every mutable access
@@ -349,11 +351,16 @@ impl Workers {
         self.get(id).map(|w| w.spec.name.as_str())
     }
 
-    /// An id no worker has.
-    pub fn new_id(&self) -> String {
+    /// An id no worker has. The ids one master gives out follow each other from a random
+    /// start (after a restart, from another), so a burst of registrations adds rows next
+    /// to each other in SQLite's id indexes instead of dirtying a random page each.
+    pub fn new_id(&mut self) -> String {
+        let mut n = *self.next_id.get_or_insert_with(|| fastrand::u32(..));
         loop {
-            let candidate = format!("w-{:08x}", fastrand::u32(..));
+            let candidate = format!("w-{n:08x}");
+            n = n.wrapping_add(1);
             if !self.contains_key(&candidate) {
+                self.next_id = Some(n);
                 return candidate;
             }
         }
@@ -362,9 +369,17 @@ impl Workers {
     /// Adds a worker, keeping the name order.
     pub fn insert(&mut self, entry: Entry) {
         let name = entry.spec.name.clone();
-        let at = self
+        // Names often come in order (host01, host02, ...): then the search is one compare.
+        let after_last = self
             .order
-            .partition_point(|&other| self.slab[other].spec.name < name);
+            .last()
+            .is_none_or(|&last| self.slab[last].spec.name < name);
+        let at = if after_last {
+            self.order.len()
+        } else {
+            self.order
+                .partition_point(|&other| self.slab[other].spec.name < name)
+        };
         self.by_name.insert(name, entry.id.clone());
         let slot = self.slab.len();
         self.index.insert(entry.id.clone(), slot);

@@ -24,7 +24,12 @@ pub fn issue() -> Result<(String, SecretHash), Error> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| Error::Unavailable("the kernel gave no random bytes".into()))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut secret = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        secret.push(char::from(HEX[usize::from(b >> 4)]));
+        secret.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
     let hash = digest(&secret);
     Ok((secret, hash))
 }
@@ -44,6 +49,10 @@ mod tests {
         let (b, hash_b) = issue().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
         assert!(matches(&hash_a, &a));
         assert!(!matches(&hash_a, &b));
         assert!(!matches(&hash_b, ""));

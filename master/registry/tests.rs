@@ -191,6 +191,31 @@ fn names_map_to_one_id_and_strangers_are_refused() {
     ));
 }
 
+/// Workers registering in name order are appended, others go in their place: the list
+/// is in name order either way. New ids follow each other (adjacent rows in SQLite).
+#[test]
+fn workers_stay_in_name_order_and_new_ids_follow_each_other() {
+    let (r, _dir) = registry();
+    let ids: Vec<String> = ["b", "d", "a", "c", "e"]
+        .into_iter()
+        .map(|name| register(&r, spec(name)).id)
+        .collect();
+    let names: Vec<String> = r
+        .list(true, "", usize::MAX, usize::MAX)
+        .0
+        .into_iter()
+        .map(|w| w.description.unwrap().name)
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    let numbers: Vec<u32> = ids
+        .iter()
+        .map(|id| u32::from_str_radix(id.strip_prefix("w-").unwrap(), 16).unwrap())
+        .collect();
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1), "ids {ids:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
     let (r, _dir) = registry();

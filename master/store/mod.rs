@@ -346,10 +346,9 @@ fn learn_rowids<'a>(
         };
         if let Write::Worker(r) = write
             && !rowids.contains_key(&r.id)
-            && let Ok(rowid) =
-                conn.query_row("SELECT rowid FROM workers WHERE id = ?1", [&r.id], |row| {
-                    row.get(0)
-                })
+            && let Ok(rowid) = conn
+                .prepare_cached("SELECT rowid FROM workers WHERE id = ?1")
+                .and_then(|mut stmt| stmt.query_row([&r.id], |row| row.get(0)))
         {
             rowids.insert(r.id.clone(), rowid);
         }
