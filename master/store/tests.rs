@@ -528,3 +528,33 @@ async fn a_batch_and_its_placements_share_a_commit_and_an_unstored_task_is_never
         ]
     );
 }
+
+/// Inside a runtime, what waits for a commit is told by a task of the runtime, in commit
+/// order: the store thread wakes that task once per commit instead of waking every waiter
+/// itself (a busy runtime polls tasks woken from outside only now and then).
+#[tokio::test]
+async fn commits_are_told_from_inside_the_runtime_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::scratch(dir.path());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for n in 1..=3 {
+        let seen = seen.clone();
+        store.enqueue_then(
+            Write::Tasks(vec![queued_task(n, Default::default())]),
+            move || {
+                let thread = std::thread::current().name().map(str::to_string);
+                seen.lock().unwrap().push((n, thread));
+            },
+        );
+    }
+    store.sync().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+    for (_, thread) in &seen {
+        assert_ne!(
+            thread.as_deref(),
+            Some("herd-store"),
+            "told on the store thread"
+        );
+    }
+}
