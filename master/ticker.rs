@@ -56,3 +56,89 @@ pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
         rows = rest;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::secret;
+    use crate::liveness::Liveness;
+    use crate::metrics::Metrics;
+    use crate::output::OutputDir;
+    use crate::registry::Settings;
+    use herd::domain::{Resources, WorkerSpec};
+
+    fn spec(i: usize) -> WorkerSpec {
+        WorkerSpec {
+            name: format!("w{i:05}"),
+            host: "h".into(),
+            address: "127.0.0.1".into(),
+            version: "t".into(),
+            capacity: Resources {
+                cpu: 1.0,
+                memory_gb: 1.0,
+                gpu: 0,
+                disk_gb: 0.0,
+            },
+            labels: Default::default(),
+            runtime: None,
+            isolation: String::new(),
+            gpus: Vec::new(),
+        }
+    }
+
+    /// A flush of more rows than [`FLUSH_CHUNK`] (every worker's row, as after a restart)
+    /// goes in commits of at most that many, and every row is stored.
+    #[tokio::test]
+    async fn a_large_flush_goes_in_chunks_and_stores_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.db");
+        let metrics = Metrics::new();
+        let (store, _) = Store::open(
+            &path,
+            OutputDir::new(dir.path().join("output")),
+            metrics.flush.clone(),
+        )
+        .unwrap();
+        let registry = Registry::new(
+            Settings {
+                liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
+                heartbeat_interval: Duration::from_secs(5),
+                check_interval: Duration::from_secs(1),
+                max_attempts: 3,
+                scheduler: Default::default(),
+            },
+            store.clone(),
+            metrics.clone(),
+            crate::events::Events::new(),
+        );
+        let n = 2 * FLUSH_CHUNK + 1;
+        for i in 0..n {
+            let registered = registry
+                .register(spec(i), "", None, secret::issue().unwrap())
+                .unwrap();
+            store.enqueue(Write::Worker(Box::new(registered.record)));
+        }
+        store.sync().await.unwrap();
+        // Rows that say something else: only the flush can set them right.
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute("UPDATE workers SET state = 'Removed'", [])
+            .unwrap();
+
+        tick(&registry, &store, true).await;
+
+        let text = metrics.render(registry.summary());
+        let commits = text
+            .lines()
+            .find_map(|l| l.strip_prefix("herd_sqlite_flush_seconds_count "))
+            .expect("the flush histogram is rendered");
+        assert_eq!(commits, "3", "{n} rows in commits of at most {FLUSH_CHUNK}");
+        let wrong: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM workers WHERE state != 'Inactive'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(wrong, 0, "every row is flushed");
+    }
+}
