@@ -78,6 +78,11 @@ pub enum Write {
 /// runtime's queue for tasks woken from outside, which a busy runtime polls once in
 /// dozens of tasks: at 10,000 placements a second, the assignments of a batch reached
 /// their streams 23 ms after their commit.) Outside a runtime (unit tests), this thread.
+///
+/// The channel to that task is unbounded on purpose: it holds one list per commit already
+/// made, of waiters that exist anyway (each stands for a write handed over before), so it
+/// grows no further than the writes queued to the store; a bound would make the store
+/// thread wait for the runtime, or lose replies.
 enum Notify {
     Runtime(tokio::sync::mpsc::UnboundedSender<Vec<(Done, Result<(), Error>)>>),
     Here,
