@@ -61,30 +61,9 @@ pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
 mod tests {
     use super::*;
     use crate::identity::secret;
-    use crate::liveness::Liveness;
     use crate::metrics::Metrics;
     use crate::output::OutputDir;
-    use crate::registry::Settings;
-    use herd::domain::{Resources, WorkerSpec};
-
-    fn spec(i: usize) -> WorkerSpec {
-        WorkerSpec {
-            name: format!("w{i:05}"),
-            host: "h".into(),
-            address: "127.0.0.1".into(),
-            version: "t".into(),
-            capacity: Resources {
-                cpu: 1.0,
-                memory_gb: 1.0,
-                gpu: 0,
-                disk_gb: 0.0,
-            },
-            labels: Default::default(),
-            runtime: None,
-            isolation: String::new(),
-            gpus: Vec::new(),
-        }
-    }
+    use crate::registry::tests::{registry_on, spec};
 
     /// A flush of more rows than [`FLUSH_CHUNK`] (every worker's row, as after a restart)
     /// goes in commits of at most that many, and every row is stored.
@@ -99,22 +78,16 @@ mod tests {
             metrics.flush.clone(),
         )
         .unwrap();
-        let registry = Registry::new(
-            Settings {
-                liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
-                heartbeat_interval: Duration::from_secs(5),
-                check_interval: Duration::from_secs(1),
-                max_attempts: 3,
-                scheduler: Default::default(),
-            },
-            store.clone(),
-            metrics.clone(),
-            crate::events::Events::new(),
-        );
+        let registry = registry_on(store.clone(), metrics.clone());
         let n = 2 * FLUSH_CHUNK + 1;
         for i in 0..n {
             let registered = registry
-                .register(spec(i), "", None, secret::issue().unwrap())
+                .register(
+                    spec(&format!("w{i:05}")),
+                    "",
+                    None,
+                    secret::issue().unwrap(),
+                )
                 .unwrap();
             store.enqueue(Write::Worker(Box::new(registered.record)));
         }

@@ -547,4 +547,4 @@ impl Inner {
     }
 }
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

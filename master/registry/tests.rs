@@ -3,7 +3,7 @@ use super::*;
 use herd::domain::{Resources, WorkerSpec};
 use tokio::sync::mpsc;
 
-fn spec(name: &str) -> WorkerSpec {
+pub(crate) fn spec(name: &str) -> WorkerSpec {
     WorkerSpec {
         name: name.into(),
         host: "h".into(),
@@ -24,7 +24,13 @@ fn spec(name: &str) -> WorkerSpec {
 
 fn registry() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let r = Registry::new(
+    let r = registry_on(Store::scratch(dir.path()), Metrics::new());
+    (r, dir)
+}
+
+/// The registry these tests use (30 s heartbeat timeout, 600 s worker timeout), on `store`.
+pub(crate) fn registry_on(store: Store, metrics: Arc<Metrics>) -> Registry {
+    Registry::new(
         Settings {
             liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
             heartbeat_interval: Duration::from_secs(5),
@@ -32,11 +38,10 @@ fn registry() -> (Registry, tempfile::TempDir) {
             max_attempts: 3,
             scheduler: SchedulerKind::ResourceAware,
         },
-        Store::scratch(dir.path()),
-        Metrics::new(),
+        store,
+        metrics,
         crate::events::Events::new(),
-    );
-    (r, dir)
+    )
 }
 
 /// A plain process task asking for `cpu` CPUs.

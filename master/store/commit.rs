@@ -1,7 +1,7 @@
 //! One commit of the store thread: every write of a batch in one transaction, in order
 //! (of several snapshots of one task's row, only the last).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 
@@ -30,22 +30,9 @@ pub(super) fn commit<'a>(
             last_of.insert(t.id.as_str(), at);
         }
     }
-    let mut inserted: HashSet<usize> = HashSet::new();
-    let newest = |t: &'a Task, at: usize, inserted: &mut HashSet<usize>| -> &'a Task {
-        match last_of
-            .get(t.id.as_str())
-            .map(|&later| (later, writes[later]))
-        {
-            Some((later, Write::TaskState(newer))) if later > at => {
-                inserted.insert(later);
-                newer
-            }
-            _ => t,
-        }
-    };
     for (at, &write) in writes.iter().enumerate() {
         if let Write::TaskState(t) = write
-            && (last_of.get(t.id.as_str()) != Some(&at) || inserted.contains(&at))
+            && last_of.get(t.id.as_str()) != Some(&at)
         {
             continue;
         }
@@ -114,11 +101,11 @@ pub(super) fn commit<'a>(
                         .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
-            Write::Task(t) => write_task(&tx, newest(t, at, &mut inserted))?,
+            Write::Task(t) => write_task(&tx, newest(t, at, &writes, &mut last_of))?,
             Write::TaskState(t) => write_task_state(&tx, t)?,
             Write::Tasks(tasks) => {
                 for t in tasks {
-                    write_task(&tx, newest(t, at, &mut inserted))?;
+                    write_task(&tx, newest(t, at, &writes, &mut last_of))?;
                 }
             }
             Write::Draining { id, draining } => {
@@ -179,6 +166,25 @@ pub(super) fn commit<'a>(
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The snapshot a task stored in this commit is inserted as: the last of its snapshots
+/// handed over after it, which is then not written again (it is no longer the last of
+/// `last_of`).
+fn newest<'a>(
+    t: &'a Task,
+    at: usize,
+    writes: &[&'a Write],
+    last_of: &mut HashMap<&'a str, usize>,
+) -> &'a Task {
+    if let Some(&later) = last_of.get(t.id.as_str())
+        && later > at
+        && let Write::TaskState(newer) = writes[later]
+    {
+        last_of.remove(t.id.as_str());
+        return newer;
+    }
+    t
 }
 
 /// The update of a task's changing columns (three or four per task).

@@ -84,42 +84,47 @@ pub enum Write {
 /// grows no further than the writes queued to the store; a bound would make the store
 /// thread wait for the runtime, or lose replies.
 enum Notify {
-    Runtime(tokio::sync::mpsc::UnboundedSender<Vec<(Done, Result<(), Error>)>>),
+    Runtime(tokio::sync::mpsc::UnboundedSender<Finished>),
     Here,
 }
+
+/// The waiters of a commit, each with its result.
+type Finished = Vec<(Done, Result<(), Error>)>;
 
 impl Notify {
     fn new() -> Notify {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Notify::Here;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(Done, Result<(), Error>)>>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
         runtime.spawn(async move {
             while let Some(finished) = rx.recv().await {
-                finished
-                    .into_iter()
-                    .for_each(|(done, result)| done.send(result));
+                tell(finished);
             }
         });
         Notify::Runtime(tx)
     }
 
     /// Tells everyone in `finished`, in order (after everyone of earlier commits).
-    fn deliver(&self, finished: Vec<(Done, Result<(), Error>)>) {
+    fn deliver(&self, finished: Finished) {
         if finished.is_empty() {
             return;
         }
-        let finished = match self {
-            Notify::Runtime(tx) => match tx.send(finished) {
-                Ok(()) => return,
+        match self {
+            Notify::Runtime(tx) => {
                 // The runtime is gone (the master is stopping): tell them here.
-                Err(tokio::sync::mpsc::error::SendError(finished)) => finished,
-            },
-            Notify::Here => finished,
-        };
-        finished
-            .into_iter()
-            .for_each(|(done, result)| done.send(result));
+                if let Err(tokio::sync::mpsc::error::SendError(finished)) = tx.send(finished) {
+                    tell(finished);
+                }
+            }
+            Notify::Here => tell(finished),
+        }
+    }
+}
+
+fn tell(finished: Finished) {
+    for (done, result) in finished {
+        done.send(result);
     }
 }
 
