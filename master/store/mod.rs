@@ -20,6 +20,7 @@ use herd::error::Error;
 
 mod commit;
 mod identity;
+mod pages;
 mod schema;
 
 use self::commit::commit;
@@ -327,7 +328,7 @@ impl Store {
         before: u64,
         limit: usize,
     ) -> Result<Vec<Task>, Error> {
-        self.read(move |conn| schema::finished_page(conn, &filter, before, limit))
+        self.read(move |conn| pages::finished_page(conn, &filter, before, limit))
             .await
     }
 

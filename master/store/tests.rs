@@ -191,7 +191,7 @@ fn placed(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
 }
 
 /// Task `n`, ended in `state` on `worker`.
-fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+pub(super) fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
     let mut t = placed(n, state, worker);
     t.finished_ms = 100 + n as i64;
     t
