@@ -2,6 +2,7 @@
 //! stream, received by the simulated worker), then placements in bulk end to end (the
 //! simulated workers report Started and Succeeded at once, so results are stored too).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -102,66 +103,80 @@ async fn master_view(b: &mut Bench, id: &str) -> String {
     }
 }
 
-/// Placements sustained for `--placements-for` at `--placement-rate`: a few submitters
-/// each send a batch of `--batch` tasks (SubmitTasks: one call, one transaction) on a
-/// steady beat; the rate is what the simulated workers received over the window, and a
-/// sample of tasks gives submit-to-start at that rate (from the batch's call to the task's
-/// arrival). A master that cannot keep up falls behind the beat: a lower rate, and the
-/// latency of its backlog.
+/// Batches of submit calls in flight at most: a master this far behind (at 10,000/s in
+/// batches of 100, 320 ms of tasks) holds the generator back, and the rate falls.
+const IN_FLIGHT: usize = 32;
+
+/// Placements sustained for `--placements-for` at `--placement-rate`, offered open loop:
+/// a batch of `--batch` tasks (SubmitTasks: one call, one transaction) leaves on a steady
+/// beat whether or not the calls before it were answered (at most [`IN_FLIGHT`] at once),
+/// so a slow answer neither lowers the offered rate nor hides the tasks it delays.
+/// The rate is the tasks that reached a worker over the time from the first batch to the
+/// beat after the last one left (late if it left a beat or more after it was due); every
+/// offered task must reach a worker. A sample of tasks
+/// gives submit-to-start at that rate, from the instant its batch was due (not when it
+/// left) to its arrival.
 pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     let window = b.cli.placements_for;
     let batch = b.cli.batch.clamp(1, 10_000) as u32;
-    let submitters = 4u32;
     let target = b.cli.placement_rate.max(1.0);
-    let beat = Duration::from_secs_f64(f64::from(submitters * batch) / target);
+    let beat = Duration::from_secs_f64(f64::from(batch) / target);
+    let batches = (window.as_secs_f64() / beat.as_secs_f64()).round().max(1.0) as u64;
     let before = b.shared.tasks_started.load(Ordering::Relaxed);
     let started = Instant::now();
-    let deadline = started + window;
-    let mut jobs = Vec::new();
-    for k in 0..submitters {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(started), beat);
+    // Open loop: a beat missed (the generator held back) is made up at once.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut calls = tokio::task::JoinSet::new();
+    let (mut held_back, mut last_sent) = (0u64, started);
+    for n in 0..batches {
+        let due = ticks.tick().await.into_std();
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                held_back += 1;
+                in_flight.clone().acquire_owned().await?
+            }
+        };
+        // Left on time (within a beat of when it was due), or late by how much.
+        let sent = Instant::now();
+        last_sent = if sent.duration_since(due) >= beat {
+            sent
+        } else {
+            due
+        };
         let mut admin = b.admin.clone();
         let shared = b.shared.clone();
-        // The submitters take turns (a batch every beat / submitters), rather than all
-        // four sending at once: the offered load is a steady rate, not bursts of four
-        // batches.
-        let first = tokio::time::Instant::from_std(started) + beat * k / submitters;
-        jobs.push(tokio::spawn(async move {
-            let (mut submitted, mut waits) = (0u64, Vec::new());
-            let mut n = 0u64;
-            let mut ticks = tokio::time::interval_at(first, beat);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while Instant::now() < deadline {
-                ticks.tick().await;
-                let t0 = Instant::now();
-                let ids = admin
-                    .submit_tasks(pb::SubmitTasksRequest {
-                        specs: vec![task_spec()],
-                        count: batch,
-                    })
-                    .await?
-                    .into_inner()
-                    .task_ids;
-                submitted += ids.len() as u64;
-                n += 1;
-                // Every 10th batch: its first and last task, timed to their arrival.
-                if n % 10 == 1 {
-                    for id in [ids.first(), ids.last()].into_iter().flatten() {
-                        waits.push((t0, shared.arrivals.when(id)));
-                    }
+        calls.spawn(async move {
+            let ids = admin
+                .submit_tasks(pb::SubmitTasksRequest {
+                    specs: vec![task_spec()],
+                    count: batch,
+                })
+                .await?
+                .into_inner()
+                .task_ids;
+            drop(permit);
+            // Every 10th batch: its first and last task, timed to their arrival.
+            let mut waits = Vec::new();
+            if n % 10 == 0 {
+                for id in [ids.first(), ids.last()].into_iter().flatten() {
+                    waits.push((due, shared.arrivals.when(id)));
                 }
             }
-            Ok::<_, tonic::Status>((submitted, waits))
-        }));
+            Ok::<_, tonic::Status>((ids.len() as u64, waits))
+        });
     }
     let mut submitted = 0;
     let mut waits = Vec::new();
-    for job in jobs {
-        let (n, w) = job.await??;
+    while let Some(call) = calls.join_next().await {
+        let (n, w) = call??;
         submitted += n;
         waits.extend(w);
     }
-    let in_window = b.shared.tasks_started.load(Ordering::Relaxed) - before;
-    let elapsed = started.elapsed();
+    // Up to the beat after the last batch left: `window` when the master kept up.
+    let elapsed = last_sent.duration_since(started) + beat;
     let reach = Instant::now() + Duration::from_secs(60);
     while b.shared.tasks_started.load(Ordering::Relaxed) - before < submitted {
         if Instant::now() > reach {
@@ -179,7 +194,7 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         latency.push(at.duration_since(t0).as_secs_f64() * 1000.0);
     }
     b.shared.arrivals.clear();
-    let rate = in_window as f64 / elapsed.as_secs_f64();
+    let rate = submitted as f64 / elapsed.as_secs_f64();
     let lat = percentiles(&mut latency);
     b.figures.push(Figure::goal(
         "placements end to end, sustained",
@@ -208,6 +223,11 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     ) * 1e6;
     b.figures
         .push(Figure::info("scheduling pass (mean)", pass_us, "µs"));
+    b.figures.push(Figure::info(
+        "  batches held back (32 calls in flight)",
+        held_back as f64,
+        "",
+    ));
     b.progress(&format!(
         "{rate:.0} placements/s end to end over {window:?} (batches of {batch}), submit-to-start p50 {:.2} ms p99 {:.2} ms; restarting the master",
         lat.p50, lat.p99
