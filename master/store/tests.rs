@@ -558,3 +558,32 @@ async fn commits_are_told_from_inside_the_runtime_in_order() {
         );
     }
 }
+
+/// A master killed under load leaves its WAL behind; the next one copies it back before
+/// it answers (and keeps every row), so that no tick's commit has to.
+#[test]
+fn a_store_opens_on_an_empty_wal_with_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let wal = dir.path().join("herd.db-wal");
+    // Left open, like the connection of a master killed with kill -9: nothing checkpoints.
+    let mut left = Connection::open(&path).unwrap();
+    left.pragma_update(None, "journal_mode", "WAL").unwrap();
+    left.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    super::schema::migrate(&mut left).unwrap();
+    let tx = left.transaction().unwrap();
+    for n in 1..=500 {
+        super::commit::write_task(&tx, &queued_task(n, Default::default())).unwrap();
+    }
+    tx.commit().unwrap();
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        0,
+        "the WAL is copied back"
+    );
+    assert_eq!(loaded.tasks.len(), 500);
+    assert_eq!(loaded.last_task, 500);
+    drop(left);
+}
