@@ -391,8 +391,8 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let port = free_port();
     let data = dir.path().join("data");
     // A data dir as the release before identities left it: a token, no join token, and
-    // herd.db at schema version 10 (identities are migration 11; 12 came after), with a
-    // worker that has no secret and a task with no submitter.
+    // herd.db at schema version 10 (identities are migration 11; 12 and 13 came after),
+    // with a worker that has no secret and a task with no submitter.
     let mut master = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = master.admin().await;
     let mut old = Worker::start(dir.path(), &master.url(), "veteran", &[]);
@@ -406,7 +406,7 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let before_version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(before_version, 12, "this test undoes migrations 12 and 11");
+    assert_eq!(before_version, 13, "this test undoes migrations 13, 12 and 11");
     db.execute_batch(
         "DROP INDEX tasks_open;
          DROP INDEX tasks_done_by_seq;
