@@ -406,7 +406,10 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let before_version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(before_version, 13, "this test undoes migrations 13, 12 and 11");
+    assert_eq!(
+        before_version, 13,
+        "this test undoes migrations 13, 12 and 11"
+    );
     db.execute_batch(
         "DROP INDEX tasks_open;
          DROP INDEX tasks_done_by_seq;
