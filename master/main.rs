@@ -98,6 +98,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
+    // Before the master listens: a SIGTERM that comes as soon as it answers stops it
+    // cleanly, where the signal's default action would kill it.
+    let stops = Stops::register(interactive)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     // Before anything in the dir is touched: one master per data dir.
@@ -318,7 +321,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         None
     };
 
-    wait_for_stop(repl_done).await;
+    stops.wait(repl_done).await;
     info!("stopping: closing worker streams and flushing state");
     registry.close_all();
     let _ = shutdown_tx.send(true);
@@ -353,30 +356,45 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM, or the REPL to end. Headless, SIGINT stops the master too; with a
-/// REPL, Ctrl-C belongs to the REPL (it clears the line or interrupts a command).
-async fn wait_for_stop(repl_done: Option<oneshot::Receiver<()>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let interactive = repl_done.is_some();
-    let repl = async {
-        match repl_done {
-            Some(done) => {
-                let _ = done.await;
+/// The signals that stop the master: SIGTERM, and headless, SIGINT too; with a REPL,
+/// Ctrl-C belongs to the REPL (it clears the line or interrupts a command).
+struct Stops {
+    term: tokio::signal::unix::Signal,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stops {
+    fn register(interactive: bool) -> anyhow::Result<Stops> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let interrupt = match interactive {
+            true => None,
+            false => Some(signal(SignalKind::interrupt()).context("cannot handle SIGINT")?),
+        };
+        Ok(Stops { term, interrupt })
+    }
+
+    /// Waits for one of the signals, or the REPL to end.
+    async fn wait(mut self, repl_done: Option<oneshot::Receiver<()>>) {
+        let repl = async {
+            match repl_done {
+                Some(done) => {
+                    let _ = done.await;
+                }
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        let interrupt = async {
+            match &mut self.interrupt {
+                Some(interrupt) => interrupt.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => info!("SIGINT received"),
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = repl => {}
         }
-    };
-    let interrupt = async {
-        if interactive {
-            std::future::pending::<()>().await;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    tokio::select! {
-        _ = interrupt => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = repl => {}
     }
 }
 
