@@ -113,9 +113,8 @@ const IN_FLIGHT: usize = 32;
 /// so a slow answer neither lowers the offered rate nor hides the tasks it delays.
 /// The rate is the tasks that reached a worker over the time from the first batch to the
 /// beat after the last one left (late if it left a beat or more after it was due); every
-/// offered task must reach a worker. A sample of tasks
-/// gives submit-to-start at that rate, from the instant its batch was due (not when it
-/// left) to its arrival.
+/// offered task must reach a worker. A sample of tasks gives submit-to-start at that
+/// rate, from the instant its batch was due (not when it left) to its arrival.
 pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     let window = b.cli.placements_for;
     let batch = b.cli.batch.clamp(1, 10_000) as u32;
@@ -224,7 +223,7 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     b.figures
         .push(Figure::info("scheduling pass (mean)", pass_us, "µs"));
     b.figures.push(Figure::info(
-        "  batches held back (32 calls in flight)",
+        "  batches held back (calls in flight at the limit)",
         held_back as f64,
         "",
     ));

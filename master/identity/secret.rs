@@ -3,7 +3,7 @@
 //! add nothing here: these are not passwords a person chose, and nobody can guess 256
 //! random bits from their hash.
 
-use herd::auth::constant_time_eq;
+use herd::auth::{constant_time_eq, hex};
 use herd::error::Error;
 
 use crate::records::SecretHash;
@@ -24,12 +24,7 @@ pub fn issue() -> Result<(String, SecretHash), Error> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| Error::Unavailable("the kernel gave no random bytes".into()))?;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut secret = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        secret.push(char::from(HEX[usize::from(b >> 4)]));
-        secret.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
+    let secret = hex(&bytes);
     let hash = digest(&secret);
     Ok((secret, hash))
 }
