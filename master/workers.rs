@@ -369,23 +369,32 @@ impl Workers {
     /// Adds a worker, keeping the name order.
     pub fn insert(&mut self, entry: Entry) {
         let name = entry.spec.name.clone();
-        // Names often come in order (host01, host02, ...): then the search is one compare.
-        let after_last = self
-            .order
-            .last()
-            .is_none_or(|&last| self.slab[last].spec.name < name);
-        let at = if after_last {
-            self.order.len()
-        } else {
-            self.order
-                .partition_point(|&other| self.slab[other].spec.name < name)
-        };
+        let at = self.place_in_order(&name);
         self.by_name.insert(name, entry.id.clone());
         let slot = self.slab.len();
         self.index.insert(entry.id.clone(), slot);
         self.slab.push(entry);
         self.order.insert(at, slot);
         self.reordered();
+    }
+
+    /// Where `name` goes in the name order. Names mostly come in order (host01, host02,
+    /// ...) or nearly (many registrations in flight at once), so the search gallops back
+    /// from the end: one compare for the next name in order, a few for one a little out
+    /// of it, and the entries it reads are the newest, still in the cache.
+    fn place_in_order(&self, name: &str) -> usize {
+        let before = |slot: &usize| self.slab[*slot].spec.name.as_str() < name;
+        // Every position from `end` on holds a name at or after `name`.
+        let (mut end, mut step) = (self.order.len(), 1);
+        while step <= end {
+            let probe = end - step;
+            if before(&self.order[probe]) {
+                return probe + 1 + self.order[probe + 1..end].partition_point(before);
+            }
+            end = probe;
+            step *= 2;
+        }
+        self.order[..end].partition_point(before)
     }
 
     /// The id of a worker named by id or by name.

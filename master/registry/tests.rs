@@ -221,6 +221,39 @@ fn workers_stay_in_name_order_and_new_ids_follow_each_other() {
     }
 }
 
+/// Names in every kind of order (in order, reversed, nearly in order as many
+/// registrations in flight give them, shuffled) list in name order.
+#[test]
+fn names_in_any_arrival_order_list_in_name_order() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut nearly: Vec<usize> = (0..300).collect();
+    for i in 0..nearly.len() {
+        let j = (i + rng.usize(0..12)).min(nearly.len() - 1);
+        nearly.swap(i, j);
+    }
+    let mut shuffled: Vec<usize> = (0..300).collect();
+    rng.shuffle(&mut shuffled);
+    for arrivals in [
+        (0..300).collect(),
+        (0..300).rev().collect(),
+        nearly,
+        shuffled,
+    ] {
+        let (r, _dir) = registry();
+        for &i in &arrivals {
+            register(&r, spec(&format!("host{i:03}")));
+        }
+        let names: Vec<String> = r
+            .list(true, "", usize::MAX, usize::MAX)
+            .0
+            .into_iter()
+            .map(|w| w.description.unwrap().name)
+            .collect();
+        let expected: Vec<String> = (0..300).map(|i| format!("host{i:03}")).collect();
+        assert_eq!(names, expected, "arrivals {arrivals:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
     let (r, _dir) = registry();

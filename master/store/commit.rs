@@ -12,12 +12,15 @@ use super::{RowIds, Write, identity};
 use crate::output::OutputDir;
 use crate::records::{Task, task_number};
 
+/// Commits `writes`; returns the rowids of workers stored for the first time (the caller
+/// learns them once the commit is known to have succeeded).
 pub(super) fn commit<'a>(
     conn: &mut Connection,
     output: &OutputDir,
     rowids: &RowIds,
     writes: impl Iterator<Item = &'a Write>,
-) -> Result<(), Error> {
+) -> Result<Vec<(String, i64)>, Error> {
+    let mut learned = Vec::new();
     let tx = conn.transaction()?;
     // A task's changing columns are a whole snapshot: of several in one commit (assigned,
     // started and finished can come together at a high rate), only the last is written,
@@ -54,24 +57,33 @@ pub(super) fn commit<'a>(
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 let added_labels = serde_json::to_string(&r.added_labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
-                tx.prepare_cached(
-                    "INSERT INTO workers (id, name, is_active, last_heartbeat, state, registered_at,
-                         secret_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(id) DO UPDATE SET
-                         name = excluded.name, is_active = excluded.is_active,
-                         state = excluded.state, registered_at = excluded.registered_at,
-                         secret_hash = excluded.secret_hash",
-                )?
-                .execute(params![
-                    r.id,
-                    r.spec.name,
-                    r.state == WorkerState::Active,
-                    r.last_heartbeat_ms,
-                    r.state.as_str(),
-                    r.registered_at_ms,
-                    r.secret_hash.as_ref().map(|h| &h[..]),
-                ])?;
+                // The row's rowid comes back with the write (no second lookup).
+                let rowid: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO workers (id, name, is_active, last_heartbeat, state,
+                             registered_at, secret_hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT(id) DO UPDATE SET
+                             name = excluded.name, is_active = excluded.is_active,
+                             state = excluded.state, registered_at = excluded.registered_at,
+                             secret_hash = excluded.secret_hash
+                         RETURNING rowid",
+                    )?
+                    .query_row(
+                        params![
+                            r.id,
+                            r.spec.name,
+                            r.state == WorkerState::Active,
+                            r.last_heartbeat_ms,
+                            r.state.as_str(),
+                            r.registered_at_ms,
+                            r.secret_hash.as_ref().map(|h| &h[..]),
+                        ],
+                        |row| row.get(0),
+                    )?;
+                if !rowids.contains_key(&r.id) {
+                    learned.push((r.id.clone(), rowid));
+                }
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
                          labels, container_runtime, isolation, added_labels, disk_gb, gpus)
@@ -165,7 +177,7 @@ pub(super) fn commit<'a>(
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(learned)
 }
 
 /// The snapshot a task stored in this commit is inserted as: the last of its snapshots

@@ -410,28 +410,6 @@ fn load_rowids(conn: &Connection) -> Result<RowIds, Error> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Learns the rowids of workers just committed.
-fn learn_rowids<'a>(
-    conn: &Connection,
-    rowids: &mut RowIds,
-    writes: impl Iterator<Item = &'a Write>,
-) {
-    for write in writes {
-        let write = match write {
-            Write::Audited { change, .. } => change.as_ref(),
-            other => other,
-        };
-        if let Write::Worker(r) = write
-            && !rowids.contains_key(&r.id)
-            && let Ok(rowid) = conn
-                .prepare_cached("SELECT rowid FROM workers WHERE id = ?1")
-                .and_then(|mut stmt| stmt.query_row([&r.id], |row| row.get(0)))
-        {
-            rowids.insert(r.id.clone(), rowid);
-        }
-    }
-}
-
 /// The store thread: waits for a job, takes everything else already queued, and commits
 /// all the writes in one transaction.
 fn run(
@@ -494,8 +472,8 @@ fn run(
             }
         }
         match committed {
-            Ok(()) => {
-                learn_rowids(&conn, &mut rowids, batch.iter().map(|(w, _)| w));
+            Ok(learned) => {
+                rowids.extend(learned);
                 notify.deliver(batch.into_iter().map(|(_, done)| (done, Ok(()))).collect());
             }
             Err(err) if batch.len() > 1 => {
@@ -508,10 +486,8 @@ fn run(
                         finished.push((done, Ok(())));
                         continue;
                     }
-                    let res = commit(&mut conn, &output, &rowids, std::iter::once(&write));
-                    if res.is_ok() {
-                        learn_rowids(&conn, &mut rowids, std::iter::once(&write));
-                    }
+                    let res = commit(&mut conn, &output, &rowids, std::iter::once(&write))
+                        .map(|learned| rowids.extend(learned));
                     if let Err(err) = &res {
                         error!(%err, "SQLite write failed");
                     }

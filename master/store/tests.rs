@@ -35,6 +35,46 @@ fn record(id: &str, name: &str) -> WorkerRecord {
     }
 }
 
+/// Workers first stored together in one commit, and one stored alone, each take the
+/// liveness row written for it (ticks update by the rowid the insert gave back).
+#[tokio::test]
+async fn liveness_lands_on_workers_stored_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    let (a, b, c) = tokio::join!(
+        store.write(Write::Worker(Box::new(record("w-a", "a")))),
+        store.write(Write::Worker(Box::new(record("w-b", "b")))),
+        store.write(Write::Worker(Box::new(record("w-c", "c")))),
+    );
+    for written in [a, b, c] {
+        written.unwrap();
+    }
+    store
+        .write(Write::Worker(Box::new(record("w-d", "d"))))
+        .await
+        .unwrap();
+    let row = |id: &str, state| LivenessRow {
+        id: id.into(),
+        state,
+        last_heartbeat_ms: 42,
+    };
+    store
+        .write(Write::Liveness(vec![
+            row("w-b", WorkerState::Active),
+            row("w-d", WorkerState::Removed),
+        ]))
+        .await
+        .unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let state = |id| read_state(&conn, id).unwrap().unwrap().1;
+    assert_eq!(
+        ["w-a", "w-b", "w-c", "w-d"].map(state),
+        ["Inactive", "Active", "Inactive", "Removed"]
+    );
+}
+
 #[tokio::test]
 async fn workers_round_trip_and_liveness_updates_land() {
     let dir = tempfile::tempdir().unwrap();
