@@ -223,7 +223,7 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     b.figures
         .push(Figure::info("scheduling pass (mean)", pass_us, "µs"));
     b.figures.push(Figure::info(
-        "  batches held back (calls in flight at the limit)",
+        "  batches held back (in flight at limit)",
         held_back as f64,
         "",
     ));
