@@ -12,15 +12,35 @@ use super::{RowIds, Write, identity};
 use crate::output::OutputDir;
 use crate::records::{Task, task_number};
 
-/// Commits `writes`; returns the rowids of workers stored for the first time (the caller
-/// learns them once the commit is known to have succeeded).
+/// What a commit changes in the store thread's map of worker rowids: applied only once
+/// the commit succeeded.
+#[derive(Default)]
+pub(super) struct RowIdChanges {
+    /// Workers stored for the first time, with the rowid their INSERT gave back.
+    learned: Vec<(String, i64)>,
+    /// Workers whose rows were deleted. SQLite may give the largest rowid again to the
+    /// next insert, so a forgotten worker's entry would point at another worker's row.
+    forgotten: Vec<String>,
+}
+
+impl RowIdChanges {
+    pub(super) fn apply(self, rowids: &mut RowIds) {
+        for id in &self.forgotten {
+            rowids.remove(id);
+        }
+        rowids.extend(self.learned);
+    }
+}
+
+/// Commits `writes`; returns what they change in `rowids` (the caller applies it once
+/// the commit is known to have succeeded).
 pub(super) fn commit<'a>(
     conn: &mut Connection,
     output: &OutputDir,
     rowids: &RowIds,
     writes: impl Iterator<Item = &'a Write>,
-) -> Result<Vec<(String, i64)>, Error> {
-    let mut learned = Vec::new();
+) -> Result<RowIdChanges, Error> {
+    let mut changes = RowIdChanges::default();
     let tx = conn.transaction()?;
     // A task's changing columns are a whole snapshot: of several in one commit (assigned,
     // started and finished can come together at a high rate), only the last is written,
@@ -82,7 +102,7 @@ pub(super) fn commit<'a>(
                         |row| row.get(0),
                     )?;
                 if !rowids.contains_key(&r.id) {
-                    learned.push((r.id.clone(), rowid));
+                    changes.learned.push((r.id.clone(), rowid));
                 }
                 tx.prepare_cached(
                     "INSERT INTO worker_specs (id, host, address, version, cpu, memory_gb, gpu,
@@ -144,6 +164,8 @@ pub(super) fn commit<'a>(
                     .execute([id])?;
                 tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
                     .execute([id])?;
+                changes.learned.retain(|(learned, _)| learned != id);
+                changes.forgotten.push(id.clone());
             }
             Write::Barrier => {}
             Write::Liveness(rows) => {
@@ -158,7 +180,10 @@ pub(super) fn commit<'a>(
                 for row in rows {
                     let active = row.state == WorkerState::Active;
                     let state = row.state.as_str();
-                    match rowids.get(&row.id) {
+                    let known = rowids
+                        .get(&row.id)
+                        .filter(|_| !changes.forgotten.contains(&row.id));
+                    match known {
                         Some(rowid) => by_rowid.execute(params![
                             rowid,
                             active,
@@ -177,7 +202,7 @@ pub(super) fn commit<'a>(
         }
     }
     tx.commit()?;
-    Ok(learned)
+    Ok(changes)
 }
 
 /// The snapshot a task stored in this commit is inserted as: the last of its snapshots

@@ -472,8 +472,8 @@ fn run(
             }
         }
         match committed {
-            Ok(learned) => {
-                rowids.extend(learned);
+            Ok(changes) => {
+                changes.apply(&mut rowids);
                 notify.deliver(batch.into_iter().map(|(_, done)| (done, Ok(()))).collect());
             }
             Err(err) if batch.len() > 1 => {
@@ -487,7 +487,7 @@ fn run(
                         continue;
                     }
                     let res = commit(&mut conn, &output, &rowids, std::iter::once(&write))
-                        .map(|learned| rowids.extend(learned));
+                        .map(|changes| changes.apply(&mut rowids));
                     if let Err(err) = &res {
                         error!(%err, "SQLite write failed");
                     }

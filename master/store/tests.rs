@@ -75,6 +75,54 @@ async fn liveness_lands_on_workers_stored_in_one_commit() {
     );
 }
 
+/// A forgotten worker's rowid may go to the next worker stored; a late liveness row of
+/// the forgotten one must not land on the newcomer's row.
+#[tokio::test]
+async fn a_forgotten_workers_rowid_does_not_lead_to_the_next_workers_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+    for (id, name) in [("w-a", "a"), ("w-b", "b")] {
+        store
+            .write(Write::Worker(Box::new(record(id, name))))
+            .await
+            .unwrap();
+    }
+    let rowid_of = |id: &str| -> i64 {
+        Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT rowid FROM workers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let forgotten = rowid_of("w-b");
+    store
+        .write(Write::ForgetWorker { id: "w-b".into() })
+        .await
+        .unwrap();
+    store
+        .write(Write::Worker(Box::new(record("w-c", "c"))))
+        .await
+        .unwrap();
+    assert_eq!(rowid_of("w-c"), forgotten, "SQLite gave the rowid again");
+    store
+        .write(Write::Liveness(vec![LivenessRow {
+            id: "w-b".into(),
+            state: WorkerState::Active,
+            last_heartbeat_ms: 42,
+        }]))
+        .await
+        .unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(
+        read_state(&conn, "w-c").unwrap(),
+        Some((false, "Inactive".into()))
+    );
+    assert_eq!(read_state(&conn, "w-b").unwrap(), None);
+}
+
 #[tokio::test]
 async fn workers_round_trip_and_liveness_updates_land() {
     let dir = tempfile::tempdir().unwrap();
