@@ -8,29 +8,10 @@ use rusqlite::{Connection, params};
 use herd::domain::{Runtime, WorkerState};
 use herd::error::Error;
 
-use super::{RowIds, Write, identity};
+use super::rowids::{RowIdChanges, RowIds};
+use super::{Write, identity};
 use crate::output::OutputDir;
 use crate::records::{Task, task_number};
-
-/// What a commit changes in the store thread's map of worker rowids: applied only once
-/// the commit succeeded.
-#[derive(Default)]
-pub(super) struct RowIdChanges {
-    /// Workers stored for the first time, with the rowid their INSERT gave back.
-    learned: Vec<(String, i64)>,
-    /// Workers whose rows were deleted. SQLite may give the largest rowid again to the
-    /// next insert, so a forgotten worker's entry would point at another worker's row.
-    forgotten: Vec<String>,
-}
-
-impl RowIdChanges {
-    pub(super) fn apply(self, rowids: &mut RowIds) {
-        for id in &self.forgotten {
-            rowids.remove(id);
-        }
-        rowids.extend(self.learned);
-    }
-}
 
 /// Commits `writes`; returns what they change in `rowids` (the caller applies it once
 /// the commit is known to have succeeded).

@@ -5,7 +5,6 @@
 //! together cost one commit, and a tick's liveness flush is a commit per 1,000 rows.
 //! WAL with `synchronous=NORMAL`: a commit survives kill -9 of the master.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -21,9 +20,11 @@ use herd::error::Error;
 mod commit;
 mod identity;
 mod pages;
+mod rowids;
 mod schema;
 
 use self::commit::commit;
+use self::rowids::{RowIds, load_rowids};
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
 use crate::output::OutputDir;
 use crate::records::{AuditRow, LivenessRow, Task, TaskFilter, TokenRow, WorkerRecord};
@@ -397,17 +398,6 @@ fn start_checkpointer(path: &Path) -> Result<(), Error> {
         })
         .map_err(|e| Error::Storage(format!("cannot start the checkpoint thread: {e}")))?;
     Ok(())
-}
-
-/// Row ids of the `workers` table by worker id: a tick updates each row by its rowid,
-/// one B-tree descent instead of two (index, then table). Rowids of a table without an
-/// INTEGER PRIMARY KEY stay put unless the database is vacuumed, which herd never does.
-type RowIds = HashMap<String, i64>;
-
-fn load_rowids(conn: &Connection) -> Result<RowIds, Error> {
-    let mut stmt = conn.prepare("SELECT id, rowid FROM workers")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The store thread: waits for a job, takes everything else already queued, and commits

@@ -3,11 +3,11 @@ use super::schema::MIGRATIONS;
 use super::*;
 use herd::domain::{Resources, Runtime, WorkerSpec, WorkerState};
 
-fn out(dir: &tempfile::TempDir) -> OutputDir {
+pub(super) fn out(dir: &tempfile::TempDir) -> OutputDir {
     OutputDir::new(dir.path().join("output"))
 }
 
-fn record(id: &str, name: &str) -> WorkerRecord {
+pub(super) fn record(id: &str, name: &str) -> WorkerRecord {
     WorkerRecord {
         id: id.into(),
         spec: WorkerSpec {
@@ -33,94 +33,6 @@ fn record(id: &str, name: &str) -> WorkerRecord {
         added_labels: [("rack".to_string(), "7".to_string())].into(),
         secret_hash: Some([7; 32]),
     }
-}
-
-/// Workers first stored together in one commit, and one stored alone, each take the
-/// liveness row written for it (ticks update by the rowid the insert gave back).
-#[tokio::test]
-async fn liveness_lands_on_workers_stored_in_one_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("herd.db");
-    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-    let (a, b, c) = tokio::join!(
-        store.write(Write::Worker(Box::new(record("w-a", "a")))),
-        store.write(Write::Worker(Box::new(record("w-b", "b")))),
-        store.write(Write::Worker(Box::new(record("w-c", "c")))),
-    );
-    for written in [a, b, c] {
-        written.unwrap();
-    }
-    store
-        .write(Write::Worker(Box::new(record("w-d", "d"))))
-        .await
-        .unwrap();
-    let row = |id: &str, state| LivenessRow {
-        id: id.into(),
-        state,
-        last_heartbeat_ms: 42,
-    };
-    store
-        .write(Write::Liveness(vec![
-            row("w-b", WorkerState::Active),
-            row("w-d", WorkerState::Removed),
-        ]))
-        .await
-        .unwrap();
-    drop(store);
-    let conn = Connection::open(&path).unwrap();
-    let state = |id| read_state(&conn, id).unwrap().unwrap().1;
-    assert_eq!(
-        ["w-a", "w-b", "w-c", "w-d"].map(state),
-        ["Inactive", "Active", "Inactive", "Removed"]
-    );
-}
-
-/// A forgotten worker's rowid may go to the next worker stored; a late liveness row of
-/// the forgotten one must not land on the newcomer's row.
-#[tokio::test]
-async fn a_forgotten_workers_rowid_does_not_lead_to_the_next_workers_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("herd.db");
-    let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-    for (id, name) in [("w-a", "a"), ("w-b", "b")] {
-        store
-            .write(Write::Worker(Box::new(record(id, name))))
-            .await
-            .unwrap();
-    }
-    let rowid_of = |id: &str| -> i64 {
-        Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT rowid FROM workers WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .unwrap()
-    };
-    let forgotten = rowid_of("w-b");
-    store
-        .write(Write::ForgetWorker { id: "w-b".into() })
-        .await
-        .unwrap();
-    store
-        .write(Write::Worker(Box::new(record("w-c", "c"))))
-        .await
-        .unwrap();
-    assert_eq!(rowid_of("w-c"), forgotten, "SQLite gave the rowid again");
-    store
-        .write(Write::Liveness(vec![LivenessRow {
-            id: "w-b".into(),
-            state: WorkerState::Active,
-            last_heartbeat_ms: 42,
-        }]))
-        .await
-        .unwrap();
-    drop(store);
-    let conn = Connection::open(&path).unwrap();
-    assert_eq!(
-        read_state(&conn, "w-c").unwrap(),
-        Some((false, "Inactive".into()))
-    );
-    assert_eq!(read_state(&conn, "w-b").unwrap(), None);
 }
 
 #[tokio::test]
@@ -224,7 +136,7 @@ async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
 }
 
 /// Reads one worker's liveness columns.
-fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Error> {
+pub(super) fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Error> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row(

@@ -1,0 +1,140 @@
+//! The store thread's map of worker rowids, which ticks update the `workers` rows by, and
+//! what a commit changes in it.
+
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+
+use herd::error::Error;
+
+/// Row ids of the `workers` table by worker id: a tick updates each row by its rowid,
+/// one B-tree descent instead of two (index, then table). Rowids of a table without an
+/// INTEGER PRIMARY KEY stay put unless the database is vacuumed, which herd never does.
+pub(super) type RowIds = HashMap<String, i64>;
+
+pub(super) fn load_rowids(conn: &Connection) -> Result<RowIds, Error> {
+    let mut stmt = conn.prepare("SELECT id, rowid FROM workers")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What a commit changes in the store thread's map of worker rowids: applied only once
+/// the commit succeeded.
+#[derive(Default)]
+pub(super) struct RowIdChanges {
+    /// Workers stored for the first time, with the rowid their INSERT gave back.
+    pub(super) learned: Vec<(String, i64)>,
+    /// Workers whose rows were deleted. SQLite may give the largest rowid again to the
+    /// next insert, so a forgotten worker's entry would point at another worker's row.
+    pub(super) forgotten: Vec<String>,
+}
+
+impl RowIdChanges {
+    /// Applies them to the map (the commit succeeded).
+    pub(super) fn apply(self, rowids: &mut RowIds) {
+        for id in &self.forgotten {
+            rowids.remove(id);
+        }
+        rowids.extend(self.learned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::histogram::Histogram;
+    use rusqlite::Connection;
+
+    use herd::domain::WorkerState;
+
+    use crate::records::LivenessRow;
+    use crate::store::tests::{out, read_state, record};
+    use crate::store::{Store, Write};
+
+    /// Workers first stored together in one commit, and one stored alone, each take the
+    /// liveness row written for it (ticks update by the rowid the insert gave back).
+    #[tokio::test]
+    async fn liveness_lands_on_workers_stored_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.db");
+        let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+        let (a, b, c) = tokio::join!(
+            store.write(Write::Worker(Box::new(record("w-a", "a")))),
+            store.write(Write::Worker(Box::new(record("w-b", "b")))),
+            store.write(Write::Worker(Box::new(record("w-c", "c")))),
+        );
+        for written in [a, b, c] {
+            written.unwrap();
+        }
+        store
+            .write(Write::Worker(Box::new(record("w-d", "d"))))
+            .await
+            .unwrap();
+        let row = |id: &str, state| LivenessRow {
+            id: id.into(),
+            state,
+            last_heartbeat_ms: 42,
+        };
+        store
+            .write(Write::Liveness(vec![
+                row("w-b", WorkerState::Active),
+                row("w-d", WorkerState::Removed),
+            ]))
+            .await
+            .unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let state = |id| read_state(&conn, id).unwrap().unwrap().1;
+        assert_eq!(
+            ["w-a", "w-b", "w-c", "w-d"].map(state),
+            ["Inactive", "Active", "Inactive", "Removed"]
+        );
+    }
+
+    /// A forgotten worker's rowid may go to the next worker stored; a late liveness row of
+    /// the forgotten one must not land on the newcomer's row.
+    #[tokio::test]
+    async fn a_forgotten_workers_rowid_does_not_lead_to_the_next_workers_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.db");
+        let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
+        for (id, name) in [("w-a", "a"), ("w-b", "b")] {
+            store
+                .write(Write::Worker(Box::new(record(id, name))))
+                .await
+                .unwrap();
+        }
+        let rowid_of = |id: &str| -> i64 {
+            Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT rowid FROM workers WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let forgotten = rowid_of("w-b");
+        store
+            .write(Write::ForgetWorker { id: "w-b".into() })
+            .await
+            .unwrap();
+        store
+            .write(Write::Worker(Box::new(record("w-c", "c"))))
+            .await
+            .unwrap();
+        assert_eq!(rowid_of("w-c"), forgotten, "SQLite gave the rowid again");
+        store
+            .write(Write::Liveness(vec![LivenessRow {
+                id: "w-b".into(),
+                state: WorkerState::Active,
+                last_heartbeat_ms: 42,
+            }]))
+            .await
+            .unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            read_state(&conn, "w-c").unwrap(),
+            Some((false, "Inactive".into()))
+        );
+        assert_eq!(read_state(&conn, "w-b").unwrap(), None);
+    }
+}
