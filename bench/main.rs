@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use anyhow::Context;
 use herd::time::parse_duration;
 
 mod cluster;
@@ -68,6 +69,11 @@ pub struct Cli {
     /// Tasks submitted one by one for the submit-to-start figure.
     #[arg(long, default_value_t = 100)]
     latency_tasks: usize,
+    /// Write each sampled task of the placement phase to this CSV (`due_unix_s,latency_ms`:
+    /// when its batch was due, in seconds since the Unix epoch to line up with other
+    /// traces, and its submit-to-start latency).
+    #[arg(long, value_name = "CSV")]
+    placement_trace: Option<PathBuf>,
     /// Small and short: N = 200, a few seconds per phase (CI runs this).
     #[arg(long)]
     smoke: bool,
@@ -95,6 +101,11 @@ async fn main() -> anyhow::Result<()> {
         cli.saturation = Duration::from_secs(2);
         cli.placements_for = Duration::from_secs(2);
         cli.latency_tasks = cli.latency_tasks.min(20);
+    }
+    if let Some(path) = &cli.placement_trace {
+        // A path that cannot be written fails now, not after minutes of phases.
+        std::fs::File::create(path)
+            .with_context(|| format!("cannot write the placement trace {}", path.display()))?;
     }
     if cli.pin {
         // SAFETY: a zeroed cpu_set_t with one bit set, for this process.

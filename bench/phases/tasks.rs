@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use herd::pb;
 
@@ -187,11 +187,16 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut latency = Vec::new();
+    let mut samples = Vec::new();
     for (t0, rx) in waits {
         let at = tokio::time::timeout(REACH, rx).await??;
-        latency.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+        samples.push((t0, at.duration_since(t0).as_secs_f64() * 1000.0));
     }
+    if let Some(path) = &b.cli.placement_trace {
+        std::fs::write(path, trace_csv(started, &samples))
+            .with_context(|| format!("cannot write the placement trace {}", path.display()))?;
+    }
+    let mut latency: Vec<f64> = samples.iter().map(|&(_, ms)| ms).collect();
     b.shared.arrivals.clear();
     let rate = submitted as f64 / elapsed.as_secs_f64();
     let lat = percentiles(&mut latency);
@@ -232,4 +237,52 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         lat.p50, lat.p99
     ));
     Ok(())
+}
+
+/// The sampled tasks as CSV: when each one's batch was due (seconds since the Unix
+/// epoch, from `started`'s place on the wall clock) and its submit-to-start latency.
+fn trace_csv(started: Instant, samples: &[(Instant, f64)]) -> String {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        - started.elapsed().as_secs_f64();
+    let mut csv = String::from("due_unix_s,latency_ms\n");
+    for &(due, ms) in samples {
+        let at = wall + due.saturating_duration_since(started).as_secs_f64();
+        csv.push_str(&format!("{at:.4},{ms:.3}\n"));
+    }
+    csv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_has_a_header_and_a_row_per_sample_on_the_wall_clock() {
+        let started = Instant::now();
+        let samples = [
+            (started, 4.25),
+            (started + Duration::from_millis(1500), 61.0),
+        ];
+        let csv = trace_csv(started, &samples);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "due_unix_s,latency_ms");
+        let rows: Vec<(f64, f64)> = lines[1..]
+            .iter()
+            .map(|l| {
+                let (at, ms) = l.split_once(',').unwrap();
+                (at.parse().unwrap(), ms.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].1, rows[1].1), (4.25, 61.0));
+        assert!((rows[1].0 - rows[0].0 - 1.5).abs() < 0.001, "{rows:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - rows[0].0).abs() < 5.0, "{} is not now", rows[0].0);
+    }
 }
