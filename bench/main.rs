@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 
-use anyhow::Context;
 use herd::time::parse_duration;
 
 mod cluster;
