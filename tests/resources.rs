@@ -25,6 +25,18 @@ fn spec(command: &str, gpu: u32, disk_gb: f64) -> pb::TaskSpec {
     }
 }
 
+/// A command that runs until `stop` appears, or until the test's folder is gone: a task
+/// the test no longer waits for (one on a killed worker, whose supervisor lives on) must
+/// not poll for ever once the folder is deleted.
+fn hold_until(stop: &std::path::Path) -> String {
+    let dir = stop.parent().expect("stop is in the test's folder");
+    format!(
+        "while [ ! -e {} ] && [ -d {} ]; do sleep 0.1; done",
+        stop.display(),
+        dir.display()
+    )
+}
+
 /// Waits until `worker` shows `n` GPUs held, and returns (index, task) pairs.
 async fn wait_holders(admin: &mut Admin, worker: &str, n: usize) -> Vec<(u32, String)> {
     let deadline = Deadline::new(T, format!("{worker} shows {n} GPUs held"));
@@ -73,9 +85,8 @@ async fn tasks_get_distinct_gpus_and_a_third_waits_until_one_is_free() {
     // Each holds its GPU until the stop file appears.
     let stop = dir.path().join("stop");
     let hold = format!(
-        "echo \"cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES\"; \
-         while [ ! -e {} ]; do sleep 0.1; done",
-        stop.display()
+        "echo \"cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES\"; {}",
+        hold_until(&stop)
     );
     // The GPUs herd gives win over any the task's own environment names.
     let mut first = spec(&hold, 1, 0.0);
@@ -194,7 +205,7 @@ async fn disk_is_counted_and_a_request_that_fits_nowhere_waits_naming_disk() {
 
     // 60 GB fits only on big-disk; a second 60 GB waits while the first holds it.
     let stop = dir.path().join("stop");
-    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let hold = hold_until(&stop);
     let (ok, out, err) = herdctl(
         &master.url(),
         &["task", "submit", "--command", &hold, "--disk", "60"],
@@ -255,7 +266,7 @@ async fn gpus_of_a_lost_attempt_are_freed_and_the_task_gets_them_elsewhere() {
     let mut a = Worker::start(dir.path(), &master.url(), "gpu-a", &["--gpu", "1"]);
     wait_state(&mut admin, "gpu-a", pb::WorkerState::Active, T).await;
     let stop = dir.path().join("stop");
-    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let hold = hold_until(&stop);
     let x = submit_spec(&mut admin, spec(&hold, 1, 0.0)).await.id;
     wait_task(&mut admin, &x, pb::TaskState::Running, T).await;
     let y = submit_spec(&mut admin, spec("true", 1, 0.0)).await;
@@ -298,8 +309,8 @@ async fn bin_pack_fills_one_worker_before_the_next_and_is_kept_across_a_restart(
     assert!(ok && out.contains("bin-pack"), "{out} {err}");
 
     let stop = dir.path().join("stop");
-    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
-    let mut placed = Vec::new();
+    let hold = hold_until(&stop);
+    let (mut ids, mut placed) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let mut s = spec(&hold, 0, 0.0);
         s.resources.as_mut().unwrap().cpu = 1.0;
@@ -310,9 +321,15 @@ async fn bin_pack_fills_one_worker_before_the_next_and_is_kept_across_a_restart(
                 .await
                 .worker_name,
         );
+        ids.push(id);
     }
     assert_eq!(placed, ["pack-a", "pack-a", "pack-a", "pack-a", "pack-b"]);
     std::fs::write(&stop, "").unwrap();
+    // Every task ends before the test does: a task still polling for `stop` when the
+    // temporary folder goes would poll for ever (its supervisor outlives the worker).
+    for id in &ids {
+        wait_task(&mut admin, id, pb::TaskState::Succeeded, T).await;
+    }
 
     master.terminate();
     let master = Master::start_on(dir.path(), &data, port, FAST);
