@@ -145,14 +145,16 @@ pub(super) fn commit<'a>(
                     .execute([id])?;
                 tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
                     .execute([id])?;
-                changes.learned.retain(|(learned, _)| learned != id);
                 changes.forgotten.push(id.clone());
             }
             Write::Barrier => {}
             Write::Liveness(rows) => {
+                // The id is checked on the row the rowid finds: a rowid the map still holds
+                // for a forgotten worker may belong to another worker now, and then nothing
+                // is updated.
                 let mut by_rowid = tx.prepare_cached(
                     "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
-                     WHERE rowid = ?1",
+                     WHERE rowid = ?1 AND id = ?5",
                 )?;
                 let mut by_id = tx.prepare_cached(
                     "UPDATE workers SET is_active = ?2, last_heartbeat = ?3, state = ?4
@@ -161,15 +163,13 @@ pub(super) fn commit<'a>(
                 for row in rows {
                     let active = row.state == WorkerState::Active;
                     let state = row.state.as_str();
-                    let known = rowids
-                        .get(&row.id)
-                        .filter(|_| !changes.forgotten.contains(&row.id));
-                    match known {
+                    match rowids.get(&row.id) {
                         Some(rowid) => by_rowid.execute(params![
                             rowid,
                             active,
                             row.last_heartbeat_ms,
-                            state
+                            state,
+                            row.id
                         ])?,
                         None => {
                             by_id.execute(params![row.id, active, row.last_heartbeat_ms, state])?

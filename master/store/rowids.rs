@@ -25,17 +25,19 @@ pub(super) struct RowIdChanges {
     /// Workers stored for the first time, with the rowid their INSERT gave back.
     pub(super) learned: Vec<(String, i64)>,
     /// Workers whose rows were deleted. SQLite may give the largest rowid again to the
-    /// next insert, so a forgotten worker's entry would point at another worker's row.
+    /// next insert, so a forgotten worker's entry would point at another worker's row
+    /// (updates by rowid check the id too; this keeps the map from growing).
     pub(super) forgotten: Vec<String>,
 }
 
 impl RowIdChanges {
-    /// Applies them to the map (the commit succeeded).
+    /// Applies them to the map (the commit succeeded), forgotten last: a worker stored and
+    /// forgotten in one commit is not kept.
     pub(super) fn apply(self, rowids: &mut RowIds) {
+        rowids.extend(self.learned);
         for id in &self.forgotten {
             rowids.remove(id);
         }
-        rowids.extend(self.learned);
     }
 }
 
@@ -46,8 +48,7 @@ mod tests {
 
     use herd::domain::WorkerState;
 
-    use crate::records::LivenessRow;
-    use crate::store::tests::{out, read_state, record};
+    use crate::store::tests::{out, read_state, store_liveness, store_worker};
     use crate::store::{Store, Write};
 
     /// Workers first stored together in one commit, and one stored alone, each take the
@@ -57,30 +58,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
         let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-        let (a, b, c) = tokio::join!(
-            store.write(Write::Worker(Box::new(record("w-a", "a")))),
-            store.write(Write::Worker(Box::new(record("w-b", "b")))),
-            store.write(Write::Worker(Box::new(record("w-c", "c")))),
+        tokio::join!(
+            store_worker(&store, "w-a", "a"),
+            store_worker(&store, "w-b", "b"),
+            store_worker(&store, "w-c", "c"),
         );
-        for written in [a, b, c] {
-            written.unwrap();
-        }
-        store
-            .write(Write::Worker(Box::new(record("w-d", "d"))))
-            .await
-            .unwrap();
-        let row = |id: &str, state| LivenessRow {
-            id: id.into(),
-            state,
-            last_heartbeat_ms: 42,
-        };
-        store
-            .write(Write::Liveness(vec![
-                row("w-b", WorkerState::Active),
-                row("w-d", WorkerState::Removed),
-            ]))
-            .await
-            .unwrap();
+        store_worker(&store, "w-d", "d").await;
+        store_liveness(
+            &store,
+            &[("w-b", WorkerState::Active), ("w-d", WorkerState::Removed)],
+        )
+        .await;
         drop(store);
         let conn = Connection::open(&path).unwrap();
         let state = |id| read_state(&conn, id).unwrap().unwrap().1;
@@ -97,12 +85,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herd.db");
         let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
-        for (id, name) in [("w-a", "a"), ("w-b", "b")] {
-            store
-                .write(Write::Worker(Box::new(record(id, name))))
-                .await
-                .unwrap();
-        }
+        store_worker(&store, "w-a", "a").await;
+        store_worker(&store, "w-b", "b").await;
         let rowid_of = |id: &str| -> i64 {
             Connection::open(&path)
                 .unwrap()
@@ -116,19 +100,9 @@ mod tests {
             .write(Write::ForgetWorker { id: "w-b".into() })
             .await
             .unwrap();
-        store
-            .write(Write::Worker(Box::new(record("w-c", "c"))))
-            .await
-            .unwrap();
+        store_worker(&store, "w-c", "c").await;
         assert_eq!(rowid_of("w-c"), forgotten, "SQLite gave the rowid again");
-        store
-            .write(Write::Liveness(vec![LivenessRow {
-                id: "w-b".into(),
-                state: WorkerState::Active,
-                last_heartbeat_ms: 42,
-            }]))
-            .await
-            .unwrap();
+        store_liveness(&store, &[("w-b", WorkerState::Active)]).await;
         drop(store);
         let conn = Connection::open(&path).unwrap();
         assert_eq!(

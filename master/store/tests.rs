@@ -35,28 +35,36 @@ pub(super) fn record(id: &str, name: &str) -> WorkerRecord {
     }
 }
 
+/// Stores `record(id, name)` as a registration does.
+pub(super) async fn store_worker(store: &Store, id: &str, name: &str) {
+    store
+        .write(Write::Worker(Box::new(record(id, name))))
+        .await
+        .unwrap();
+}
+
+/// Writes one tick's liveness rows, each `(id, state)` with heartbeat 42.
+pub(super) async fn store_liveness(store: &Store, rows: &[(&str, WorkerState)]) {
+    let rows = rows
+        .iter()
+        .map(|&(id, state)| LivenessRow {
+            id: id.into(),
+            state,
+            last_heartbeat_ms: 42,
+        })
+        .collect();
+    store.write(Write::Liveness(rows)).await.unwrap();
+}
+
 #[tokio::test]
 async fn workers_round_trip_and_liveness_updates_land() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herd.db");
     let (store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
     assert!(loaded.workers.is_empty());
-    store
-        .write(Write::Worker(Box::new(record("w-1", "a"))))
-        .await
-        .unwrap();
-    store
-        .write(Write::Worker(Box::new(record("w-1", "a"))))
-        .await
-        .unwrap();
-    store
-        .write(Write::Liveness(vec![LivenessRow {
-            id: "w-1".into(),
-            state: WorkerState::Active,
-            last_heartbeat_ms: 42,
-        }]))
-        .await
-        .unwrap();
+    store_worker(&store, "w-1", "a").await;
+    store_worker(&store, "w-1", "a").await;
+    store_liveness(&store, &[("w-1", WorkerState::Active)]).await;
     drop(store);
 
     let conn = Connection::open(&path).unwrap();
