@@ -30,36 +30,26 @@ const FLOOR_CALLS: usize = 20_000;
 
 /// Registers every worker; returns their ids and the secrets the master issued them.
 pub async fn run(b: &mut Bench) -> anyhow::Result<Vec<(String, String)>> {
-    let (n, pid) = (b.n, b.master.pid());
-
-    let cpu_before = cpu_time(pid);
-    let (checks, took) = calls(&b.conns, FLOOR_CALLS, |_, conn| async move {
+    let floor = calls(b, FLOOR_CALLS, "health checks", |_, conn| async move {
         HealthClient::new(conn)
             .check(HealthCheckRequest::default())
             .await
             .ok()
     })
     .await?;
-    let floor_cpu = cpu_time(pid) - cpu_before;
-    let answered = checks.iter().flatten().count();
-    if answered != FLOOR_CALLS {
-        b.master.check_alive()?;
-        bail!("only {answered} of {FLOOR_CALLS} health checks were answered");
-    }
-    let floor = FLOOR_CALLS as f64 / took.as_secs_f64();
     b.figures.push(Figure::info(
         "unary call floor (health checks)",
-        floor,
+        floor.rate,
         "/s",
     ));
     b.figures.push(Figure::info(
         "  master CPU per health check",
-        micros_each(floor_cpu, FLOOR_CALLS),
+        floor.cpu_each_us,
         "µs",
     ));
 
-    let cpu_before = cpu_time(pid);
-    let (answers, took) = calls(&b.conns, n, |i, conn| async move {
+    let n = b.n;
+    let registered = calls(b, n, "registrations", |i, conn| async move {
         let mut registry = RegistryClient::with_interceptor(conn, join_bearer());
         let r = registry
             .register(pb::RegisterRequest {
@@ -72,13 +62,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<Vec<(String, String)>> {
         Some((r.worker_id, r.worker_secret))
     })
     .await?;
-    let cpu = cpu_time(pid) - cpu_before;
-    let registered = answers.iter().flatten().count();
-    if registered != n {
-        b.master.check_alive()?;
-        bail!("only {registered} of {n} registrations succeeded");
-    }
-    let rate = n as f64 / took.as_secs_f64();
+    let rate = registered.rate;
     b.figures.push(Figure::goal(
         "registrations",
         rate,
@@ -88,29 +72,44 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<Vec<(String, String)>> {
     ));
     b.figures.push(Figure::info(
         "  master CPU per registration",
-        micros_each(cpu, n),
+        registered.cpu_each_us,
         "µs",
     ));
     b.progress(&format!(
-        "{n} registered in {took:.2?} ({rate:.0}/s; the unary call floor is {floor:.0}/s); \
-         opening streams"
+        "{} registered in {:.2?} ({rate:.0}/s; the unary call floor is {:.0}/s); \
+         opening streams",
+        n, registered.took, floor.rate
     ));
-    Ok(answers.into_iter().map(Option::unwrap_or_default).collect())
+    Ok(registered.answers)
+}
+
+/// Every call of a run of [`calls`] answered.
+struct Answered<T> {
+    /// By call number.
+    answers: Vec<T>,
+    took: Duration,
+    /// Calls a second.
+    rate: f64,
+    /// Microseconds of the master's CPU per call.
+    cpu_each_us: f64,
 }
 
 /// Makes `call(i, connection)` for every i below `n`, [`IN_FLIGHT`] at a time over the
-/// shared connections; returns each call's answer by i (None: it failed) and how long
-/// they all took.
+/// shared connections, and reads the master's CPU time around them. Every call must be
+/// answered (`what` names them in the error).
 async fn calls<T, F, Fut>(
-    conns: &[Channel],
+    b: &mut Bench,
     n: usize,
+    what: &str,
     call: F,
-) -> anyhow::Result<(Vec<Option<T>>, Duration)>
+) -> anyhow::Result<Answered<T>>
 where
     T: Send + 'static,
     F: Fn(usize, Channel) -> Fut,
     Fut: Future<Output = Option<T>> + Send + 'static,
 {
+    let pid = b.master.pid();
+    let cpu_before = cpu_time(pid);
     let started = Instant::now();
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, T)>(1024);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -124,7 +123,7 @@ where
     let send = async {
         for i in 0..n {
             let permit = in_flight.clone().acquire_owned().await?;
-            let answer = call(i, conns[i % conns.len()].clone());
+            let answer = call(i, b.conns[i % b.conns.len()].clone());
             let done = done_tx.clone();
             tokio::spawn(async move {
                 let answer = answer.await;
@@ -139,10 +138,18 @@ where
     };
     let (sent, answers) = tokio::join!(send, collect);
     sent?;
-    Ok((answers, started.elapsed()))
-}
-
-/// Microseconds of `cpu` per one of `count`.
-fn micros_each(cpu: Duration, count: usize) -> f64 {
-    cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+    let took = started.elapsed();
+    let cpu = cpu_time(pid) - cpu_before;
+    let answered = answers.iter().flatten().count();
+    if answered != n {
+        b.master.check_alive()?;
+        bail!("only {answered} of {n} {what} were answered");
+    }
+    let answers = answers.into_iter().flatten().collect();
+    Ok(Answered {
+        answers,
+        took,
+        rate: n as f64 / took.as_secs_f64(),
+        cpu_each_us: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+    })
 }
