@@ -17,12 +17,14 @@ use tracing::{error, warn};
 
 use herd::error::Error;
 
+mod checkpoint;
 mod commit;
 mod identity;
 mod pages;
 mod rowids;
 mod schema;
 
+use self::checkpoint::{Checkpoints, copy_back_the_wal, retry_soon};
 use self::commit::commit;
 use self::rowids::{RowIds, load_rowids};
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
@@ -211,7 +213,7 @@ impl Store {
         flushes: Histogram,
     ) -> Result<(Store, Loaded), Error> {
         let started = Store::start(path, output, Some(flushes))?;
-        start_checkpointer(path)?;
+        Checkpoints::EVERY_SECOND.start(path)?;
         Ok(started)
     }
 
@@ -232,10 +234,10 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Keep the whole working set in memory: a tick touches every worker's row.
         conn.pragma_update(None, "cache_size", -64 * 1024)?;
-        // Checkpoints run on a thread of their own (see `start_checkpointer`), not inside
+        // Checkpoints run on a thread of their own (see [`Checkpoints`]), not inside
         // a tick's commit; this is only the safety net if that thread falls behind.
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_handler(Some(retry_soon))?;
         migrate(&mut conn)?;
         copy_back_the_wal(&conn, path);
         let loaded = Loaded {
@@ -362,42 +364,6 @@ impl Store {
         wait.await
             .map_err(|_| Error::Unavailable("the store stopped".into()))?
     }
-}
-
-/// Starts on an empty WAL. A master killed under load leaves one of up to
-/// `wal_autocheckpoint` frames or more (80 MB at 20,000); copied back here, before the
-/// first answer, it is not copied inside the first commits of a tick, which held the
-/// flush of 10,000 rows after a restart at 10-50 ms instead of 2-5.
-fn copy_back_the_wal(conn: &Connection, path: &Path) {
-    let started = std::time::Instant::now();
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
-        Ok(0) => tracing::debug!(bytes, took = ?started.elapsed(), "WAL copied back"),
-        Ok(_) => warn!(bytes, "the WAL could not be copied back at start (busy)"),
-        Err(err) => warn!(%err, "the WAL could not be copied back at start"),
-    }
-}
-
-/// Copies the WAL back into the database every second from a connection of its own
-/// (PASSIVE: it never blocks the writer), so no tick pays for a checkpoint.
-fn start_checkpointer(path: &Path) -> Result<(), Error> {
-    let conn = Connection::open(path)?;
-    thread::Builder::new()
-        .name("herd-checkpoint".into())
-        .spawn(move || {
-            loop {
-                thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    warn!(%err, "WAL checkpoint failed; retrying");
-                }
-            }
-        })
-        .map_err(|e| Error::Storage(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(())
 }
 
 /// The store thread: waits for a job, takes everything else already queued, and commits
