@@ -21,6 +21,7 @@ mod checkpoint;
 mod commit;
 mod identity;
 mod pages;
+pub mod pcache;
 mod rowids;
 mod schema;
 
