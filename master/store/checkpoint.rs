@@ -7,8 +7,9 @@
 //! second of writes: 30-60 ms on this kind of disk, with every task in flight waiting
 //! (fsync time grows with what is unwritten: 1 MB takes 1 ms here, 32 MB 19 ms). So the
 //! checkpoint thread copies the WAL back without blocking anyone (`PASSIVE`), and once the
-//! WAL is long, copies at once what was written meanwhile (a few hundred frames, a few
-//! ms) with the writer held off (`RESTART`). The next commit then starts the WAL over.
+//! WAL is long, copies again what was written meanwhile (still without blocking), then
+//! the little written during that second pass with the writer held off (`RESTART`). The
+//! next commit then starts the WAL over.
 
 use std::path::Path;
 use std::thread;
@@ -62,6 +63,13 @@ impl Checkpoints {
             }
         };
         if frames < self.restart_at {
+            return;
+        }
+        // What the pass above left (written during its fsyncs, tens of ms) is copied
+        // again without blocking, so that what the writer waits for is only what came
+        // during this short second pass.
+        if let Err(err) = checkpoint(conn, "PASSIVE") {
+            warn!(%err, "WAL checkpoint failed; retrying");
             return;
         }
         let started = Instant::now();
