@@ -79,8 +79,9 @@ fn main() -> ExitCode {
     let interactive = !cli.config.no_repl && std::io::stdin().is_terminal();
     herd::init_logging(repl::LogWriter::default);
     // Before any connection is opened.
-    if let Err(err) = store::pcache::install() {
-        tracing::warn!("SQLite keeps its own page cache: {err}");
+    match store::pcache::install() {
+        Ok(()) => tracing::debug!("SQLite's page cache skips truncations that drop nothing"),
+        Err(err) => tracing::warn!("SQLite keeps its own page cache: {err}"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -41,7 +41,7 @@ impl Checkpoints {
     /// Starts the checkpoint thread on a connection of its own.
     pub fn start(self, path: &Path) -> Result<(), Error> {
         let mut conn = Connection::open(path)?;
-        conn.busy_handler(Some(retry_briefly))?;
+        conn.busy_handler(Some(retry_every_100us::<CHECKPOINT_TRIES>))?;
         thread::Builder::new()
             .name("herd-checkpoint".into())
             .spawn(move || {
@@ -89,20 +89,21 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
     })
 }
 
-/// The store thread's busy handler: retries every 100 µs for up to 5 s. SQLite's own
+/// A busy handler that retries every 100 µs, `TRIES` times at most. SQLite's own
 /// (`busy_timeout`) sleeps 1, 2, 5, 10 ms and more between tries, far longer than the
-/// checkpoint thread holds the writer off.
-pub fn retry_soon(tries: i32) -> bool {
+/// checkpoint thread holds the writer off. The store thread waits up to 5 s
+/// ([`STORE_TRIES`]); the checkpoint thread gives up after 50 ms and tries again at its
+/// next pass, rather than keep the writer waiting behind a long read.
+pub fn retry_every_100us<const TRIES: i32>(tries: i32) -> bool {
     thread::sleep(Duration::from_micros(100));
-    tries < 50_000
+    tries < TRIES
 }
 
-/// The checkpoint thread's: it gives up after 50 ms (and tries again at its next pass)
-/// rather than keep the writer waiting behind a long read.
-fn retry_briefly(tries: i32) -> bool {
-    thread::sleep(Duration::from_micros(100));
-    tries < 500
-}
+/// The store thread's tries: 5 s.
+pub const STORE_TRIES: i32 = 50_000;
+
+/// The checkpoint thread's: 50 ms.
+const CHECKPOINT_TRIES: i32 = 500;
 
 /// Starts on an empty WAL. A master killed under load leaves one of up to
 /// `wal_autocheckpoint` frames or more (80 MB at 20,000); copied back here, before the
@@ -141,7 +142,9 @@ mod tests {
         writer.pragma_update(None, "journal_mode", "WAL").unwrap();
         writer.pragma_update(None, "synchronous", "NORMAL").unwrap();
         writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        writer.busy_handler(Some(retry_soon)).unwrap();
+        writer
+            .busy_handler(Some(retry_every_100us::<STORE_TRIES>))
+            .unwrap();
         writer
             .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
             .unwrap();

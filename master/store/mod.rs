@@ -25,7 +25,7 @@ pub mod pcache;
 mod rowids;
 mod schema;
 
-use self::checkpoint::{Checkpoints, copy_back_the_wal, retry_soon};
+use self::checkpoint::{Checkpoints, STORE_TRIES, copy_back_the_wal, retry_every_100us};
 use self::commit::commit;
 use self::rowids::{RowIds, load_rowids};
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
@@ -238,7 +238,7 @@ impl Store {
         // Checkpoints run on a thread of their own (see [`Checkpoints`]), not inside
         // a tick's commit; this is only the safety net if that thread falls behind.
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
-        conn.busy_handler(Some(retry_soon))?;
+        conn.busy_handler(Some(retry_every_100us::<STORE_TRIES>))?;
         migrate(&mut conn)?;
         copy_back_the_wal(&conn, path);
         let loaded = Loaded {

@@ -62,14 +62,12 @@ impl Keys {
     /// Whether dropping every page numbered `limit` or more can drop anything; if so the
     /// truncation happens and the cache holds nothing from `limit` on.
     pub fn truncate(&mut self, limit: c_uint) -> bool {
-        let temp_in_range = self.temp_cached && self.temp >= limit;
-        if limit > self.max && !temp_in_range {
+        let temp_dropped = self.temp >= limit;
+        if limit > self.max && !(self.temp_cached && temp_dropped) {
             return false;
         }
         self.max = self.max.min(limit.saturating_sub(1));
-        if self.temp >= limit {
-            self.temp_cached = false;
-        }
+        self.temp_cached &= !temp_dropped;
         true
     }
 }
