@@ -5,8 +5,9 @@
 use protox::prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["herd.proto"], ["proto"])?;
+    // Run for the `herd` package in shared/: the proto is one folder up.
+    println!("cargo:rerun-if-changed=../proto");
+    let fds = protox::compile(["herd.proto"], ["../proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("herd_descriptor.bin"), fds.encode_to_vec())?;
     // Every service uses herd's codec: prost with a small first buffer (shared/codec.rs).

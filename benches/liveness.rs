@@ -5,8 +5,7 @@
 //!
 //! `cargo bench --bench liveness [-- ROUNDS]` (default 20 rounds).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

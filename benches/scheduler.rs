@@ -3,9 +3,7 @@
 //!
 //! `cargo bench --bench scheduler`
 
-#[allow(dead_code)]
-#[path = "../master/scheduler/mod.rs"]
-mod scheduler;
+use herd_master::scheduler;
 
 use std::hint::black_box;
 use std::time::Instant;

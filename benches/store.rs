@@ -5,8 +5,7 @@
 //!
 //! `cargo bench --bench store [-- TASKS]` (default 1,000,000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -6,8 +6,7 @@
 //!
 //! `cargo bench --bench tasks [-- COUNT]` (default 100).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! for months (paging across 100,000 tasks and 20,000 workers with maximum-size fields,
 //! bad fields and bad stream messages with their status codes).
 
-mod common;
+use herd_testkit as common;
 
 use std::collections::HashSet;
 use std::time::Duration;

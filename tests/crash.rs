@@ -2,7 +2,7 @@
 //! signals: one master per data dir, kill -9 of the master while work finishes, fencing of
 //! a stale attempt, a paused master, a graceful stop.
 
-mod common;
+use herd_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -5,9 +5,8 @@
 //!
 //! Without chromium and chromedriver these tests fail under CI and print SKIPPED elsewhere.
 
-mod common;
-#[path = "common/webdriver.rs"]
-mod webdriver;
+use herd_testkit as common;
+use herd_testkit::webdriver;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! real master and worker: every endpoint, 401 without the token, 400 with bad input,
 //! paging, Server-Sent Events resumed with Last-Event-ID.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! operator, admin), tasks say who submitted them, a revoked token is refused within a
 //! second, and every change is in the audit log. Real processes on 127.0.0.1.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

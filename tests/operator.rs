@@ -1,7 +1,7 @@
 //! End to end: the operator surface (herdctl, --json, drain, status, health, reflection,
 //! metrics) and security (cluster token, TLS, hostile input).
 
-mod common;
+use herd_testkit as common;
 
 use std::io::{Read, Write};
 use std::time::Duration;

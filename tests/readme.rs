@@ -2,7 +2,7 @@
 //! it shows parses, and every flag and environment variable in its configuration tables is
 //! one the program really takes.
 
-mod common;
+use herd_testkit as common;
 
 use std::process::Command;
 
@@ -12,7 +12,7 @@ fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
 }
 
-fn help(program: &str) -> String {
+fn help(program: impl AsRef<std::ffi::OsStr>) -> String {
     let out = Command::new(program).arg("--help").output().unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -1,6 +1,6 @@
 //! The master's REPL driven through a pseudo-terminal, as an operator types at it.
 
-mod common;
+use herd_testkit as common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! CUDA_VISIBLE_DEVICES, no index to two tasks, kept across a master restart) and disk
 //! counted like memory, with a real master and real workers.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::Duration;
 

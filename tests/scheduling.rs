@@ -1,7 +1,7 @@
 //! End to end: placement constraints on worker labels (built-in and given) and priorities,
 //! with real workers.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End to end: registration, heartbeat streams, liveness, SQLite and restarts, with real
 //! herd-master and herd-worker processes on 127.0.0.1.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the task behind (cgroup and process group); memory limits hold; SIGTERM leaves tasks
 //! running (or, with --drain-on-exit, waits for them); output keeps its write order.
 
-mod common;
+use herd_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

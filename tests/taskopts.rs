@@ -2,7 +2,7 @@
 //! batches (`--count`, `--file`, `SubmitTasks`, `POST /api/v1/tasks/batch`), with real
 //! master and worker processes.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

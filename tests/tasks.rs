@@ -1,7 +1,7 @@
 //! End to end: tasks placed by the scheduler, dispatched over the heartbeat stream, run as
 //! processes or containers, logged, cancelled, re-queued, and kept across restarts.
 
-mod common;
+use herd_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! provisions a machine; mTLS ties a worker's certificate to its name; an old data dir
 //! keeps working. Real processes on 127.0.0.1.
 
-mod common;
+use herd_testkit as common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

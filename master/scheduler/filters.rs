@@ -6,11 +6,9 @@
 use super::{Candidate, EPSILON, Request};
 
 /// A filter, as the tests and `herd-bench replay` walk them.
-#[allow(dead_code)]
 pub type Filter = fn(&Candidate, &Request) -> bool;
 
 /// Every filter, by name (the master calls [`feasible`], which is all of them).
-#[allow(dead_code)]
 pub const FILTERS: [(&str, Filter); 6] = [
     ("schedulable", schedulable),
     ("runtime", runtime),

@@ -33,9 +33,13 @@ impl GpuPool {
     }
 
     /// How many indices there are.
-    #[allow(dead_code)] // tests and herd-bench replay
     pub fn len(&self) -> u32 {
         self.slots.len() as u32
+    }
+
+    /// Whether the worker has no GPU at all.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     /// How many are free.
@@ -92,7 +96,6 @@ impl GpuPool {
     }
 
     /// The indices `holder` has.
-    #[allow(dead_code)] // tests and herd-bench replay
     pub fn held_by(&self, holder: &str) -> Vec<u32> {
         self.slots
             .iter()

@@ -1,9 +1,13 @@
-//! Test harness: real herd-master and herd-worker processes on 127.0.0.1, each master on a
-//! free port with a temporary data dir. Waits poll with a deadline; nothing sleeps blindly.
-
-#![allow(dead_code)]
+//! herd's test kit, shared by the end-to-end tests and the benchmarks: masters as real
+//! processes ([`Master`]) or in-process ([`InProcess`]), real herd-worker processes, clients,
+//! each master on a free port with a temporary data dir. Waits poll with a deadline;
+//! nothing sleeps blindly.
 
 pub mod http;
+mod programs;
+pub mod webdriver;
+
+pub use programs::{HERDCTL, MASTER, Program, WORKER};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -57,9 +61,6 @@ pub async fn register(registry: &mut Registry, name: &str) -> (String, String) {
         .into_inner();
     (r.worker_id, r.worker_secret)
 }
-
-pub const MASTER: &str = env!("CARGO_BIN_EXE_herd-master");
-pub const WORKER: &str = env!("CARGO_BIN_EXE_herd-worker");
 
 /// Timings fast enough for tests and loose enough for a busy 2-core machine.
 pub const FAST: &[&str] = &[
@@ -541,7 +542,7 @@ pub fn herdctl(master: &str, args: &[&str]) -> (bool, String, String) {
 
 /// Runs herdctl presenting `token`.
 pub fn herdctl_as(master: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herdctl"))
+    let out = Command::new(HERDCTL)
         .arg("--master")
         .arg(master)
         .args(args)

@@ -3,8 +3,6 @@
 //! WebDriver protocol (JSON over HTTP/1.1) with nothing but std and serde_json.
 //! Every wait polls with a deadline; nothing sleeps blindly.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

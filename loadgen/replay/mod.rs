@@ -1,15 +1,13 @@
 //! `herd-bench replay [TRACE.csv]`: compares the scheduling policies on a trace, in
-//! simulated time. The master's own scheduler module is compiled in (below, by path: the
-//! same files, not a copy), driven over a simulated cluster by [`sim`]; a day of trace
+//! simulated time. The master's own scheduler module (`herd_master::scheduler`: the same
+//! code, not a copy) is driven over a simulated cluster by [`sim`]; a day of trace
 //! takes seconds. Without a trace, a synthetic one is generated from `--seed`.
 //!
 //! Per policy it prints makespan, mean and p99 wait (submission to placement), mean
 //! allocated CPU, memory and GPU share, and the tasks never placed; `--svg FILE` draws the
 //! shares over time. Same trace and cluster: same figures, to the digit.
 
-#[allow(dead_code)]
-#[path = "../../master/scheduler/mod.rs"]
-mod scheduler;
+use herd_master::scheduler;
 
 mod sim;
 mod svg;

@@ -1,0 +1,35 @@
+//! herd-master as a library. [`start`] assembles a whole master from its configuration
+//! (store, registry, ticker, gRPC, HTTP, metrics, local worker) and hands back a
+//! [`Running`] master: its addresses, an in-process channel for the REPL and tests, and
+//! [`Running::shutdown`]. `main.rs` only parses flags, sets up the runtime and signals.
+//!
+//! Where things are:
+//! - a heartbeat is taken in by `registry/` (the stream adapter is `service.rs`);
+//! - liveness is decided in `liveness.rs`, applied to every worker by the `ticker.rs`;
+//! - a task is placed by `tasks/` (queue, attempts, fencing) over `scheduler/` (pure);
+//! - state is written by `store/` (SQLite), and nothing else opens the database.
+
+pub mod admin;
+pub mod events;
+pub mod history;
+pub mod http;
+pub mod identity;
+pub mod liveness;
+pub mod local_worker;
+pub mod lock;
+pub mod logs;
+pub mod metrics;
+pub mod ops;
+pub mod output;
+pub mod records;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+mod start;
+pub mod store;
+pub mod tasks;
+pub mod ticker;
+pub mod workers;
+
+pub use start::{Running, start};
