@@ -71,6 +71,11 @@ impl Master {
     ) -> Result<(), Error> {
         let id = req.task_id.as_str();
         let first = self.logs_view(id).await?;
+        // Everything handed to the store so far is on disk after a sync: before the
+        // output folder is looked for, or a task that has just ended (its output still on
+        // its way to disk) would be taken for one that ended before output moved to files,
+        // and print nothing.
+        self.store.sync().await?;
         if first.done && !self.output.exists(id) {
             // Ended before output moved to files: what SQLite kept.
             let data = self.store.read_output(id).await?;
@@ -92,8 +97,6 @@ impl Master {
             }
             return Ok(());
         }
-        // Everything handed to the store so far is on disk after a sync.
-        self.store.sync().await?;
         let mut attempt = first.attempt;
         let kept_end = self.output_len(id, attempt, &first).await?;
         let (mut from, limit_end) = match req.offset {

@@ -347,7 +347,14 @@ impl Registry {
         {
             entry.session = None;
             entry.presence.connected = false;
-            entry.observe(&liveness, now, "heartbeat stream closed", &inner.events);
+            let state = entry.observe(&liveness, now, "heartbeat stream closed", &inner.events);
+            // A stream that closes when its worker is already past the worker timeout
+            // (HTTP/2 keepalive gives up on a paused worker about then) is a way into
+            // Removed too, and does Removed's work, as a tick would.
+            if state == WorkerState::Removed && !entry.presence.removed {
+                entry.presence.removed = true;
+                inner.requeue_removed(&[worker_id.to_string()], now);
+            }
         }
     }
 
@@ -371,7 +378,6 @@ impl Registry {
             inner.workers.slab.len() / 5 + 1
         };
         for entry in inner.workers.values_mut() {
-            let before = entry.recorded;
             // A worker that has not read its stream for a heartbeat timeout is cut off
             // (it reconnects), rather than kept Active and silently skipped.
             if entry
@@ -399,15 +405,16 @@ impl Registry {
                 "no heartbeat within the timeout",
                 &inner.events,
             );
+            // `presence.removed` is the once-guard of Removed's work, whichever path saw
+            // the change first (the state may have been recorded Removed already, by a
+            // read or a closed stream, before this tick).
             if state == WorkerState::Removed && !entry.presence.removed {
                 entry.presence.removed = true;
                 entry.presence.connected = false;
                 if let Some(session) = entry.session.take() {
                     let _ = session.end.send(removed_worker(entry).into());
                 }
-                if before != WorkerState::Removed {
-                    out.removed.push(entry.id.clone());
-                }
+                out.removed.push(entry.id.clone());
             }
             let behind = entry.last_heartbeat_ms - entry.persisted_heartbeat_ms;
             let stale = stale_budget > 0
@@ -425,17 +432,8 @@ impl Registry {
                 });
             }
         }
-        for id in &out.removed {
-            let why = format!(
-                "worker {} was removed after a long silence",
-                inner.workers[id.as_str()].spec.name
-            );
-            inner.tasks.worker_gone(id, &why, &mut inner.workers);
-        }
+        inner.requeue_removed(&out.removed, now);
         inner.tasks.drop_retired();
-        inner
-            .tasks
-            .schedule(&mut inner.workers, &inner.liveness, now);
         out
     }
 
@@ -463,6 +461,19 @@ impl Registry {
 }
 
 impl Inner {
+    /// Removed's work, done once per removal by whichever path saw it first: the
+    /// unfinished tasks of `removed` are queued again, and what waits is placed.
+    fn requeue_removed(&mut self, removed: &[String], now: Instant) {
+        for id in removed {
+            let why = format!(
+                "worker {} was removed after a long silence",
+                self.workers[id.as_str()].spec.name
+            );
+            self.tasks.worker_gone(id, &why, &mut self.workers);
+        }
+        self.tasks.schedule(&mut self.workers, &self.liveness, now);
+    }
+
     /// The stream must be the worker's current one, and the worker not Removed.
     fn check_session(&self, worker_id: &str, generation: u64, now: Instant) -> Result<(), Error> {
         let entry = self

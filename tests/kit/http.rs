@@ -50,6 +50,14 @@ impl Api {
         }
     }
 
+    /// The HTTP API of an in-process master started with `--http-listen 127.0.0.1:0`.
+    pub fn of_in_process(master: &crate::InProcess) -> Api {
+        Api {
+            addr: master.http_addr.expect("started with --http-listen"),
+            token: Some(crate::TOKEN.to_string()),
+        }
+    }
+
     pub fn without_token(&self) -> Api {
         Api {
             addr: self.addr,

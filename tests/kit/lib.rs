@@ -4,9 +4,11 @@
 //! nothing sleeps blindly.
 
 pub mod http;
+mod inprocess;
 mod programs;
 pub mod webdriver;
 
+pub use inprocess::InProcess;
 pub use programs::{HERDCTL, MASTER, Program, WORKER};
 
 use std::net::{SocketAddr, TcpListener};
@@ -83,6 +85,33 @@ pub const TIGHT: &[&str] = &[
     "--check-interval",
     "100ms",
 ];
+
+/// Taken by the tests that load the machine on purpose (thousands of workers or tasks,
+/// every core spinning): they run one at a time, so that no two of them starve each
+/// other's workers, or the others', of CPU. The tests run side by side in one binary
+/// (`.cargo/config.toml` sets how many). Held until dropped, across awaits.
+pub fn heavy() -> Heavy {
+    let mut busy = HEAVY_BUSY.lock().unwrap_or_else(|p| p.into_inner());
+    while *busy {
+        busy = HEAVY_FREE.wait(busy).unwrap_or_else(|p| p.into_inner());
+    }
+    *busy = true;
+    Heavy(())
+}
+
+static HEAVY_BUSY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static HEAVY_FREE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// The right to load the machine (see [`heavy`]); released when dropped, also by a test
+/// that panics.
+pub struct Heavy(());
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        *HEAVY_BUSY.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        HEAVY_FREE.notify_one();
+    }
+}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -185,7 +185,7 @@ async fn tasks_get_distinct_gpus_and_a_third_waits_until_one_is_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_is_counted_and_a_request_that_fits_nowhere_waits_naming_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     {
         // Without --disk a worker advertises the free space of its work dir.
@@ -261,7 +261,7 @@ async fn gpus_of_a_lost_attempt_are_freed_and_the_task_gets_them_elsewhere() {
         "--worker-timeout",
         "3s",
     ];
-    let master = Master::start(dir.path(), &args);
+    let master = InProcess::start(dir.path(), &args);
     let mut admin = master.admin().await;
     let mut a = Worker::start(dir.path(), &master.url(), "gpu-a", &["--gpu", "1"]);
     wait_state(&mut admin, "gpu-a", pb::WorkerState::Active, T).await;

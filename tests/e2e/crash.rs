@@ -40,6 +40,7 @@ async fn a_second_master_on_the_same_data_dir_exits_and_the_first_keeps_serving(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_again_and_again_loses_no_result_and_runs_no_task_twice() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let data = dir.path().join("data");
@@ -99,7 +100,7 @@ async fn a_master_killed_again_and_again_loses_no_result_and_runs_no_task_twice(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), &[TIGHT, &["--worker-timeout", "3s"]].concat());
+    let master = InProcess::start(dir.path(), &[TIGHT, &["--worker-timeout", "3s"]].concat());
     let mut admin = master.admin().await;
     let stale = Worker::start(dir.path(), &master.url(), "stale", &[]);
     wait_state(&mut admin, "stale", pb::WorkerState::Active, T).await;
@@ -242,6 +243,7 @@ async fn sigterm_stops_the_master_at_once_and_loses_nothing() {
 /// needs a truncation to drop a page; when one must, is unit-tested in pcache.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_page_cache_wrapper_rebalanced_tables_survive_kill_9_intact() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
     let mut master = Master::start(dir.path(), FAST);
     let mut admin = master.admin().await;

@@ -19,6 +19,7 @@ const LIMIT: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_pages_cross_100000_stored_tasks_and_those_in_memory() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let data = dir.path().join("data");
@@ -144,8 +145,9 @@ async fn task_pages_cross_100000_stored_tasks_and_those_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_pages_cross_20000_workers_some_with_every_label() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     master.admin().await;
     let registry = master.registry().await;
     let mut joins = tokio::task::JoinSet::new();
@@ -210,7 +212,7 @@ async fn worker_pages_cross_20000_workers_some_with_every_label() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_fields_and_bad_stream_messages_get_their_status_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut registry = master.registry().await;
 
@@ -433,8 +435,9 @@ async fn logs_range(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_logs_of_a_50_mb_task_print_by_tail_range_and_follow() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "chatty", &[]);
     wait_state(&mut admin, "chatty", pb::WorkerState::Active, T).await;

@@ -49,7 +49,7 @@ async fn run_refused_worker(dir: &Path, master: &str, name: &str, args: &[&str])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_call() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(
+    let master = InProcess::start(
         dir.path(),
         &[FAST, &["--http-listen", "127.0.0.1:0"]].concat(),
     );
@@ -199,7 +199,7 @@ async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_
         );
     }
     // The HTTP API, too.
-    let api = Api::of(&master).await;
+    let api = Api::of_in_process(&master);
     let joiner_api = Api {
         token: Some(JOIN_TOKEN.into()),
         ..api.clone()
@@ -515,7 +515,7 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_is_provisioned_with_the_secret_worker_add_prints() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let url = master.url();
     let (ok, out, err) = herdctl(

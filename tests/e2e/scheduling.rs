@@ -26,7 +26,7 @@ fn spec(command: &str, cpu: f64, priority: i32, constraints: &[&str]) -> pb::Tas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_land_only_where_their_constraints_hold_and_wait_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _eu = Worker::start(
         dir.path(),
@@ -120,7 +120,7 @@ async fn tasks_land_only_where_their_constraints_hold_and_wait_with_the_reason()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_goes_first_and_fifo_within_a_priority() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "one-slot", &["--cpu", "1"]);
     wait_state(&mut admin, "one-slot", pb::WorkerState::Active, T).await;

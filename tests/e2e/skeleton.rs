@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_register_with_distinct_ids_and_are_listed_active() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _a = Worker::start(dir.path(), &master.url(), "alpha", &[]);
     let _b = Worker::start(
@@ -42,7 +42,7 @@ async fn two_workers_register_with_distinct_ids_and_are_listed_active() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_keeps_its_id_and_sqlite_has_one_row() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut first = Worker::start(dir.path(), &master.url(), "gamma", &[]);
     let before = wait_state(&mut admin, "gamma", pb::WorkerState::Active, T).await;
@@ -58,7 +58,7 @@ async fn a_restarted_worker_keeps_its_id_and_sqlite_has_one_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_registering_from_many_connections_at_once_gets_one_id() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     master.admin().await;
     let mut calls = Vec::new();
     for _ in 0..16 {
@@ -93,7 +93,7 @@ async fn one_name_registering_from_many_connections_at_once_gets_one_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_inactive_within_a_second_and_in_sqlite_after_a_tick() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "delta", &[]);
     let info = wait_state(&mut admin, "delta", pb::WorkerState::Active, T).await;
@@ -116,7 +116,7 @@ async fn a_stopped_worker_goes_inactive_exactly_after_the_timeout_then_removed()
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(1);
     let tick = Duration::from_millis(100);
-    let master = Master::start(dir.path(), &[TIGHT, &["--worker-timeout", "4s"]].concat());
+    let master = InProcess::start(dir.path(), &[TIGHT, &["--worker-timeout", "4s"]].concat());
     let mut admin = master.admin().await;
     let w = Worker::start(dir.path(), &master.url(), "epsilon", &[]);
     let active = wait_state(&mut admin, "epsilon", pb::WorkerState::Active, T).await;
@@ -251,7 +251,7 @@ async fn an_unknown_id_gets_not_found_and_a_worker_recovers_from_a_wiped_master(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_registrations_are_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut registry = master.registry().await;
     let mut admin = master.admin().await;
     let cases: Vec<(&str, pb::WorkerDescription)> = vec![
@@ -345,8 +345,9 @@ async fn the_local_worker_registers_and_stops_with_the_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_machine_does_not_make_a_worker_miss_heartbeats() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "busy", &[]);
     wait_state(&mut admin, "busy", pb::WorkerState::Active, T).await;

@@ -32,7 +32,7 @@ fn create_token(url: &str, name: &str, role: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(
+    let master = InProcess::start(
         dir.path(),
         &[FAST, &["--http-listen", "127.0.0.1:0"]].concat(),
     );
@@ -67,7 +67,7 @@ async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
     assert!(ok);
     assert_eq!(parse(&out)["submitted_by"], "ops-bot");
     assert_eq!(task(&mut admin, &id).await.submitted_by, "ops-bot");
-    let api = Api::of(&master).await;
+    let api = Api::of_in_process(&master);
     let viewer_api = Api {
         token: Some(viewer.clone()),
         ..api.clone()
@@ -174,7 +174,7 @@ async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let url = master.url();
     let _w = Worker::start(dir.path(), &url, "runner", &[]);

@@ -34,7 +34,7 @@ fn quick_removal() -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_tasks_succeed_or_report_their_exit_code_and_output() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "runner", &[]);
     wait_state(&mut admin, "runner", pb::WorkerState::Active, T).await;
@@ -77,7 +77,7 @@ async fn process_tasks_succeed_or_report_their_exit_code_and_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_are_refused_with_a_reason_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     master.admin().await;
     let cases: &[(&[&str], &str)] = &[
         (&["task", "submit"], "--command, --docker-image"),
@@ -118,8 +118,9 @@ async fn bad_submissions_are_refused_with_a_reason_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_spinning_every_core_never_costs_its_worker_a_heartbeat() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST); // heartbeat-timeout 2s
+    let master = InProcess::start(dir.path(), FAST); // heartbeat-timeout 2s
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "hot", &[]);
     wait_state(&mut admin, "hot", pb::WorkerState::Active, T).await;
@@ -144,7 +145,7 @@ async fn a_task_spinning_every_core_never_costs_its_worker_a_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_task_goes_to_a_stopped_worker_under_either_scheduler() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let cpu = ["--cpu", "8", "--memory", "8"];
     let _a = Worker::start(dir.path(), &master.url(), "live-a", &cpu);
@@ -186,7 +187,7 @@ async fn no_task_goes_to_a_stopped_worker_under_either_scheduler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_aware_places_by_free_resources_and_queues_what_fits_nowhere() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _small = Worker::start(
         dir.path(),
@@ -256,7 +257,7 @@ async fn resource_aware_places_by_free_resources_and_queues_what_fits_nowhere() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "victim", &[]);
     wait_state(&mut admin, "victim", pb::WorkerState::Active, T).await;
@@ -285,7 +286,7 @@ async fn cancel_kills_the_whole_process_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_stream_while_running_and_outlive_the_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "talker", &[]);
     wait_state(&mut admin, "talker", pb::WorkerState::Active, T).await;
@@ -319,7 +320,7 @@ async fn logs_stream_while_running_and_outlive_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_task_is_requeued_after_the_worker_timeout_and_succeeds_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), &quick_removal());
+    let master = InProcess::start(dir.path(), &quick_removal());
     let mut admin = master.admin().await;
     let mut first = Worker::start(dir.path(), &master.url(), "doomed", &[]);
     wait_state(&mut admin, "doomed", pb::WorkerState::Active, T).await;
@@ -352,7 +353,7 @@ async fn a_killed_worker_s_task_is_requeued_after_the_worker_timeout_and_succeed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_give_up_after_max_attempts() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(
+    let master = InProcess::start(
         dir.path(),
         &[&quick_removal()[..], &["--max-attempts", "1"]].concat(),
     );
@@ -373,7 +374,7 @@ async fn tasks_give_up_after_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_its_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), &quick_removal());
+    let master = InProcess::start(dir.path(), &quick_removal());
     let mut admin = master.admin().await;
     let napper = Worker::start(dir.path(), &master.url(), "napper", &[]);
     wait_state(&mut admin, "napper", pb::WorkerState::Active, T).await;
@@ -423,7 +424,7 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_a_worker_leaves_its_tasks_running_for_its_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "leaver", &[]);
     wait_state(&mut admin, "leaver", pb::WorkerState::Active, T).await;
@@ -508,7 +509,7 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _plain = Worker::start(dir.path(), &master.url(), "plain", &[]);
     wait_state(&mut admin, "plain", pb::WorkerState::Active, T).await;
@@ -619,7 +620,7 @@ async fn a_container_task_runs_in_podman_with_its_limits_and_never_on_a_worker_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_an_ended_task_says_how_it_ended_before_and_after_it_leaves_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "ender", &[]);
     wait_state(&mut admin, "ender", pb::WorkerState::Active, T).await;

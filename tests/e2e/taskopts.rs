@@ -56,7 +56,7 @@ fn first_word(out: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_every_process_of_the_task_and_fails_it_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     for isolation in ["cgroup", "process-group"] {
         let name = format!("w-{isolation}");
@@ -129,7 +129,7 @@ async fn a_timeout_kills_every_process_of_the_task_and_fails_it_with_the_reason(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_holds_across_a_restart_of_the_worker_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut worker = Worker::start(
         dir.path(),
@@ -167,7 +167,7 @@ async fn the_deadline_holds_across_a_restart_of_the_worker_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_run_a_failing_task_again_each_run_an_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), &[FAST, &["--max-attempts", "1"]].concat());
+    let master = InProcess::start(dir.path(), &[FAST, &["--max-attempts", "1"]].concat());
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "retrier", &[]);
     wait_state(&mut admin, "retrier", pb::WorkerState::Active, T).await;
@@ -229,7 +229,7 @@ async fn retries_run_a_failing_task_again_each_run_an_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_sees_its_environment_and_working_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "envy", &[]);
     wait_state(&mut admin, "envy", pb::WorkerState::Active, T).await;
@@ -315,8 +315,9 @@ fn spec_with_workdir(workdir: &str) -> pb::TaskSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_submits_a_thousand_copies_in_one_call_each_with_its_index() {
+    let _heavy = heavy();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "counter", &["--label", "pool=a"]);
     wait_state(&mut admin, "counter", pb::WorkerState::Active, T).await;
@@ -401,7 +402,7 @@ async fn count_submits_a_thousand_copies_in_one_call_each_with_its_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_submitted_whole_or_not_at_all_naming_the_bad_line() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(
+    let master = InProcess::start(
         dir.path(),
         &[FAST, &["--http-listen", "127.0.0.1:0"]].concat(),
     );
@@ -481,7 +482,7 @@ async fn a_file_is_submitted_whole_or_not_at_all_naming_the_bad_line() {
     assert_eq!(db_tasks(&master.db()), before);
 
     // The HTTP API takes batches too, with the same answers.
-    let api = Api::of(&master).await;
+    let api = Api::of_in_process(&master);
     let (status, body) = api
         .json(
             Method::POST,
@@ -540,7 +541,7 @@ async fn a_container_task_gets_its_env_and_workdir_and_is_removed_at_its_timeout
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(
         dir.path(),

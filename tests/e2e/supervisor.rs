@@ -87,7 +87,7 @@ fn cgroups_in_effect(info: &pb::WorkerInfo) -> bool {
 async fn a_worker_killed_with_sigkill_reattaches_and_every_task_runs_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "phoenix"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut worker = Worker::start(dir.path(), &master.url(), "phoenix", &["--cpu", "4"]);
     wait_state(&mut admin, "phoenix", pb::WorkerState::Active, T).await;
@@ -143,7 +143,7 @@ fn supervisor_pid(folder: &Path) -> Option<u32> {
 async fn cancel_leaves_nothing(isolation: &str) {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "victim"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let args = [GRACE, &["--isolation", isolation]].concat();
     let _w = Worker::start(dir.path(), &master.url(), "victim", &args);
@@ -209,7 +209,7 @@ async fn cancel_kills_every_process_of_the_task_without_cgroups() {
 async fn a_task_over_its_memory_limit_fails_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "tight"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "tight", &["--memory", "4"]);
     let info = wait_state(&mut admin, "tight", pb::WorkerState::Active, T).await;
@@ -273,7 +273,7 @@ const SLOW_TIMEOUT: &[&str] = &[
 async fn sigterm_leaves_tasks_running_and_the_next_worker_reports_them_with_all_output() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "leaver"));
-    let master = Master::start(dir.path(), SLOW_TIMEOUT);
+    let master = InProcess::start(dir.path(), SLOW_TIMEOUT);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "leaver", &[]);
     wait_state(&mut admin, "leaver", pb::WorkerState::Active, T).await;
@@ -311,7 +311,7 @@ async fn sigterm_leaves_tasks_running_and_the_next_worker_reports_them_with_all_
 async fn drain_on_exit_waits_for_the_running_task_before_leaving() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "drainer"));
-    let master = Master::start(dir.path(), SLOW_TIMEOUT);
+    let master = InProcess::start(dir.path(), SLOW_TIMEOUT);
     let mut admin = master.admin().await;
     let mut w = Worker::start(dir.path(), &master.url(), "drainer", &["--drain-on-exit"]);
     wait_state(&mut admin, "drainer", pb::WorkerState::Active, T).await;
@@ -339,7 +339,7 @@ async fn drain_on_exit_waits_for_the_running_task_before_leaving() {
 async fn stdout_and_stderr_come_back_in_the_order_they_were_written() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "chatter"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "chatter", &[]);
     wait_state(&mut admin, "chatter", pb::WorkerState::Active, T).await;
@@ -367,7 +367,7 @@ async fn stdout_and_stderr_come_back_in_the_order_they_were_written() {
 async fn a_result_from_while_the_worker_was_down_is_reported_and_its_folder_later_removed() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "sleeper"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let mut first = Worker::start(dir.path(), &master.url(), "sleeper", &[]);
     wait_state(&mut admin, "sleeper", pb::WorkerState::Active, T).await;
@@ -423,7 +423,7 @@ async fn a_result_from_while_the_worker_was_down_is_reported_and_its_folder_late
 async fn a_task_whose_supervisor_is_killed_fails_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(work_dir(dir.path(), "orphan"));
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(dir.path(), &master.url(), "orphan", GRACE);
     let info = wait_state(&mut admin, "orphan", pb::WorkerState::Active, T).await;

@@ -24,7 +24,7 @@ fn json(text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herdctl_speaks_the_grammar_in_tables_and_in_json() {
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(dir.path(), FAST);
+    let master = InProcess::start(dir.path(), FAST);
     let mut admin = master.admin().await;
     let _w = Worker::start(
         dir.path(),
@@ -635,7 +635,7 @@ fn metric(samples: &[(String, f64)], name: &str) -> f64 {
 async fn health_reflection_and_metrics_answer() {
     let dir = tempfile::tempdir().unwrap();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let master = Master::start(
+    let master = InProcess::start(
         dir.path(),
         &[FAST, &["--metrics-listen", &metrics_addr]].concat(),
     );
