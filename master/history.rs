@@ -12,25 +12,13 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::events::Events;
+use crate::records::Totals;
 use crate::registry::Registry;
 
 /// Time between samples.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Samples kept: 15 minutes.
 pub const KEPT: usize = 90;
-
-/// The cluster's totals at one moment (counters of tasks run since the master started).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Totals {
-    pub cpu_total: f64,
-    pub cpu_allocated: f64,
-    pub cpu_used: f64,
-    pub memory_total_gb: f64,
-    pub memory_allocated_gb: f64,
-    pub memory_used_gb: f64,
-    pub tasks_started: u64,
-    pub tasks_finished: u64,
-}
 
 /// One point of the chart.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -4,28 +4,31 @@
 //! [`Running::shutdown`]. `main.rs` only parses flags, sets up the runtime and signals.
 //!
 //! Where things are:
-//! - a heartbeat is taken in by `registry/` (the stream adapter is `service.rs`);
-//! - liveness is decided in `liveness.rs`, applied to every worker by the `ticker.rs`;
+//! - a heartbeat arrives in `grpc/session.rs` (one `WorkerSession` per stream) and is
+//!   taken in by `registry/`;
+//! - liveness is decided in `liveness.rs`, applied to every worker by `ticker.rs`;
 //! - a task is placed by `tasks/` (queue, attempts, fencing) over `scheduler/` (pure);
+//! - operators' operations live in `ops/`, one file per resource, over the one handle
+//!   `app.rs`; `grpc/` and `http/` only adapt to them;
 //! - state is written by `store/` (SQLite), and nothing else opens the database.
 
-pub mod admin;
+pub mod app;
 pub mod events;
+pub mod grpc;
+#[cfg(test)]
+mod harness;
 pub mod history;
 pub mod http;
 pub mod identity;
 pub mod liveness;
 pub mod local_worker;
 pub mod lock;
-pub mod logs;
 pub mod metrics;
 pub mod ops;
 pub mod output;
 pub mod records;
 pub mod registry;
 pub mod scheduler;
-pub mod server;
-pub mod service;
 mod start;
 pub mod store;
 pub mod tasks;

@@ -306,3 +306,16 @@ impl Task {
         }
     }
 }
+
+/// The cluster's totals at one moment (counters of tasks run since the master started).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub cpu_total: f64,
+    pub cpu_allocated: f64,
+    pub cpu_used: f64,
+    pub memory_total_gb: f64,
+    pub memory_allocated_gb: f64,
+    pub memory_used_gb: f64,
+    pub tasks_started: u64,
+    pub tasks_finished: u64,
+}

@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use herd::auth::{JOIN_TOKEN_FILE, TOKEN_FILE, join_token, master_token};
 use herd::config::{Listen, MasterConfig};
 
+use crate::app::App;
 use crate::events::Events;
+use crate::grpc::WorkerService;
 use crate::history::History;
 use crate::identity::Credentials;
 use crate::liveness::Liveness;
@@ -24,9 +26,8 @@ use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::{Registry, Settings};
-use crate::service::Master;
 use crate::store::Store;
-use crate::{history, http, lock, metrics, output, server, ticker};
+use crate::{grpc, history, http, lock, metrics, output, ticker};
 
 /// A master that serves. Dropping it without [`Running::shutdown`] leaves its tasks
 /// running until the runtime ends; shut it down to flush its state and close streams.
@@ -40,7 +41,7 @@ pub struct Running {
     pub url: String,
     /// The data dir: herd.db, tokens, task output, REPL history.
     pub data_dir: PathBuf,
-    master: Master,
+    services: WorkerService,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
     /// Held for the master's whole life: one master per data dir.
@@ -157,16 +158,19 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         shutdown_rx.clone(),
     );
     let sweeper = output::spawn_sweeper(output.clone(), config.task_retention, shutdown_rx.clone());
-    let master = Master {
+    let app = App {
         registry: registry.clone(),
         store: store.clone(),
         output,
         metrics: metrics.clone(),
-        handshake_timeout: config.heartbeat_timeout,
         credentials,
+    };
+    let services = WorkerService {
+        app: app.clone(),
+        handshake_timeout: config.heartbeat_timeout,
         require_client_cert: config.tls_client_ca.is_some(),
     };
-    let grpc = server::serve_tcp(listener, tls, master.clone(), shutdown_rx.clone()).await?;
+    let grpc = grpc::serve_tcp(listener, tls, services.clone(), shutdown_rx.clone()).await?;
     let metrics_server = config.metrics_listen.map(|addr| {
         let registry = registry.clone();
         tokio::spawn(metrics::serve(
@@ -198,13 +202,13 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
                 .map(|(cert, key)| http::tls_config(&cert, &key))
                 .transpose()?;
             http::announce(bound, tls.is_some(), token.as_deref());
-            let app = http::router(http::Http {
-                master: master.clone(),
+            let router = http::router(http::Http {
+                app: app.clone(),
                 events: events.clone(),
                 history,
                 shutdown: shutdown_rx.clone(),
             });
-            let served = tokio::spawn(http::serve(listener, app, tls, shutdown_rx.clone()));
+            let served = tokio::spawn(http::serve(listener, router, tls, shutdown_rx.clone()));
             (Some(bound), Some(served))
         }
     };
@@ -231,7 +235,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         http_addr,
         url,
         data_dir: config.data_dir,
-        master,
+        services,
         shutdown_tx,
         shutdown_rx,
         _lock: dir_lock,
@@ -285,14 +289,14 @@ impl Running {
     /// A gRPC channel into this master that needs no network and no token: the REPL's
     /// (it is "repl" in the audit log).
     pub fn in_process_channel(&self) -> Channel {
-        server::in_process(self.master.clone(), self.shutdown_rx.clone())
+        grpc::in_process(self.services.clone(), self.shutdown_rx.clone())
     }
 
     /// Stops the master in order: streams closed, listeners stopped, state flushed to
     /// SQLite by the ticker's last pass, the local worker stopped.
     pub async fn shutdown(self) {
         info!("stopping: closing worker streams and flushing state");
-        self.master.registry.close_all();
+        self.services.app.registry.close_all();
         let _ = self.shutdown_tx.send(true);
         let tasks = self.tasks;
         if let Some(local_worker) = tasks.local_worker {

@@ -62,7 +62,7 @@ pub fn resolve_token(
     if let Some(file) = file {
         return read_token(&file).map(Some);
     }
-    let local = crate::config::local_data_dir().join(local);
+    let local = crate::paths::local_data_dir().join(local);
     if local.exists() {
         return read_token(&local).map(Some);
     }

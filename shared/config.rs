@@ -9,27 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::time::parse_duration;
 
-/// Where a master keeps its state unless told otherwise: one per-user folder, so the
-/// cluster does not depend on the folder the master was started from.
-pub fn default_data_dir() -> PathBuf {
-    let nonempty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(state) = nonempty("XDG_STATE_HOME") {
-        return PathBuf::from(state).join("herd");
-    }
-    match nonempty("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/state/herd"),
-        None => PathBuf::from("./herd-data"),
-    }
-}
-
-/// The data dir programs on the master's machine look in: `HERD_DATA_DIR`, else the
-/// default.
-pub fn local_data_dir() -> PathBuf {
-    std::env::var_os("HERD_DATA_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(default_data_dir)
-}
+pub use crate::paths::{default_data_dir, local_data_dir};
 
 /// Which placement policy the scheduler uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

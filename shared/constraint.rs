@@ -27,7 +27,7 @@ impl Constraint {
                 crate::text::clip(text)
             ))
         };
-        if text.chars().count() > 2 * crate::domain::MAX_LABEL_LEN + 2 {
+        if text.chars().count() > 2 * crate::domain::limits::MAX_LABEL_LEN + 2 {
             return Err(bad("is too long"));
         }
         let (constraint, key) = if let Some((k, v)) = text.split_once("!=") {

@@ -13,6 +13,7 @@ pub mod console;
 pub mod constraint;
 pub mod domain;
 pub mod error;
+pub mod paths;
 pub mod render;
 pub mod repl;
 pub mod terminal;

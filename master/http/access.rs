@@ -40,7 +40,7 @@ pub async fn issue_worker_secret(
     Path(worker): Path<String>,
 ) -> Result<Response, ApiError> {
     let issued = http
-        .master
+        .app
         .issue_worker_secret(&who, pb::IssueWorkerSecretRequest { worker })
         .await?;
     let body = json!({
@@ -71,7 +71,7 @@ pub async fn list_tokens(
     Extension(who): Extension<Caller>,
     Query(q): Query<PageQuery>,
 ) -> Answer {
-    let page = http.master.list_tokens(
+    let page = http.app.list_tokens(
         &who,
         pb::ListTokensRequest {
             page_size: q.page_size,
@@ -106,7 +106,7 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     who.may(Op::CreateToken)?;
     let made = http
-        .master
+        .app
         .create_token(
             &who,
             pb::CreateTokenRequest {
@@ -127,7 +127,7 @@ pub async fn revoke_token(
     Path(name): Path<String>,
 ) -> Answer {
     let info = http
-        .master
+        .app
         .revoke_token(&who, pb::RevokeTokenRequest { name })
         .await?;
     Ok(axum::Json(view::token(&info)))
@@ -141,7 +141,7 @@ pub async fn audit(
     Query(q): Query<PageQuery>,
 ) -> Answer {
     let page = http
-        .master
+        .app
         .list_audit(
             &who,
             pb::ListAuditRequest {

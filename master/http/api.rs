@@ -158,7 +158,7 @@ async fn list_workers(
     Query(q): Query<WorkersQuery>,
 ) -> Result<Response, ApiError> {
     let event_id = http.events.last_id();
-    let page = http.master.list_workers(
+    let page = http.app.list_workers(
         &who,
         pb::ListWorkersRequest {
             all: q.all,
@@ -210,7 +210,7 @@ async fn add_worker(
 ) -> Result<Response, ApiError> {
     who.may(Op::AddWorker)?;
     let info = http
-        .master
+        .app
         .add_worker(
             &who,
             pb::AddWorkerRequest {
@@ -230,7 +230,7 @@ async fn get_worker(
     Path(worker): Path<String>,
 ) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.get_worker(&who, &worker)?,
+        &http.app.get_worker(&who, &worker)?,
     )))
 }
 
@@ -242,7 +242,7 @@ async fn drain(
     Path(worker): Path<String>,
 ) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.drain(&who, &worker, true).await?,
+        &http.app.drain(&who, &worker, true).await?,
     )))
 }
 
@@ -254,7 +254,7 @@ async fn undrain(
     Path(worker): Path<String>,
 ) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.drain(&who, &worker, false).await?,
+        &http.app.drain(&who, &worker, false).await?,
     )))
 }
 
@@ -267,7 +267,7 @@ async fn forget(
     Path(worker): Path<String>,
 ) -> Answer {
     Ok(axum::Json(view::worker(
-        &http.master.forget(&who, &worker).await?,
+        &http.app.forget(&who, &worker).await?,
     )))
 }
 
@@ -312,7 +312,7 @@ async fn list_tasks(
             )))?,
     };
     let page = http
-        .master
+        .app
         .list_tasks(
             &who,
             pb::ListTasksRequest {
@@ -341,7 +341,7 @@ async fn submit(
     // Bad credentials change nothing, and say so before anything about the body.
     who.may(Op::SubmitTask)?;
     let spec = body.into_spec()?;
-    let info = http.master.submit(&who, Some(spec)).await?;
+    let info = http.app.submit(&who, Some(spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(view::task(&info))).into_response())
 }
 
@@ -382,7 +382,7 @@ async fn submit_batch(
     };
     // The operation names a bad task by its place in `specs`: here that is `tasks`.
     let ids = http
-        .master
+        .app
         .submit_batch(&who, req)
         .await
         .map_err(|e| match e {
@@ -403,9 +403,7 @@ async fn get_task(
     Extension(who): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    Ok(axum::Json(view::task(
-        &http.master.get_task(&who, &id).await?,
-    )))
+    Ok(axum::Json(view::task(&http.app.get_task(&who, &id).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
@@ -416,9 +414,7 @@ async fn cancel(
     Extension(who): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Answer {
-    Ok(axum::Json(view::task(
-        &http.master.cancel(&who, &id).await?,
-    )))
+    Ok(axum::Json(view::task(&http.app.cancel(&who, &id).await?)))
 }
 
 /// Which part of the output.
@@ -456,7 +452,7 @@ async fn logs(
         offset: q.offset,
         length: q.length,
     };
-    let mut chunks = http.master.logs(&who, req.clone()).await?;
+    let mut chunks = http.app.logs(&who, req.clone()).await?;
     if q.follow {
         return Ok(stream::logs(chunks).into_response());
     }
@@ -493,7 +489,7 @@ pub struct SchedulerBody {
 
 #[utoipa::path(get, path = "/api/v1/scheduler", responses((status = 200, description = "`{scheduler}`", body = Value)))]
 async fn get_scheduler(State(http): State<Http>, Extension(who): Extension<Caller>) -> Answer {
-    let now = http.master.scheduler(&who, "").await?;
+    let now = http.app.scheduler(&who, "").await?;
     Ok(axum::Json(json!({ "scheduler": now.name })))
 }
 
@@ -508,7 +504,7 @@ async fn set_scheduler(
     if body.scheduler.is_empty() {
         return Err(Error::invalid("give a scheduler: round-robin or resource-aware").into());
     }
-    let now = http.master.scheduler(&who, &body.scheduler).await?;
+    let now = http.app.scheduler(&who, &body.scheduler).await?;
     Ok(axum::Json(json!({ "scheduler": now.name })))
 }
 
@@ -520,7 +516,7 @@ async fn status(
     let event_id = http.events.last_id();
     Ok(as_of_event(
         event_id,
-        view::summary(&http.master.summary(&who)?),
+        view::summary(&http.app.summary(&who)?),
     ))
 }
 

@@ -22,15 +22,15 @@ use tracing::{debug, info, warn};
 
 use herd::error::Error;
 
+use crate::app::App;
 use crate::events::Events;
 use crate::history::History;
 use crate::identity::Refusal;
-use crate::service::Master;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct Http {
-    pub master: Master,
+    pub app: App,
     pub events: Arc<Events>,
     pub history: Arc<History>,
     /// Flips when the master stops: open streams end.
@@ -93,7 +93,7 @@ async fn authorize(State(http): State<Http>, mut request: Request, next: Next) -
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let checked = http.master.credentials.operator(
+    let checked = http.app.credentials.operator(
         given.as_deref().map(str::trim),
         peer.map(|p| p.to_string()).unwrap_or_default(),
     );
@@ -187,7 +187,7 @@ pub fn router(http: Http) -> Router {
         .route(
             "/metrics",
             get(|State(http): State<Http>| async move {
-                let text = http.master.metrics.render(http.master.registry.summary());
+                let text = http.app.metrics.render(http.app.registry.summary());
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -15,7 +15,7 @@ use super::{ApiError, Http, Query};
 use crate::events::Event;
 use crate::identity::Caller;
 use crate::identity::authz::Op;
-use crate::logs::Chunks;
+use crate::ops::Chunks;
 
 type Stream = axum::response::sse::KeepAliveStream<ReceiverStream<Result<Sse_, Infallible>>>;
 
@@ -68,7 +68,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(q.last_event_id);
-    let revoked = http.master.credentials.revoked(&who);
+    let revoked = http.app.credentials.revoked(&who);
     let (tx, rx) = mpsc::channel(256);
     let Some((last, missed, mut live)) = http.events.subscribe(last) else {
         let _ = tx.try_send(Ok(resync(last.unwrap_or(0))));

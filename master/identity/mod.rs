@@ -8,7 +8,6 @@
 
 pub mod authz;
 pub mod mtls;
-mod ops;
 pub mod secret;
 
 use std::collections::{BTreeMap, HashMap};

@@ -286,9 +286,9 @@ impl Registry {
 
     /// The cluster's totals now, for the dashboard's chart: capacity, allocation and use
     /// of the Active workers, and the running counts of tasks started and finished.
-    pub fn totals(&self) -> crate::history::Totals {
+    pub fn totals(&self) -> crate::records::Totals {
         let (inner, now) = self.lock();
-        let mut t = crate::history::Totals {
+        let mut t = crate::records::Totals {
             tasks_started: inner.tasks.started_total,
             tasks_finished: inner.tasks.finished_total,
             ..Default::default()

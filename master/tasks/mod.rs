@@ -10,11 +10,7 @@
 //! attempt a worker reports is told to stop.
 
 mod candidates;
-#[cfg(test)]
-pub(crate) mod harness;
 mod lifecycle;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,9 @@
 //! Domain types checked once at the edge: every `TryFrom<pb::X>` here is the single place
 //! where the corresponding wire message is validated.
 
+pub mod limits;
+pub use limits::*;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -12,12 +15,6 @@ pub mod identity;
 pub mod run;
 pub use identity::Role;
 
-/// Longest worker name accepted (a DNS label is 63; leave room for suffixes like `-gpu0`).
-pub const MAX_NAME_LEN: usize = 128;
-/// Most labels a worker may carry.
-pub const MAX_LABELS: usize = 64;
-/// Longest label key or value.
-pub const MAX_LABEL_LEN: usize = 256;
 mod gpu;
 mod resources;
 pub use gpu::{GpuDevice, check_gpus};
@@ -133,14 +130,6 @@ pub fn validate_worker_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Longest reason or message the master keeps with a task (longer ones are cut, with a
-/// marker saying so).
-pub const MAX_REASON_LEN: usize = 1024;
-/// Longest task id a worker may speak of (ids are `t-` and a number).
-pub const MAX_TASK_ID_LEN: usize = 64;
-/// Most task attempts one heartbeat may list as held, or as finished.
-pub const MAX_HELD: usize = 10_000;
-
 /// Whether `text` has the shape of a worker id (`w-` and eight hex digits): names of that
 /// shape are refused, so a lookup by id or by name can never reach the wrong worker.
 pub fn looks_like_worker_id(text: &str) -> bool {
@@ -199,9 +188,6 @@ pub fn check_heartbeat(hb: &pb::Heartbeat) -> Result<(), Error> {
     }
     Ok(())
 }
-
-/// Longest worker secret accepted (the master issues 64 hex digits).
-pub const MAX_SECRET_LEN: usize = 128;
 
 /// A worker secret a worker presents must be short (`field` names it).
 pub fn check_secret(field: &str, secret: &str) -> Result<(), Error> {
@@ -364,18 +350,6 @@ impl From<WorkerState> for pb::WorkerState {
     }
 }
 
-/// Longest shell command accepted for a task.
-pub const MAX_COMMAND_LEN: usize = 64 * 1024;
-/// Longest container image reference accepted.
-pub const MAX_IMAGE_LEN: usize = 512;
-/// Largest gRPC message accepted by any herd program.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-/// Largest piece of task output in one message.
-pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
-
-/// Output kept per task (the most recent bytes); older output is dropped.
-pub const MAX_LOG_BYTES: usize = 1024 * 1024;
-
 /// A validated task: what to run and what it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
@@ -392,9 +366,6 @@ pub struct TaskSpec {
     /// Time limit, environment, working directory, retries.
     pub run: run::RunOptions,
 }
-
-/// The range of task priorities.
-pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 impl From<&TaskSpec> for pb::TaskSpec {
     fn from(t: &TaskSpec) -> Self {

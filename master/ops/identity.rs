@@ -1,4 +1,4 @@
-//! The identity operations (through `admin.rs` and the HTTP API, like `ops.rs`): named
+//! The identity operations (through the gRPC Admin service and the HTTP API): named
 //! operator tokens and the audit log. A token is shown once, in the answer to its
 //! creation; the master keeps only its hash, and a revoked token is refused from the
 //! moment the revocation is answered.
@@ -7,28 +7,14 @@ use herd::domain::identity::{NewToken, validate_token_name};
 use herd::error::Error;
 use herd::pb;
 
-use super::authz::Op;
-use super::{Caller, secret};
-use crate::ops::{DEFAULT_PAGE, MAX_PAGE};
+use super::{bad_page_token, page_size};
+use crate::app::App;
+use crate::identity::authz::Op;
+use crate::identity::{Caller, secret};
 use crate::records::TokenRow;
-use crate::service::Master;
 use crate::store::Write;
 
-fn page_size(asked: u32) -> usize {
-    match asked as usize {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    }
-}
-
-fn bad_page_token(token: &str) -> Error {
-    Error::invalid(format!(
-        "page_token '{}' is not one this master gave out",
-        herd::text::clip(token)
-    ))
-}
-
-impl Master {
+impl App {
     /// Makes a named token: stored (hashed, with its audit entry) before it is answered.
     pub async fn create_token(
         &self,

@@ -17,14 +17,16 @@ use herd::domain::WorkerSpec;
 use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 
+use crate::app::App;
 use crate::events::Events;
-use crate::identity::{Caller, Credentials, secret};
+use crate::identity::{Caller, Credentials};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::{Registry, Settings};
-use crate::service::Master;
 use crate::store::{Store, Write};
+
+mod lifecycle;
 
 /// The heartbeat interval of harness masters; the heartbeat timeout is 5 s and the worker
 /// timeout 30 s (see [`Harness::settings`]).
@@ -58,7 +60,7 @@ struct Fake {
 pub struct Harness {
     dir: tempfile::TempDir,
     settings: Settings,
-    pub master: Master,
+    pub app: App,
     workers: HashMap<String, Fake>,
 }
 
@@ -81,18 +83,18 @@ impl Harness {
 
     pub fn with(settings: Settings) -> Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let master = open(dir.path(), settings);
+        let app = open(dir.path(), settings);
         Harness {
             dir,
             settings,
-            master,
+            app,
             workers: HashMap::new(),
         }
     }
 
     /// The registry under test.
     pub fn registry(&self) -> &Registry {
-        &self.master.registry
+        &self.app.registry
     }
 
     /// Registers `name` with `cpu` CPUs, 16 GB and `gpus` GPUs (indices 0..gpus), stores
@@ -120,19 +122,10 @@ impl Harness {
         let spec = WorkerSpec::try_from(description).expect("a valid worker");
         let kept = self.workers.get(name).map(|f| f.secret.clone());
         let registered = self
-            .registry()
-            .register(
-                spec,
-                kept.as_deref().unwrap_or(""),
-                None,
-                secret::issue().unwrap(),
-            )
-            .expect("registered");
-        self.master
-            .store
-            .write(Write::Worker(Box::new(registered.record)))
+            .app
+            .register(spec, kept.as_deref().unwrap_or(""), None)
             .await
-            .expect("stored");
+            .expect("registered");
         let secret = registered.secret.or(kept).unwrap_or_default();
         // A worker that registers again (Removed, or the master forgot it) still holds
         // what it ran, and still has its unacknowledged results.
@@ -165,7 +158,7 @@ impl Harness {
         fake.sequence += 1;
         let first = heartbeat(fake);
         let accepted = self
-            .master
+            .app
             .registry
             .connect(&first, tx, None)
             .map_err(Status::from)?;
@@ -191,7 +184,7 @@ impl Harness {
         let hb = heartbeat(fake);
         let generation = fake.generation.expect("an open stream");
         let acked = self
-            .master
+            .app
             .registry
             .heartbeat(&fake.id, generation, &hb)
             .map_err(Status::from)?;
@@ -201,7 +194,7 @@ impl Harness {
     /// What the service does with acknowledgements of finished tasks: they leave only
     /// once the results are committed.
     async fn acknowledge(&mut self, name: &str, acked: Vec<String>) -> Vec<String> {
-        if acked.is_empty() || self.master.store.sync().await.is_err() {
+        if acked.is_empty() || self.app.store.sync().await.is_err() {
             return Vec::new();
         }
         let fake = self.workers.get_mut(name).expect("a joined worker");
@@ -251,7 +244,7 @@ impl Harness {
     ) -> Result<(), Status> {
         let fake = &self.workers[name];
         let generation = fake.generation.expect("an open stream");
-        self.master
+        self.app
             .registry
             .task_update(
                 &fake.id,
@@ -265,7 +258,7 @@ impl Harness {
     pub fn close_stream(&mut self, name: &str) {
         let fake = self.workers.get_mut(name).expect("a joined worker");
         if let Some(generation) = fake.generation.take() {
-            self.master.registry.disconnect(&fake.id, generation);
+            self.app.registry.disconnect(&fake.id, generation);
         }
         fake.inbox = None;
         fake.end = None;
@@ -310,7 +303,7 @@ impl Harness {
     /// Submits a process task asking for `cpu` CPUs and `gpu` GPUs, as `task submit` does;
     /// returns its id once stored.
     pub async fn submit(&self, spec: pb::TaskSpec) -> String {
-        self.master
+        self.app
             .submit(&Caller::repl(), Some(spec))
             .await
             .expect("submitted")
@@ -318,22 +311,22 @@ impl Harness {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<pb::TaskInfo, herd::Error> {
-        self.master.cancel(&Caller::repl(), id).await
+        self.app.cancel(&Caller::repl(), id).await
     }
 
     pub async fn task(&self, id: &str) -> pb::TaskInfo {
-        self.master.find_task(id).await.expect("a known task")
+        self.app.find_task(id).await.expect("a known task")
     }
 
     /// Waits until every write handed to the store so far is committed.
     pub async fn commit(&self) {
-        self.master.store.sync().await.expect("the store commits");
+        self.app.store.sync().await.expect("the store commits");
     }
 
     /// One pass of the ticker.
     pub async fn tick(&self) {
-        let outcome = self.master.registry.tick(false);
-        self.master
+        let outcome = self.app.registry.tick(false);
+        self.app
             .store
             .write(Write::Liveness(outcome.rows))
             .await
@@ -360,7 +353,7 @@ impl Harness {
     /// gone; workers must connect again.
     pub async fn restart(&mut self) {
         self.commit().await;
-        self.master = open(self.dir.path(), self.settings);
+        self.app = open(self.dir.path(), self.settings);
         for fake in self.workers.values_mut() {
             fake.generation = None;
             fake.inbox = None;
@@ -370,7 +363,7 @@ impl Harness {
 }
 
 /// Opens the store in `dir` and a registry loaded from it, as `herd_master::start` does.
-fn open(dir: &std::path::Path, settings: Settings) -> Master {
+fn open(dir: &std::path::Path, settings: Settings) -> App {
     let metrics = Metrics::new();
     let output = OutputDir::new(dir.join("output"));
     let (store, loaded) =
@@ -387,14 +380,12 @@ fn open(dir: &std::path::Path, settings: Settings) -> Master {
         loaded.finished,
         loaded.last_task,
     );
-    Master {
+    App {
         registry,
         credentials: Arc::new(Credentials::new(None, None, loaded.tokens, store.clone())),
         store,
         output,
         metrics,
-        handshake_timeout: HEARTBEAT_TIMEOUT,
-        require_client_cert: false,
     }
 }
 

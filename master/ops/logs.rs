@@ -10,7 +10,7 @@ use herd::domain::MAX_LOG_BYTES;
 use herd::error::Error;
 use herd::pb;
 
-use crate::service::Master;
+use crate::app::App;
 use crate::tasks::{LogsView, Lookup};
 
 /// How often a follower looks for new output.
@@ -21,7 +21,7 @@ pub const LOG_CHUNK: usize = 256 * 1024;
 /// Chunks of output as they are read; an error ends the stream.
 pub type Chunks = mpsc::Receiver<Result<pb::TaskLogsChunk, Error>>;
 
-impl Master {
+impl App {
     /// Starts streaming the range `req` asks for (NOT_FOUND at once for an unknown task).
     pub async fn logs(
         &self,

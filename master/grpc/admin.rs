@@ -1,5 +1,5 @@
 //! The Admin gRPC service (what the REPL, herdctl and scripts call): thin adapters from the
-//! proto to the operations in `ops.rs` and `identity/ops.rs`, each handed the caller the
+//! proto to the operations in `ops/`, each handed the caller the
 //! gate resolved; errors mapped to statuses once (herd::Error).
 
 use std::pin::Pin;
@@ -10,38 +10,38 @@ use tonic::{Request, Response, Status};
 
 use herd::pb;
 
-use crate::server::caller;
-use crate::service::Master;
+use super::caller;
+use crate::app::App;
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// The Admin service: every call goes to the operation of the same name.
+#[derive(Clone)]
+pub struct AdminService(pub App);
+
 #[tonic::async_trait]
-impl pb::admin_server::Admin for Master {
+impl pb::admin_server::Admin for AdminService {
     async fn list_workers(
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Reply<pb::ListWorkersResponse> {
         let who = caller(&request)?;
-        Ok(Response::new(Master::list_workers(
-            self,
-            &who,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(
+            self.0.list_workers(&who, request.into_inner())?,
+        ))
     }
 
     async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Reply<pb::WorkerInfo> {
         let who = caller(&request)?;
-        Ok(Response::new(Master::get_worker(
-            self,
-            &who,
-            &request.into_inner().worker,
-        )?))
+        Ok(Response::new(
+            self.0.get_worker(&who, &request.into_inner().worker)?,
+        ))
     }
 
     async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Reply<pb::TaskInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.submit(&who, request.into_inner().spec).await?,
+            self.0.submit(&who, request.into_inner().spec).await?,
         ))
     }
 
@@ -51,7 +51,7 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::SubmitTasksResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.submit_batch(&who, request.into_inner()).await?,
+            self.0.submit_batch(&who, request.into_inner()).await?,
         ))
     }
 
@@ -61,21 +61,21 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::ListTasksResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::list_tasks(self, &who, request.into_inner()).await?,
+            self.0.list_tasks(&who, request.into_inner()).await?,
         ))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Reply<pb::TaskInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::get_task(self, &who, &request.into_inner().task_id).await?,
+            self.0.get_task(&who, &request.into_inner().task_id).await?,
         ))
     }
 
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Reply<pb::TaskInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.cancel(&who, &request.into_inner().task_id).await?,
+            self.0.cancel(&who, &request.into_inner().task_id).await?,
         ))
     }
 
@@ -87,7 +87,7 @@ impl pb::admin_server::Admin for Master {
         request: Request<pb::TaskLogsRequest>,
     ) -> Reply<Self::TaskLogsStream> {
         let who = caller(&request)?;
-        let chunks = self.logs(&who, request.into_inner()).await?;
+        let chunks = self.0.logs(&who, request.into_inner()).await?;
         let stream =
             tokio_stream::StreamExt::map(ReceiverStream::new(chunks), |c| c.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -99,16 +99,14 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::SchedulerResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::scheduler(self, &who, &request.into_inner().name).await?,
+            self.0.scheduler(&who, &request.into_inner().name).await?,
         ))
     }
 
     async fn drain(&self, request: Request<pb::DrainRequest>) -> Reply<pb::WorkerInfo> {
         let who = caller(&request)?;
         let pb::DrainRequest { worker, drain } = request.into_inner();
-        Ok(Response::new(
-            Master::drain(self, &who, &worker, drain).await?,
-        ))
+        Ok(Response::new(self.0.drain(&who, &worker, drain).await?))
     }
 
     async fn forget_worker(
@@ -117,20 +115,20 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::WorkerInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.forget(&who, &request.into_inner().worker).await?,
+            self.0.forget(&who, &request.into_inner().worker).await?,
         ))
     }
 
     async fn add_worker(&self, request: Request<pb::AddWorkerRequest>) -> Reply<pb::WorkerInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::add_worker(self, &who, request.into_inner()).await?,
+            self.0.add_worker(&who, request.into_inner()).await?,
         ))
     }
 
     async fn summary(&self, request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
         let who = caller(&request)?;
-        Ok(Response::new(Master::summary(self, &who)?))
+        Ok(Response::new(self.0.summary(&who)?))
     }
 
     async fn create_token(
@@ -139,7 +137,7 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::CreateTokenResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::create_token(self, &who, request.into_inner()).await?,
+            self.0.create_token(&who, request.into_inner()).await?,
         ))
     }
 
@@ -148,17 +146,15 @@ impl pb::admin_server::Admin for Master {
         request: Request<pb::ListTokensRequest>,
     ) -> Reply<pb::ListTokensResponse> {
         let who = caller(&request)?;
-        Ok(Response::new(Master::list_tokens(
-            self,
-            &who,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(
+            self.0.list_tokens(&who, request.into_inner())?,
+        ))
     }
 
     async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Reply<pb::TokenInfo> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::revoke_token(self, &who, request.into_inner()).await?,
+            self.0.revoke_token(&who, request.into_inner()).await?,
         ))
     }
 
@@ -168,7 +164,9 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::IssueWorkerSecretResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::issue_worker_secret(self, &who, request.into_inner()).await?,
+            self.0
+                .issue_worker_secret(&who, request.into_inner())
+                .await?,
         ))
     }
 
@@ -178,7 +176,7 @@ impl pb::admin_server::Admin for Master {
     ) -> Reply<pb::ListAuditResponse> {
         let who = caller(&request)?;
         Ok(Response::new(
-            Master::list_audit(self, &who, request.into_inner()).await?,
+            self.0.list_audit(&who, request.into_inner()).await?,
         ))
     }
 }

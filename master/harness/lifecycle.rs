@@ -6,7 +6,7 @@ use std::time::Duration;
 use herd::pb;
 use herd::pb::TaskEvent::{Cancelled, Failed, Started, Succeeded};
 
-use super::harness::{HEARTBEAT_TIMEOUT, Harness, Sent, WORKER_TIMEOUT, spec};
+use super::{HEARTBEAT_TIMEOUT, Harness, Sent, WORKER_TIMEOUT, spec};
 
 fn assign(task: &str, attempt: u32) -> Sent {
     Sent::Assign(task.into(), attempt, Vec::new())
@@ -163,7 +163,7 @@ async fn forgetting_an_inactive_worker_requeues_its_tasks_once() {
     let t = h.submit(spec(1.0, 0)).await;
     h.sent_to("a").await;
     h.close_stream("a");
-    let active = h.master.forget(&crate::identity::Caller::repl(), "a").await;
+    let active = h.app.forget(&crate::identity::Caller::repl(), "a").await;
     assert!(active.is_ok(), "{active:?}");
     h.join("b", 4.0, 0).await;
     assert_eq!(h.sent_to("b").await, vec![assign(&t, 2)]);
@@ -176,7 +176,7 @@ async fn an_active_worker_cannot_be_forgotten() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
     let refused = h
-        .master
+        .app
         .forget(&crate::identity::Caller::repl(), "a")
         .await
         .unwrap_err();

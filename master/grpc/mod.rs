@@ -1,6 +1,16 @@
-//! The gRPC servers: the public one (TCP, optionally TLS, with health and reflection) and
-//! an in-process one that the master's own REPL talks to. Both put every Registry and Admin
-//! call through a gate that checks its credential.
+//! The gRPC edge: the public server (TCP, optionally TLS, with health and reflection) and
+//! an in-process one that the master's own REPL talks to. Both put every call through a
+//! [`Gate`] that checks its credential, then to the Registry service (`registry.rs`, what
+//! workers call; each heartbeat stream is a `session.rs` [`WorkerSession`]) or the Admin
+//! service (`admin.rs`, what operators call), thin adapters over the operations in `ops/`.
+
+mod admin;
+mod registry;
+mod session;
+
+pub use admin::AdminService;
+pub use registry::WorkerService;
+pub use session::WorkerSession;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +33,6 @@ use herd::pb::admin_server::AdminServer;
 use herd::pb::registry_server::RegistryServer;
 
 use crate::identity::{Caller, Credentials, Refusal};
-use crate::service::Master;
 
 /// HTTP/2 streams one connection may hold open (a load generator multiplexes thousands of
 /// simulated workers over a few connections).
@@ -96,14 +105,14 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 
 fn router(
     server: &mut Server,
-    master: &Master,
+    services: &WorkerService,
     workers: Gate,
     operators: Gate,
 ) -> tonic::transport::server::Router {
-    let registry = RegistryServer::new(master.clone())
+    let registry = RegistryServer::new(services.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(master.clone())
+    let admin = AdminServer::new(AdminService(services.app.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     server
@@ -115,13 +124,13 @@ fn router(
 pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    master: Master,
+    services: WorkerService,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // SQLite is open and loaded before the server starts: serving from the first call.
-    health.set_serving::<RegistryServer<Master>>().await;
-    health.set_serving::<AdminServer<Master>>().await;
+    health.set_serving::<RegistryServer<WorkerService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -143,10 +152,10 @@ pub async fn serve_tcp(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    let credentials = master.credentials.clone();
+    let credentials = services.app.credentials.clone();
     let router = router(
         &mut server,
-        &master,
+        &services,
         Gate::Workers(credentials.clone()),
         Gate::Operators(credentials),
     )
@@ -167,11 +176,16 @@ pub async fn serve_tcp(
 /// A channel to the same services, in memory: the master's REPL uses it, so it needs
 /// neither the network, nor TLS, nor a token: whoever holds the master's terminal is its
 /// admin, named [`Caller::repl`] in the audit log.
-pub fn in_process(master: Master, mut shutdown: watch::Receiver<bool>) -> Channel {
+pub fn in_process(services: WorkerService, mut shutdown: watch::Receiver<bool>) -> Channel {
     let (connections, incoming) = mpsc::channel::<tokio::io::DuplexStream>(4);
     let mut server = Server::builder();
-    let workers = Gate::Workers(master.credentials.clone());
-    let router = router(&mut server, &master, workers, Gate::Trusted(Caller::repl()));
+    let workers = Gate::Workers(services.app.credentials.clone());
+    let router = router(
+        &mut server,
+        &services,
+        workers,
+        Gate::Trusted(Caller::repl()),
+    );
     tokio::spawn(router.serve_with_incoming_shutdown(
         ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>),
         async move {

@@ -1,81 +1,22 @@
-//! The operations operators call — one implementation each, behind the gRPC Admin service
-//! (`admin.rs`), the master's own REPL (through it) and the HTTP API: lists in pages that
-//! merge what is in memory with what only SQLite keeps, lookups, and every change, each
-//! answered only once it is durable. Each starts by checking the caller's role against
-//! the one table ([`crate::identity::authz`]); each change is stored with its audit entry.
+//! Task operations: submit (one, or a batch in one transaction), list, look up, cancel.
+//! A submission is answered only once its rows are stored; its placement may share the
+//! commit.
 
-use clap::ValueEnum;
 use prost::Message;
 
-use herd::config::SchedulerKind;
 use herd::domain::{TaskSpec, TaskState};
 use herd::error::Error;
 use herd::pb;
 
+use super::{MAX_PAGE_BYTES, page_size};
+use crate::app::App;
 use crate::identity::Caller;
 use crate::identity::authz::Op;
 use crate::records::{TaskFilter, task_number};
-use crate::service::Master;
 use crate::store::Write;
 use crate::tasks::Lookup;
 
-/// Items in a page when the caller does not say.
-pub const DEFAULT_PAGE: usize = 100;
-/// Most items in a page.
-pub const MAX_PAGE: usize = 1000;
-/// Most bytes of items in a page, far below the 1 MiB message limit whatever the items
-/// hold (a task may carry a 64 KiB command).
-pub const MAX_PAGE_BYTES: usize = 512 * 1024;
-
-fn page_size(asked: u32) -> usize {
-    match asked as usize {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    }
-}
-
-impl Master {
-    pub fn list_workers(
-        &self,
-        who: &Caller,
-        req: pb::ListWorkersRequest,
-    ) -> Result<pb::ListWorkersResponse, Error> {
-        who.may(Op::ListWorkers)?;
-        // The token is the last name of the page before (the next page starts after it).
-        if req.page_token.chars().count() > herd::domain::MAX_NAME_LEN {
-            return Err(Error::invalid(format!(
-                "page_token '{}' is not one this master gave out",
-                herd::text::clip(&req.page_token)
-            )));
-        }
-        let (workers, more) = self.registry.list(
-            req.all,
-            &req.page_token,
-            page_size(req.page_size),
-            MAX_PAGE_BYTES,
-        );
-        let next_page_token = match (more, workers.last()) {
-            (true, Some(last)) => last
-                .description
-                .as_ref()
-                .map(|d| d.name.clone())
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
-        Ok(pb::ListWorkersResponse {
-            workers,
-            next_page_token,
-        })
-    }
-
-    pub fn get_worker(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {
-        who.may(Op::GetWorker)?;
-        if worker.is_empty() {
-            return Err(Error::invalid("give a worker id or name"));
-        }
-        self.registry.get(worker)
-    }
-
+impl App {
     /// Stores the task (with who submitted it) before its id is handed out: an
     /// acknowledged task survives kill -9.
     pub async fn submit(
@@ -258,134 +199,4 @@ impl Master {
         self.store.write(Write::Audit(Box::new(audit))).await?;
         Ok(info)
     }
-
-    /// Shows or switches the policy; a switch is kept across restarts.
-    pub async fn scheduler(
-        &self,
-        who: &Caller,
-        name: &str,
-    ) -> Result<pb::SchedulerResponse, Error> {
-        who.may(if name.is_empty() {
-            Op::ShowScheduler
-        } else {
-            Op::SwitchScheduler
-        })?;
-        let to = if name.is_empty() {
-            None
-        } else {
-            Some(SchedulerKind::from_str(name, false).map_err(|_| {
-                Error::invalid(format!(
-                    "unknown scheduler '{}': use round-robin, resource-aware or bin-pack",
-                    herd::text::clip(name)
-                ))
-            })?)
-        };
-        let kind = self.registry.scheduler(to);
-        if to.is_some() {
-            let audit = who.audit(Op::SwitchScheduler, &scheduler_name(kind), "");
-            self.store
-                .write(Write::Audited {
-                    change: Box::new(Write::Setting {
-                        key: "scheduler".into(),
-                        value: scheduler_name(kind),
-                    }),
-                    audit: Box::new(audit),
-                })
-                .await?;
-        }
-        Ok(pb::SchedulerResponse {
-            name: scheduler_name(kind),
-        })
-    }
-
-    /// Acknowledged only once stored: a drain survives a restart.
-    pub async fn drain(
-        &self,
-        who: &Caller,
-        worker: &str,
-        drain: bool,
-    ) -> Result<pb::WorkerInfo, Error> {
-        let op = if drain { Op::Drain } else { Op::Undrain };
-        who.may(op)?;
-        let record = self.registry.drain(worker, drain)?;
-        let id = record.id.clone();
-        let audit = who.audit(op, &record.spec.name, &record.id);
-        self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Draining {
-                    id: record.id,
-                    draining: drain,
-                }),
-                audit: Box::new(audit),
-            })
-            .await?;
-        self.registry.get(&id)
-    }
-
-    /// Pre-registers a worker; acknowledged once stored.
-    pub async fn add_worker(
-        &self,
-        who: &Caller,
-        request: pb::AddWorkerRequest,
-    ) -> Result<pb::WorkerInfo, Error> {
-        who.may(Op::AddWorker)?;
-        let record = self.registry.add_worker(request.try_into()?)?;
-        let id = record.id.clone();
-        let labels: Vec<String> = record
-            .added_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let audit = who.audit(Op::AddWorker, &record.spec.name, &labels.join(" "));
-        self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Worker(Box::new(record))),
-                audit: Box::new(audit),
-            })
-            .await?;
-        self.registry.get(&id)
-    }
-
-    /// Forgets a worker that is not Active, in memory and in SQLite: its name (and its
-    /// secret) is free, and the next registration of the name is a new identity.
-    pub async fn forget(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {
-        who.may(Op::ForgetWorker)?;
-        let info = self.registry.forget(worker)?;
-        let name = info.description.as_ref().map(|d| d.name.as_str());
-        let audit = who.audit(Op::ForgetWorker, name.unwrap_or_default(), &info.id);
-        self.store
-            .write(Write::Audited {
-                change: Box::new(Write::ForgetWorker {
-                    id: info.id.clone(),
-                }),
-                audit: Box::new(audit),
-            })
-            .await?;
-        Ok(info)
-    }
-
-    pub fn summary(&self, who: &Caller) -> Result<pb::ClusterSummary, Error> {
-        who.may(Op::Summary)?;
-        let summary = self.registry.summary();
-        let counts = |list: Vec<(&str, usize)>| {
-            list.into_iter()
-                .map(|(state, n)| pb::StateCount {
-                    state: state.to_string(),
-                    count: n as u32,
-                })
-                .collect()
-        };
-        Ok(pb::ClusterSummary {
-            workers: counts(summary.workers),
-            tasks: counts(summary.tasks),
-            queue_length: summary.queued as u32,
-            scheduler: scheduler_name(summary.scheduler),
-        })
-    }
-}
-
-pub fn scheduler_name(kind: SchedulerKind) -> String {
-    kind.to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default()
 }
