@@ -16,7 +16,8 @@ use herd::render::Style;
     version,
     about = "Control a running herd master",
     after_help = herd::command::HELP,
-    trailing_var_arg = true
+    trailing_var_arg = true,
+    mut_arg("token", |a| a.help("Token to present: an operator token (default: the master's <data-dir>/token, when on the master's machine)"))
 )]
 struct Cli {
     /// URL of the master (https:// with --ca for TLS).

@@ -6,7 +6,8 @@
 //! read by `task logs`.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -40,11 +41,14 @@ impl OutputDir {
             let k = at / SEGMENT;
             let room = (SEGMENT - at % SEGMENT) as usize;
             let (now, later) = rest.split_at(room.min(rest.len()));
-            let mut file = OpenOptions::new()
+            // Written at its place, not appended: a write that failed halfway (a full
+            // disk) and is tried again leaves each byte once.
+            let file = OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(false)
                 .open(self.segment(task, attempt, k))?;
-            file.write_all(now)?;
+            file.write_all_at(now, at % SEGMENT)?;
             if at.is_multiple_of(SEGMENT) && k >= 2 {
                 let _ = fs::remove_file(self.segment(task, attempt, k - 2));
             }

@@ -201,7 +201,12 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
             let tls = http_tls
                 .map(|(cert, key)| http::tls_config(&cert, &key))
                 .transpose()?;
-            http::announce(bound, tls.is_some(), token.as_deref());
+            http::announce(
+                bound,
+                tls.is_some(),
+                token.as_deref(),
+                &config.data_dir.join(TOKEN_FILE),
+            );
             let router = http::router(http::Http {
                 app: app.clone(),
                 events: events.clone(),

@@ -119,6 +119,9 @@ pub enum Command {
     },
     /// List the commands.
     Help,
+    /// `--help` or `-h` anywhere on a line: the part of the help about that command.
+    #[command(skip)]
+    HelpOn(String),
     /// Leave.
     Exit,
     /// Leave.
@@ -292,12 +295,67 @@ where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString> + Clone,
 {
+    let words: Vec<std::ffi::OsString> = words.into_iter().map(Into::into).collect();
+    let text: Vec<String> = words
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    if text.iter().any(|w| w == "--help" || w == "-h") {
+        return Ok(Parsed {
+            command: Command::HelpOn(help_on(&text)),
+            json: false,
+        });
+    }
     Line::try_parse_from(words)
         .map(|line| Parsed {
             command: line.command,
             json: line.json,
         })
         .map_err(|e| one_line(&e.render().to_string()))
+}
+
+/// The entries of [`HELP`] about the command the words start with (`task submit`,
+/// `workers`); all of it when no entry is.
+fn help_on(words: &[String]) -> String {
+    let command: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .take_while(|w| !w.starts_with('-'))
+        .collect();
+    // An entry is a line indented by two spaces and the lines indented deeper after it.
+    let mut entries: Vec<Vec<&str>> = Vec::new();
+    for line in HELP.lines() {
+        if line.starts_with("  ") && !line.starts_with("   ") {
+            entries.push(vec![line]);
+        } else if line.starts_with("   ")
+            && let Some(entry) = entries.last_mut()
+        {
+            entry.push(line);
+        }
+    }
+    let about = |entry: &&Vec<&str>| {
+        let shown: Vec<&str> = entry[0].split_whitespace().collect();
+        // The longest run of the typed words the entry starts with.
+        (1..=command.len())
+            .rev()
+            .find(|n| shown.len() >= *n && shown[..*n] == command[..*n])
+            .unwrap_or(0)
+    };
+    let best = entries.iter().map(|e| about(&e)).max().unwrap_or(0);
+    if best == 0 {
+        return HELP.to_string();
+    }
+    let mut text = String::from("usage:\n");
+    for entry in entries.iter().filter(|e| about(e) == best) {
+        for line in entry.iter() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str(
+        "--json anywhere on a line prints JSON instead of tables; 'help' lists every command",
+    );
+    text
 }
 
 /// Parses one line typed at a prompt. `Ok(None)` for a blank line.
@@ -340,6 +398,24 @@ fn one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_after_a_command_shows_that_command() {
+        let on = |line: &str| match parse_line(line).unwrap().unwrap().command {
+            Command::HelpOn(text) => text,
+            other => panic!("{line}: {other:?}"),
+        };
+        let submit = on("task submit --help");
+        assert!(submit.contains("task submit [--name N]"), "{submit}");
+        assert!(submit.contains("task submit --file"), "{submit}");
+        assert!(!submit.contains("token create"), "{submit}");
+        let workers = on("workers -h");
+        assert!(workers.contains("workers [--all]"), "{workers}");
+        assert!(!workers.contains("task submit"), "{workers}");
+        // A flag before --help is no command word; an unknown command gets everything.
+        assert!(on("task logs t-1 --follow --help").contains("task logs <id>"));
+        assert!(on("frobnicate --help").contains("exit | quit"));
+    }
 
     #[test]
     fn parses_the_grammar() {

@@ -93,6 +93,7 @@ impl Console {
     pub async fn execute(&mut self, command: Command, out: &mut dyn Write) -> Result<Flow, String> {
         let text = match command {
             Command::Help => HELP.to_string(),
+            Command::HelpOn(text) => text,
             Command::Exit | Command::Quit => return Ok(Flow::Exit),
             Command::Workers { all } => {
                 let list = self.all_workers(all).await?;
@@ -324,7 +325,9 @@ impl Console {
                         .map_err(|e| format!("error: cannot write: {e}"))?;
                     last = chunk.data.last().copied().unwrap_or(last);
                 }
-                if last != b'\n' {
+                // On a terminal the prompt (or the shell's) starts on a line of its own;
+                // piped or redirected, the output is the task's bytes, exactly.
+                if last != b'\n' && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     let _ = writeln!(out);
                 }
                 return Ok(Flow::Continue);

@@ -332,6 +332,29 @@ pub fn submitted(t: &pb::TaskInfo) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn status_names_every_worker_state_once() {
+        let count = |state: &str, n: u32| pb::StateCount {
+            state: state.into(),
+            count: n,
+        };
+        let s = pb::ClusterSummary {
+            workers: vec![
+                count("Pending", 1),
+                count("Active", 2),
+                count("Draining", 0),
+                count("Inactive", 3),
+                count("Removed", 4),
+            ],
+            ..Default::default()
+        };
+        let text = summary(&s, Style::plain());
+        let line = text.lines().next().unwrap();
+        assert!(line.contains("Pending 1"), "{line}");
+        assert!(line.contains("Removed 4"), "{line}");
+        assert_eq!(line.matches("Removed").count(), 1, "{line}");
+    }
+
     fn info(name: &str, state: pb::WorkerState) -> pb::WorkerInfo {
         pb::WorkerInfo {
             id: format!("w-{name}"),
@@ -496,7 +519,9 @@ pub fn summary(s: &pb::ClusterSummary, style: Style) -> String {
                 "Active" => pb::WorkerState::Active,
                 "Draining" => pb::WorkerState::Draining,
                 "Inactive" => pb::WorkerState::Inactive,
-                _ => pb::WorkerState::Removed,
+                "Pending" => pb::WorkerState::Pending,
+                "Removed" => pb::WorkerState::Removed,
+                _ => pb::WorkerState::Unspecified,
             };
             format!("{} {}", style.state(state).text, c.count)
         })

@@ -11,6 +11,19 @@ pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// An optional value for a log line or a message: the value, or `-` when there is none
+/// (where `{:?}` would print `Some(0)` and `None`).
+pub struct Maybe<'a, T>(pub &'a Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Maybe<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,11 +81,11 @@ impl Interceptor for Gate {
                 let given = request.metadata().contains_key("authorization");
                 match &refusal {
                     Refusal::Unauthenticated(_) => warn!(
-                        ?peer,
+                        peer = %herd::text::Maybe(&peer),
                         token_given = given,
                         "refused a call without a valid token"
                     ),
-                    Refusal::PermissionDenied(why) => warn!(?peer, %why,
+                    Refusal::PermissionDenied(why) => warn!(peer = %herd::text::Maybe(&peer), %why,
                         "refused a call with a token of the wrong kind"),
                 }
                 Err(refusal.into())

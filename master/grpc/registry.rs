@@ -80,7 +80,7 @@ impl pb::registry_server::Registry for WorkerService {
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(self.handshake_timeout, inbound.message()).await {
             Err(_) => {
-                tracing::debug!(?peer, "a heartbeat stream stayed silent; closed");
+                tracing::debug!(peer = %herd::text::Maybe(&peer), "a heartbeat stream stayed silent; closed");
                 return Err(Status::deadline_exceeded(format!(
                     "no heartbeat within {:?} of opening the stream",
                     self.handshake_timeout

@@ -54,7 +54,7 @@ impl WorkerSession {
     ) -> Result<(WorkerSession, ToWorker), Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let accepted = app.registry.connect(&first, tx.clone(), peer)?;
-        debug!(id = %first.worker_id, ?peer, "heartbeat stream accepted");
+        debug!(id = %first.worker_id, peer = %herd::text::Maybe(&peer), "heartbeat stream accepted");
         let mut first_ack = ack(first.sequence, Vec::new());
         if let Some(pb::master_message::Body::Ack(a)) = first_ack.body.as_mut() {
             a.resume = accepted.resume;

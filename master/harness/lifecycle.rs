@@ -455,3 +455,44 @@ async fn a_removed_worker_s_stream_ends_and_it_registers_again_under_its_id() {
         pb::WorkerState::Active
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_store_cannot_write_is_not_acknowledged_and_runs_nowhere_again() {
+    let mut h = Harness::new();
+    h.join("a", 4.0, 0).await;
+    let t = h.submit(spec(1.0, 0)).await;
+    h.sent_to("a").await;
+    h.update("a", &t, 1, Started, None).unwrap();
+    h.commit().await;
+    // The disk fills up as the task ends: its result cannot be committed, so it is not
+    // acknowledged, and the worker keeps sending it.
+    h.disk_full(true);
+    h.finish("a", &t, 1, Succeeded, Some(0)).unwrap();
+    assert!(h.heartbeat("a").await.unwrap().is_empty());
+    assert!(h.heartbeat("a").await.unwrap().is_empty());
+    // kill -9 of the master; it starts again with room on the disk. The worker's result
+    // reaches it: the task ends once, where it ran, and is never placed again.
+    h.restart().await;
+    h.connect("a").await.unwrap();
+    h.advance(Duration::from_secs(5), &["a"]).await;
+    let info = h.task(&t).await;
+    assert_eq!((state(&info), info.attempts), (pb::TaskState::Succeeded, 1));
+    assert!(h.sent_to("a").await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_is_acknowledged_once_the_disk_has_room_again() {
+    let mut h = Harness::new();
+    h.join("a", 4.0, 0).await;
+    let t = h.submit(spec(1.0, 0)).await;
+    h.sent_to("a").await;
+    h.commit().await;
+    h.disk_full(true);
+    h.finish("a", &t, 1, Failed, Some(3)).unwrap();
+    assert!(h.heartbeat("a").await.unwrap().is_empty());
+    h.disk_full(false);
+    // The store writes what it kept first: the next heartbeat is acknowledged.
+    assert_eq!(h.heartbeat("a").await.unwrap(), vec![t.clone()]);
+    h.restart().await;
+    assert_eq!(h.task(&t).await.exit_code, Some(3));
+}

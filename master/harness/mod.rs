@@ -318,6 +318,12 @@ impl Harness {
         self.app.find_task(id).await.expect("a known task")
     }
 
+    /// The disk fills up (`true`) or has room again (`false`): every write that writes
+    /// something fails meanwhile.
+    pub fn disk_full(&self, full: bool) {
+        self.app.store.disk_full(full);
+    }
+
     /// Waits until every write handed to the store so far is committed.
     pub async fn commit(&self) {
         self.app.store.sync().await.expect("the store commits");
@@ -352,7 +358,9 @@ impl Harness {
     /// Kill -9 of the master and a start on the same data dir: everything in memory is
     /// gone; workers must connect again.
     pub async fn restart(&mut self) {
-        self.commit().await;
+        // What the store has is on disk (a commit that cannot be made, on a full disk, is
+        // lost with the process, as on kill -9).
+        let _ = self.app.store.sync().await;
         self.app = open(self.dir.path(), self.settings);
         for fake in self.workers.values_mut() {
             fake.generation = None;

@@ -103,7 +103,7 @@ async fn authorize(State(http): State<Http>, mut request: Request, next: Next) -
             next.run(request).await
         }
         Err(Refusal::Unauthenticated(why)) => {
-            warn!(?peer, path = %request.uri().path(), token_given = given.is_some(), "refused an HTTP call without a valid token");
+            warn!(peer = %herd::text::Maybe(&peer), path = %request.uri().path(), token_given = given.is_some(), "refused an HTTP call without a valid token");
             let why = match given {
                 Some(_) => why,
                 None => "no token: send Authorization: Bearer TOKEN (the master keeps the admin \
@@ -113,7 +113,7 @@ async fn authorize(State(http): State<Http>, mut request: Request, next: Next) -
             error_body(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &why)
         }
         Err(Refusal::PermissionDenied(why)) => {
-            warn!(?peer, path = %request.uri().path(), %why, "refused an HTTP call with a token of the wrong kind");
+            warn!(peer = %herd::text::Maybe(&peer), path = %request.uri().path(), %why, "refused an HTTP call with a token of the wrong kind");
             error_body(StatusCode::FORBIDDEN, "PERMISSION_DENIED", &why)
         }
     }
@@ -297,15 +297,28 @@ pub fn tls_config(cert: &[u8], key: &[u8]) -> anyhow::Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-/// The line a person can click: the dashboard with the token in the URL fragment (a
-/// browser never sends the fragment, so the token reaches no server log).
-pub fn announce(addr: SocketAddr, https: bool, token: Option<&str>) {
+/// Where the dashboard is. The log says where and how to log in, never the token: logs
+/// are kept in files and journals, and shipped. The line a person can click, with the
+/// token in the URL fragment (a browser never sends the fragment, so it reaches no server
+/// log), goes only to an interactive terminal.
+pub fn announce(addr: SocketAddr, https: bool, token: Option<&str>, token_file: &std::path::Path) {
+    use std::io::IsTerminal;
     let host = if addr.ip().is_unspecified() {
         sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into())
     } else {
         addr.ip().to_string()
     };
     let scheme = if https { "https" } else { "http" };
-    let fragment = token.map(|t| format!("#token={t}")).unwrap_or_default();
-    info!("dashboard: {scheme}://{host}:{}/{fragment}", addr.port());
+    let url = format!("{scheme}://{host}:{}/", addr.port());
+    let Some(token) = token else {
+        info!("dashboard: {url}");
+        return;
+    };
+    info!(
+        "dashboard: {url} (log in with the admin token in {}, or a token from 'token create')",
+        token_file.display()
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!("dashboard (this link logs you in; it is not logged): {url}#token={token}");
+    }
 }

@@ -273,7 +273,7 @@ impl Credentials {
 pub fn warn_legacy(worker: &str, peer: Option<std::net::SocketAddr>) {
     warn!(
         worker,
-        ?peer,
+        peer = %herd::text::Maybe(&peer),
         "THIS WORKER PRESENTED THE ADMIN TOKEN (<data-dir>/token). It is accepted so that an \
          upgrade breaks nothing, but a worker machine must not hold the admin token: give it \
          the join token instead (<data-dir>/join-token, with --token-file or HERD_TOKEN) and \

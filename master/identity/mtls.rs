@@ -24,7 +24,7 @@ pub fn check(
     let Some(cert) = cert else {
         warn!(
             worker,
-            ?peer,
+            peer = %herd::text::Maybe(&peer),
             "refused a worker connection without a client certificate"
         );
         return Err(Status::unauthenticated(
@@ -42,7 +42,7 @@ pub fn check(
     if named.is_none() {
         warn!(
             worker,
-            ?peer,
+            peer = %herd::text::Maybe(&peer),
             "refused a worker whose client certificate names another worker"
         );
         return Err(Status::permission_denied(format!(

@@ -220,8 +220,8 @@ impl Registry {
             && !secret::matches(kept, &first.worker_secret)
         {
             let connected = entry.session.as_ref().and_then(|s| s.peer);
-            warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer,
-                  ?connected, secret_given = !first.worker_secret.is_empty(),
+            warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = %herd::text::Maybe(&peer),
+                  connected = %herd::text::Maybe(&connected), secret_given = !first.worker_secret.is_empty(),
                   "refused a heartbeat stream without this worker's secret");
             return Err(Error::PermissionDenied(format!(
                 "this heartbeat stream does not carry the secret of worker {} ({}); only \

@@ -39,7 +39,7 @@ impl Registry {
                 Some(_) => return Err(name_taken(entry, presented, peer)),
                 None => {
                     if !first {
-                        warn!(worker = %spec.name, %id, ?peer,
+                        warn!(worker = %spec.name, %id, peer = %herd::text::Maybe(&peer),
                               "this worker had no secret (known from before secrets): issuing one");
                     }
                     entry.secret_hash = Some(fresh.1);
@@ -55,11 +55,11 @@ impl Registry {
                 entry.registered_at_ms = herd::time::now_ms();
                 entry.dirty = true;
                 entry.observe(&liveness, now, "registered", &inner.events);
-                info!(worker = %entry.spec.name, %id, ?peer, labels = entry.added_labels.len(),
+                info!(worker = %entry.spec.name, %id, peer = %herd::text::Maybe(&peer), labels = entry.added_labels.len(),
                       "pre-registered worker registered, taking its id");
             } else {
                 entry.observe(&liveness, now, "re-registered", &inner.events);
-                info!(worker = %entry.spec.name, %id, ?peer, "worker re-registered, keeping its id");
+                info!(worker = %entry.spec.name, %id, peer = %herd::text::Maybe(&peer), "worker re-registered, keeping its id");
             }
             return Ok(Registered {
                 reregistered: !first,
@@ -72,7 +72,7 @@ impl Registry {
         let mut entry = Entry::new(id.clone(), spec, now);
         entry.secret_hash = Some(fresh.1);
         entry.last_peer = peer;
-        info!(worker = %entry.spec.name, %id, ?peer, cpu = entry.spec.capacity.cpu,
+        info!(worker = %entry.spec.name, %id, peer = %herd::text::Maybe(&peer), cpu = entry.spec.capacity.cpu,
               memory_gb = entry.spec.capacity.memory_gb, gpu = entry.spec.capacity.gpu,
               runtime = entry.spec.runtime.map(|r| r.as_str()).unwrap_or("none"),
               isolation = %entry.spec.isolation, "worker registered");
@@ -93,7 +93,7 @@ impl Registry {
 /// place.
 fn name_taken(entry: &Entry, presented: &str, peer: Option<SocketAddr>) -> Error {
     let connected = entry.session.as_ref().and_then(|s| s.peer);
-    warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = ?peer, ?connected,
+    warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = %herd::text::Maybe(&peer), connected = %herd::text::Maybe(&connected),
           secret_given = !presented.is_empty(),
           "refused a registration: this name belongs to another worker, and its secret was not presented");
     if entry.presence.pending {

@@ -130,9 +130,10 @@ pub(super) fn commit<'a>(
                 attempt,
                 offset,
                 data,
-            } => output
-                .append(task, *attempt, *offset, data)
-                .map_err(|e| Error::Storage(format!("cannot write the output of {task}: {e}")))?,
+            } => output.append(task, *attempt, *offset, data).map_err(|e| {
+                // A full disk or an I/O error passes: the write is tried again.
+                Error::Unavailable(format!("cannot write the output of {task}: {e}"))
+            })?,
             Write::Setting { key, value } => {
                 tx.prepare_cached(
                     "INSERT INTO settings (key, value) VALUES (?1, ?2)

@@ -24,11 +24,13 @@ mod pages;
 pub mod pcache;
 mod rowids;
 mod schema;
+mod unsaved;
 
 use self::checkpoint::{Checkpoints, STORE_TRIES, copy_back_the_wal, retry_every_100us};
 use self::commit::commit;
 use self::rowids::{RowIds, load_rowids};
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
+use self::unsaved::{RETRY_EVERY, Unsaved};
 use crate::output::OutputDir;
 use crate::records::{AuditRow, LivenessRow, Task, TaskFilter, TokenRow, WorkerRecord};
 
@@ -168,6 +170,9 @@ enum Job {
         id: String,
         done: oneshot::Sender<Result<Vec<u8>, Error>>,
     },
+    /// Tests: every write that writes something fails as on a full disk, until undone.
+    #[cfg(test)]
+    DiskFull(bool),
 }
 
 /// Everything the database knows, read at start.
@@ -289,7 +294,9 @@ impl Store {
     }
 
     /// Returns once everything handed to the store before is committed: what is
-    /// acknowledged after this is durable.
+    /// acknowledged after this is durable. Fails (UNAVAILABLE) while any change handed in
+    /// before could not be written (a full disk): it is tried again until it is, and
+    /// nothing is acknowledged meanwhile.
     pub async fn sync(&self) -> Result<(), Error> {
         self.write(Write::Barrier).await
     }
@@ -304,6 +311,12 @@ impl Store {
     /// committed (never when it failed).
     pub fn enqueue_then(&self, write: Write, then: impl FnOnce() + Send + 'static) {
         self.send(write, Done::Then(Box::new(then)));
+    }
+
+    /// Tests: writes fail as on a full disk (`true`) until space is back (`false`).
+    #[cfg(test)]
+    pub fn disk_full(&self, full: bool) {
+        let _ = self.jobs.send(Job::DiskFull(full));
     }
 
     fn send(&self, write: Write, done: Done) {
@@ -382,7 +395,23 @@ fn run(
     });
     let mut rate = (std::time::Instant::now(), 0u64, 0u64);
     let mut last_commit = std::time::Instant::now() - GATHER_FOR;
-    while let Ok(first) = jobs.recv() {
+    let mut unsaved = Unsaved::default();
+    #[cfg(test)]
+    let mut disk_full = false;
+    loop {
+        // With changes not stored yet (a full disk), they are tried again at least every
+        // RETRY_EVERY, even when nothing new comes.
+        let first = match unsaved.is_empty() {
+            true => match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            },
+            false => match jobs.recv_timeout(RETRY_EVERY) {
+                Ok(job) => Some(job),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
         // Busy (the last commit began less than GATHER_FOR ago): let the writes of that
         // long gather, so they share one commit instead of a commit each.
         let since = last_commit.elapsed();
@@ -390,14 +419,17 @@ fn run(
             thread::sleep(GATHER_FOR - since);
         }
         last_commit = std::time::Instant::now();
-        let mut batch = Vec::new();
-        let mut next = Some(first);
+        // What is not stored yet goes first, in the order it was handed in.
+        let mut batch = unsaved.take();
+        let mut next = first;
         while let Some(job) = next.take() {
             match job {
                 Job::Write { write, done } => batch.push((write, done)),
                 Job::ReadOutput { id, done } => {
                     let _ = done.send(read_output(&conn, &id));
                 }
+                #[cfg(test)]
+                Job::DiskFull(full) => disk_full = full,
             }
             if batch.len() < MAX_BATCH {
                 next = jobs.try_recv().ok();
@@ -413,7 +445,18 @@ fn run(
             tracing::debug!(commits = rate.1, writes = rate.2, "store: the last second");
             rate = (started, 0, 0);
         }
-        let committed = commit(&mut conn, &output, &rowids, batch.iter().map(|(w, _)| w));
+        let commit_now = |conn: &mut Connection, rowids: &RowIds, writes: &[&Write]| {
+            #[cfg(test)]
+            if disk_full && writes.iter().any(|w| !matches!(w, Write::Barrier)) {
+                return Err(Error::Unavailable(
+                    "the store cannot write now: database or disk is full (injected)".into(),
+                ));
+            }
+            commit(conn, &output, rowids, writes.iter().copied())
+        };
+        let all: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+        let committed = commit_now(&mut conn, &rowids, &all);
+        drop(all);
         let rows: usize = batch
             .iter()
             .map(|(w, _)| match w {
@@ -428,37 +471,35 @@ fn run(
                 flushes.observe(took.as_secs_f64());
             }
         }
-        match committed {
+        let results: Vec<(Write, Done, Result<(), Error>)> = match committed {
             Ok(changes) => {
                 changes.apply(&mut rowids);
-                notify.deliver(batch.into_iter().map(|(_, done)| (done, Ok(()))).collect());
+                batch.into_iter().map(|(w, d)| (w, d, Ok(()))).collect()
             }
             Err(err) if batch.len() > 1 => {
-                // One bad write must not sink the others: retry each alone.
+                // One bad write must not sink the others: each alone.
                 warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
-                let mut finished = Vec::with_capacity(batch.len());
+                let mut results = Vec::with_capacity(batch.len());
                 for (write, done) in batch {
-                    // Output was appended by the failed attempt already; only rows retry.
-                    if matches!(write, Write::Output { .. }) {
-                        finished.push((done, Ok(())));
-                        continue;
-                    }
-                    let res = commit(&mut conn, &output, &rowids, std::iter::once(&write))
+                    let res = commit_now(&mut conn, &rowids, &[&write])
                         .map(|changes| changes.apply(&mut rowids));
-                    if let Err(err) = &res {
-                        error!(%err, "SQLite write failed");
-                    }
-                    finished.push((done, res));
+                    results.push((write, done, res));
                 }
-                notify.deliver(finished);
+                results
             }
-            Err(err) => {
-                error!(%err, "SQLite write failed");
-                if let Some((_, done)) = batch.pop() {
-                    notify.deliver(vec![(done, Err(err))]);
-                }
-            }
-        }
+            Err(err) => batch
+                .into_iter()
+                .map(|(w, d)| (w, d, Err(err.clone())))
+                .collect(),
+        };
+        notify.deliver(unsaved.settle(results));
+    }
+    if !unsaved.is_empty() {
+        error!(
+            changes = unsaved.len(),
+            "the store stops with changes it could not write; nothing that depends on them \
+             was acknowledged"
+        );
     }
 }
 

@@ -451,7 +451,7 @@ impl Tasks {
             a.reason = reason.to_string();
             a.finished_ms = now_ms();
         }
-        info!(task = %id, state = %state, exit_code = ?exit_code, reason, "task ended");
+        info!(task = %id, state = %state, exit_code = %herd::text::Maybe(&exit_code), reason, "task ended");
         *self.finished.entry(state.as_str()).or_default() += 1;
         self.finished_total += 1;
         self.events.task(task);

@@ -136,3 +136,58 @@ fn setup_podman_keeps_an_existing_config_and_adds_what_it_needs() {
     assert_eq!(text.matches("runtime = \"runc\"").count(), 1, "{text}");
     assert_eq!(text.matches("default_ulimits = []").count(), 1, "{text}");
 }
+
+/// README's command list ("REPL and herdctl") and `help` say the same: every command of
+/// `help` is in README with every flag `help` gives it.
+#[test]
+fn the_command_list_has_every_command_and_flag_of_help() {
+    let text = readme();
+    let start = text.find("### REPL and herdctl").expect("the section");
+    let block = text[start..].split("```").nth(1).expect("its command list");
+    // An entry: a line that starts at the margin, and the indented lines after it.
+    let mut entries: Vec<String> = Vec::new();
+    for line in block.lines() {
+        match (line.starts_with(' '), entries.last_mut()) {
+            (true, Some(entry)) => {
+                entry.push('\n');
+                entry.push_str(line);
+            }
+            _ => entries.push(line.to_string()),
+        }
+    }
+    let mut checked = 0;
+    for entry in herd::command::HELP.lines() {
+        if !entry.starts_with("  ") || entry.starts_with("   ") {
+            continue;
+        }
+        // "  task logs <id> [--all] [--follow]   its output...": the grammar part.
+        let grammar = entry.trim().split("  ").next().unwrap_or_default();
+        let words: Vec<&str> = grammar
+            .split_whitespace()
+            .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        if words.is_empty() || words == ["help"] || words == ["exit"] {
+            continue;
+        }
+        let head = words.join(" ");
+        let found: Vec<&String> = entries
+            .iter()
+            .filter(|e| {
+                let first = e.lines().next().unwrap_or_default();
+                first.starts_with(&head) || first.contains(&format!("| {head}"))
+            })
+            .collect();
+        assert!(!found.is_empty(), "README's command list lacks '{head}'");
+        for flag in grammar
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--"))
+        {
+            assert!(
+                found.iter().any(|e| e.contains(flag)),
+                "README's '{head}' lacks {flag} (help: {grammar})"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} commands checked");
+}

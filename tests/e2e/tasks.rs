@@ -419,6 +419,20 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
         (t.state(), t.worker_name.as_str()),
         (pb::TaskState::Running, "other")
     );
+    // Leave nothing running: attempt 2 is cancelled, and its worker stops every process
+    // of it (its supervisor would outlive the test's worker agent).
+    let moved_pgid = printed_pgid(&mut admin, &t.id).await;
+    admin
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: t.id.clone(),
+        })
+        .await
+        .unwrap();
+    wait_task(&mut admin, &t.id, pb::TaskState::Cancelled, T).await;
+    let deadline = Deadline::new(T, "the cancelled attempt's processes are gone");
+    while !group_members(moved_pgid).is_empty() {
+        deadline.wait().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,4 +658,25 @@ async fn cancelling_an_ended_task_says_how_it_ended_before_and_after_it_leaves_m
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herdctl_task_logs_piped_is_the_task_s_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = InProcess::start(dir.path(), FAST);
+    let mut admin = master.admin().await;
+    let _w = Worker::start(dir.path(), &master.url(), "exact", &[]);
+    wait_state(&mut admin, "exact", pb::WorkerState::Active, T).await;
+    // No newline at the end, and one in the middle.
+    let t = submit(&mut admin, "printf 'one\\ntwo'", 0.1).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
+    let (ok, out, err) = herdctl(&master.url(), &["task", "logs", &t.id]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "one\ntwo");
+    // `--help` after a command is that command's help, not an error.
+    let (ok, out, err) = herdctl(&master.url(), &["task", "logs", "--help"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("task logs <id>"), "{out}");
+    let (ok, out, _) = herdctl(&master.url(), &["workers", "-h"]);
+    assert!(ok && out.contains("workers [--all]"), "{out}");
 }
