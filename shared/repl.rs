@@ -192,6 +192,11 @@ pub fn run(
     let config = Config::builder()
         .completion_type(CompletionType::List)
         .auto_add_history(false)
+        // No cursor-position query before each prompt: its answer is read from the same
+        // input as the keys, and keys typed ahead while it waits were taken for a broken
+        // answer and lost (a line arrived as `mmand 'true' --cpu 0.1`). Every reply ends
+        // with a newline, so the prompt starts a line anyway.
+        .check_cursor_position(false)
         .build();
     let mut editor: Editor<Completion, DefaultHistory> = Editor::with_config(config)?;
     editor.set_helper(Some(Completion::new(
@@ -212,43 +217,19 @@ pub fn run(
     println!("type 'help' for the commands, 'exit' or Ctrl-D to leave");
     let result = loop {
         match editor.readline(prompt) {
-            Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                    // Saved at once: a master killed later keeps what was typed.
-                    if let Some(path) = &history {
-                        let _ = editor.save_history(path);
+            // A paste of several lines arrives as one (bracketed paste): each line is a
+            // command of its own, in order, as in a shell.
+            Ok(text) => {
+                let mut flow = Flow::Continue;
+                for line in text.split(['\n', '\r']) {
+                    flow = run_line(&mut console, &mut editor, line, history.as_ref(), &runtime);
+                    if matches!(flow, Flow::Exit) {
+                        break;
                     }
                 }
-                let command = match parse_line(&line) {
-                    Ok(Some(command)) => command,
-                    Ok(None) => continue,
-                    Err(err) => {
-                        println!("{err}");
-                        continue;
-                    }
-                };
-                // Ctrl-C while a command runs (e.g. `task logs --follow`) stops the command,
-                // not the program.
-                let mut stdout = std::io::stdout();
-                replying(true);
-                let outcome = runtime.block_on(async {
-                    tokio::select! {
-                        outcome = console.run(command, &mut stdout) => Some(outcome),
-                        _ = tokio::signal::ctrl_c() => None,
-                    }
-                });
-                match outcome {
-                    Some(Ok(Flow::Continue)) => {}
-                    Some(Ok(Flow::Exit)) => {
-                        replying(false);
-                        break Ok(());
-                    }
-                    Some(Err(err)) => println!("{err}"),
-                    None => println!("interrupted"),
+                if matches!(flow, Flow::Exit) {
+                    break Ok(());
                 }
-                let _ = stdout.flush();
-                replying(false);
             }
             // Ctrl-C clears the line, as in a shell.
             Err(ReadlineError::Interrupted) => continue,
@@ -270,4 +251,55 @@ pub fn run(
         let _ = editor.save_history(path);
     }
     result
+}
+
+/// Runs one line typed or pasted at the prompt: kept in the history, parsed, and its
+/// command run with the log held back while it replies.
+fn run_line(
+    console: &mut Console,
+    editor: &mut Editor<Completion, DefaultHistory>,
+    line: &str,
+    history: Option<&PathBuf>,
+    runtime: &tokio::runtime::Handle,
+) -> Flow {
+    if line.trim().is_empty() {
+        return Flow::Continue;
+    }
+    let _ = editor.add_history_entry(line);
+    // Saved at once: a master killed later keeps what was typed.
+    if let Some(path) = history {
+        let _ = editor.save_history(path);
+    }
+    let command = match parse_line(line) {
+        Ok(Some(command)) => command,
+        Ok(None) => return Flow::Continue,
+        Err(err) => {
+            println!("{err}");
+            return Flow::Continue;
+        }
+    };
+    // Ctrl-C while a command runs (e.g. `task logs --follow`) stops the command, not the
+    // program.
+    let mut stdout = std::io::stdout();
+    replying(true);
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = console.run(command, &mut stdout) => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let flow = match outcome {
+        Some(Ok(flow)) => flow,
+        Some(Err(err)) => {
+            println!("{err}");
+            Flow::Continue
+        }
+        None => {
+            println!("interrupted");
+            Flow::Continue
+        }
+    };
+    let _ = stdout.flush();
+    replying(false);
+    flow
 }

@@ -24,6 +24,12 @@ impl<T: std::fmt::Display> std::fmt::Display for Maybe<'_, T> {
     }
 }
 
+/// A text for a log line or a table: itself, or `-` when empty (where `name=` would look
+/// like a field left out).
+pub fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,7 +268,7 @@ impl Tasks {
 
     /// Queues a stored task.
     pub fn enqueue(&mut self, task: Task) -> String {
-        info!(task = %task.id, name = %task.spec.name, "task submitted");
+        info!(task = %task.id, name = %herd::text::or_dash(&task.spec.name), "task submitted");
         self.events.task(&task);
         self.put(task)
     }

@@ -493,3 +493,54 @@ async fn the_repl_is_the_trusted_admin_named_repl_in_the_audit_log() {
     repl.send_control('d').unwrap();
     repl.exp_eof().unwrap();
 }
+
+/// Input arrives as people type and paste: a pasted block (bracketed paste, as terminals
+/// send it) is every line of it, and lines typed while log lines stream above the prompt
+/// lose no character.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_block_and_lines_typed_while_output_streams_are_taken_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut repl = repl_master(&dir.path().join("data"), port, true);
+    let _w = Worker::start(dir.path(), &url, "paste-worker", &[]);
+    let mut admin = clients(&url).await.unwrap().0;
+    wait_state(&mut admin, "paste-worker", pb::WorkerState::Active, T).await;
+
+    let block: Vec<String> = (0..10)
+        .map(|i| format!("task submit --name pasted-{i} --command 'echo {i}' --cpu 0.1"))
+        .collect();
+    repl.send(&format!("\x1b[200~{}\x1b[201~", block.join("\n")))
+        .unwrap();
+    repl.send_line("").unwrap();
+    // While those tasks run and their events print, five more lines are typed, one key
+    // at a time, without waiting for the prompt.
+    for i in 0..5 {
+        for c in format!("task submit --name typed-{i} --command 'true' --cpu 0.1\n").chars() {
+            repl.send(&c.to_string()).unwrap();
+            repl.flush().unwrap();
+        }
+    }
+    let deadline = Deadline::new(T, "all 15 tasks are stored");
+    loop {
+        let names: std::collections::BTreeSet<String> = all_tasks(&mut admin)
+            .await
+            .into_iter()
+            .filter_map(|t| t.spec.map(|s| s.name))
+            .collect();
+        let wanted: std::collections::BTreeSet<String> = (0..10)
+            .map(|i| format!("pasted-{i}"))
+            .chain((0..5).map(|i| format!("typed-{i}")))
+            .collect();
+        assert!(
+            names.is_subset(&wanted),
+            "a task with a mangled name: {names:?}"
+        );
+        if names == wanted {
+            break;
+        }
+        deadline.wait().await;
+    }
+    repl.send_control('d').unwrap();
+    repl.exp_string("herd-master stopped").unwrap();
+}
