@@ -87,19 +87,23 @@ pub const TIGHT: &[&str] = &[
 ];
 
 /// Taken by the tests that load the machine on purpose (thousands of workers or tasks,
-/// every core spinning): they run one at a time, so that no two of them starve each
-/// other's workers, or the others', of CPU. The tests run side by side in one binary
-/// (`.cargo/config.toml` sets how many). Held until dropped, across awaits.
+/// every core spinning): at most [`HEAVY_AT_ONCE`] of them run at a time (as when each
+/// test file was a binary of its own, run two tests at a time), so that they do not
+/// starve each other's workers, or the others', of CPU. The tests run side by side in one
+/// binary (`.cargo/config.toml` sets how many). Held until dropped, across awaits.
 pub fn heavy() -> Heavy {
     let mut busy = HEAVY_BUSY.lock().unwrap_or_else(|p| p.into_inner());
-    while *busy {
+    while *busy >= HEAVY_AT_ONCE {
         busy = HEAVY_FREE.wait(busy).unwrap_or_else(|p| p.into_inner());
     }
-    *busy = true;
+    *busy += 1;
     Heavy(())
 }
 
-static HEAVY_BUSY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+/// How many machine-loading tests may run at once: one per core.
+pub const HEAVY_AT_ONCE: usize = 2;
+
+static HEAVY_BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 static HEAVY_FREE: std::sync::Condvar = std::sync::Condvar::new();
 
 /// The right to load the machine (see [`heavy`]); released when dropped, also by a test
@@ -108,7 +112,7 @@ pub struct Heavy(());
 
 impl Drop for Heavy {
     fn drop(&mut self) {
-        *HEAVY_BUSY.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        *HEAVY_BUSY.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         HEAVY_FREE.notify_one();
     }
 }
