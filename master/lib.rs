@@ -23,6 +23,7 @@ pub mod identity;
 pub mod liveness;
 pub mod local_worker;
 pub mod lock;
+pub mod logfile;
 pub mod metrics;
 pub mod ops;
 pub mod output;

@@ -7,13 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use herd::auth::Bearer;
 use herd::config::MasterConfig;
-use herd::console::Console;
-use herd::render::Style;
 use herd::repl;
 
 /// mimalloc instead of glibc's malloc: a task's way through the master is made of many
@@ -40,7 +36,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let interactive = !cli.config.no_repl && std::io::stdin().is_terminal();
-    herd::init_logging(repl::LogWriter::default);
+    // At the REPL the log goes to <data-dir>/master.log, and only warnings to the screen.
+    let log_file = interactive.then(|| herd_master::logfile::LogFile::open(&cli.config.data_dir));
+    match log_file {
+        Some(Ok(file)) => {
+            eprintln!("log: {} (warnings also show here)", file.path().display());
+            herd::init_logging_split(file, repl::LogWriter::default);
+        }
+        Some(Err(err)) => {
+            eprintln!("herd-master: cannot open its log: {err}");
+            return ExitCode::FAILURE;
+        }
+        None => herd::init_logging(repl::LogWriter::default),
+    }
     // Before any connection is opened.
     match herd_master::store::pcache::install() {
         Ok(()) => tracing::debug!("SQLite's page cache skips truncations that drop nothing"),
@@ -74,31 +82,20 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         true => None,
         false => Some(signal(SignalKind::interrupt()).context("cannot handle SIGINT")?),
     };
-    let history = config.data_dir.join("history");
     let running = herd_master::start(config).await?;
-    // Kept until the end when headless, so that only a signal stops the master.
-    let (repl_done, mut repl_ended) = oneshot::channel::<()>();
-    let mut repl_done = Some(repl_done);
-    if interactive {
-        let done = repl_done.take();
-        let console = Console::new(
-            running.in_process_channel(),
-            Bearer::new(None).map_err(anyhow::Error::msg)?,
-            &running.url,
-            Style::detect(),
-        );
-        let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("herd-repl".into())
-            .spawn(move || {
-                if let Err(err) = repl::run(console, "master> ", Some(history), handle) {
-                    eprintln!("herd-master: the REPL failed: {err}");
-                }
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-            })?;
-    }
+    // The REPL ends the master when it ends; headless, only a signal does.
+    let mut repl_ended = match interactive {
+        true => Some(running.spawn_repl()?),
+        false => None,
+    };
+    let repl = async {
+        match &mut repl_ended {
+            Some(ended) => {
+                let _ = ended.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let interrupted = async {
         match &mut interrupt {
             Some(interrupt) => interrupt.recv().await,
@@ -108,7 +105,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
     tokio::select! {
         _ = interrupted => info!("SIGINT received"),
         _ = term.recv() => info!("SIGTERM received"),
-        _ = &mut repl_ended => {}
+        _ = repl => {}
     }
     running.shutdown().await;
     Ok(())

@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
-use herd::auth::{JOIN_TOKEN_FILE, TOKEN_FILE, join_token, master_token};
+use herd::auth::{Bearer, JOIN_TOKEN_FILE, TOKEN_FILE, join_token, master_token};
 use herd::config::{Listen, MasterConfig};
+use herd::console::Console;
+use herd::render::Style;
+use herd::repl;
 
 use crate::app::App;
 use crate::events::Events;
@@ -295,6 +298,30 @@ impl Running {
     /// (it is "repl" in the audit log).
     pub fn in_process_channel(&self) -> Channel {
         grpc::in_process(self.services.clone(), self.shutdown_rx.clone())
+    }
+
+    /// Starts the `master> ` REPL on this terminal, on a thread of its own, talking to
+    /// this master in-process (it needs no token and is "repl" in the audit log; its
+    /// history is kept in the data dir). The receiver fires when it ends (exit, Ctrl-D).
+    pub fn spawn_repl(&self) -> anyhow::Result<oneshot::Receiver<()>> {
+        let console = Console::new(
+            self.in_process_channel(),
+            Bearer::new(None).map_err(anyhow::Error::msg)?,
+            &self.url,
+            Style::detect(),
+        );
+        let history = self.data_dir.join("history");
+        let handle = tokio::runtime::Handle::current();
+        let (done, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("herd-repl".into())
+            .spawn(move || {
+                if let Err(err) = repl::run(console, "master> ", Some(history), handle) {
+                    eprintln!("herd-master: the REPL failed: {err}");
+                }
+                let _ = done.send(());
+            })?;
+        Ok(ended)
     }
 
     /// Stops the master in order: streams closed, listeners stopped, state flushed to
