@@ -21,8 +21,9 @@ use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 use herd::pb::registry_client::RegistryClient;
 
-use crate::executor::{Executor, Outgoing};
+use crate::executor::Executor;
 use crate::identity::Secret;
+use crate::ledger::Outgoing;
 use crate::telemetry::Telemetry;
 
 /// First pause after a failed attempt.

@@ -1,36 +1,24 @@
-//! What the agent holds: the task attempts running under their supervisors and the final
-//! results the master has not acknowledged yet. It starts a supervisor per assignment
-//! (never twice for one attempt: the task folder is the proof it was started), relays
-//! cancels to it, answers what heartbeats report, and keeps results until acknowledged,
-//! in memory for the heartbeats and in the task folder for the next agent.
+//! Starts and stops tasks: a supervisor per assignment (never twice for one attempt: the
+//! task folder is the proof it was started), cancels relayed to it, old folders cleaned.
+//! What the worker holds and owes the master is its [`Ledger`], shared with the
+//! followers that report each attempt.
 
-use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use herd::domain::Runtime;
 use herd::pb;
-use herd::pb::worker_message::Body;
 
 use crate::cgroup::Isolation;
-use crate::folder::{Exit, Folder, Spec};
+use crate::folder::{Exit, Folder, Spec, supervisor_pid};
 use crate::follow::{self, Supervisor};
+use crate::ledger::{Held, Ledger, Outbox};
 use crate::procs;
-
-/// A message for the master, and who wants to know once it is in the stream.
-pub struct Outgoing {
-    pub msg: pb::WorkerMessage,
-    /// Fires when the message went into a heartbeat stream (dropped if the stream broke).
-    pub delivered: Option<oneshot::Sender<()>>,
-}
-
-/// Where everything the worker tells the master goes (forwarded by the agent).
-pub type Outbox = mpsc::Sender<Outgoing>;
 
 #[derive(Clone)]
 pub struct Executor {
@@ -38,36 +26,25 @@ pub struct Executor {
 }
 
 pub(crate) struct Shared {
-    pub work_dir: PathBuf,
+    /// What the worker holds and owes the master.
+    ledger: Ledger,
+    work_dir: PathBuf,
     runtime: Option<Runtime>,
     isolation: Isolation,
     kill_grace: Duration,
     /// This program, re-executed as `supervise` for every task.
     program: PathBuf,
-    pub outbox: Outbox,
     /// This worker advertises GPUs: a task given none is hidden from them.
     has_gpus: bool,
-    book: Mutex<Book>,
-    /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
-    pub first_ack: watch::Sender<bool>,
 }
 
-/// What the worker holds. One lock, so a heartbeat always sees a task either held or
-/// finished, never neither.
-#[derive(Default)]
-pub(crate) struct Book {
-    pub held: HashMap<String, Held>,
-    /// Final updates not yet acknowledged by the master, by task id.
-    pub finished: HashMap<String, pb::TaskUpdate>,
-}
+/// The executor answers for its ledger too (what the agent reports and is acknowledged).
+impl Deref for Executor {
+    type Target = Ledger;
 
-pub(crate) struct Held {
-    pub attempt: u32,
-    pub folder: Folder,
-    /// The supervisor's pid while it is our child (before it wrote its state file).
-    pub child_pid: Option<i32>,
-    /// Where the master asked the output to continue from (taken by the watcher).
-    pub resume: Option<u64>,
+    fn deref(&self) -> &Ledger {
+        &self.shared.ledger
+    }
 }
 
 impl Executor {
@@ -80,15 +57,13 @@ impl Executor {
     ) -> anyhow::Result<Executor> {
         Ok(Executor {
             shared: Arc::new(Shared {
+                ledger: Ledger::new(work_dir.clone(), outbox),
                 work_dir,
                 runtime,
                 isolation,
                 kill_grace,
                 program: std::env::current_exe()?,
-                outbox,
                 has_gpus: false,
-                book: Mutex::new(Book::default()),
-                first_ack: watch::Sender::new(false),
             }),
         })
     }
@@ -100,62 +75,6 @@ impl Executor {
             shared.has_gpus = has_gpus;
         }
         self
-    }
-
-    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
-        self.shared.book.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What a heartbeat reports: held task ids, held attempts, unacknowledged results.
-    pub fn report(&self) -> (Vec<String>, Vec<pb::TaskAttempt>, Vec<pb::TaskUpdate>) {
-        let book = self.book();
-        let held = book
-            .held
-            .iter()
-            .map(|(id, h)| pb::TaskAttempt {
-                task_id: id.clone(),
-                attempt: h.attempt,
-            })
-            .collect();
-        (
-            book.held.keys().cloned().collect(),
-            held,
-            book.finished.values().cloned().collect(),
-        )
-    }
-
-    /// Nothing held and nothing left to acknowledge (what --drain-on-exit waits for).
-    pub fn is_idle(&self) -> bool {
-        let book = self.book();
-        book.held.is_empty() && book.finished.is_empty()
-    }
-
-    /// The master stored these results: forget them, and mark their folders reported so
-    /// the next agent does not send them again and retention may remove them.
-    pub fn acknowledged(&self, ids: &[String]) {
-        let mut book = self.book();
-        for id in ids {
-            if let Some(update) = book.finished.remove(id) {
-                let folder = Folder::new(&self.shared.work_dir, id, update.attempt);
-                if let Err(err) = folder.mark_reported() {
-                    warn!(task = %id, %err, "cannot mark the task folder reported");
-                }
-            }
-        }
-    }
-
-    /// The master says how much output of each held attempt it has (first ack of a stream).
-    pub fn resume(&self, entries: &[pb::OutputResume]) {
-        let mut book = self.book();
-        for entry in entries {
-            if let Some(held) = book.held.get_mut(&entry.task_id)
-                && held.attempt == entry.attempt
-            {
-                held.resume = Some(entry.offset);
-            }
-        }
-        drop(book);
-        self.shared.first_ack.send_replace(true);
     }
 
     /// Starts an assigned task under a supervisor of its own. A repeated assignment of a
@@ -245,9 +164,8 @@ impl Executor {
             }
         };
         drop(book);
-        let this = self.clone();
         tokio::spawn(follow::watch(
-            this,
+            self.shared.ledger.clone(),
             task.task_id,
             task.attempt,
             folder,
@@ -340,17 +258,6 @@ impl Executor {
             }
         }
     }
-
-    pub(crate) async fn send(&self, body: Body, delivered: Option<oneshot::Sender<()>>) {
-        let _ = self
-            .shared
-            .outbox
-            .send(Outgoing {
-                msg: pb::WorkerMessage { body: Some(body) },
-                delivered,
-            })
-            .await;
-    }
 }
 
 /// Letters, digits, `-`, `_` and `.`, not starting with a dot: safe as a file name.
@@ -361,13 +268,4 @@ fn is_plain_name(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// The live supervisor of a task folder: from its state file (checked against pid reuse by
-/// its start time), or our own child that has not written it yet.
-pub(crate) fn supervisor_pid(folder: &Folder, child_pid: Option<i32>) -> Option<i32> {
-    match folder.read_state() {
-        Some(state) => procs::is_same_live(state.pid, state.start_time).then_some(state.pid),
-        None => child_pid,
-    }
 }

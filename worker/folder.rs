@@ -353,6 +353,15 @@ impl Tail {
     }
 }
 
+/// The live supervisor of a task folder: from its state file (checked against pid reuse by
+/// its start time), or our own child that has not written it yet.
+pub fn supervisor_pid(folder: &Folder, child_pid: Option<i32>) -> Option<i32> {
+    match folder.read_state() {
+        Some(state) => crate::procs::is_same_live(state.pid, state.start_time).then_some(state.pid),
+        None => child_pid,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

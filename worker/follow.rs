@@ -17,8 +17,8 @@ use herd::pb;
 use herd::pb::worker_message::Body;
 
 use crate::cgroup::{self, Isolation};
-use crate::executor::{Executor, Held};
-use crate::folder::{Exit, Folder, State, Tail};
+use crate::folder::{Exit, Folder, State, Tail, supervisor_pid};
+use crate::ledger::{Held, Ledger};
 use crate::procs;
 
 /// How often a folder is looked at for new output and the exit file.
@@ -52,7 +52,7 @@ impl Supervisor {
 
 /// Follows one attempt until its result is handed to the outbox.
 pub async fn watch(
-    executor: Executor,
+    ledger: Ledger,
     task_id: String,
     attempt: u32,
     folder: Folder,
@@ -66,14 +66,13 @@ pub async fn watch(
     if !matches!(supervisor, Supervisor::Child(_)) {
         // Reattached: the first ack says how much output the master has; sending it all
         // before would only be sent again.
-        let mut first_ack = executor.shared.first_ack.subscribe();
-        let _ = first_ack.wait_for(|acked| *acked).await;
+        ledger.first_acknowledged().await;
     }
     let exit = loop {
         if let Supervisor::NeverStarted(exit) = &supervisor {
             break exit.clone();
         }
-        let resume = executor
+        let resume = ledger
             .book()
             .held
             .get_mut(&task_id)
@@ -81,7 +80,7 @@ pub async fn watch(
         if let Some(offset) = resume {
             tail.seek(offset);
         }
-        send_output(&executor, &task_id, attempt, &mut tail).await;
+        send_output(&ledger, &task_id, attempt, &mut tail).await;
         // The supervisor writes the exit file after the last output, so reading the
         // output once more after seeing it gets all of it.
         if let Some(exit) = folder.read_exit() {
@@ -90,13 +89,13 @@ pub async fn watch(
                 let rest = async {
                     while let Ok(Some(line)) = lines.next_line().await {
                         if line == "started" {
-                            report_started(&executor, &task_id, attempt).await;
+                            report_started(&ledger, &task_id, attempt).await;
                         }
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), rest).await;
             }
-            send_output(&executor, &task_id, attempt, &mut tail).await;
+            send_output(&ledger, &task_id, attempt, &mut tail).await;
             break exit;
         }
         if !supervisor.is_alive() && folder.read_exit().is_none() {
@@ -106,7 +105,7 @@ pub async fn watch(
                 .unwrap_or_else(|_| {
                     Exit::failed("the task's supervisor died before the task ended")
                 });
-            send_output(&executor, &task_id, attempt, &mut tail).await;
+            send_output(&ledger, &task_id, attempt, &mut tail).await;
             break exit;
         }
         let line = async {
@@ -118,7 +117,7 @@ pub async fn watch(
         tokio::select! {
             line = line => match line {
                 Ok(Some(line)) if line == "started" => {
-                    report_started(&executor, &task_id, attempt).await;
+                    report_started(&ledger, &task_id, attempt).await;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => lines = None,
@@ -130,10 +129,10 @@ pub async fn watch(
         // Reap it; it has written its exit file, so it is about to leave.
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }
-    finish(&executor, &task_id, attempt, exit).await;
+    finish(&ledger, &task_id, attempt, exit).await;
 }
 
-async fn report_started(executor: &Executor, task_id: &str, attempt: u32) {
+async fn report_started(ledger: &Ledger, task_id: &str, attempt: u32) {
     info!(task = %task_id, attempt, "task started");
     let started = pb::TaskUpdate {
         task_id: task_id.to_string(),
@@ -142,15 +141,15 @@ async fn report_started(executor: &Executor, task_id: &str, attempt: u32) {
         exit_code: None,
         message: String::new(),
     };
-    executor.send(Body::TaskUpdate(started), None).await;
+    ledger.send(Body::TaskUpdate(started), None).await;
 }
 
 /// Sends what the task wrote since `tail`'s position.
-async fn send_output(executor: &Executor, task_id: &str, attempt: u32, tail: &mut Tail) {
+async fn send_output(ledger: &Ledger, task_id: &str, attempt: u32, tail: &mut Tail) {
     loop {
         // Output fills the outbox only so far: task updates (Started, results) always
         // find room, rather than queueing behind megabytes of someone's output.
-        while executor.shared.outbox.capacity() <= OUTBOX_RESERVE {
+        while ledger.outbox_room() <= OUTBOX_RESERVE {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let chunk = match tail.next(MAX_OUTPUT_CHUNK) {
@@ -168,21 +167,21 @@ async fn send_output(executor: &Executor, task_id: &str, attempt: u32, tail: &mu
             offset: chunk.offset,
             stream: chunk.stream as i32,
         };
-        executor.send(Body::Output(output), None).await;
+        ledger.send(Body::Output(output), None).await;
     }
 }
 
 /// Reports the end. The result joins the heartbeats' `finished` only once the update (and
 /// so all output before it) is in the stream: a heartbeat must not overtake the output.
-async fn finish(executor: &Executor, task_id: &str, attempt: u32, exit: Exit) {
+async fn finish(ledger: &Ledger, task_id: &str, attempt: u32, exit: Exit) {
     let update = exit.update(task_id, attempt);
     info!(task = %task_id, attempt, outcome = %exit.outcome, reason = %exit.reason, "task ended");
     let (delivered, in_stream) = oneshot::channel();
-    executor
+    ledger
         .send(Body::TaskUpdate(update.clone()), Some(delivered))
         .await;
     let _ = in_stream.await;
-    let mut book = executor.book();
+    let mut book = ledger.book();
     if book.held.get(task_id).is_some_and(|h| h.attempt == attempt) {
         book.held.remove(task_id);
     }
@@ -231,8 +230,8 @@ fn settle_dead(folder: &Folder) -> Exit {
 }
 
 /// Before the first heartbeat: takes over what an earlier agent left in the work dir.
-pub fn recover(executor: &Executor) {
-    let Ok(entries) = std::fs::read_dir(&executor.shared.work_dir) else {
+pub fn recover(ledger: &Ledger) {
+    let Ok(entries) = std::fs::read_dir(ledger.work_dir()) else {
         return;
     };
     let folders: Vec<Folder> = entries
@@ -249,11 +248,11 @@ pub fn recover(executor: &Executor) {
     specs.sort_by(|(_, a), (_, b)| (&a.task_id, b.attempt).cmp(&(&b.task_id, a.attempt)));
     for (folder, spec) in specs {
         let (id, attempt) = (spec.task_id.clone(), spec.attempt);
-        if executor.book().held.contains_key(&id) {
+        if ledger.book().held.contains_key(&id) {
             warn!(task = %id, attempt, "an older attempt of a held task; stopping it");
             if folder.read_exit().is_none() {
                 let _ = folder.write_cancel("a newer attempt of the task is held here");
-                if let Some(pid) = crate::executor::supervisor_pid(&folder, None) {
+                if let Some(pid) = supervisor_pid(&folder, None) {
                     procs::signal(pid, libc::SIGTERM);
                 }
             }
@@ -280,7 +279,7 @@ pub fn recover(executor: &Executor) {
                 Supervisor::Gone
             }
         };
-        executor.book().held.insert(
+        ledger.book().held.insert(
             id.clone(),
             Held {
                 attempt,
@@ -290,7 +289,7 @@ pub fn recover(executor: &Executor) {
                 resume: None,
             },
         );
-        tokio::spawn(watch(executor.clone(), id, attempt, folder, supervisor));
+        tokio::spawn(watch(ledger.clone(), id, attempt, folder, supervisor));
     }
 }
 
@@ -317,8 +316,8 @@ fn wait_for_state(folder: &Folder) -> Option<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::Outgoing;
     use crate::folder::{OutputWriter, Spec};
+    use crate::ledger::{Ledger, Outgoing};
     use tokio::sync::mpsc;
 
     fn spec(task_id: &str, attempt: u32) -> Spec {
@@ -374,14 +373,7 @@ mod tests {
         old.write_exit(&Exit::failed("lost")).unwrap();
 
         let (tx, mut outbox) = mpsc::channel(OUTBOX_RESERVE + 8);
-        let executor = Executor::new(
-            dir.path().to_path_buf(),
-            None,
-            Isolation::ProcessGroup,
-            Duration::from_secs(1),
-            tx,
-        )
-        .unwrap();
+        let executor = Ledger::new(dir.path().to_path_buf(), tx);
         recover(&executor);
         let (running, held, finished) = executor.report();
         assert_eq!(

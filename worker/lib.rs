@@ -9,6 +9,7 @@ pub mod executor;
 pub mod folder;
 pub mod follow;
 pub mod identity;
+pub mod ledger;
 pub mod procs;
 pub mod supervisor;
 pub mod telemetry;

@@ -1,0 +1,153 @@
+//! What the worker holds and what it owes the master: the attempts it runs, the results
+//! not yet acknowledged, and the outbox of messages for the master. The executor (which
+//! starts and stops supervisors) and the followers (which read task folders and report)
+//! share it; neither needs the other.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
+
+use herd::pb;
+use herd::pb::worker_message::Body;
+
+use crate::folder::Folder;
+
+/// A message for the master, and who wants to know once it is in the stream.
+pub struct Outgoing {
+    pub msg: pb::WorkerMessage,
+    /// Fires when the message went into a heartbeat stream (dropped if the stream broke).
+    pub delivered: Option<oneshot::Sender<()>>,
+}
+
+/// Where everything the worker tells the master goes (forwarded by the agent).
+pub type Outbox = mpsc::Sender<Outgoing>;
+
+/// What the worker holds. One lock, so a heartbeat always sees a task either held or
+/// finished, never neither.
+#[derive(Default)]
+pub(crate) struct Book {
+    pub held: HashMap<String, Held>,
+    /// Final updates not yet acknowledged by the master, by task id.
+    pub finished: HashMap<String, pb::TaskUpdate>,
+}
+
+pub(crate) struct Held {
+    pub attempt: u32,
+    pub folder: Folder,
+    /// The supervisor's pid while it is our child (before it wrote its state file).
+    pub child_pid: Option<i32>,
+    /// Where the master asked the output to continue from (taken by the watcher).
+    pub resume: Option<u64>,
+}
+
+/// The shared ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger(Arc<Shared>);
+
+struct Shared {
+    work_dir: PathBuf,
+    book: Mutex<Book>,
+    outbox: Outbox,
+    /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
+    first_ack: watch::Sender<bool>,
+}
+
+impl Ledger {
+    pub fn new(work_dir: PathBuf, outbox: Outbox) -> Ledger {
+        Ledger(Arc::new(Shared {
+            work_dir,
+            book: Mutex::new(Book::default()),
+            outbox,
+            first_ack: watch::Sender::new(false),
+        }))
+    }
+
+    /// Where the task folders are.
+    pub fn work_dir(&self) -> &Path {
+        &self.0.work_dir
+    }
+
+    /// Room left in the outbox (output waits while it is nearly full, so task updates
+    /// always find room).
+    pub fn outbox_room(&self) -> usize {
+        self.0.outbox.capacity()
+    }
+
+    /// Waits until the first heartbeat of a stream was acknowledged.
+    pub async fn first_acknowledged(&self) {
+        let mut first_ack = self.0.first_ack.subscribe();
+        let _ = first_ack.wait_for(|acked| *acked).await;
+    }
+
+    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
+        self.0.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a heartbeat reports: held task ids, held attempts, unacknowledged results.
+    pub fn report(&self) -> (Vec<String>, Vec<pb::TaskAttempt>, Vec<pb::TaskUpdate>) {
+        let book = self.book();
+        let held = book
+            .held
+            .iter()
+            .map(|(id, h)| pb::TaskAttempt {
+                task_id: id.clone(),
+                attempt: h.attempt,
+            })
+            .collect();
+        (
+            book.held.keys().cloned().collect(),
+            held,
+            book.finished.values().cloned().collect(),
+        )
+    }
+
+    /// Nothing held and nothing left to acknowledge (what --drain-on-exit waits for).
+    pub fn is_idle(&self) -> bool {
+        let book = self.book();
+        book.held.is_empty() && book.finished.is_empty()
+    }
+
+    /// The master stored these results: forget them, and mark their folders reported so
+    /// the next agent does not send them again and retention may remove them.
+    pub fn acknowledged(&self, ids: &[String]) {
+        let mut book = self.book();
+        for id in ids {
+            if let Some(update) = book.finished.remove(id) {
+                let folder = Folder::new(&self.0.work_dir, id, update.attempt);
+                if let Err(err) = folder.mark_reported() {
+                    warn!(task = %id, %err, "cannot mark the task folder reported");
+                }
+            }
+        }
+    }
+
+    /// The master says how much output of each held attempt it has (first ack of a stream).
+    pub fn resume(&self, entries: &[pb::OutputResume]) {
+        let mut book = self.book();
+        for entry in entries {
+            if let Some(held) = book.held.get_mut(&entry.task_id)
+                && held.attempt == entry.attempt
+            {
+                held.resume = Some(entry.offset);
+            }
+        }
+        drop(book);
+        self.0.first_ack.send_replace(true);
+    }
+
+    /// Hands a message for the master to the agent; `delivered` fires once it is in a
+    /// heartbeat stream.
+    pub(crate) async fn send(&self, body: Body, delivered: Option<oneshot::Sender<()>>) {
+        let _ = self
+            .0
+            .outbox
+            .send(Outgoing {
+                msg: pb::WorkerMessage { body: Some(body) },
+                delivered,
+            })
+            .await;
+    }
+}
