@@ -544,6 +544,15 @@ async fn a_pasted_block_and_lines_typed_while_output_streams_are_taken_whole() {
         }
         deadline.wait().await;
     }
+    // Every one runs to its end, and its events are logged meanwhile.
+    let deadline = Deadline::new(T, "all 15 tasks have succeeded");
+    while all_tasks(&mut admin)
+        .await
+        .iter()
+        .any(|t| t.state() != pb::TaskState::Succeeded)
+    {
+        deadline.wait().await;
+    }
     repl.send_control('d').unwrap();
     // Thirty task events did not scroll the screen: they went to master.log.
     let screen = repl.exp_eof().unwrap();
