@@ -77,6 +77,16 @@ impl Executor {
         self
     }
 
+    /// The master says how much output of each held attempt it has (first ack of a
+    /// stream): running attempts continue from there, and ended ones whose result is not
+    /// acknowledged send the rest of their output and then their result again.
+    pub fn resume(&self, entries: &[pb::OutputResume]) {
+        for (task_id, attempt, folder, offset) in self.shared.ledger.resume(entries) {
+            let ledger = self.shared.ledger.clone();
+            tokio::spawn(follow::resend(ledger, task_id, attempt, folder, offset));
+        }
+    }
+
     /// Starts an assigned task under a supervisor of its own. A repeated assignment of a
     /// held task, or of an attempt that already has a folder, is not started again.
     pub fn assign(&self, task: pb::TaskAssignment) {

@@ -181,11 +181,25 @@ async fn finish(ledger: &Ledger, task_id: &str, attempt: u32, exit: Exit) {
         .send(Body::TaskUpdate(update.clone()), Some(delivered))
         .await;
     let _ = in_stream.await;
-    let mut book = ledger.book();
-    if book.held.get(task_id).is_some_and(|h| h.attempt == attempt) {
-        book.held.remove(task_id);
+    // Still held until acknowledged: a new stream resumes its output too.
+    ledger.book().finished.insert(task_id.to_string(), update);
+}
+
+/// After a reconnect: the output of an ended attempt from where the master says it has it,
+/// then its result again, behind that output in the stream (a stream that broke after the
+/// result went out may have lost output sent just before it). Its result rejoins the
+/// heartbeats only then.
+pub async fn resend(ledger: Ledger, task_id: String, attempt: u32, folder: Folder, offset: u64) {
+    let mut tail = Tail::new(folder);
+    tail.seek(offset);
+    send_output(&ledger, &task_id, attempt, &mut tail).await;
+    let update = ledger.book().finished.get(&task_id).cloned();
+    if let Some(update) = update.filter(|u| u.attempt == attempt) {
+        let (delivered, in_stream) = oneshot::channel();
+        ledger.send(Body::TaskUpdate(update), Some(delivered)).await;
+        let _ = in_stream.await;
     }
-    book.finished.insert(task_id.to_string(), update);
+    ledger.book().resending.remove(&task_id);
 }
 
 /// The supervisor is gone without an exit file: kill whatever of the task is left and
@@ -424,9 +438,86 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(executor.report().0.is_empty());
+        // Held until acknowledged, so that a new stream would resume its output too.
+        assert_eq!(executor.report().0, ["t-7"]);
         executor.acknowledged(&["t-7".to_string()]);
         assert!(executor.report().2.is_empty());
+        assert!(executor.report().0.is_empty());
         assert!(folder.is_reported());
+    }
+
+    /// A stream broke after a result went out, before its acknowledgement: output sent
+    /// just before it may be lost. The attempt is still held, so the next stream's first
+    /// ack says where its output resumes; the rest goes, then the result again, and only
+    /// then does the result rejoin the heartbeats.
+    #[tokio::test]
+    async fn an_ended_attempt_sends_the_output_in_flight_again_before_its_result() {
+        use pb::worker_message::Body;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path(), "t-9", 1);
+        std::fs::create_dir_all(&folder.root).unwrap();
+        folder.write_spec(&spec("t-9", 1)).unwrap();
+        let mut out = OutputWriter::create(&folder).unwrap();
+        out.append(pb::OutputStream::Stdout, b"first\n").unwrap();
+        out.append(pb::OutputStream::Stdout, b"last\n").unwrap();
+        let (tx, mut outbox) = mpsc::channel(OUTBOX_RESERVE + 8);
+        let ledger = Ledger::new(dir.path().to_path_buf(), tx);
+        // It ran and ended under this agent: held, with its result not yet acknowledged.
+        let update = pb::TaskUpdate {
+            task_id: "t-9".into(),
+            attempt: 1,
+            event: pb::TaskEvent::Succeeded as i32,
+            exit_code: Some(0),
+            message: String::new(),
+        };
+        {
+            let mut book = ledger.book();
+            book.held.insert(
+                "t-9".into(),
+                Held {
+                    attempt: 1,
+                    folder: folder.clone(),
+                    child_pid: None,
+                    resume: None,
+                },
+            );
+            book.finished.insert("t-9".into(), update.clone());
+        }
+        let (running, held, finished) = ledger.report();
+        assert_eq!((running.len(), held.len(), finished.len()), (1, 1, 1));
+        // The new stream's first ack: the master has only "first\n".
+        let ended = ledger.resume(&[pb::OutputResume {
+            task_id: "t-9".into(),
+            attempt: 1,
+            offset: 6,
+        }]);
+        assert_eq!(ended.len(), 1);
+        assert!(
+            ledger.report().2.is_empty(),
+            "the result waits for its output"
+        );
+        let (task_id, attempt, folder, offset) = ended.into_iter().next().unwrap();
+        tokio::spawn(resend(ledger.clone(), task_id, attempt, folder, offset));
+        let Outgoing { msg, .. } = next(&mut outbox).await;
+        match msg.body.unwrap() {
+            Body::Output(o) => assert_eq!((o.offset, o.data), (6, b"last\n".to_vec())),
+            other => panic!("output first, not {other:?}"),
+        }
+        let Outgoing { msg, delivered } = next(&mut outbox).await;
+        match msg.body.unwrap() {
+            Body::TaskUpdate(u) => assert_eq!(u, update),
+            other => panic!("then the result, not {other:?}"),
+        }
+        delivered.unwrap().send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ledger.report().2.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the result never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ledger.acknowledged(&["t-9".to_string()]);
+        assert_eq!(ledger.report(), (Vec::new(), Vec::new(), Vec::new()));
     }
 }

@@ -3,7 +3,7 @@
 //! starts and stops supervisors) and the followers (which read task folders and report)
 //! share it; neither needs the other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,9 +29,14 @@ pub type Outbox = mpsc::Sender<Outgoing>;
 /// finished, never neither.
 #[derive(Default)]
 pub(crate) struct Book {
+    /// The attempts held: running, or ended with a result not yet acknowledged (held until
+    /// it is, so that a new stream resumes their output too).
     pub held: HashMap<String, Held>,
     /// Final updates not yet acknowledged by the master, by task id.
     pub finished: HashMap<String, pb::TaskUpdate>,
+    /// Ended attempts whose output is being sent again after a reconnect: their results
+    /// stay out of heartbeats until they follow that output into the stream.
+    pub resending: HashSet<String>,
 }
 
 pub(crate) struct Held {
@@ -100,7 +105,11 @@ impl Ledger {
         (
             book.held.keys().cloned().collect(),
             held,
-            book.finished.values().cloned().collect(),
+            book.finished
+                .values()
+                .filter(|u| !book.resending.contains(&u.task_id))
+                .cloned()
+                .collect(),
         )
     }
 
@@ -110,12 +119,20 @@ impl Ledger {
         book.held.is_empty() && book.finished.is_empty()
     }
 
-    /// The master stored these results: forget them, and mark their folders reported so
-    /// the next agent does not send them again and retention may remove them.
+    /// The master stored these results: forget them (and their attempts), and mark their
+    /// folders reported so the next agent does not send them again and retention may
+    /// remove them.
     pub fn acknowledged(&self, ids: &[String]) {
         let mut book = self.book();
         for id in ids {
             if let Some(update) = book.finished.remove(id) {
+                if book
+                    .held
+                    .get(id)
+                    .is_some_and(|h| h.attempt == update.attempt)
+                {
+                    book.held.remove(id);
+                }
                 let folder = Folder::new(&self.0.work_dir, id, update.attempt);
                 if let Err(err) = folder.mark_reported() {
                     warn!(task = %id, %err, "cannot mark the task folder reported");
@@ -124,18 +141,41 @@ impl Ledger {
         }
     }
 
-    /// The master says how much output of each held attempt it has (first ack of a stream).
-    pub fn resume(&self, entries: &[pb::OutputResume]) {
+    /// The master says how much output of each held attempt it has (first ack of a
+    /// stream). Running attempts continue from there; the ended ones whose result is not
+    /// acknowledged are returned, to send the rest of their output and then their result
+    /// again (what was in flight when the last stream broke).
+    pub fn resume(&self, entries: &[pb::OutputResume]) -> Vec<(String, u32, Folder, u64)> {
         let mut book = self.book();
+        let mut ended = Vec::new();
         for entry in entries {
-            if let Some(held) = book.held.get_mut(&entry.task_id)
-                && held.attempt == entry.attempt
-            {
+            let finished = book
+                .finished
+                .get(&entry.task_id)
+                .is_some_and(|u| u.attempt == entry.attempt);
+            let Some(held) = book.held.get_mut(&entry.task_id) else {
+                continue;
+            };
+            if held.attempt != entry.attempt {
+                continue;
+            }
+            if finished {
+                ended.push((
+                    entry.task_id.clone(),
+                    entry.attempt,
+                    held.folder.clone(),
+                    entry.offset,
+                ));
+            } else {
                 held.resume = Some(entry.offset);
             }
         }
+        for (id, ..) in &ended {
+            book.resending.insert(id.clone());
+        }
         drop(book);
         self.0.first_ack.send_replace(true);
+        ended
     }
 
     /// Hands a message for the master to the agent; `delivered` fires once it is in a

@@ -496,3 +496,27 @@ async fn a_result_is_acknowledged_once_the_disk_has_room_again() {
     h.restart().await;
     assert_eq!(h.task(&t).await.exit_code, Some(3));
 }
+
+#[tokio::test(start_paused = true)]
+async fn output_in_flight_when_a_stream_breaks_comes_again_before_the_result() {
+    let mut h = Harness::new();
+    h.join("a", 4.0, 0).await;
+    let t = h.submit(spec(1.0, 0)).await;
+    h.sent_to("a").await;
+    h.update("a", &t, 1, Started, None).unwrap();
+    h.output("a", &t, 1, 0, b"first\n").unwrap();
+    // "last\n" and the result were in flight when the stream broke: both lost.
+    h.end_unsent("a", &t, 1, Succeeded, Some(0));
+    h.close_stream("a");
+    // The new stream's first heartbeat holds the attempt and repeats its result; the
+    // master says where output resumes, and does not end the task before it has it.
+    let resume = h.connect("a").await.unwrap();
+    assert_eq!(resume, vec![(t.clone(), 1, 6)]);
+    assert_eq!(state(&h.task(&t).await), pb::TaskState::Running);
+    h.output("a", &t, 1, 6, b"last\n").unwrap();
+    h.update("a", &t, 1, Succeeded, Some(0)).unwrap();
+    assert_eq!(h.heartbeat("a").await.unwrap(), vec![t.clone()]);
+    let info = h.task(&t).await;
+    assert_eq!((state(&info), info.attempts), (pb::TaskState::Succeeded, 1));
+    assert_eq!(h.kept_output(&t, 1).await, b"first\nlast\n");
+}

@@ -151,8 +151,9 @@ impl Harness {
     }
 
     /// Opens a new stream for `name` (a reconnect, or a restarted agent): its first
-    /// heartbeat lists what it holds and its unacknowledged results.
-    pub async fn connect(&mut self, name: &str) -> Result<(), Status> {
+    /// heartbeat lists what it holds and its unacknowledged results. Returns where the
+    /// master said output resumes, per held attempt: `(task, attempt, offset)`.
+    pub async fn connect(&mut self, name: &str) -> Result<Vec<(String, u32, u64)>, Status> {
         let (tx, rx) = mpsc::channel(1024);
         let fake = self.workers.get_mut(name).expect("a joined worker");
         fake.sequence += 1;
@@ -165,9 +166,13 @@ impl Harness {
         fake.generation = Some(accepted.generation);
         fake.inbox = Some(rx);
         fake.end = Some(accepted.end);
-        let acked = accepted.acked;
-        self.acknowledge(name, acked).await;
-        Ok(())
+        let resume = accepted
+            .resume
+            .into_iter()
+            .map(|r| (r.task_id, r.attempt, r.offset))
+            .collect();
+        self.acknowledge(name, accepted.acked).await;
+        Ok(resume)
     }
 
     /// The id `name` was given.
@@ -198,6 +203,14 @@ impl Harness {
             return Vec::new();
         }
         let fake = self.workers.get_mut(name).expect("a joined worker");
+        // An ended attempt is held until its result is acknowledged, as a worker does.
+        let done: Vec<(String, u32)> = fake
+            .unacked
+            .iter()
+            .filter(|u| acked.contains(&u.task_id))
+            .map(|u| (u.task_id.clone(), u.attempt))
+            .collect();
+        fake.holding.retain(|h| !done.contains(h));
         fake.unacked.retain(|u| !acked.contains(&u.task_id));
         acked
     }
@@ -225,12 +238,57 @@ impl Harness {
         event: pb::TaskEvent,
         exit_code: Option<i32>,
     ) -> Result<(), Status> {
-        let update = report(task, attempt, event, exit_code);
-        let fake = self.workers.get_mut(name).expect("a joined worker");
-        fake.holding
-            .retain(|(id, a)| !(id == task && *a == attempt));
-        fake.unacked.push(update);
+        self.end_unsent(name, task, attempt, event, exit_code);
         self.update(name, task, attempt, event, exit_code)
+    }
+
+    /// `attempt` of `task` ended on `name`, but its result never reached the master (the
+    /// stream broke with it in flight): it is repeated in heartbeats until acknowledged,
+    /// and the attempt stays held until then.
+    pub fn end_unsent(
+        &mut self,
+        name: &str,
+        task: &str,
+        attempt: u32,
+        event: pb::TaskEvent,
+        exit_code: Option<i32>,
+    ) {
+        let fake = self.workers.get_mut(name).expect("a joined worker");
+        fake.unacked.push(report(task, attempt, event, exit_code));
+    }
+
+    /// Output of `attempt` of `task` from `name`, starting at byte `offset`.
+    pub fn output(
+        &mut self,
+        name: &str,
+        task: &str,
+        attempt: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Status> {
+        let fake = &self.workers[name];
+        let generation = fake.generation.expect("an open stream");
+        let output = pb::TaskOutput {
+            task_id: task.into(),
+            attempt,
+            data: data.to_vec(),
+            offset,
+            stream: pb::OutputStream::Stdout as i32,
+        };
+        self.app
+            .registry
+            .task_output(&fake.id, generation, &output)
+            .map_err(Status::from)
+    }
+
+    /// The output the master keeps of `attempt` of `task`.
+    pub async fn kept_output(&self, task: &str, attempt: u32) -> Vec<u8> {
+        self.commit().await;
+        self.app
+            .output
+            .read(task, attempt, 0, 1 << 20)
+            .expect("readable")
+            .1
     }
 
     /// A task update from `name` on its stream (Started, or a result sent at once).
@@ -289,7 +347,9 @@ impl Harness {
         while let Ok(Ok(message)) = inbox.try_recv() {
             match message.body {
                 Some(ToWorker::Assign(a)) => {
-                    // A worker takes every assignment it is sent.
+                    // A worker takes every assignment it is sent, in place of an older
+                    // attempt of the same task it still held.
+                    fake.holding.retain(|(id, _)| *id != a.task_id);
                     fake.holding.push((a.task_id.clone(), a.attempt));
                     sent.push(Sent::Assign(a.task_id, a.attempt, a.gpu_ids));
                 }

@@ -250,6 +250,23 @@ impl Registry {
         }
         entry.presence.connected = true;
         let resume = inner.tasks.resume(&first.worker_id, first);
+        // A result of an attempt whose output resumes now waits for that output: the
+        // worker sends the rest, then the result again (the last stream may have broken
+        // with output in flight just before the result).
+        let waiting = |u: &pb::TaskUpdate| {
+            resume
+                .iter()
+                .any(|r| r.task_id == u.task_id && r.attempt == u.attempt)
+        };
+        let first_taken;
+        let first = if first.finished.iter().any(waiting) {
+            let mut taken = first.clone();
+            taken.finished.retain(|u| !waiting(u));
+            first_taken = taken;
+            &first_taken
+        } else {
+            first
+        };
         let acked = inner.heartbeat(&first.worker_id, first, now, "heartbeat stream opened");
         inner
             .tasks

@@ -107,7 +107,15 @@ impl Tasks {
             return acked;
         }
         for &(id, attempt) in &held {
-            self.check_held(worker_id, id, attempt, workers);
+            // An ended attempt is held until its result is acknowledged: the result
+            // (taken above) speaks for it.
+            let ended = hb
+                .finished
+                .iter()
+                .any(|u| u.task_id == id && u.attempt == attempt);
+            if !ended {
+                self.check_held(worker_id, id, attempt, workers);
+            }
         }
         // Tasks placed here that the worker no longer holds (past the grace period of an
         // assignment still in flight): lost.
