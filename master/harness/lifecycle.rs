@@ -103,9 +103,7 @@ async fn an_inactive_worker_keeps_its_tasks_and_gets_no_new_one() {
 async fn a_removed_worker_s_task_is_requeued_once_as_attempt_2_elsewhere() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.join("b", 4.0, 0).await;
     h.advance(WORKER_TIMEOUT + Duration::from_secs(1), &["b"])
         .await;
@@ -131,9 +129,7 @@ async fn a_removed_worker_s_task_is_requeued_once_as_attempt_2_elsewhere() {
 async fn a_stream_that_closes_as_its_worker_becomes_removed_still_requeues_its_tasks() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.join("b", 4.0, 0).await;
     // a is silent (SIGSTOP) with its stream still open past the worker timeout; the
     // stream closes (HTTP/2 keepalive gives up) before the ticker has run.
@@ -194,9 +190,7 @@ async fn an_active_worker_cannot_be_forgotten() {
 async fn a_worker_back_with_a_replaced_attempt_is_told_to_stop_it_and_its_result_is_ignored() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.join("b", 4.0, 0).await;
     h.advance(WORKER_TIMEOUT + Duration::from_secs(1), &["b"])
         .await;
@@ -310,9 +304,7 @@ async fn cancel_in_every_state() {
     let mut h = Harness::new();
     h.join("a", 1.0, 0).await;
     // Running: the worker is told, and the task is cancelled when it reports so.
-    let running = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &running, 1, Started, None).unwrap();
+    let running = h.running("a", spec(1.0, 0)).await;
     // Queued (no room): cancelled at once, never sent.
     let queued = h.submit(spec(1.0, 0)).await;
     let info = h.cancel(&queued).await.unwrap();
@@ -347,9 +339,7 @@ async fn cancel_in_every_state() {
 async fn a_running_task_whose_cancel_races_a_success_ends_succeeded() {
     let mut h = Harness::new();
     h.join("a", 1.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.cancel(&t).await.unwrap();
     h.finish("a", &t, 1, Succeeded, Some(0)).unwrap();
     assert_eq!(state(&h.task(&t).await), pb::TaskState::Succeeded);
@@ -414,9 +404,7 @@ async fn gpu_indices_are_never_held_twice_and_are_restored_at_load() {
 async fn a_busy_worker_is_never_removed_while_it_heartbeats() {
     let mut h = Harness::new();
     h.join("a", 1.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.advance(WORKER_TIMEOUT * 3, &["a"]).await;
     assert_eq!(
         h.registry().get("a").unwrap().state(),
@@ -460,9 +448,7 @@ async fn a_removed_worker_s_stream_ends_and_it_registers_again_under_its_id() {
 async fn a_result_the_store_cannot_write_is_not_acknowledged_and_runs_nowhere_again() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.commit().await;
     // The disk fills up as the task ends: its result cannot be committed, so it is not
     // acknowledged, and the worker keeps sending it.
@@ -501,9 +487,7 @@ async fn a_result_is_acknowledged_once_the_disk_has_room_again() {
 async fn output_in_flight_when_a_stream_breaks_comes_again_before_the_result() {
     let mut h = Harness::new();
     h.join("a", 4.0, 0).await;
-    let t = h.submit(spec(1.0, 0)).await;
-    h.sent_to("a").await;
-    h.update("a", &t, 1, Started, None).unwrap();
+    let t = h.running("a", spec(1.0, 0)).await;
     h.output("a", &t, 1, 0, b"first\n").unwrap();
     // "last\n" and the result were in flight when the stream broke: both lost.
     h.end_unsent("a", &t, 1, Succeeded, Some(0));

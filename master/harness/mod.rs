@@ -370,6 +370,20 @@ impl Harness {
             .id
     }
 
+    /// Submits `spec`, sees it sent to `name` as attempt 1 (the only worker with room)
+    /// and reported started there; returns its id.
+    pub async fn running(&mut self, name: &str, spec: pb::TaskSpec) -> String {
+        let id = self.submit(spec).await;
+        let sent = self.sent_to(name).await;
+        assert!(
+            matches!(sent.as_slice(), [Sent::Assign(t, 1, _)] if *t == id),
+            "{id} was not sent to {name}: {sent:?}"
+        );
+        self.update(name, &id, 1, pb::TaskEvent::Started, None)
+            .expect("started");
+        id
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<pb::TaskInfo, herd::Error> {
         self.app.cancel(&Caller::repl(), id).await
     }
