@@ -60,14 +60,17 @@ async fn run(rounds: usize) {
     }
     eprintln!();
 
-    println!("kill -9 to Inactive        {}", summary(&mut killed));
+    println!(
+        "kill -9 to Inactive        {}",
+        latency_summary(&mut killed)
+    );
     println!(
         "SIGSTOP: silence at Inactive {}  (timeout {TIMEOUT:?}, tick {TICK:?})",
-        summary(&mut stopped)
+        latency_summary(&mut stopped)
     );
     println!(
         "SIGSTOP: silence at is_active=0 {}  (ticker + SQLite flush)",
-        summary(&mut flushed)
+        latency_summary(&mut flushed)
     );
 }
 
@@ -88,17 +91,4 @@ async fn poll_inactive(admin: &mut Admin, name: &str) -> pb::WorkerInfo {
         assert!(Instant::now() < deadline, "{name} never went Inactive");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-fn summary(samples: &mut [Duration]) -> String {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "median {:>7.1} ms  p90 {:>7.1} ms  max {:>7.1} ms  (n={})",
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(1.0)),
-        samples.len()
-    )
 }

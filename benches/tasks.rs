@@ -66,22 +66,12 @@ async fn run(count: usize) {
         eprint!("\r{}/{count}", i + 1);
     }
     eprintln!();
-    println!("submit acknowledged (stored)  {}", summary(&mut acks));
+    println!(
+        "submit acknowledged (stored)  {}",
+        latency_summary(&mut acks)
+    );
     println!(
         "submit to start               {}",
-        summary(&mut client_side)
+        latency_summary(&mut client_side)
     );
-}
-
-fn summary(samples: &mut [Duration]) -> String {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "median {:>6.2} ms  p90 {:>6.2} ms  max {:>6.2} ms  (n={})",
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(1.0)),
-        samples.len()
-    )
 }

@@ -117,6 +117,20 @@ impl Drop for Heavy {
     }
 }
 
+/// Median, p90 and maximum of latency samples, in milliseconds, for a benchmark's line.
+pub fn latency_summary(samples: &mut [Duration]) -> String {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:>7.2} ms  p90 {:>7.2} ms  max {:>7.2} ms  (n={})",
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(1.0)),
+        samples.len()
+    )
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -40,13 +40,6 @@ impl Browser {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -83,7 +76,7 @@ pub struct Element(pub String);
 impl Session {
     /// Starts chromedriver (its log in `dir`) and a headless browser of `width` x `height`.
     pub fn start(browser: &Browser, dir: &Path, width: u32, height: u32) -> Session {
-        let port = free_port();
+        let port = crate::free_port();
         let log = dir.join(format!("chromedriver-{port}.log"));
         let driver = Command::new(&browser.driver)
             .arg(format!("--port={port}"))
