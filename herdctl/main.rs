@@ -6,16 +6,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use herd::command::parse_words;
-use herd::console::Console;
-use herd::render::Style;
+use herd_console::command::parse_words;
+use herd_console::console::Console;
+use herd_console::render::Style;
 
 #[derive(Parser)]
 #[command(
     name = "herdctl",
     version,
     about = "Control a running herd master",
-    after_help = herd::command::HELP,
+    after_help = herd_console::command::HELP,
     trailing_var_arg = true,
     mut_arg("token", |a| a.help("Token to present: an operator token (default: the master's <data-dir>/token, when on the master's machine)"))
 )]
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
         let handle = runtime.handle().clone();
         let prompt = "herd> ";
-        return match herd::repl::run(console, prompt, None, handle) {
+        return match herd_console::repl::run(console, prompt, None, handle) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("herdctl: {err}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use herd::pb;
-use herd::render::json;
+use herd::views as json;
 
 use crate::records::Task;
 

@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use herd::config::MasterConfig;
-use herd::repl;
+use herd_console::repl;
 
 /// mimalloc instead of glibc's malloc: a task's way through the master is made of many
 /// small allocations on two threads (the async workers and the store), and glibc's

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use herd::auth::{Bearer, JOIN_TOKEN_FILE, TOKEN_FILE, join_token, master_token};
 use herd::config::{Listen, MasterConfig};
-use herd::console::Console;
-use herd::render::Style;
-use herd::repl;
+use herd_console::console::Console;
+use herd_console::render::Style;
+use herd_console::repl;
 
 use crate::app::App;
 use crate::events::Events;

@@ -1,24 +1,19 @@
-//! herd's shared library: the generated wire contract and everything master, worker and
-//! herdctl must agree on (domain types and their validation, durations, the error-to-status
-//! mapping, the command grammar and how its answers are rendered).
+//! herd's contract library: the generated wire contract and everything master, worker and
+//! herdctl must agree on (domain types, their limits and validation, durations, the
+//! error-to-status mapping, the client, and the JSON views `--json` and the HTTP API
+//! share). The operator console (grammar, REPL, text rendering) is `herd_console`.
 
 pub mod auth;
-pub mod batch;
 pub mod client;
 pub mod codec;
-pub mod command;
-pub mod complete;
 pub mod config;
-pub mod console;
 pub mod constraint;
 pub mod domain;
 pub mod error;
 pub mod paths;
-pub mod render;
-pub mod repl;
-pub mod terminal;
 pub mod text;
 pub mod time;
+pub mod views;
 
 /// The generated types of `proto/herd.proto` (package `herd.v1`): the only contract between
 /// the programs.

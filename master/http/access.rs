@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use herd::pb;
-use herd::render::identity::json as view;
+use herd::views::identity as view;
 
 use super::{ApiError, Http, JsonBody, Query};
 use crate::identity::Caller;
@@ -44,7 +44,7 @@ pub async fn issue_worker_secret(
         .issue_worker_secret(&who, pb::IssueWorkerSecretRequest { worker })
         .await?;
     let body = json!({
-        "worker": issued.worker.as_ref().map(herd::render::json::worker),
+        "worker": issued.worker.as_ref().map(herd::views::worker),
         "worker_secret": issued.worker_secret,
     });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())

@@ -15,7 +15,7 @@ use herd::domain::TaskState;
 use herd::domain::body::SubmitBody;
 use herd::error::Error;
 use herd::pb;
-use herd::render::json as view;
+use herd::views as view;
 
 use super::{ApiError, Http, JsonBody, Query, access, stream};
 use crate::identity::Caller;

@@ -326,7 +326,7 @@ impl Registry {
                 .values()
                 .filter(|w| w.shown(&inner.liveness, now) == state)
                 .count();
-            (herd::render::state_word(state), n)
+            (herd::views::state_word(state), n)
         })
         .collect();
         Summary {

@@ -70,7 +70,7 @@ fn every_repl_and_herdctl_line_it_shows_parses() {
     let mut checked = 0;
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("master> ") {
-            herd::command::parse_line(rest).unwrap_or_else(|e| panic!("'{rest}': {e}"));
+            herd_console::command::parse_line(rest).unwrap_or_else(|e| panic!("'{rest}': {e}"));
             checked += 1;
         }
     }
@@ -93,7 +93,7 @@ fn every_repl_and_herdctl_line_it_shows_parses() {
         if words.is_empty() {
             continue;
         }
-        herd::command::parse_words(words).unwrap_or_else(|e| panic!("'{code}': {e}"));
+        herd_console::command::parse_words(words).unwrap_or_else(|e| panic!("'{code}': {e}"));
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} lines checked");
@@ -156,7 +156,7 @@ fn the_command_list_has_every_command_and_flag_of_help() {
         }
     }
     let mut checked = 0;
-    for entry in herd::command::HELP.lines() {
+    for entry in herd_console::command::HELP.lines() {
         if !entry.starts_with("  ") || entry.starts_with("   ") {
             continue;
         }

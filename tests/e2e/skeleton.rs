@@ -32,7 +32,10 @@ async fn two_workers_register_with_distinct_ids_and_are_listed_active() {
     assert_eq!((cap.cpu, cap.memory_gb), (3.0, 2.5));
 
     // What an operator sees: the table names both, Active.
-    let table = herd::render::workers(&workers(&mut admin).await, herd::render::Style::plain());
+    let table = herd_console::render::workers(
+        &workers(&mut admin).await,
+        herd_console::render::Style::plain(),
+    );
     for name in ["alpha", "beta"] {
         let line = table.lines().find(|l| l.starts_with(name)).unwrap();
         assert!(line.contains("Active"), "{table}");

@@ -8,14 +8,15 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::auth::Bearer;
-use crate::client::{Authed, endpoint};
 use crate::command::{
     Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, TokenCommand, WorkerCommand,
 };
-use crate::pb;
-use crate::pb::admin_client::AdminClient;
-use crate::render::{self, Style, json};
+use crate::render::{self, Style};
+use herd::auth::Bearer;
+use herd::client::{Authed, endpoint};
+use herd::pb;
+use herd::pb::admin_client::AdminClient;
+use herd::views as json;
 
 /// What to do after a command.
 #[derive(Debug, PartialEq)]
@@ -43,7 +44,7 @@ impl Console {
     /// A console over an existing channel (`url` only names the master in messages).
     pub fn new(channel: Channel, token: Bearer, url: &str, style: Style) -> Console {
         let admin = AdminClient::with_interceptor(channel, token)
-            .max_decoding_message_size(crate::domain::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(herd::domain::MAX_MESSAGE_BYTES);
         Console {
             admin,
             url: url.to_string(),
@@ -436,7 +437,8 @@ impl Console {
     }
 
     async fn token(&mut self, action: TokenCommand) -> Result<String, String> {
-        use crate::render::identity::{self as view, json};
+        use crate::render::identity as view;
+        use herd::views::identity as json;
         Ok(match action {
             TokenCommand::Create { name, role } => {
                 let made = self
@@ -530,7 +532,8 @@ impl Console {
 
     /// `audit`: the newest `limit` entries, page by page.
     async fn audit(&mut self, limit: usize, out: &mut dyn Write) -> Result<Flow, String> {
-        use crate::render::identity::{self as view, json};
+        use crate::render::identity as view;
+        use herd::views::identity as json;
         let mut entries = Vec::new();
         let mut page_token = String::new();
         while entries.len() < limit {

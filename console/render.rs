@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 
-use crate::pb;
-use crate::time::{ago, now_ms};
+use herd::pb;
+use herd::time::{ago, now_ms};
+pub use herd::views::{state_word, task_state_word};
 
 mod workers;
 pub use workers::{worker, workers};
@@ -46,18 +47,6 @@ impl Style {
             width: word.chars().count() + 2,
             text: format!("\x1b[{color}m●\x1b[0m {word}"),
         }
-    }
-}
-
-/// The status word of a worker state.
-pub fn state_word(state: pb::WorkerState) -> &'static str {
-    match state {
-        pb::WorkerState::Active => "Active",
-        pb::WorkerState::Inactive => "Inactive",
-        pb::WorkerState::Removed => "Removed",
-        pb::WorkerState::Draining => "Draining",
-        pb::WorkerState::Pending => "Pending",
-        pb::WorkerState::Unspecified => "Unknown",
     }
 }
 
@@ -116,13 +105,6 @@ fn table(header: &[&str], rows: Vec<Vec<Cell>>) -> String {
 fn num(x: f64) -> String {
     let s = format!("{x:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-/// The state word of a task.
-pub fn task_state_word(state: pb::TaskState) -> &'static str {
-    crate::domain::TaskState::try_from(state)
-        .map(|s| s.as_str())
-        .unwrap_or("unknown")
 }
 
 fn resources(r: Option<pb::Resources>) -> String {
@@ -245,7 +227,7 @@ pub fn task(t: &pb::TaskInfo) -> String {
     if spec.timeout_ms > 0 {
         field(
             "timeout",
-            crate::time::short(std::time::Duration::from_millis(spec.timeout_ms)),
+            herd::time::short(std::time::Duration::from_millis(spec.timeout_ms)),
         );
     }
     if !spec.env.is_empty() {
@@ -328,6 +310,36 @@ pub fn submitted(t: &pb::TaskInfo) -> String {
     }
 }
 
+/// The `status` view: counts of workers and tasks by state, and the queue.
+pub fn summary(s: &pb::ClusterSummary, style: Style) -> String {
+    let mut out = String::new();
+    let workers: Vec<String> = s
+        .workers
+        .iter()
+        .map(|c| {
+            let state = match c.state.as_str() {
+                "Active" => pb::WorkerState::Active,
+                "Draining" => pb::WorkerState::Draining,
+                "Inactive" => pb::WorkerState::Inactive,
+                "Pending" => pb::WorkerState::Pending,
+                "Removed" => pb::WorkerState::Removed,
+                _ => pb::WorkerState::Unspecified,
+            };
+            format!("{} {}", style.state(state).text, c.count)
+        })
+        .collect();
+    let tasks: Vec<String> = s
+        .tasks
+        .iter()
+        .map(|c| format!("{} {}", c.state, c.count))
+        .collect();
+    let _ = writeln!(out, "workers:    {}", workers.join("   "));
+    let _ = writeln!(out, "tasks:      {}", tasks.join("   "));
+    let _ = writeln!(out, "queue:      {} waiting", s.queue_length);
+    let _ = write!(out, "scheduler:  {}", s.scheduler);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,141 +411,4 @@ mod tests {
         let out = workers(&[info("a", pb::WorkerState::Active)], Style { color: true });
         assert!(out.contains("\x1b[32m●\x1b[0m Active"), "{out}");
     }
-}
-
-/// Stable JSON shapes for `herdctl --json` (documented in README.md). Field names never
-/// change meaning; new fields may be added.
-pub mod json {
-    use serde_json::{Value, json};
-
-    use super::{state_word, task_state_word};
-    use crate::pb;
-
-    pub fn worker(w: &pb::WorkerInfo) -> Value {
-        let d = w.description.clone().unwrap_or_default();
-        let cap = d.capacity.unwrap_or_default();
-        let used = w.allocated.unwrap_or_default();
-        let usage = w.usage.unwrap_or_default();
-        json!({
-            "id": w.id,
-            "name": d.name,
-            "status": state_word(w.state()),
-            "host": d.host,
-            "address": d.address,
-            "version": d.version,
-            "runtime": d.container_runtime,
-            "isolation": d.isolation,
-            "labels": d.labels,
-            "cpu": {"allocated": used.cpu, "total": cap.cpu, "usage_percent": usage.cpu_percent},
-            "memory_gb": {"allocated": used.memory_gb, "total": cap.memory_gb, "in_use": usage.memory_used_gb},
-            "gpu": {"allocated": used.gpu, "total": cap.gpu},
-            "gpus": d.gpus.iter().map(|g| json!({
-                "index": g.index,
-                "model": g.model,
-                "memory_gb": g.memory_gb,
-                "task_id": w.gpu_holders.iter().find(|h| h.index == g.index).map(|h| &h.task_id),
-            })).collect::<Vec<_>>(),
-            "disk_gb": {"allocated": used.disk_gb, "total": cap.disk_gb},
-            "tasks": w.running_task_ids,
-            "connected": w.connected,
-            "last_heartbeat_ms": w.last_heartbeat_ms,
-            "registered_at_ms": w.registered_at_ms,
-            "as_of_ms": w.as_of_ms,
-        })
-    }
-
-    pub fn workers(list: &[pb::WorkerInfo]) -> Value {
-        Value::Array(list.iter().map(worker).collect())
-    }
-
-    pub fn task(t: &pb::TaskInfo) -> Value {
-        let spec = t.spec.clone().unwrap_or_default();
-        let r = spec.resources.unwrap_or_default();
-        json!({
-            "id": t.id,
-            "name": spec.name,
-            "state": task_state_word(t.state()),
-            "image": spec.image,
-            "command": spec.command,
-            "cpu": r.cpu,
-            "memory_gb": r.memory_gb,
-            "gpu": r.gpu,
-            "disk_gb": r.disk_gb,
-            "gpu_ids": t.gpu_ids,
-            "priority": spec.priority,
-            "constraints": spec.constraints,
-            "timeout_ms": spec.timeout_ms,
-            "env": spec.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "workdir": spec.workdir,
-            "retries": spec.retries,
-            "worker_id": t.worker_id,
-            "worker_name": t.worker_name,
-            "attempts": t.attempts,
-            "exit_code": t.exit_code,
-            "reason": t.reason,
-            "submitted_ms": t.submitted_ms,
-            "submitted_by": t.submitted_by,
-            "started_ms": t.started_ms,
-            "finished_ms": t.finished_ms,
-            "history": t.history.iter().map(|a| json!({
-                "attempt": a.attempt,
-                "worker_id": a.worker_id,
-                "worker_name": a.worker_name,
-                "outcome": a.outcome,
-                "exit_code": a.exit_code,
-                "reason": a.reason,
-                "assigned_ms": a.assigned_ms,
-                "finished_ms": a.finished_ms,
-                "gpu_ids": a.gpu_ids,
-            })).collect::<Vec<_>>(),
-        })
-    }
-
-    pub fn tasks(list: &[pb::TaskInfo]) -> Value {
-        Value::Array(list.iter().map(task).collect())
-    }
-
-    pub fn summary(s: &pb::ClusterSummary) -> Value {
-        let counts = |list: &[pb::StateCount]| {
-            list.iter()
-                .map(|c| (c.state.clone(), Value::from(c.count)))
-                .collect::<serde_json::Map<_, _>>()
-        };
-        json!({
-            "workers": counts(&s.workers),
-            "tasks": counts(&s.tasks),
-            "queue_length": s.queue_length,
-            "scheduler": s.scheduler,
-        })
-    }
-}
-
-/// The `status` view: counts of workers and tasks by state, and the queue.
-pub fn summary(s: &pb::ClusterSummary, style: Style) -> String {
-    let mut out = String::new();
-    let workers: Vec<String> = s
-        .workers
-        .iter()
-        .map(|c| {
-            let state = match c.state.as_str() {
-                "Active" => pb::WorkerState::Active,
-                "Draining" => pb::WorkerState::Draining,
-                "Inactive" => pb::WorkerState::Inactive,
-                "Pending" => pb::WorkerState::Pending,
-                "Removed" => pb::WorkerState::Removed,
-                _ => pb::WorkerState::Unspecified,
-            };
-            format!("{} {}", style.state(state).text, c.count)
-        })
-        .collect();
-    let tasks: Vec<String> = s
-        .tasks
-        .iter()
-        .map(|c| format!("{} {}", c.state, c.count))
-        .collect();
-    let _ = writeln!(out, "workers:    {}", workers.join("   "));
-    let _ = writeln!(out, "tasks:      {}", tasks.join("   "));
-    let _ = writeln!(out, "queue:      {} waiting", s.queue_length);
-    let _ = write!(out, "scheduler:  {}", s.scheduler);
-    out
 }

@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::config::SchedulerKind;
-use crate::domain::{Role, TaskState};
+use herd::config::SchedulerKind;
+use herd::domain::{Role, TaskState};
 
 /// Text printed by `help`.
 pub const HELP: &str = "\
@@ -173,7 +173,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("'{}' is not KEY=VALUE", crate::text::clip(text))),
+        _ => Err(format!("'{}' is not KEY=VALUE", herd::text::clip(text))),
     }
 }
 
@@ -214,7 +214,7 @@ pub enum TaskCommand {
         #[command(flatten)]
         run: RunArgs,
         /// Submit N copies in one call, each with HERD_TASK_INDEX 0..N-1.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::domain::run::MAX_BATCH as i64))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=herd::domain::run::MAX_BATCH as i64))]
         count: Option<u32>,
         /// Submit one task per JSON line of this file (read here, not on the master);
         /// all of them or none.
@@ -244,10 +244,10 @@ pub enum TaskCommand {
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct RunArgs {
     /// Kill the whole task this long after it started, and fail it (e.g. 30s, 2h).
-    #[arg(long, value_parser = crate::time::parse_duration)]
+    #[arg(long, value_parser = herd::time::parse_duration)]
     pub timeout: Option<std::time::Duration>,
     /// KEY=VALUE in the task's environment; repeatable.
-    #[arg(long, value_parser = crate::domain::run::parse_env_pair)]
+    #[arg(long, value_parser = herd::domain::run::parse_env_pair)]
     pub env: Vec<(String, String)>,
     /// The task's working directory on the worker (an absolute path).
     #[arg(long)]

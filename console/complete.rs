@@ -10,10 +10,10 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
 
-use crate::client::Authed;
-use crate::domain::TaskState;
-use crate::pb;
-use crate::pb::admin_client::AdminClient;
+use herd::client::Authed;
+use herd::domain::TaskState;
+use herd::pb;
+use herd::pb::admin_client::AdminClient;
 
 const COMMANDS: &[&str] = &[
     "workers",

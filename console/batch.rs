@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use crate::domain::body::SubmitBody;
-use crate::domain::run::MAX_BATCH;
-use crate::domain::{MAX_MESSAGE_BYTES, TaskSpec};
-use crate::pb;
-use crate::text::clip;
+use herd::domain::body::SubmitBody;
+use herd::domain::run::MAX_BATCH;
+use herd::domain::{MAX_MESSAGE_BYTES, TaskSpec};
+use herd::pb;
+use herd::text::clip;
 
 /// The tasks of a file, and the line each came from.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! How tokens and the audit log look: `token list`, `token create`, `audit`.
 
-use crate::pb;
-use crate::time::{ago, now_ms};
+use herd::pb;
+use herd::time::{ago, now_ms};
 
 use super::table_of;
 
@@ -47,7 +47,7 @@ pub fn audit(list: &[pb::AuditEntry]) -> String {
         .map(|e| {
             vec![
                 e.seq.to_string(),
-                crate::time::format_ms(e.at_ms),
+                herd::time::format_ms(e.at_ms),
                 e.who.clone(),
                 e.role.clone(),
                 e.action.clone(),
@@ -63,48 +63,4 @@ pub fn audit(list: &[pb::AuditEntry]) -> String {
         ],
         rows,
     )
-}
-
-/// The JSON answers (`herdctl --json` and the HTTP API).
-pub mod json {
-    use serde_json::{Value, json};
-
-    use crate::pb;
-
-    pub fn token(t: &pb::TokenInfo) -> Value {
-        json!({
-            "name": t.name,
-            "role": t.role,
-            "created_ms": t.created_ms,
-            "last_used_ms": t.last_used_ms,
-        })
-    }
-
-    pub fn tokens(list: &[pb::TokenInfo]) -> Value {
-        Value::Array(list.iter().map(token).collect())
-    }
-
-    /// The one answer that carries a token.
-    pub fn created(made: &pb::CreateTokenResponse) -> Value {
-        let mut value = token(&made.info.clone().unwrap_or_default());
-        value["token"] = Value::from(made.token.clone());
-        value
-    }
-
-    pub fn entry(e: &pb::AuditEntry) -> Value {
-        json!({
-            "seq": e.seq,
-            "at_ms": e.at_ms,
-            "who": e.who,
-            "role": e.role,
-            "action": e.action,
-            "target": e.target,
-            "detail": e.detail,
-            "peer": e.peer,
-        })
-    }
-
-    pub fn audit(list: &[pb::AuditEntry]) -> Value {
-        Value::Array(list.iter().map(entry).collect())
-    }
 }

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{Cell, Style, num, table};
-use crate::pb;
-use crate::time::{ago, now_ms};
+use herd::pb;
+use herd::time::{ago, now_ms};
 
 /// The master's clock when it answered, so "last seen" does not depend on this machine's
 /// clock; ours when the master did not say.
