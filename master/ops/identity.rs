@@ -35,10 +35,7 @@ impl App {
         let audit = who.audit(Op::CreateToken, &new.name, new.role.as_str());
         // Two creations of one name at once: the table's primary key refuses the second.
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::TokenCreate(row.clone())),
-                audit: Box::new(audit),
-            })
+            .write_audited(Write::TokenCreate(row.clone()), audit)
             .await
             .map_err(|err| match err {
                 Error::Storage(e) if e.contains("UNIQUE") => Error::AlreadyExists(format!(
@@ -94,12 +91,12 @@ impl App {
         })?;
         let audit = who.audit(Op::RevokeToken, &row.name, row.role.as_str());
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::TokenRevoke {
+            .write_audited(
+                Write::TokenRevoke {
                     name: row.name.clone(),
-                }),
-                audit: Box::new(audit),
-            })
+                },
+                audit,
+            )
             .await?;
         self.credentials.remove(&row.name);
         tracing::info!(token = %row.name, by = %who.name, "token revoked");
@@ -121,10 +118,7 @@ impl App {
         let id = record.id.clone();
         let audit = who.audit(Op::IssueWorkerSecret, &record.spec.name, &id);
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Worker(Box::new(record))),
-                audit: Box::new(audit),
-            })
+            .write_audited(Write::Worker(Box::new(record)), audit)
             .await?;
         Ok(pb::IssueWorkerSecretResponse {
             worker: Some(self.registry.get(&id)?),

@@ -35,10 +35,9 @@ impl App {
         };
         let audit = who.audit(Op::SubmitTask, &task.id, &what);
         let id = task.id.clone();
-        let stored = self.store.begin(Write::Audited {
-            change: Box::new(Write::Task(Box::new(task.clone()))),
-            audit: Box::new(audit),
-        });
+        let stored = self
+            .store
+            .begin_audited(Write::Task(Box::new(task.clone())), audit);
         let info = self.registry.enqueue(task);
         self.acknowledge(stored, &[id]).await?;
         Ok(info)
@@ -80,10 +79,7 @@ impl App {
             _ => String::new(),
         };
         let audit = who.audit(Op::SubmitTask, &ids, &format!("{} tasks", tasks.len()));
-        let stored = self.store.begin(Write::Audited {
-            change: Box::new(Write::Tasks(tasks.clone())),
-            audit: Box::new(audit),
-        });
+        let stored = self.store.begin_audited(Write::Tasks(tasks.clone()), audit);
         let task_ids = self.registry.enqueue_all(tasks);
         self.acknowledge(stored, &task_ids).await?;
         Ok(pb::SubmitTasksResponse { task_ids })

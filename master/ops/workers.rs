@@ -99,13 +99,13 @@ impl App {
         if to.is_some() {
             let audit = who.audit(Op::SwitchScheduler, &scheduler_name(kind), "");
             self.store
-                .write(Write::Audited {
-                    change: Box::new(Write::Setting {
+                .write_audited(
+                    Write::Setting {
                         key: "scheduler".into(),
                         value: scheduler_name(kind),
-                    }),
-                    audit: Box::new(audit),
-                })
+                    },
+                    audit,
+                )
                 .await?;
         }
         Ok(pb::SchedulerResponse {
@@ -126,13 +126,13 @@ impl App {
         let id = record.id.clone();
         let audit = who.audit(op, &record.spec.name, &record.id);
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Draining {
+            .write_audited(
+                Write::Draining {
                     id: record.id,
                     draining: drain,
-                }),
-                audit: Box::new(audit),
-            })
+                },
+                audit,
+            )
             .await?;
         self.registry.get(&id)
     }
@@ -153,10 +153,7 @@ impl App {
             .collect();
         let audit = who.audit(Op::AddWorker, &record.spec.name, &labels.join(" "));
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::Worker(Box::new(record))),
-                audit: Box::new(audit),
-            })
+            .write_audited(Write::Worker(Box::new(record)), audit)
             .await?;
         self.registry.get(&id)
     }
@@ -169,12 +166,12 @@ impl App {
         let name = info.description.as_ref().map(|d| d.name.as_str());
         let audit = who.audit(Op::ForgetWorker, name.unwrap_or_default(), &info.id);
         self.store
-            .write(Write::Audited {
-                change: Box::new(Write::ForgetWorker {
+            .write_audited(
+                Write::ForgetWorker {
                     id: info.id.clone(),
-                }),
-                audit: Box::new(audit),
-            })
+                },
+                audit,
+            )
             .await?;
         Ok(info)
     }

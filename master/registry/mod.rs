@@ -33,6 +33,7 @@ use crate::workers::{Entry, Outbound, Session, Workers, removed_worker, unknown_
 
 mod operator;
 mod register;
+mod tick;
 
 /// How far the `last_heartbeat` column may lag behind the last heartbeat. Changes of state
 /// are written at the next tick; the timestamp alone is informational (liveness after a
@@ -386,67 +387,16 @@ impl Registry {
         let inner = &mut *guard;
         inner.hold_mass_removal(now);
         let mut out = TickOutcome::default();
-        let liveness = inner.liveness;
-        // Stale timestamps are written a fifth of the workers at a time, so workers that
-        // registered together do not all fall due in the same tick.
-        let mut stale_budget = if everything {
-            usize::MAX
-        } else {
-            inner.workers.slab.len() / 5 + 1
-        };
+        let mut budget = tick::StaleBudget::new(everything, inner.workers.slab.len());
+        let (liveness, events) = (inner.liveness, &inner.events);
         for entry in inner.workers.values_mut() {
-            // A worker that has not read its stream for a heartbeat timeout is cut off
-            // (it reconnects), rather than kept Active and silently skipped.
-            if entry
-                .session
-                .as_mut()
-                .is_some_and(|s| s.backed_up(now, liveness.heartbeat_timeout))
-                && let Some(session) = entry.session.take()
-            {
-                entry.presence.connected = false;
-                let _ = session.end.send(Status::unavailable(format!(
-                    "this worker did not read its heartbeat stream for {:?} (its queue of \
-                     messages from the master stayed full); reconnect",
-                    liveness.heartbeat_timeout
-                )));
-                entry.observe(
-                    &liveness,
-                    now,
-                    "the worker stopped reading its stream; disconnected",
-                    &inner.events,
-                );
-            }
-            let state = entry.observe(
-                &liveness,
-                now,
-                "no heartbeat within the timeout",
-                &inner.events,
-            );
-            // `presence.removed` is the once-guard of Removed's work, whichever path saw
-            // the change first (the state may have been recorded Removed already, by a
-            // read or a closed stream, before this tick).
-            if state == WorkerState::Removed && !entry.presence.removed {
-                entry.presence.removed = true;
-                entry.presence.connected = false;
-                if let Some(session) = entry.session.take() {
-                    let _ = session.end.send(removed_worker(entry).into());
-                }
+            tick::cut_off_if_backed_up(entry, &liveness, now, events);
+            let state = entry.observe(&liveness, now, "no heartbeat within the timeout", events);
+            if tick::end_if_removed(entry, state) {
                 out.removed.push(entry.id.clone());
             }
-            let behind = entry.last_heartbeat_ms - entry.persisted_heartbeat_ms;
-            let stale = stale_budget > 0
-                && (behind >= HEARTBEAT_PERSIST_EVERY_MS || (everything && behind != 0));
-            if stale && !entry.dirty {
-                stale_budget -= 1;
-            }
-            if entry.dirty || stale {
-                entry.dirty = false;
-                entry.persisted_heartbeat_ms = entry.last_heartbeat_ms;
-                out.rows.push(LivenessRow {
-                    id: entry.id.clone(),
-                    state,
-                    last_heartbeat_ms: entry.last_heartbeat_ms,
-                });
+            if let Some(row) = tick::row_to_write(entry, state, &mut budget) {
+                out.rows.push(row);
             }
         }
         inner.requeue_removed(&out.removed, now);

@@ -293,6 +293,24 @@ impl Store {
         }
     }
 
+    /// An operator's change and its audit entry, in one transaction: both or neither.
+    /// Returns once committed (what the operator is told is durable).
+    pub async fn write_audited(&self, change: Write, audit: AuditRow) -> Result<(), Error> {
+        self.begin_audited(change, audit).await
+    }
+
+    /// Like [`Store::write_audited`], handed over now; the future ends once committed.
+    pub fn begin_audited(
+        &self,
+        change: Write,
+        audit: AuditRow,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<> {
+        self.begin(Write::Audited {
+            change: Box::new(change),
+            audit: Box::new(audit),
+        })
+    }
+
     /// Returns once everything handed to the store before is committed: what is
     /// acknowledged after this is durable. Fails (UNAVAILABLE) while any change handed in
     /// before could not be written (a full disk): it is tried again until it is, and
