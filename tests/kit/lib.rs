@@ -5,6 +5,7 @@
 
 pub mod http;
 mod inprocess;
+pub mod netns;
 mod programs;
 pub mod webdriver;
 

@@ -1,0 +1,237 @@
+//! Workers behind a real link (issue 24 A): the master in one network namespace, a worker
+//! in another, and the link between them cut and mended under running tasks.
+
+use herd_testkit as common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::netns::Link;
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(40);
+
+/// A process that is killed with the test.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A master in the link's master namespace; `args` are its timings.
+fn master(link: &Link, dir: &Path, args: &[&str]) -> (Proc, String, std::path::PathBuf) {
+    let log = dir.join("master.log");
+    let listen = format!("{}:50051", link.master_ip);
+    let child = link
+        .command(&link.master_ns, MASTER)
+        .args(["--listen", &listen, "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--no-repl")
+        .args(args)
+        .env("HERD_LOG", "info,herd_master=debug")
+        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
+        .env("HERD_HTTP_LISTEN", "off")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start herd-master in its namespace");
+    (Proc(child), format!("http://{listen}"), log)
+}
+
+/// A worker named `name` in the link's worker namespace.
+fn worker(link: &Link, dir: &Path, url: &str, name: &str) -> (Proc, std::path::PathBuf) {
+    let log = dir.join(format!("worker-{name}.log"));
+    let child = link
+        .command(&link.worker_ns, WORKER)
+        .args([
+            "--master",
+            url,
+            "--name",
+            name,
+            "--runtime",
+            "none",
+            "--work-dir",
+        ])
+        .arg(dir.join(format!("work-{name}")))
+        .env("HERD_TOKEN", JOIN_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start herd-worker in its namespace");
+    (Proc(child), log)
+}
+
+/// herdctl in the master's namespace, with `--json`; the parsed answer.
+fn herdctl_json(link: &Link, url: &str, args: &[&str]) -> Value {
+    try_herdctl_json(link, url, args).unwrap_or_else(|err| panic!("herdctl {args:?}: {err}"))
+}
+
+fn try_herdctl_json(link: &Link, url: &str, args: &[&str]) -> Result<Value, String> {
+    let out = link
+        .command(&link.master_ns, HERDCTL)
+        .args(["--master", url, "--json"])
+        .args(args)
+        .env("HERD_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herdctl");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// `(id, status)` of the worker `name`, once the master lists it.
+fn worker_state(link: &Link, url: &str, name: &str) -> Option<(String, String)> {
+    let list = try_herdctl_json(link, url, &["workers", "--all"]).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|w| w["name"] == name)
+        .map(|w| {
+            (
+                w["id"].as_str().unwrap_or_default().to_string(),
+                w["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+async fn wait_status(link: &Link, url: &str, name: &str, status: &str) -> String {
+    let deadline = Deadline::new(T, format!("{name} is {status}"));
+    loop {
+        if let Some((id, now)) = worker_state(link, url, name)
+            && now == status
+        {
+            return id;
+        }
+        deadline.wait().await;
+    }
+}
+
+fn submit(link: &Link, url: &str, command: &str) -> String {
+    let task = herdctl_json(
+        link,
+        url,
+        &["task", "submit", "--command", command, "--cpu", "0.1"],
+    );
+    task["id"].as_str().expect("an id").to_string()
+}
+
+fn task(link: &Link, url: &str, id: &str) -> Value {
+    herdctl_json(link, url, &["task", "status", id])
+}
+
+async fn wait_task(link: &Link, url: &str, id: &str, state: &str) -> Value {
+    let deadline = Deadline::new(T, format!("{id} is {state}"));
+    loop {
+        let t = task(link, url, id);
+        if t["state"] == state {
+            return t;
+        }
+        deadline.wait().await;
+    }
+}
+
+fn count(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_shorter_than_the_heartbeat_timeout_changes_nothing() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let timings = [
+        "--heartbeat-interval",
+        "500ms",
+        "--heartbeat-timeout",
+        "4s",
+        "--check-interval",
+        "100ms",
+    ];
+    let (_master, url, master_log) = master(&link, dir.path(), &timings);
+    let (_worker, worker_log) = worker(&link, dir.path(), &url, "across");
+    let id = wait_status(&link, &url, "across", "Active").await;
+    let t = submit(&link, &url, "sleep 4; echo done");
+    wait_task(&link, &url, &t, "running").await;
+    let streams = count(&master_log, "heartbeat stream accepted");
+    let registrations = count(&master_log, "registered");
+
+    link.cut();
+    // For 1.5 s of a 4 s timeout: Active throughout, as every read of the master says.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            worker_state(&link, &url, "across"),
+            Some((id.clone(), "Active".to_string()))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    link.mend();
+
+    let done = wait_task(&link, &url, &t, "succeeded").await;
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(
+        worker_state(&link, &url, "across"),
+        Some((id, "Active".to_string()))
+    );
+    // No new stream, no registration, no state change logged.
+    assert_eq!(count(&master_log, "heartbeat stream accepted"), streams);
+    assert_eq!(count(&master_log, "registered"), registrations);
+    assert_eq!(count(&master_log, "to=Inactive"), 0);
+    assert_eq!(count(&worker_log, "reconnect"), 0, "the worker reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_between_the_timeouts_makes_the_worker_inactive_and_runs_nothing_twice() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let timings = [
+        "--heartbeat-interval",
+        "500ms",
+        "--heartbeat-timeout",
+        "2s",
+        "--check-interval",
+        "100ms",
+        "--worker-timeout",
+        "60s",
+    ];
+    let (_master, url, _) = master(&link, dir.path(), &timings);
+    let (_worker, _) = worker(&link, dir.path(), &url, "behind");
+    let id = wait_status(&link, &url, "behind", "Active").await;
+    let t = submit(&link, &url, "sleep 8; echo done");
+    wait_task(&link, &url, &t, "running").await;
+
+    link.cut();
+    // Silent past the heartbeat timeout: Inactive, its task still placed there.
+    assert_eq!(wait_status(&link, &url, "behind", "Inactive").await, id);
+    let held = task(&link, &url, &t);
+    assert_eq!(
+        (held["state"].as_str(), held["attempts"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.mend();
+
+    // Back, under the same id, and the task ends where it ran, once.
+    assert_eq!(wait_status(&link, &url, "behind", "Active").await, id);
+    let done = wait_task(&link, &url, &t, "succeeded").await;
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["worker_name"], "behind");
+    let out = link
+        .command(&link.master_ns, HERDCTL)
+        .args(["--master", &url, "task", "logs", &t])
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+}

@@ -1,0 +1,141 @@
+//! Two hosts on a real link: network namespaces joined by a veth pair, made by the test
+//! and removed when it ends (`ip netns`, from iproute2). The master runs in one, a worker in
+//! the other; the link can be cut (`link down` on the worker's side: no FIN, no RST, the
+//! master sees silence) and mended. Addresses exist only inside the namespaces made here.
+//! Needs root; without it (or without `ip`) a test is skipped, and fails under CI.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// The two namespaces and their link.
+pub struct Link {
+    /// The master's namespace and address.
+    pub master_ns: String,
+    pub master_ip: String,
+    /// The worker's namespace.
+    pub worker_ns: String,
+    worker_dev: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn must(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Link {
+    /// Makes the two namespaces and their link, or says why it cannot (skipped).
+    pub fn new() -> Option<Link> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !ip(&["netns", "list"]) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the network namespace tests need root and iproute2 (`ip`) under CI"
+            );
+            println!("SKIPPED: network namespaces need root and iproute2");
+            return None;
+        }
+        // Unique per process and test: tests run side by side.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id() % 100_000);
+        let subnet = (std::process::id() % 200 + n * 7) % 250 + 1;
+        let link = Link {
+            master_ns: format!("herd-{tag}-m"),
+            master_ip: format!("10.213.{subnet}.1"),
+            worker_ns: format!("herd-{tag}-w"),
+            worker_dev: format!("hw{tag}").chars().take(15).collect(),
+        };
+        let master_dev: String = format!("hm{tag}").chars().take(15).collect();
+        let worker_ip = format!("10.213.{subnet}.2/24");
+        must(&["netns", "add", &link.master_ns]);
+        must(&["netns", "add", &link.worker_ns]);
+        must(&[
+            "link",
+            "add",
+            &master_dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.worker_dev,
+        ]);
+        must(&["link", "set", &master_dev, "netns", &link.master_ns]);
+        must(&["link", "set", &link.worker_dev, "netns", &link.worker_ns]);
+        let master_cidr = format!("{}/24", link.master_ip);
+        must(&[
+            "-n",
+            &link.master_ns,
+            "addr",
+            "add",
+            &master_cidr,
+            "dev",
+            &master_dev,
+        ]);
+        must(&[
+            "-n",
+            &link.worker_ns,
+            "addr",
+            "add",
+            &worker_ip,
+            "dev",
+            &link.worker_dev,
+        ]);
+        for (ns, dev) in [
+            (&link.master_ns, &master_dev),
+            (&link.worker_ns, &link.worker_dev),
+        ] {
+            must(&["-n", ns, "link", "set", dev, "up"]);
+            must(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        Some(link)
+    }
+
+    /// `program args...` run inside namespace `ns`.
+    pub fn command(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(program);
+        command
+    }
+
+    /// Cuts the link on the worker's side: its packets go nowhere, and nothing tells
+    /// the master.
+    pub fn cut(&self) {
+        must(&[
+            "-n",
+            &self.worker_ns,
+            "link",
+            "set",
+            &self.worker_dev,
+            "down",
+        ]);
+    }
+
+    /// Mends the link.
+    pub fn mend(&self) {
+        must(&["-n", &self.worker_ns, "link", "set", &self.worker_dev, "up"]);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The veth pair goes with its namespaces.
+        ip(&["netns", "del", &self.worker_ns]);
+        ip(&["netns", "del", &self.master_ns]);
+    }
+}
