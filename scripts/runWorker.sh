@@ -4,11 +4,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-# Say what is happening: the first build takes a few minutes on a small machine.
-if [ ! -x "$target/release/herd-worker" ]; then
-  echo "herd: building the release binaries (the first build takes a few minutes; later starts only rebuild what changed)..." >&2
-  cargo build --release --manifest-path "$root/Cargo.toml" --bin herd-worker
-else
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin herd-worker
-fi
+# Say what is happening: the first build takes a few minutes on a small machine, and a
+# rebuild after a change a minute or two; cargo shows its progress.
+echo "herd: building the release binaries if anything changed (the first build takes a few minutes)..." >&2
+cargo build --release --manifest-path "$root/Cargo.toml" --bin herd-worker
 exec "$target/release/herd-worker" "$@"
