@@ -67,7 +67,7 @@ impl Console {
         ca: Option<&std::path::Path>,
         token: Bearer,
         style: Style,
-    ) -> Result<Console, String> {
+    ) -> Result<Console, herd::Error> {
         let channel = endpoint(url, ca)?.connect_lazy();
         Ok(Console::new(channel, token, url, style))
     }

@@ -268,16 +268,14 @@ fn tokens(config: &MasterConfig) -> anyhow::Result<(Option<String>, Option<Strin
         );
         return Ok((None, None));
     }
-    let (token, made) =
-        master_token(config.token.clone(), &config.data_dir).map_err(anyhow::Error::msg)?;
+    let (token, made) = master_token(config.token.clone(), &config.data_dir)?;
     let path = config.data_dir.join(TOKEN_FILE);
     if made {
         info!(file = %path.display(), "generated the admin token (mode 0600): herdctl and the dashboard use it; make tokens with roles with 'token create'");
     } else if config.token.is_none() {
         info!(file = %path.display(), "admin token");
     }
-    let (join, made) =
-        join_token(config.join_token.clone(), &config.data_dir).map_err(anyhow::Error::msg)?;
+    let (join, made) = join_token(config.join_token.clone(), &config.data_dir)?;
     let path = config.data_dir.join(JOIN_TOKEN_FILE);
     if made {
         info!(file = %path.display(), "generated the join token (mode 0600): workers on other machines need it (--token-file or HERD_TOKEN); it lets them register and heartbeat, nothing else");
@@ -306,7 +304,7 @@ impl Running {
     pub fn spawn_repl(&self) -> anyhow::Result<oneshot::Receiver<()>> {
         let console = Console::new(
             self.in_process_channel(),
-            Bearer::new(None).map_err(anyhow::Error::msg)?,
+            Bearer::new(None)?,
             &self.url,
             Style::detect(),
         );

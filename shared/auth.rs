@@ -14,6 +14,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::error::Error;
+
 /// File name of the bootstrap admin token inside the data dir.
 pub const TOKEN_FILE: &str = "token";
 /// File name of the join token (workers only) inside the data dir.
@@ -24,12 +26,12 @@ pub const JOIN_TOKEN_FILE: &str = "join-token";
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Bearer {
-    pub fn new(token: Option<&str>) -> Result<Bearer, String> {
+    pub fn new(token: Option<&str>) -> Result<Bearer, Error> {
         token
             .map(|t| {
                 format!("Bearer {t}")
                     .parse()
-                    .map_err(|_| "the token has characters a header cannot carry".to_string())
+                    .map_err(|_| Error::setup("the token has characters a header cannot carry"))
             })
             .transpose()
             .map(Bearer)
@@ -55,7 +57,7 @@ pub fn resolve_token(
     token: Option<String>,
     file: Option<PathBuf>,
     local: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, Error> {
     if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
         return Ok(Some(token.trim().to_string()));
     }
@@ -70,22 +72,29 @@ pub fn resolve_token(
 }
 
 /// Reads a token (or secret) file: its first line, trimmed; an empty one is an error.
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+pub fn read_token(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Setup(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err(format!("the token file {} is empty", path.display()));
+        return Err(Error::Setup(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
     }
     Ok(token)
 }
 
 /// 32 random bytes from the kernel, as 64 hex digits: tokens and worker secrets.
-pub fn random_secret() -> Result<String, String> {
+pub fn random_secret() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| format!("cannot read random bytes: {e}"))?;
+        .map_err(|e| Error::Setup(format!("cannot read random bytes: {e}")))?;
     Ok(hex(&bytes))
 }
 
@@ -104,16 +113,16 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The master's bootstrap admin token: the one given, else the one in `<data-dir>/token`,
 /// else a new random one written there with mode 0600. Returns the token and whether it
 /// was made now.
-pub fn master_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
+pub fn master_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), Error> {
     load_or_make(given, &data_dir.join(TOKEN_FILE))
 }
 
 /// The join token, found or made like [`master_token`] in `<data-dir>/join-token`.
-pub fn join_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), String> {
+pub fn join_token(given: Option<String>, data_dir: &Path) -> Result<(String, bool), Error> {
     load_or_make(given, &data_dir.join(JOIN_TOKEN_FILE))
 }
 
-fn load_or_make(given: Option<String>, path: &Path) -> Result<(String, bool), String> {
+fn load_or_make(given: Option<String>, path: &Path) -> Result<(String, bool), Error> {
     if let Some(token) = given.filter(|t| !t.trim().is_empty()) {
         return Ok((token.trim().to_string(), false));
     }
@@ -127,16 +136,16 @@ fn load_or_make(given: Option<String>, path: &Path) -> Result<(String, bool), St
 
 /// Writes `text` to a new file only its owner can read (mode 0600 from the start, so it
 /// is never readable by others, not even for a moment); an existing file is an error.
-pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
     writeln!(file, "{text}")
         .and_then(|_| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
     Ok(())
 }
 

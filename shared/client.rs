@@ -8,6 +8,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::Bearer;
+use crate::error::Error;
 
 /// A channel that adds the cluster token to every call.
 pub type Authed = InterceptedService<Channel, Bearer>;
@@ -22,7 +23,7 @@ pub fn with_scheme(url: &str) -> String {
 }
 
 /// An endpoint for `url` (`http://` is assumed when it has no scheme): `http://` in plain text, `https://` with TLS trusting `ca`.
-pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, Error> {
     endpoint_as(url, ca, None)
 }
 
@@ -32,10 +33,14 @@ pub fn endpoint_as(
     url: &str,
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
-) -> Result<Endpoint, String> {
+) -> Result<Endpoint, Error> {
     let url = &with_scheme(url);
     let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("'{url}' is not a master URL ({e}): use http://HOST:PORT"))?
+        .map_err(|e| {
+            Error::Setup(format!(
+                "'{url}' is not a master URL ({e}): use http://HOST:PORT"
+            ))
+        })?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -46,28 +51,33 @@ pub fn endpoint_as(
         .keep_alive_timeout(Duration::from_secs(10));
     match (url.starts_with("https://"), ca) {
         (true, Some(ca)) => {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("cannot read the CA certificate {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::Setup(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    ca.display()
+                ))
+            })?;
             let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             if let Some((cert, key)) = identity {
                 let read = |p: &Path| {
-                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    std::fs::read(p)
+                        .map_err(|e| Error::Setup(format!("cannot read {}: {e}", p.display())))
                 };
                 tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
             }
             endpoint
                 .tls_config(tls)
-                .map_err(|e| format!("bad TLS settings: {e}"))
+                .map_err(|e| Error::Setup(format!("bad TLS settings: {e}")))
         }
-        (true, None) => Err(format!(
+        (true, None) => Err(Error::Setup(format!(
             "{url} uses TLS: give the CA that signed the master's certificate with --ca"
-        )),
-        (false, Some(_)) => Err(format!(
+        ))),
+        (false, Some(_)) => Err(Error::Setup(format!(
             "--ca was given but {url} is plain http: use https://HOST:PORT"
-        )),
-        (false, None) if identity.is_some() => Err(format!(
+        ))),
+        (false, None) if identity.is_some() => Err(Error::Setup(format!(
             "a client certificate was given but {url} is plain http: use https://HOST:PORT"
-        )),
+        ))),
         (false, None) => Ok(endpoint),
     }
 }

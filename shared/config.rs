@@ -290,7 +290,7 @@ pub struct Access {
 impl Access {
     /// The token to present, found as [`crate::auth::resolve_token`] says (`local`: which
     /// of the master's files to look for on its machine).
-    pub fn bearer(&self, local: &str) -> Result<crate::auth::Bearer, String> {
+    pub fn bearer(&self, local: &str) -> Result<crate::auth::Bearer, crate::error::Error> {
         let token = crate::auth::resolve_token(self.token.clone(), self.token_file.clone(), local)?;
         crate::auth::Bearer::new(token.as_deref())
     }

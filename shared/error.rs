@@ -26,6 +26,17 @@ pub enum Error {
     /// The database failed; what was asked was not stored.
     #[error("storage error: {0}")]
     Storage(String),
+    /// This machine's own setup is wrong or missing (a token file, a secret, a
+    /// certificate, a URL given to a program): the message names it and what to do.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl Error {
+    /// A setup error (see [`Error::Setup`]).
+    pub fn setup(msg: impl Into<String>) -> Self {
+        Error::Setup(msg.into())
+    }
 }
 
 impl Error {
@@ -48,6 +59,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
+            Error::Setup(_) => Code::FailedPrecondition,
         };
         Status::new(code, err.to_string())
     }

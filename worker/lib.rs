@@ -109,16 +109,13 @@ pub async fn run(
             }
         })
     };
-    let bearer = config
-        .access
-        .bearer(herd::auth::JOIN_TOKEN_FILE)
-        .map_err(anyhow::Error::msg)?;
+    let bearer = config.access.bearer(herd::auth::JOIN_TOKEN_FILE)?;
     let identity = match (&config.client_cert, &config.client_key) {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => None,
     };
-    let endpoint = herd::client::endpoint_as(&config.master, config.access.ca.as_deref(), identity)
-        .map_err(anyhow::Error::msg)?;
+    let endpoint =
+        herd::client::endpoint_as(&config.master, config.access.ca.as_deref(), identity)?;
     let agent = Agent::new(
         endpoint,
         bearer,

@@ -56,6 +56,7 @@ impl ApiError {
             Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            Error::Setup(_) => (StatusCode::CONFLICT, "FAILED_PRECONDITION"),
         }
     }
 }
