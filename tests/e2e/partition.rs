@@ -4,7 +4,7 @@
 use herd_testkit as common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::netns::Link;
@@ -12,62 +12,6 @@ use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
-
-/// A process that is killed with the test.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A master in the link's master namespace; `args` are its timings.
-fn master(link: &Link, dir: &Path, args: &[&str]) -> (Proc, String, std::path::PathBuf) {
-    let log = dir.join("master.log");
-    let listen = format!("{}:50051", link.master_ip);
-    let child = link
-        .command(&link.master_ns, MASTER)
-        .args(["--listen", &listen, "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--no-repl")
-        .args(args)
-        .env("HERD_LOG", "info,herd_master=debug")
-        .env("HERD_TOKEN", TOKEN)
-        .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
-        .env("HERD_HTTP_LISTEN", "off")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start herd-master in its namespace");
-    (Proc(child), format!("http://{listen}"), log)
-}
-
-/// A worker named `name` in the link's worker namespace.
-fn worker(link: &Link, dir: &Path, url: &str, name: &str) -> (Proc, std::path::PathBuf) {
-    let log = dir.join(format!("worker-{name}.log"));
-    let child = link
-        .command(&link.worker_ns, WORKER)
-        .args([
-            "--master",
-            url,
-            "--name",
-            name,
-            "--runtime",
-            "none",
-            "--work-dir",
-        ])
-        .arg(dir.join(format!("work-{name}")))
-        .env("HERD_TOKEN", JOIN_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start herd-worker in its namespace");
-    (Proc(child), log)
-}
 
 /// herdctl in the master's namespace, with `--json`; the parsed answer.
 fn herdctl_json(link: &Link, url: &str, args: &[&str]) -> Value {
@@ -158,8 +102,8 @@ async fn a_partition_shorter_than_the_heartbeat_timeout_changes_nothing() {
         "--check-interval",
         "100ms",
     ];
-    let (_master, url, master_log) = master(&link, dir.path(), &timings);
-    let (_worker, worker_log) = worker(&link, dir.path(), &url, "across");
+    let (_master, url, master_log) = link.master(dir.path(), &timings);
+    let (_worker, worker_log) = link.worker(dir.path(), &url, "across");
     let id = wait_status(&link, &url, "across", "Active").await;
     let t = submit(&link, &url, "sleep 4; echo done");
     wait_task(&link, &url, &t, "running").await;
@@ -205,8 +149,8 @@ async fn a_partition_between_the_timeouts_makes_the_worker_inactive_and_runs_not
         "--worker-timeout",
         "60s",
     ];
-    let (_master, url, _) = master(&link, dir.path(), &timings);
-    let (_worker, _) = worker(&link, dir.path(), &url, "behind");
+    let (_master, url, _) = link.master(dir.path(), &timings);
+    let (_worker, _) = link.worker(dir.path(), &url, "behind");
     let id = wait_status(&link, &url, "behind", "Active").await;
     let t = submit(&link, &url, "sleep 8; echo done");
     wait_task(&link, &url, &t, "running").await;

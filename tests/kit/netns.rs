@@ -4,6 +4,7 @@
 //! master sees silence) and mended. Addresses exist only inside the namespaces made here.
 //! Needs root; without it (or without `ip`) a test is skipped, and fails under CI.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -129,6 +130,86 @@ impl Link {
     /// Mends the link.
     pub fn mend(&self) {
         must(&["-n", &self.worker_ns, "link", "set", &self.worker_dev, "up"]);
+    }
+
+    /// Drops `percent` of the packets each way at random, on the worker's side (nftables:
+    /// this machine's kernel has no netem, so no delay can be added).
+    pub fn lose(&self, percent: u32) {
+        let rules = format!(
+            "table inet herdloss {{
+               chain out {{ type filter hook output priority 0; numgen random mod 100 < {percent} drop; }}
+               chain in {{ type filter hook input priority 0; numgen random mod 100 < {percent} drop; }}
+             }}"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.worker_ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused the loss rules");
+    }
+
+    /// A master in the master's namespace, listening on its address; `args` are its
+    /// flags. Returns the process, its URL and its log file.
+    pub fn master(&self, dir: &std::path::Path, args: &[&str]) -> (Proc, String, PathBuf) {
+        let log = dir.join("master.log");
+        let listen = format!("{}:50051", self.master_ip);
+        let child = self
+            .command(&self.master_ns, crate::MASTER)
+            .args(["--listen", &listen, "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--no-repl")
+            .args(args)
+            .env("HERD_LOG", "info,herd_master=debug")
+            .env("HERD_TOKEN", crate::TOKEN)
+            .env("HERD_JOIN_TOKEN", crate::JOIN_TOKEN)
+            .env("HERD_HTTP_LISTEN", "off")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start herd-master in its namespace");
+        (Proc(child), format!("http://{listen}"), log)
+    }
+
+    /// A worker named `name` in the worker's namespace.
+    pub fn worker(&self, dir: &std::path::Path, url: &str, name: &str) -> (Proc, PathBuf) {
+        let log = dir.join(format!("worker-{name}.log"));
+        let child = self
+            .command(&self.worker_ns, crate::WORKER)
+            .args([
+                "--master",
+                url,
+                "--name",
+                name,
+                "--runtime",
+                "none",
+                "--work-dir",
+            ])
+            .arg(dir.join(format!("work-{name}")))
+            .env("HERD_TOKEN", crate::JOIN_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start herd-worker in its namespace");
+        (Proc(child), log)
+    }
+}
+
+/// A process killed when dropped (with the test or bench that started it).
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
