@@ -12,81 +12,23 @@
 //! phases/ (one module per phase, in the order they run), report.rs; replay/ is
 //! `herd-bench replay` (policies compared on a trace, in simulated time).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
-use herd::time::parse_duration;
-
+mod cli;
 mod cluster;
 mod phases;
 mod replay;
 mod report;
 mod sim;
 
+use cli::Cli;
 use cluster::{Launch, MasterProcess, channels, free_port, rss_kib};
 use phases::Bench;
 use sim::{Mode, Shared};
-
-#[derive(Parser, Clone)]
-#[command(
-    name = "herd-bench",
-    version,
-    about = "Load generator and benchmark report for herd",
-    after_help = "herd-bench replay [TRACE.csv]: compare the scheduling policies on a trace in \
-                  simulated time (herd-bench replay --help)"
-)]
-pub struct Cli {
-    /// Simulated workers.
-    #[arg(long, default_value_t = 10_000)]
-    workers: usize,
-    /// HTTP/2 connections the workers' streams are spread over.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
-    /// Heartbeat period of every simulated worker (the master's heartbeat timeout is three
-    /// of them, at least 3 s).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    heartbeat_interval: Duration,
-    /// Length of the steady phase (CPU, RSS, latency, false Inactive).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Length of the saturation phase (heartbeats as fast as the master takes them).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    saturation: Duration,
-    /// How long placements are sustained (batches submitted as fast as the master takes
-    /// them).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    placements_for: Duration,
-    /// Tasks per batch (SubmitTasks) in the placement phase.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Tasks offered per second in the placement phase.
-    #[arg(long, default_value_t = 10_000.0)]
-    placement_rate: f64,
-    /// Tasks submitted one by one for the submit-to-start figure.
-    #[arg(long, default_value_t = 100)]
-    latency_tasks: usize,
-    /// Write each sampled task of the placement phase to this CSV (`due_unix_s,latency_ms`:
-    /// when its batch was due, in seconds since the Unix epoch to line up with other
-    /// traces, and its submit-to-start latency).
-    #[arg(long, value_name = "CSV")]
-    placement_trace: Option<PathBuf>,
-    /// Small and short: N = 200, a few seconds per phase (CI runs this).
-    #[arg(long)]
-    smoke: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Run the master on core 0 (taskset) and the generator on core 1.
-    #[arg(long)]
-    pin: bool,
-    /// The herd-master binary (default: next to herd-bench).
-    #[arg(long)]
-    master_bin: Option<PathBuf>,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
