@@ -61,7 +61,9 @@ impl Unsaved {
             }
         }
         let unsaved = self.writes.len();
-        if unsaved > before || (before > 0 && unsaved > 0 && !barriers.is_empty()) {
+        // Said when more changes wait, not at every sync refused meanwhile (on a full disk
+        // every heartbeat with a result asks for one).
+        if unsaved > before {
             warn!(unsaved, why = %self.why.as_ref().map(ToString::to_string).unwrap_or_default(),
                   "changes not stored yet; trying again, and acknowledging nothing meanwhile");
         } else if unsaved == 0 && self.why.take().is_some() {
