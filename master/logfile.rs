@@ -47,11 +47,11 @@ impl LogFile {
 }
 
 /// One event's writes, under the file's lock.
-pub struct Entry<'a> {
+pub struct LogEvent<'a> {
     open: MutexGuard<'a, (File, u64)>,
 }
 
-impl Write for Entry<'_> {
+impl Write for LogEvent<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let written = self.open.0.write(data)?;
         self.open.1 += written as u64;
@@ -81,13 +81,13 @@ impl LogFile {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
-    type Writer = Entry<'a>;
+    type Writer = LogEvent<'a>;
 
-    fn make_writer(&'a self) -> Entry<'a> {
+    fn make_writer(&'a self) -> LogEvent<'a> {
         let mut open = self.lock();
         // A log that cannot be rotated goes on growing rather than losing lines.
         let _ = self.rotate_if_full(&mut open);
-        Entry { open }
+        LogEvent { open }
     }
 }
 

@@ -56,7 +56,9 @@ impl Session {
     }
 }
 
-pub struct Entry {
+/// What the master knows of one worker: who it is, its liveness, its stream, what it
+/// holds, and what SQLite has not learned yet.
+pub struct KnownWorker {
     pub id: String,
     pub spec: WorkerSpec,
     pub registered_at_ms: i64,
@@ -91,10 +93,10 @@ pub struct Entry {
     pub added_labels: BTreeMap<String, String>,
 }
 
-impl Entry {
-    pub fn new(id: String, spec: WorkerSpec, now: Instant) -> Entry {
+impl KnownWorker {
+    pub fn new(id: String, spec: WorkerSpec, now: Instant) -> KnownWorker {
         let gpus = GpuPool::new(spec.gpu_indices());
-        Entry {
+        KnownWorker {
             id,
             spec,
             registered_at_ms: now_ms(),
@@ -225,7 +227,7 @@ impl Entry {
     }
 
     /// Books task `id` here: its resources (its GPU indices are taken from
-    /// [`Entry::gpus`] by the caller).
+    /// [`KnownWorker::gpus`] by the caller).
     pub fn hold(&mut self, id: &str, r: Resources) {
         let a = &mut self.allocated;
         a.cpu += r.cpu;
@@ -255,7 +257,7 @@ impl Entry {
 /// scheduling pass walks the slab in name order without hashing a single id.
 #[derive(Default)]
 pub struct Workers {
-    pub slab: Vec<Entry>,
+    pub slab: Vec<KnownWorker>,
     index: HashMap<String, usize>,
     by_name: HashMap<String, String>,
     /// Slots ordered by name: the scheduler's stable order.
@@ -289,12 +291,12 @@ pub enum Changed {
 }
 
 impl Workers {
-    pub fn get(&self, id: &str) -> Option<&Entry> {
+    pub fn get(&self, id: &str) -> Option<&KnownWorker> {
         self.index.get(id).map(|&slot| &self.slab[slot])
     }
 
     /// A worker to change: it is marked as changed for the scheduler.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut KnownWorker> {
         let slot = *self.index.get(id)?;
         let changes = &mut self.changes;
         if !changes.all && !changes.marked[slot] {
@@ -367,7 +369,7 @@ impl Workers {
     }
 
     /// Adds a worker, keeping the name order.
-    pub fn insert(&mut self, entry: Entry) {
+    pub fn insert(&mut self, entry: KnownWorker) {
         let name = entry.spec.name.clone();
         let at = self.place_in_order(&name);
         self.by_name.insert(name, entry.id.clone());
@@ -410,23 +412,23 @@ impl Workers {
         }
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+    pub fn values(&self) -> impl Iterator<Item = &KnownWorker> {
         self.slab.iter().filter(|e| !e.forgotten)
     }
 
     /// Every worker, to change: all are marked as changed for the scheduler.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut KnownWorker> {
         self.changes.all = true;
         self.slab.iter_mut().filter(|e| !e.forgotten)
     }
 
     /// In name order.
-    pub fn ordered(&self) -> impl Iterator<Item = &Entry> {
+    pub fn ordered(&self) -> impl Iterator<Item = &KnownWorker> {
         self.order.iter().map(|&slot| &self.slab[slot])
     }
 
     /// In name order, from the first name after `after` ("" for all).
-    pub fn ordered_after(&self, after: &str) -> impl Iterator<Item = &Entry> {
+    pub fn ordered_after(&self, after: &str) -> impl Iterator<Item = &KnownWorker> {
         let from = self
             .order
             .partition_point(|&slot| self.slab[slot].spec.name.as_str() <= after);
@@ -434,7 +436,7 @@ impl Workers {
     }
 
     /// Forgets a worker: it is found and listed no more and its name is free. Returns it.
-    pub fn forget(&mut self, id: &str) -> Option<&mut Entry> {
+    pub fn forget(&mut self, id: &str) -> Option<&mut KnownWorker> {
         let slot = self.index.remove(id)?;
         self.by_name.remove(&self.slab[slot].spec.name);
         self.order.retain(|&s| s != slot);
@@ -447,9 +449,9 @@ impl Workers {
 }
 
 impl std::ops::Index<&str> for Workers {
-    type Output = Entry;
+    type Output = KnownWorker;
 
-    fn index(&self, id: &str) -> &Entry {
+    fn index(&self, id: &str) -> &KnownWorker {
         self.get(id).expect("a known worker id")
     }
 }
@@ -460,7 +462,7 @@ pub fn unknown_worker(id: &str) -> Error {
     ))
 }
 
-pub fn removed_worker(entry: &Entry) -> Error {
+pub fn removed_worker(entry: &KnownWorker) -> Error {
     Error::not_found(format!(
         "worker {} ({}) was removed after a long silence: register again",
         entry.spec.name, entry.id

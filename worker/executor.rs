@@ -97,7 +97,7 @@ impl Executor {
         }
         let folder = Folder::new(&self.shared.work_dir, &task.task_id, task.attempt);
         {
-            let book = self.book();
+            let book = self.holdings();
             // An older attempt that has ended but whose report is still on its way (the
             // master settled it already: a retry comes only after) does not stand in the
             // way of the next one.
@@ -134,7 +134,7 @@ impl Executor {
             gpu_ids: task.gpu_ids,
         };
         let started = self.start_supervisor(&folder, &spec);
-        let mut book = self.book();
+        let mut book = self.holdings();
         // The master assigns a new attempt only once it has settled the older ones.
         if let Some(old) = book.finished.remove(&task.task_id)
             && let Err(err) =
@@ -219,7 +219,7 @@ impl Executor {
     /// completes even if this agent dies meanwhile.
     pub fn cancel(&self, order: &pb::TaskCancel) {
         let (folder, child_pid) = {
-            let book = self.book();
+            let book = self.holdings();
             match book.held.get(&order.task_id) {
                 Some(held) if order.attempt == 0 || order.attempt == held.attempt => {
                     (held.folder.clone(), held.child_pid)

@@ -73,7 +73,7 @@ pub async fn watch(
             break exit.clone();
         }
         let resume = ledger
-            .book()
+            .holdings()
             .held
             .get_mut(&task_id)
             .and_then(|h| h.resume.take());
@@ -182,7 +182,10 @@ async fn finish(ledger: &Ledger, task_id: &str, attempt: u32, exit: Exit) {
         .await;
     let _ = in_stream.await;
     // Still held until acknowledged: a new stream resumes its output too.
-    ledger.book().finished.insert(task_id.to_string(), update);
+    ledger
+        .holdings()
+        .finished
+        .insert(task_id.to_string(), update);
 }
 
 /// After a reconnect: the output of an ended attempt from where the master says it has it,
@@ -193,13 +196,13 @@ pub async fn resend(ledger: Ledger, task_id: String, attempt: u32, folder: Folde
     let mut tail = Tail::new(folder);
     tail.seek(offset);
     send_output(&ledger, &task_id, attempt, &mut tail).await;
-    let update = ledger.book().finished.get(&task_id).cloned();
+    let update = ledger.holdings().finished.get(&task_id).cloned();
     if let Some(update) = update.filter(|u| u.attempt == attempt) {
         let (delivered, in_stream) = oneshot::channel();
         ledger.send(Body::TaskUpdate(update), Some(delivered)).await;
         let _ = in_stream.await;
     }
-    ledger.book().resending.remove(&task_id);
+    ledger.holdings().resending.remove(&task_id);
 }
 
 /// The supervisor is gone without an exit file: kill whatever of the task is left and
@@ -262,7 +265,7 @@ pub fn recover(ledger: &Ledger) {
     specs.sort_by(|(_, a), (_, b)| (&a.task_id, b.attempt).cmp(&(&b.task_id, a.attempt)));
     for (folder, spec) in specs {
         let (id, attempt) = (spec.task_id.clone(), spec.attempt);
-        if ledger.book().held.contains_key(&id) {
+        if ledger.holdings().held.contains_key(&id) {
             warn!(task = %id, attempt, "an older attempt of a held task; stopping it");
             if folder.read_exit().is_none() {
                 let _ = folder.write_cancel("a newer attempt of the task is held here");
@@ -293,7 +296,7 @@ pub fn recover(ledger: &Ledger) {
                 Supervisor::Gone
             }
         };
-        ledger.book().held.insert(
+        ledger.holdings().held.insert(
             id.clone(),
             Held {
                 attempt,
@@ -471,7 +474,7 @@ mod tests {
             message: String::new(),
         };
         {
-            let mut book = ledger.book();
+            let mut book = ledger.holdings();
             book.held.insert(
                 "t-9".into(),
                 Held {

@@ -28,7 +28,7 @@ pub type Outbox = mpsc::Sender<Outgoing>;
 /// What the worker holds. One lock, so a heartbeat always sees a task either held or
 /// finished, never neither.
 #[derive(Default)]
-pub(crate) struct Book {
+pub(crate) struct Holdings {
     /// The attempts held: running, or ended with a result not yet acknowledged (held until
     /// it is, so that a new stream resumes their output too).
     pub held: HashMap<String, Held>,
@@ -54,7 +54,7 @@ pub struct Ledger(Arc<Shared>);
 
 struct Shared {
     work_dir: PathBuf,
-    book: Mutex<Book>,
+    book: Mutex<Holdings>,
     outbox: Outbox,
     /// Set once the first heartbeat was acknowledged (with its resume offsets applied).
     first_ack: watch::Sender<bool>,
@@ -64,7 +64,7 @@ impl Ledger {
     pub fn new(work_dir: PathBuf, outbox: Outbox) -> Ledger {
         Ledger(Arc::new(Shared {
             work_dir,
-            book: Mutex::new(Book::default()),
+            book: Mutex::new(Holdings::default()),
             outbox,
             first_ack: watch::Sender::new(false),
         }))
@@ -87,13 +87,13 @@ impl Ledger {
         let _ = first_ack.wait_for(|acked| *acked).await;
     }
 
-    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
+    pub(crate) fn holdings(&self) -> MutexGuard<'_, Holdings> {
         self.0.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What a heartbeat reports: held task ids, held attempts, unacknowledged results.
     pub fn report(&self) -> (Vec<String>, Vec<pb::TaskAttempt>, Vec<pb::TaskUpdate>) {
-        let book = self.book();
+        let book = self.holdings();
         let held = book
             .held
             .iter()
@@ -115,7 +115,7 @@ impl Ledger {
 
     /// Nothing held and nothing left to acknowledge (what --drain-on-exit waits for).
     pub fn is_idle(&self) -> bool {
-        let book = self.book();
+        let book = self.holdings();
         book.held.is_empty() && book.finished.is_empty()
     }
 
@@ -123,7 +123,7 @@ impl Ledger {
     /// folders reported so the next agent does not send them again and retention may
     /// remove them.
     pub fn acknowledged(&self, ids: &[String]) {
-        let mut book = self.book();
+        let mut book = self.holdings();
         for id in ids {
             if let Some(update) = book.finished.remove(id) {
                 if book
@@ -146,7 +146,7 @@ impl Ledger {
     /// acknowledged are returned, to send the rest of their output and then their result
     /// again (what was in flight when the last stream broke).
     pub fn resume(&self, entries: &[pb::OutputResume]) -> Vec<(String, u32, Folder, u64)> {
-        let mut book = self.book();
+        let mut book = self.holdings();
         let mut ended = Vec::new();
         for entry in entries {
             let finished = book

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::records::{LivenessRow, Task, WorkerRecord};
 use crate::store::Store;
 use crate::tasks::Tasks;
-use crate::workers::{Entry, Outbound, Session, Workers, removed_worker, unknown_worker};
+use crate::workers::{KnownWorker, Outbound, Session, Workers, removed_worker, unknown_worker};
 
 mod operator;
 mod register;
@@ -55,7 +55,8 @@ pub struct Settings {
     pub scheduler: SchedulerKind,
 }
 
-struct Inner {
+/// Everything behind the registry's one lock: workers, tasks and the liveness rule.
+struct ClusterState {
     liveness: Liveness,
     /// Every change of a worker or task, for the HTTP API's event stream.
     events: Arc<Events>,
@@ -70,7 +71,7 @@ struct Inner {
 /// The registry. Cheap to share behind an `Arc`.
 pub struct Registry {
     heartbeat_interval: Duration,
-    inner: Mutex<Inner>,
+    inner: Mutex<ClusterState>,
 }
 
 /// What registering produced.
@@ -114,7 +115,7 @@ impl Registry {
         let grace = settings.heartbeat_interval * 2 + Duration::from_secs(1);
         Registry {
             heartbeat_interval: settings.heartbeat_interval,
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(ClusterState {
                 liveness: settings.liveness,
                 events: events.clone(),
                 workers: Workers::default(),
@@ -140,7 +141,7 @@ impl Registry {
     /// Takes the lock and reads the clock (in that order, so times never go backwards
     /// between holders), first giving every worker a fresh timeout if the master itself
     /// has not run for a while.
-    fn lock(&self) -> (MutexGuard<'_, Inner>, Instant) {
+    fn lock(&self) -> (MutexGuard<'_, ClusterState>, Instant) {
         // A panic while holding the lock leaves plain data behind; keep serving.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -179,7 +180,7 @@ impl Registry {
                 WorkerState::Removed | WorkerState::Pending => r.state,
                 _ => WorkerState::Inactive,
             };
-            let mut entry = Entry::new(r.id.clone(), r.spec, now);
+            let mut entry = KnownWorker::new(r.id.clone(), r.spec, now);
             entry.registered_at_ms = r.registered_at_ms;
             entry.last_heartbeat_ms = r.last_heartbeat_ms;
             entry.presence.removed = removed;
@@ -427,7 +428,7 @@ impl Registry {
     }
 }
 
-impl Inner {
+impl ClusterState {
     /// Removed's work, done once per removal by whichever path saw it first: the
     /// unfinished tasks of `removed` are queued again, and what waits is placed.
     fn requeue_removed(&mut self, removed: &[String], now: Instant) {

@@ -12,7 +12,7 @@ use herd::pb;
 use super::Registry;
 use crate::records::{Summary, Task, TaskFilter, WorkerRecord, task_number};
 use crate::tasks::{LogsView, Lookup};
-use crate::workers::Entry;
+use crate::workers::KnownWorker;
 
 impl Registry {
     /// Workers as of now, ordered by name, from the first name after `after`: at most
@@ -251,7 +251,7 @@ impl Registry {
             isolation: String::new(),
             gpus: Vec::new(),
         };
-        let mut entry = Entry::new(id.clone(), spec, now);
+        let mut entry = KnownWorker::new(id.clone(), spec, now);
         entry.presence.pending = true;
         entry.recorded = WorkerState::Pending;
         entry.added_labels = new.labels;

@@ -11,7 +11,7 @@ use herd::error::Error;
 use super::{Registered, Registry};
 use crate::identity::secret;
 use crate::records::SecretHash;
-use crate::workers::Entry;
+use crate::workers::KnownWorker;
 
 impl Registry {
     /// Registers a worker, or re-registers it by name keeping its id. A known name is
@@ -69,7 +69,7 @@ impl Registry {
             });
         }
         let id = inner.workers.new_id();
-        let mut entry = Entry::new(id.clone(), spec, now);
+        let mut entry = KnownWorker::new(id.clone(), spec, now);
         entry.secret_hash = Some(fresh.1);
         entry.last_peer = peer;
         info!(worker = %entry.spec.name, %id, peer = %herd::text::Maybe(&peer), cpu = entry.spec.capacity.cpu,
@@ -91,7 +91,7 @@ impl Registry {
 /// The refusal of a registration of a name that belongs to another worker; logged, since
 /// it is either a mistake (two machines with one name) or an attempt to take a worker's
 /// place.
-fn name_taken(entry: &Entry, presented: &str, peer: Option<SocketAddr>) -> Error {
+fn name_taken(entry: &KnownWorker, presented: &str, peer: Option<SocketAddr>) -> Error {
     let connected = entry.session.as_ref().and_then(|s| s.peer);
     warn!(worker = %entry.spec.name, id = %entry.id, attempt_from = %herd::text::Maybe(&peer), connected = %herd::text::Maybe(&connected),
           secret_given = !presented.is_empty(),

@@ -12,11 +12,16 @@ use super::HEARTBEAT_PERSIST_EVERY_MS;
 use crate::events::Events;
 use crate::liveness::Liveness;
 use crate::records::LivenessRow;
-use crate::workers::{Entry, removed_worker};
+use crate::workers::{KnownWorker, removed_worker};
 
 /// A worker that has not read its stream for a heartbeat timeout is cut off (it
 /// reconnects), rather than kept Active and silently skipped.
-pub fn cut_off_if_backed_up(entry: &mut Entry, liveness: &Liveness, now: Instant, events: &Events) {
+pub fn cut_off_if_backed_up(
+    entry: &mut KnownWorker,
+    liveness: &Liveness,
+    now: Instant,
+    events: &Events,
+) {
     if !entry
         .session
         .as_mut()
@@ -45,7 +50,7 @@ pub fn cut_off_if_backed_up(entry: &mut Entry, liveness: &Liveness, now: Instant
 /// must be re-queued. `presence.removed` is the once-guard of Removed's work, whichever
 /// path saw the change first (the state may have been recorded Removed already, by a read
 /// or a closed stream, before this tick).
-pub fn end_if_removed(entry: &mut Entry, state: WorkerState) -> bool {
+pub fn end_if_removed(entry: &mut KnownWorker, state: WorkerState) -> bool {
     if state != WorkerState::Removed || entry.presence.removed {
         return false;
     }
@@ -79,7 +84,7 @@ impl StaleBudget {
 /// The row SQLite must learn of a worker: every change of state, and `last_heartbeat`
 /// once it is [`HEARTBEAT_PERSIST_EVERY_MS`] behind (or at all, at shutdown).
 pub fn row_to_write(
-    entry: &mut Entry,
+    entry: &mut KnownWorker,
     state: WorkerState,
     budget: &mut StaleBudget,
 ) -> Option<LivenessRow> {

@@ -13,7 +13,7 @@ use herd::domain::WorkerState;
 
 use crate::liveness::Liveness;
 use crate::scheduler::Candidate;
-use crate::workers::{Changed, Entry, Workers};
+use crate::workers::{Changed, KnownWorker, Workers};
 
 /// Free places an assignment needs on a worker's stream: with fewer, acknowledgements
 /// could fill them before the assignment is committed and sent.
@@ -73,7 +73,7 @@ impl Candidates {
 }
 
 /// What the scheduler needs of a worker.
-fn candidate(w: &Entry, liveness: &Liveness, now: Instant) -> Candidate {
+fn candidate(w: &KnownWorker, liveness: &Liveness, now: Instant) -> Candidate {
     let active = liveness.state(&w.presence, now) == WorkerState::Active;
     Candidate {
         capacity: w.spec.capacity,

@@ -497,7 +497,7 @@ fn unmet_reason(
 /// the lowest free ones, recorded now.
 fn restore_gpus(
     task: &mut Task,
-    entry: &mut crate::workers::Entry,
+    entry: &mut crate::workers::KnownWorker,
     store: &Store,
     events: &Events,
 ) {
