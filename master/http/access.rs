@@ -1,5 +1,5 @@
 //! `/api/v1/tokens` and `/api/v1/audit`: thin adapters over the identity operations
-//! (`identity/ops.rs`), with the field names of `herdctl --json`.
+//! (`ops/identity.rs`), with the field names of `herdctl --json`.
 
 use axum::Router;
 use axum::extract::{Extension, Path, State};

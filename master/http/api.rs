@@ -1,5 +1,5 @@
 //! `/api/v1/...`: thin adapters from HTTP and JSON to the operations the gRPC Admin
-//! service calls (`ops.rs`, `logs.rs`); answers carry the field names of `herdctl --json`.
+//! service calls (`ops/`); answers carry the field names of `herdctl --json`.
 //! The OpenAPI document is generated from these handlers.
 
 use axum::Router;

@@ -1,5 +1,5 @@
 //! The authorization table: the least role each Admin operation needs. Every operation
-//! checks it first (`ops.rs`, `identity/ops.rs`, `logs.rs`), so the gRPC service, the HTTP
+//! checks it first (`ops/`), so the gRPC service, the HTTP
 //! API and the REPL cannot disagree, and a refused call changes nothing.
 
 use herd::domain::Role;

@@ -1,4 +1,4 @@
-//! What operators ask of the registry (through `ops.rs`): views of workers and tasks, and
+//! What operators ask of the registry (through `ops/`): views of workers and tasks, and
 //! the changes they make (submit, cancel, drain, forget, the scheduler).
 
 use tonic::Status;
