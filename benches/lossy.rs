@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use herd_testkit::netns::Link;
+use herd_testkit::netns::{Link, scaled_down};
 
 const WORKERS: usize = 5;
 const LOSS: [u32; 5] = [0, 1, 5, 10, 20];
@@ -19,16 +19,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(120);
-    let timings = [
-        "--heartbeat-interval",
-        "500ms",
-        "--heartbeat-timeout",
-        "2s",
-        "--check-interval",
-        "100ms",
-        "--worker-timeout",
-        "600s",
-    ];
+    let timings = scaled_down("2s");
     let mut runs = Vec::new();
     for loss in LOSS {
         let Some(link) = Link::new() else { return };

@@ -107,10 +107,7 @@ async fn a_removed_worker_s_task_is_requeued_once_as_attempt_2_elsewhere() {
     h.join("b", 4.0, 0).await;
     h.advance(WORKER_TIMEOUT + Duration::from_secs(1), &["b"])
         .await;
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Removed
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Removed);
     assert_eq!(h.sent_to("b").await, vec![assign(&t, 2)]);
     let info = h.task(&t).await;
     assert_eq!(
@@ -137,10 +134,7 @@ async fn a_stream_that_closes_as_its_worker_becomes_removed_still_requeues_its_t
         .await;
     tokio::time::advance(Duration::from_secs(2)).await;
     h.close_stream("a");
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Removed
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Removed);
     h.advance(Duration::from_secs(2), &["b"]).await;
     assert_eq!(h.sent_to("b").await, vec![assign(&t, 2)]);
     assert_eq!(
@@ -180,10 +174,7 @@ async fn an_active_worker_cannot_be_forgotten() {
         matches!(refused, herd::Error::FailedPrecondition(_)),
         "{refused:?}"
     );
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Active
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Active);
 }
 
 #[tokio::test(start_paused = true)]
@@ -356,10 +347,7 @@ async fn after_a_restart_held_attempts_are_reattached_and_missing_ones_requeued(
     h.update("a", &lost, 1, Started, None).unwrap();
     h.restart().await;
     // Known workers are Inactive until they reconnect; nothing is placed twice.
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Inactive
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Inactive);
     h.drop_task("a", &lost);
     h.connect("a").await.unwrap();
     h.advance(Duration::from_secs(5), &["a"]).await;
@@ -406,10 +394,7 @@ async fn a_busy_worker_is_never_removed_while_it_heartbeats() {
     h.join("a", 1.0, 0).await;
     let t = h.running("a", spec(1.0, 0)).await;
     h.advance(WORKER_TIMEOUT * 3, &["a"]).await;
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Active
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Active);
     let info = h.task(&t).await;
     assert_eq!((state(&info), info.attempts), (pb::TaskState::Running, 1));
 }
@@ -438,10 +423,7 @@ async fn a_removed_worker_s_stream_ends_and_it_registers_again_under_its_id() {
     assert_eq!(refused.code(), tonic::Code::NotFound);
     h.join("a", 4.0, 0).await;
     assert_eq!(h.id("a"), id);
-    assert_eq!(
-        h.registry().get("a").unwrap().state(),
-        pb::WorkerState::Active
-    );
+    assert_eq!(h.state_of("a"), pb::WorkerState::Active);
 }
 
 #[tokio::test(start_paused = true)]

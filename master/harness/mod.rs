@@ -175,6 +175,11 @@ impl Harness {
         Ok(resume)
     }
 
+    /// The state the master shows for worker `name`.
+    pub fn state_of(&self, name: &str) -> pb::WorkerState {
+        self.registry().get(name).expect("a known worker").state()
+    }
+
     /// The id `name` was given.
     pub fn id(&self, name: &str) -> String {
         self.workers[name].id.clone()

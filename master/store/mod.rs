@@ -28,7 +28,7 @@ mod unsaved;
 
 use self::checkpoint::{Checkpoints, STORE_TRIES, copy_back_the_wal, retry_every_100us};
 use self::commit::commit;
-use self::rowids::{RowIds, load_rowids};
+use self::rowids::{RowIdChanges, RowIds, load_rowids};
 use self::schema::{final_counts, last_task_number, load_tasks, load_workers, migrate, setting};
 use self::unsaved::{RETRY_EVERY, Unsaved};
 use crate::output::OutputDir;
@@ -414,7 +414,8 @@ fn run(
     let mut rate = (std::time::Instant::now(), 0u64, 0u64);
     let mut last_commit = std::time::Instant::now() - GATHER_FOR;
     let mut unsaved = Unsaved::default();
-    #[cfg(test)]
+    // Only tests fill the disk on purpose (`Job::DiskFull`).
+    #[cfg_attr(not(test), allow(unused_mut))]
     let mut disk_full = false;
     loop {
         // With changes not stored yet (a full disk), they are tried again at least every
@@ -463,18 +464,13 @@ fn run(
             tracing::debug!(commits = rate.1, writes = rate.2, "store: the last second");
             rate = (started, 0, 0);
         }
-        let commit_now = |conn: &mut Connection, rowids: &RowIds, writes: &[&Write]| {
-            #[cfg(test)]
-            if disk_full && writes.iter().any(|w| !matches!(w, Write::Barrier)) {
-                return Err(Error::Unavailable(
-                    "the store cannot write now: database or disk is full (injected)".into(),
-                ));
-            }
-            commit(conn, &output, rowids, writes.iter().copied())
-        };
-        let all: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
-        let committed = commit_now(&mut conn, &rowids, &all);
-        drop(all);
+        let committed = commit_unless_full(
+            &mut conn,
+            &output,
+            &rowids,
+            batch.iter().map(|(w, _)| w),
+            disk_full,
+        );
         let rows: usize = batch
             .iter()
             .map(|(w, _)| match w {
@@ -499,8 +495,14 @@ fn run(
                 warn!(%err, jobs = batch.len(), "batched commit failed; retrying one by one");
                 let mut results = Vec::with_capacity(batch.len());
                 for (write, done) in batch {
-                    let res = commit_now(&mut conn, &rowids, &[&write])
-                        .map(|changes| changes.apply(&mut rowids));
+                    let res = commit_unless_full(
+                        &mut conn,
+                        &output,
+                        &rowids,
+                        std::iter::once(&write),
+                        disk_full,
+                    )
+                    .map(|changes| changes.apply(&mut rowids));
                     results.push((write, done, res));
                 }
                 results
@@ -519,6 +521,23 @@ fn run(
              was acknowledged"
         );
     }
+}
+
+/// Commits `writes`, or fails as on a full disk when a test says the disk is full (a
+/// barrier writes nothing, so it passes even then).
+fn commit_unless_full<'a>(
+    conn: &mut Connection,
+    output: &OutputDir,
+    rowids: &RowIds,
+    writes: impl Iterator<Item = &'a Write> + Clone,
+    disk_full: bool,
+) -> Result<RowIdChanges, Error> {
+    if disk_full && writes.clone().any(|w| !matches!(w, Write::Barrier)) {
+        return Err(Error::Unavailable(
+            "the store cannot write now: database or disk is full (injected)".into(),
+        ));
+    }
+    commit(conn, output, rowids, writes)
 }
 
 fn read_output(conn: &Connection, id: &str) -> Result<Vec<u8>, Error> {

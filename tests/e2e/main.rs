@@ -10,6 +10,7 @@ mod dashboard;
 mod http;
 mod identity;
 mod operator;
+mod output;
 mod partition;
 mod readme;
 mod repl;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::netns::Link;
+use common::netns::{Link, scaled_down};
 use common::*;
 use serde_json::Value;
 
@@ -94,14 +94,7 @@ fn count(log: &Path, what: &str) -> usize {
 async fn a_partition_shorter_than_the_heartbeat_timeout_changes_nothing() {
     let Some(link) = Link::new() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let timings = [
-        "--heartbeat-interval",
-        "500ms",
-        "--heartbeat-timeout",
-        "4s",
-        "--check-interval",
-        "100ms",
-    ];
+    let timings = scaled_down("4s");
     let (_master, url, master_log) = link.master(dir.path(), &timings);
     let (_worker, worker_log) = link.worker(dir.path(), &url, "across");
     let id = wait_status(&link, &url, "across", "Active").await;
@@ -139,16 +132,7 @@ async fn a_partition_shorter_than_the_heartbeat_timeout_changes_nothing() {
 async fn a_partition_between_the_timeouts_makes_the_worker_inactive_and_runs_nothing_twice() {
     let Some(link) = Link::new() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let timings = [
-        "--heartbeat-interval",
-        "500ms",
-        "--heartbeat-timeout",
-        "2s",
-        "--check-interval",
-        "100ms",
-        "--worker-timeout",
-        "60s",
-    ];
+    let timings = scaled_down("2s");
     let (_master, url, _) = link.master(dir.path(), &timings);
     let (_worker, _) = link.worker(dir.path(), &url, "behind");
     let id = wait_status(&link, &url, "behind", "Active").await;

@@ -211,41 +211,14 @@ async fn herdctl_without_a_command_opens_the_same_repl_remotely() {
     repl.exp_eof().unwrap();
 }
 
-/// Pids of the live children of `parent` whose command is `name`.
-fn children_named(parent: u32, name: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-        if comm == name && ppid == Some(parent) && process_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// The pid of the herd-master started with `--listen 127.0.0.1:PORT`.
 fn master_listening_on(port: u16) -> u32 {
     let listen = format!("127.0.0.1:{port}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+    pids()
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                args.first().is_some_and(|a| a.ends_with(b"herd-master"))
-                    && args.contains(&listen.as_bytes())
-            })
+            let args = args_of(*pid);
+            args.first().is_some_and(|a| a.ends_with(b"herd-master"))
+                && args.iter().any(|a| *a == listen.as_bytes())
         })
         .expect("the master runs")
 }

@@ -6,15 +6,23 @@
 pub mod http;
 mod inprocess;
 pub mod netns;
+mod processes;
+mod procs;
 mod programs;
+mod sqlite;
 pub mod webdriver;
 
 pub use inprocess::InProcess;
+pub use processes::{Master, Worker, local_worker_pid};
+pub use procs::{
+    Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
+};
 pub use programs::{HERDCTL, MASTER, Program, WORKER};
+pub use sqlite::{db_count, db_row, db_tasks, seed_finished_tasks, wait_db};
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herd::auth::Bearer;
@@ -141,189 +149,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running herd-master.
-pub struct Master {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-}
-
-impl Master {
-    /// Starts a headless master on a free port, with `dir/data` as data dir.
-    pub fn start(dir: &Path, args: &[&str]) -> Master {
-        Master::start_on(dir, &dir.join("data"), free_port(), args)
-    }
-
-    /// Starts a headless master on `port` with `data_dir`.
-    pub fn start_on(dir: &Path, data_dir: &Path, port: u16, args: &[&str]) -> Master {
-        Master::start_with_env(dir, data_dir, port, args, &[])
-    }
-
-    /// Like [`Master::start_on`], with extra environment variables.
-    pub fn start_with_env(
-        dir: &Path,
-        data_dir: &Path,
-        port: u16,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Master {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = dir.join(format!("master-{}.log", fastrand::u32(..)));
-        let child = Command::new(MASTER)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--no-repl")
-            .args(args)
-            .env("HERD_LOG", "info,herd_master=debug")
-            .env("HERD_TOKEN", TOKEN)
-            .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
-            // Tests run side by side: no HTTP listener unless a test asks for one.
-            .env("HERD_HTTP_LISTEN", "off")
-            // Nothing a test starts writes to the real per-user state folder.
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start herd-master");
-        Master {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            log,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// An Admin client, once the master answers.
-    pub async fn admin(&self) -> Admin {
-        let deadline = Deadline::new(Duration::from_secs(15), "the master answers");
-        loop {
-            if let Ok((mut c, _)) = clients(&self.url()).await
-                && c.list_workers(pb::ListWorkersRequest {
-                    all: true,
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-            deadline.wait().await;
-        }
-    }
-
-    pub async fn registry(&self) -> Registry {
-        self.admin().await;
-        clients(&self.url()).await.unwrap().1
-    }
-
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.data_dir.join("herd.db")).unwrap()
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A running herd-worker.
-pub struct Worker {
-    pub child: Child,
-    pub name: String,
-    pub log: PathBuf,
-}
-
-impl Worker {
-    pub fn start(dir: &Path, master: &str, name: &str, args: &[&str]) -> Worker {
-        Worker::start_in(dir, master, name, &format!("work-{name}"), args)
-    }
-
-    /// Like [`Worker::start`], with `dir/work` as its work dir.
-    pub fn start_in(dir: &Path, master: &str, name: &str, work: &str, args: &[&str]) -> Worker {
-        let log = dir.join(format!("worker-{name}-{}.log", fastrand::u32(..)));
-        let child = Command::new(WORKER)
-            .arg("--master")
-            .arg(master)
-            .arg("--name")
-            .arg(name)
-            .args(if args.contains(&"--runtime") {
-                &[][..]
-            } else {
-                &["--runtime", "none"][..]
-            })
-            .arg("--work-dir")
-            .arg(dir.join(work))
-            .args(args)
-            .env("HERD_TOKEN", JOIN_TOKEN)
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start herd-worker");
-        Worker {
-            child,
-            name: name.to_string(),
-            log,
-        }
-    }
-
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({signal}) failed");
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.signal_cont_quietly();
-        self.kill9();
-    }
-}
-
-impl Worker {
-    fn signal_cont_quietly(&self) {
-        // SAFETY: signalling our own child; a stopped child must be continued to die cleanly.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
-    }
-}
-
 /// A deadline for polling: `while !done { deadline.wait().await }`.
 pub struct Deadline {
     start: Instant,
@@ -422,34 +247,6 @@ pub async fn wait_state(
     }
 }
 
-/// `(is_active, state)` of a worker row in SQLite.
-pub fn db_row(conn: &rusqlite::Connection, id: &str) -> Option<(bool, String)> {
-    conn.query_row(
-        "SELECT is_active, state FROM workers WHERE id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .ok()
-}
-
-/// Waits until the worker row `id` in SQLite reads `(is_active, state)`.
-pub async fn wait_db(
-    conn: &rusqlite::Connection,
-    id: &str,
-    expected: (bool, &str),
-    deadline: Duration,
-) {
-    let deadline = Deadline::new(deadline, format!("SQLite has {id} as {expected:?}"));
-    while db_row(conn, id) != Some((expected.0, expected.1.to_string())) {
-        deadline.wait().await;
-    }
-}
-
-pub fn db_count(conn: &rusqlite::Connection) -> i64 {
-    conn.query_row("SELECT count(*) FROM workers", [], |r| r.get(0))
-        .unwrap()
-}
-
 /// A valid worker description for direct Register calls.
 pub fn description(name: &str) -> pb::WorkerDescription {
     pb::WorkerDescription {
@@ -471,36 +268,6 @@ pub fn description(name: &str) -> pb::WorkerDescription {
 
 pub fn now_ms() -> i64 {
     herd::time::now_ms()
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
-}
-
-/// The pid the master logged for its local worker.
-pub async fn local_worker_pid(master: &Master) -> u32 {
-    let deadline = Deadline::new(Duration::from_secs(10), "the master logs its local worker");
-    loop {
-        let log = master.log_text();
-        if let Some(pid) = log
-            .lines()
-            .find(|l| l.contains("local worker started"))
-            .and_then(|l| l.split("pid=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|pid| pid.parse().ok())
-        {
-            return pid;
-        }
-        deadline.wait().await;
-    }
 }
 
 /// Submits a process task.
@@ -604,87 +371,6 @@ pub fn herdctl_as(master: &str, token: &str, args: &[&str]) -> (bool, String, St
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Processes whose process group is `pgid` (zombies excluded).
-pub fn group_members(pgid: i32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After "(comm)": state ppid pgrp ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Tasks rows in SQLite.
-pub fn db_tasks(conn: &rusqlite::Connection) -> i64 {
-    conn.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
-        .unwrap()
-}
-
-/// Writes `n` finished tasks (every 20,000th with a 64 KiB command) straight into a
-/// stopped master's SQLite, as months of use would leave them.
-pub fn seed_finished_tasks(db: &rusqlite::Connection, n: u64) {
-    db.execute_batch("BEGIN").unwrap();
-    {
-        let mut insert = db
-            .prepare(
-                "INSERT INTO tasks (id, name, command, cpu, memory_gb, gpu, state, worker_id,
-                     attempts, exit_code, reason, submitted_at, started_at, finished_at,
-                     history, seq)
-                 VALUES (?1, '', ?2, 1.0, 0.0, 0, ?3, 'w-00000001', 1, 0, '', ?4, ?4, ?4,
-                     '[]', ?5)",
-            )
-            .unwrap();
-        let big = "x".repeat(herd::domain::MAX_COMMAND_LEN);
-        for i in 1..=n {
-            let command = if i % 20_000 == 0 {
-                big.as_str()
-            } else {
-                "true"
-            };
-            let state = if i % 10 == 0 { "failed" } else { "succeeded" };
-            insert
-                .execute(rusqlite::params![
-                    format!("t-{i}"),
-                    command,
-                    state,
-                    i as i64,
-                    i as i64
-                ])
-                .unwrap();
-        }
-    }
-    db.execute_batch("COMMIT").unwrap();
-}
-
-/// Pids of live processes with `arg` among their command-line arguments.
-pub fn processes_with(arg: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && process_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Opens a heartbeat stream with `first` as its handshake.

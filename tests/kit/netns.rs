@@ -10,6 +10,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
+/// herd-master's timings scaled down for a link test: a heartbeat every 500 ms, the
+/// given heartbeat timeout, checked every 100 ms, Removed after 60 s.
+pub fn scaled_down(heartbeat_timeout: &'static str) -> [&'static str; 8] {
+    [
+        "--heartbeat-interval",
+        "500ms",
+        "--heartbeat-timeout",
+        heartbeat_timeout,
+        "--check-interval",
+        "100ms",
+        "--worker-timeout",
+        "60s",
+    ]
+}
+
 /// The two namespaces and their link.
 pub struct Link {
     /// The master's namespace and address.
