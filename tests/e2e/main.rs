@@ -17,6 +17,7 @@ mod repl;
 mod resources;
 mod scheduling;
 mod skeleton;
+mod streams;
 mod supervisor;
 mod taskopts;
 mod tasks;
