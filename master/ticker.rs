@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use crate::registry::Registry;
-use crate::store::{Store, Write};
+use crate::store::{Change, Store};
 
 /// Starts the ticker. It flushes once more when `shutdown` flips, then ends.
 pub fn spawn(
@@ -48,7 +48,7 @@ pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
     while !rows.is_empty() {
         let rest = rows.split_off(rows.len().min(FLUSH_CHUNK));
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        if let Err(err) = store.write(Write::Liveness(rows)).await {
+        if let Err(err) = store.commit(Change::Liveness(rows)).await {
             warn!(%err, rows = ids.len() + rest.len(), "liveness flush failed; retrying next tick");
             registry.mark_dirty(ids.into_iter().chain(rest.into_iter().map(|r| r.id)));
             return;
@@ -89,7 +89,7 @@ mod tests {
                     secret::issue().unwrap(),
                 )
                 .unwrap();
-            store.enqueue(Write::Worker(Box::new(registered.record)));
+            store.save(Change::Worker(Box::new(registered.record)));
         }
         store.sync().await.unwrap();
         // Rows that say something else: only the flush can set them right.

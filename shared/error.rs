@@ -64,20 +64,3 @@ impl From<Error> for Status {
         Status::new(code, err.to_string())
     }
 }
-
-impl From<rusqlite::Error> for Error {
-    /// A full disk, an I/O error or a lock held too long is the machine's trouble and
-    /// passes (UNAVAILABLE: the same change may succeed later); anything else is a fault
-    /// of the change itself.
-    fn from(err: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{
-            CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure,
-        };
-        match err.sqlite_error_code() {
-            Some(DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen) => {
-                Error::Unavailable(format!("the store cannot write now: {err}"))
-            }
-            _ => Error::Storage(err.to_string()),
-        }
-    }
-}

@@ -24,7 +24,7 @@ use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::registry::{Registry, Settings};
-use crate::store::{Store, Write};
+use crate::store::{Change, Store};
 
 mod lifecycle;
 
@@ -413,7 +413,7 @@ impl Harness {
         let outcome = self.app.registry.tick(false);
         self.app
             .store
-            .write(Write::Liveness(outcome.rows))
+            .commit(Change::Liveness(outcome.rows))
             .await
             .expect("stored");
     }

@@ -22,7 +22,7 @@ use herd::domain::Role;
 use herd::error::Error;
 
 use crate::records::{AuditRow, SecretHash, TokenRow};
-use crate::store::{Store, Write};
+use crate::store::{Change, Store};
 
 pub use self::secret::digest;
 
@@ -212,7 +212,7 @@ impl Credentials {
         let persisted = named.persisted.get(&name).copied().unwrap_or(0);
         if now - persisted >= LAST_USED_PERSIST_MS {
             named.persisted.insert(name.clone(), now);
-            self.store.enqueue(Write::TokenUsed {
+            self.store.save(Change::TokenUsed {
                 name: name.clone(),
                 at_ms: now,
             });

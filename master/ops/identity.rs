@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::identity::authz::Op;
 use crate::identity::{Caller, secret};
 use crate::records::TokenRow;
-use crate::store::Write;
+use crate::store::Change;
 
 impl App {
     /// Makes a named token: stored (hashed, with its audit entry) before it is answered.
@@ -35,7 +35,7 @@ impl App {
         let audit = who.audit(Op::CreateToken, &new.name, new.role.as_str());
         // Two creations of one name at once: the table's primary key refuses the second.
         self.store
-            .write_audited(Write::TokenCreate(row.clone()), audit)
+            .commit(Change::TokenCreate(row.clone()).audited(audit))
             .await
             .map_err(|err| match err {
                 Error::Storage(e) if e.contains("UNIQUE") => Error::AlreadyExists(format!(
@@ -91,11 +91,11 @@ impl App {
         })?;
         let audit = who.audit(Op::RevokeToken, &row.name, row.role.as_str());
         self.store
-            .write_audited(
-                Write::TokenRevoke {
+            .commit(
+                Change::TokenRevoke {
                     name: row.name.clone(),
-                },
-                audit,
+                }
+                .audited(audit),
             )
             .await?;
         self.credentials.remove(&row.name);
@@ -118,7 +118,7 @@ impl App {
         let id = record.id.clone();
         let audit = who.audit(Op::IssueWorkerSecret, &record.spec.name, &id);
         self.store
-            .write_audited(Write::Worker(Box::new(record)), audit)
+            .commit(Change::Worker(Box::new(record)).audited(audit))
             .await?;
         Ok(pb::IssueWorkerSecretResponse {
             worker: Some(self.registry.get(&id)?),

@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::identity::Caller;
 use crate::identity::authz::Op;
 use crate::records::{TaskFilter, task_number};
-use crate::store::Write;
+use crate::store::Change;
 use crate::tasks::Lookup;
 
 impl App {
@@ -37,7 +37,7 @@ impl App {
         let id = task.id.clone();
         let stored = self
             .store
-            .begin_audited(Write::Task(Box::new(task.clone())), audit);
+            .commit(Change::Task(Box::new(task.clone())).audited(audit));
         let info = self.registry.enqueue(task);
         self.acknowledge(stored, &[id]).await?;
         Ok(info)
@@ -79,7 +79,9 @@ impl App {
             _ => String::new(),
         };
         let audit = who.audit(Op::SubmitTask, &ids, &format!("{} tasks", tasks.len()));
-        let stored = self.store.begin_audited(Write::Tasks(tasks.clone()), audit);
+        let stored = self
+            .store
+            .commit(Change::Tasks(tasks.clone()).audited(audit));
         let task_ids = self.registry.enqueue_all(tasks);
         self.acknowledge(stored, &task_ids).await?;
         Ok(pb::SubmitTasksResponse { task_ids })
@@ -192,7 +194,7 @@ impl App {
             Err(err) => return Err(err),
         };
         let audit = who.audit(Op::CancelTask, &info.id, &info.reason);
-        self.store.write(Write::Audit(Box::new(audit))).await?;
+        self.store.commit(Change::Audit(Box::new(audit))).await?;
         Ok(info)
     }
 }

@@ -13,7 +13,7 @@ use crate::identity::Caller;
 use crate::identity::authz::Op;
 use crate::identity::secret;
 use crate::registry::Registered;
-use crate::store::Write;
+use crate::store::Change;
 
 impl App {
     /// Registers a worker (or again, by name, keeping its id). The id and the secret's
@@ -28,7 +28,7 @@ impl App {
             .registry
             .register(spec, presented_secret, peer, secret::issue()?)?;
         self.store
-            .write(Write::Worker(Box::new(registered.record.clone())))
+            .commit(Change::Worker(Box::new(registered.record.clone())))
             .await?;
         Ok(registered)
     }
@@ -99,12 +99,12 @@ impl App {
         if to.is_some() {
             let audit = who.audit(Op::SwitchScheduler, &scheduler_name(kind), "");
             self.store
-                .write_audited(
-                    Write::Setting {
+                .commit(
+                    Change::Setting {
                         key: "scheduler".into(),
                         value: scheduler_name(kind),
-                    },
-                    audit,
+                    }
+                    .audited(audit),
                 )
                 .await?;
         }
@@ -126,12 +126,12 @@ impl App {
         let id = record.id.clone();
         let audit = who.audit(op, &record.spec.name, &record.id);
         self.store
-            .write_audited(
-                Write::Draining {
+            .commit(
+                Change::Draining {
                     id: record.id,
                     draining: drain,
-                },
-                audit,
+                }
+                .audited(audit),
             )
             .await?;
         self.registry.get(&id)
@@ -153,7 +153,7 @@ impl App {
             .collect();
         let audit = who.audit(Op::AddWorker, &record.spec.name, &labels.join(" "));
         self.store
-            .write_audited(Write::Worker(Box::new(record)), audit)
+            .commit(Change::Worker(Box::new(record)).audited(audit))
             .await?;
         self.registry.get(&id)
     }
@@ -166,11 +166,11 @@ impl App {
         let name = info.description.as_ref().map(|d| d.name.as_str());
         let audit = who.audit(Op::ForgetWorker, name.unwrap_or_default(), &info.id);
         self.store
-            .write_audited(
-                Write::ForgetWorker {
+            .commit(
+                Change::ForgetWorker {
                     id: info.id.clone(),
-                },
-                audit,
+                }
+                .audited(audit),
             )
             .await?;
         Ok(info)

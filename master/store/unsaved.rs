@@ -10,14 +10,15 @@ use tracing::{error, info, warn};
 
 use herd::error::Error;
 
-use super::{Done, Write};
+use super::Change;
+use super::done::Done;
 
 /// How often changes not stored yet are tried again when nothing else comes.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Unsaved {
-    writes: Vec<(Write, Done)>,
+    writes: Vec<(Change, Done)>,
     /// Why the last of them failed.
     why: Option<Error>,
 }
@@ -32,7 +33,7 @@ impl Unsaved {
     }
 
     /// The changes to try again, oldest first.
-    pub fn take(&mut self) -> Vec<(Write, Done)> {
+    pub fn take(&mut self) -> Vec<(Change, Done)> {
         std::mem::take(&mut self.writes)
     }
 
@@ -41,14 +42,14 @@ impl Unsaved {
     /// batch that leaves anything unsaved fails, naming why.
     pub fn settle(
         &mut self,
-        results: Vec<(Write, Done, Result<(), Error>)>,
+        results: Vec<(Change, Done, Result<(), Error>)>,
     ) -> Vec<(Done, Result<(), Error>)> {
         let before = self.writes.len();
         let mut told = Vec::with_capacity(results.len());
         let mut barriers = Vec::new();
         for (write, done, result) in results {
             match result {
-                Ok(()) if matches!(write, Write::Barrier) => barriers.push(done),
+                Ok(()) if matches!(write, Change::Barrier) => barriers.push(done),
                 Ok(()) => told.push((done, Ok(()))),
                 Err(err @ Error::Unavailable(_)) if !matches!(done, Done::Reply(_)) => {
                     self.why = Some(err);

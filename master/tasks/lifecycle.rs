@@ -15,7 +15,7 @@ use herd::time::now_ms;
 
 use super::{Tasks, persist, unknown_task};
 use crate::records::{Attempt, Outcome};
-use crate::store::Write;
+use crate::store::Change;
 use crate::workers::Workers;
 
 impl Tasks {
@@ -70,7 +70,7 @@ impl Tasks {
         self.events.task(task);
         let undelivered = self.undelivered.clone();
         self.store
-            .enqueue_then(Write::TaskState(Box::new(task.clone())), move || {
+            .save_then(Change::TaskState(Box::new(task.clone())), move || {
                 // A full or closed stream: the worker never hears of it, so the task goes
                 // back to the queue at the next pass.
                 if outbound.is_none_or(|o| o.try_send(Ok(Box::new(message))).is_err()) {
@@ -304,7 +304,7 @@ impl Tasks {
             return Ok(());
         }
         let skip = (task.output_len - output.offset) as usize;
-        self.store.enqueue(Write::Output {
+        self.store.save(Change::Output {
             task: task.id.clone(),
             attempt: task.attempts,
             offset: task.output_len,
@@ -466,7 +466,7 @@ impl Tasks {
         // Once the final row is committed, SQLite answers for the task.
         let (retired, n) = (self.retired.clone(), crate::records::task_number(id));
         self.store
-            .enqueue_then(Write::TaskState(Box::new(task.clone())), move || {
+            .save_then(Change::TaskState(Box::new(task.clone())), move || {
                 if let Some(n) = n {
                     retired.lock().unwrap_or_else(|p| p.into_inner()).push(n);
                 }

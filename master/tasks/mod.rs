@@ -30,7 +30,7 @@ use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::records::{Task, TaskFilter, task_number};
 use crate::scheduler::{self, Request, Scheduler};
-use crate::store::{Store, Write};
+use crate::store::{Change, Store};
 use crate::workers::Workers;
 use candidates::Candidates;
 
@@ -522,7 +522,7 @@ fn restore_gpus(
 /// event stream.
 fn persist(store: &Store, events: &Events, task: &Task) {
     events.task(task);
-    store.enqueue(Write::TaskState(Box::new(task.clone())));
+    store.save(Change::TaskState(Box::new(task.clone())));
 }
 
 fn unknown_task(id: &str) -> Error {

@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 
 use herd::error::Error;
 
+use super::fault::Result;
+
 /// When the checkpoint thread runs and when it starts the WAL over.
 #[derive(Debug, Clone, Copy)]
 pub struct Checkpoints {
@@ -39,7 +41,7 @@ impl Checkpoints {
     };
 
     /// Starts the checkpoint thread on a connection of its own.
-    pub fn start(self, path: &Path) -> Result<(), Error> {
+    pub fn start(self, path: &Path) -> Result<()> {
         let mut conn = Connection::open(path)?;
         conn.busy_handler(Some(retry_every_100us::<CHECKPOINT_TRIES>))?;
         thread::Builder::new()

@@ -184,16 +184,18 @@ unsafe extern "C" fn shrink(p: *mut ffi::sqlite3_pcache) {
 
 /// Puts the wrapper in front of SQLite's page cache, for every connection opened after
 /// it. Returns why not if SQLite is already in use (it then keeps its own cache).
-pub fn install() -> Result<(), String> {
+pub fn install() -> Result<(), herd::error::Error> {
     let mut methods = std::mem::MaybeUninit::<ffi::sqlite3_pcache_methods2>::zeroed();
     // SAFETY: SQLITE_CONFIG_GETPCACHE2 fills the struct it is given.
     let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETPCACHE2, methods.as_mut_ptr()) };
     if rc != ffi::SQLITE_OK {
-        return Err(format!("SQLite is already in use (sqlite3_config: {rc})"));
+        return Err(herd::error::Error::Setup(format!(
+            "SQLite is already in use (sqlite3_config: {rc})"
+        )));
     }
     // SAFETY: filled by SQLite above.
     let mut methods = unsafe { methods.assume_init() };
-    let missing = || "SQLite's page cache lacks a method".to_string();
+    let missing = || herd::error::Error::Setup("SQLite's page cache lacks a method".into());
     let inner = Inner {
         create: methods.xCreate.ok_or_else(missing)?,
         cachesize: methods.xCachesize.ok_or_else(missing)?,
@@ -220,9 +222,9 @@ pub fn install() -> Result<(), String> {
     // SAFETY: SQLite copies the struct; the functions above stay valid for the process.
     let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_PCACHE2, &methods as *const _) };
     if rc != ffi::SQLITE_OK {
-        return Err(format!(
+        return Err(herd::error::Error::Setup(format!(
             "SQLite refused the page cache (sqlite3_config: {rc})"
-        ));
+        )));
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ use herd::domain::run::RunOptions;
 use herd::domain::{Resources, Runtime, TaskSpec, TaskState, WorkerSpec, WorkerState};
 use herd::error::Error;
 
+use super::fault::Result;
+
 use crate::output::OutputDir;
 use crate::records::{Task, WorkerRecord};
 
@@ -156,7 +158,7 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
-pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
+pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
@@ -165,7 +167,7 @@ pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
         .optional()?)
 }
 
-pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
+pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
@@ -173,7 +175,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
             "herd.db has schema version {version}, newer than this herd-master knows ({}); \
              use a newer herd-master",
             MIGRATIONS.len()
-        )));
+        ))
+        .into());
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
@@ -184,7 +187,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>, Error> {
+pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.name, s.host, s.address, s.version, s.cpu, s.memory_gb, s.gpu,
                 s.labels, s.container_runtime, w.last_heartbeat, w.state, w.registered_at,
@@ -297,7 +300,7 @@ pub(super) fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
 
 /// The tasks that are not finished (the master keeps those in memory), with how much
 /// output of their current attempt is on disk.
-pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Error> {
+pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
     ))?;
@@ -315,7 +318,7 @@ pub fn load_tasks(conn: &Connection, output: &OutputDir) -> Result<Vec<Task>, Er
 }
 
 /// How many finished tasks there are in each final state.
-pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>, Error> {
+pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT state, count(*) FROM tasks INDEXED BY tasks_done_by_state
          WHERE {FINAL} GROUP BY state"
@@ -335,7 +338,7 @@ pub fn final_counts(conn: &Connection) -> Result<Vec<(TaskState, u64)>, Error> {
 
 /// The highest task number ever given out (every task is either in flight or done: the
 /// larger of the two indexes' last entries).
-pub fn last_task_number(conn: &Connection) -> Result<u64, Error> {
+pub fn last_task_number(conn: &Connection) -> Result<u64> {
     let n: i64 = conn.query_row(
         &format!(
             "SELECT max(
@@ -351,7 +354,7 @@ pub fn last_task_number(conn: &Connection) -> Result<u64, Error> {
 }
 
 /// One task by id, whatever its state.
-pub fn task_by_id(conn: &Connection, id: &str) -> Result<Option<Task>, Error> {
+pub fn task_by_id(conn: &Connection, id: &str) -> Result<Option<Task>> {
     use rusqlite::OptionalExtension;
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;

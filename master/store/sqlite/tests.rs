@@ -1,7 +1,14 @@
 //! Tests of the store: round trips, migrations, refused writes.
-use super::schema::MIGRATIONS;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::histogram::Histogram;
+use rusqlite::Connection;
+
 use super::*;
+use crate::records::{LivenessRow, TokenRow, WorkerRecord};
+use crate::store::Store;
 use herd::domain::{Resources, Runtime, WorkerSpec, WorkerState};
+use schema::MIGRATIONS;
 
 pub(super) fn out(dir: &tempfile::TempDir) -> OutputDir {
     OutputDir::new(dir.path().join("output"))
@@ -38,7 +45,7 @@ pub(super) fn record(id: &str, name: &str) -> WorkerRecord {
 /// Stores `record(id, name)` as a registration does.
 pub(super) async fn store_worker(store: &Store, id: &str, name: &str) {
     store
-        .write(Write::Worker(Box::new(record(id, name))))
+        .commit(Change::Worker(Box::new(record(id, name))))
         .await
         .unwrap();
 }
@@ -53,7 +60,7 @@ pub(super) async fn store_liveness(store: &Store, rows: &[(&str, WorkerState)]) 
             last_heartbeat_ms: 42,
         })
         .collect();
-    store.write(Write::Liveness(rows)).await.unwrap();
+    store.commit(Change::Liveness(rows)).await.unwrap();
 }
 
 #[tokio::test]
@@ -133,18 +140,18 @@ async fn a_name_taken_by_another_id_is_refused_without_sinking_the_batch() {
     )
     .unwrap();
     store
-        .write(Write::Worker(Box::new(record("w-1", "a"))))
+        .commit(Change::Worker(Box::new(record("w-1", "a"))))
         .await
         .unwrap();
-    let dup = store.write(Write::Worker(Box::new(record("w-2", "a"))));
-    let other = store.write(Write::Worker(Box::new(record("w-3", "b"))));
+    let dup = store.commit(Change::Worker(Box::new(record("w-2", "a"))));
+    let other = store.commit(Change::Worker(Box::new(record("w-3", "b"))));
     let (dup, other) = tokio::join!(dup, other);
     assert!(matches!(dup, Err(Error::Storage(_))));
     other.unwrap();
 }
 
 /// Reads one worker's liveness columns.
-pub(super) fn read_state(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, Error> {
+pub(super) fn read_state(conn: &Connection, id: &str) -> fault::Result<Option<(bool, String)>> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row(
@@ -217,9 +224,9 @@ async fn a_batch_of_tasks_round_trips_with_how_each_runs() {
         retries: 2,
     };
     let batch: Vec<Task> = (1..=3).map(|i| queued_task(i, run(i))).collect();
-    store.write(Write::Tasks(batch)).await.unwrap();
+    store.commit(Change::Tasks(batch)).await.unwrap();
     store
-        .write(Write::Task(Box::new(queued_task(4, Default::default()))))
+        .commit(Change::Task(Box::new(queued_task(4, Default::default()))))
         .await
         .unwrap();
     drop(store);
@@ -244,10 +251,10 @@ async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
     running.started_ms = 7;
     // Handed over without waiting, so they meet in one commit (or in order, if not): the
     // rows are inserted, then only the last of t-5's changes is written.
-    store.enqueue(Write::Task(Box::new(queued_task(5, Default::default()))));
-    store.enqueue(Write::TaskState(Box::new(assigned)));
-    store.enqueue(Write::Task(Box::new(queued_task(6, Default::default()))));
-    store.enqueue(Write::TaskState(Box::new(running)));
+    store.save(Change::Task(Box::new(queued_task(5, Default::default()))));
+    store.save(Change::TaskState(Box::new(assigned)));
+    store.save(Change::Task(Box::new(queued_task(6, Default::default()))));
+    store.save(Change::TaskState(Box::new(running)));
     store.sync().await.unwrap();
     drop(store);
     let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
@@ -294,23 +301,23 @@ async fn tokens_and_audit_entries_survive_a_restart_and_a_failed_change_leaves_n
     };
     for (name, byte) in [("keep", 1), ("gone", 2)] {
         store
-            .write(Write::Audited {
-                change: Box::new(Write::TokenCreate(token(name, byte))),
+            .commit(Change::Audited {
+                change: Box::new(Change::TokenCreate(token(name, byte))),
                 audit: Box::new(audit("token create", name)),
             })
             .await
             .unwrap();
     }
     store
-        .write(Write::TokenUsed {
+        .commit(Change::TokenUsed {
             name: "keep".into(),
             at_ms: 99,
         })
         .await
         .unwrap();
     store
-        .write(Write::Audited {
-            change: Box::new(Write::TokenRevoke {
+        .commit(Change::Audited {
+            change: Box::new(Change::TokenRevoke {
                 name: "gone".into(),
             }),
             audit: Box::new(audit("token revoke", "gone")),
@@ -319,8 +326,8 @@ async fn tokens_and_audit_entries_survive_a_restart_and_a_failed_change_leaves_n
         .unwrap();
     // A change that fails (a name taken) is not in the log either.
     let failed = store
-        .write(Write::Audited {
-            change: Box::new(Write::TokenCreate(token("keep", 3))),
+        .commit(Change::Audited {
+            change: Box::new(Change::TokenCreate(token("keep", 3))),
             audit: Box::new(audit("token create", "keep again")),
         })
         .await;
@@ -365,15 +372,15 @@ async fn finished_pages_walk_the_finished_indexes_and_a_restart_loads_the_rest()
     let batch: Vec<Task> = (1..=7)
         .map(|n| queued_task(n, Default::default()))
         .collect();
-    store.write(Write::Tasks(batch)).await.unwrap();
+    store.commit(Change::Tasks(batch)).await.unwrap();
     for t in &done {
-        store.enqueue(Write::TaskState(Box::new(t.clone())));
+        store.save(Change::TaskState(Box::new(t.clone())));
     }
     let mut running = queued_task(7, Default::default());
     running.state = Running;
     running.worker_id = Some("w-1".into());
     store
-        .write(Write::TaskState(Box::new(running)))
+        .commit(Change::TaskState(Box::new(running)))
         .await
         .unwrap();
     let page = |filter: TaskFilter, before: u64, limit: usize| {
@@ -447,9 +454,8 @@ fn a_version_11_database_migrates_with_its_tasks() {
                 .unwrap();
         }
         let tx = conn.transaction().unwrap();
-        super::commit::write_task(&tx, &ended(1, herd::domain::TaskState::Succeeded, "w-1"))
-            .unwrap();
-        super::commit::write_task(&tx, &queued_task(2, Default::default())).unwrap();
+        commit::write_task(&tx, &ended(1, herd::domain::TaskState::Succeeded, "w-1")).unwrap();
+        commit::write_task(&tx, &queued_task(2, Default::default())).unwrap();
         tx.commit().unwrap();
     }
     let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
@@ -466,9 +472,9 @@ fn a_version_11_database_migrates_with_its_tasks() {
 fn a_task_update_opens_no_temporary_table() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = Connection::open(dir.path().join("herd.db")).unwrap();
-    super::schema::migrate(&mut conn).unwrap();
+    schema::migrate(&mut conn).unwrap();
     let mut stmt = conn
-        .prepare(&format!("EXPLAIN {}", super::commit::UPDATE_TASK_STATE))
+        .prepare(&format!("EXPLAIN {}", commit::UPDATE_TASK_STATE))
         .unwrap();
     let ops: Vec<String> = stmt
         .query_map(rusqlite::params![1, 2, 3, 4, 5, 6, 7, 8, 9], |r| r.get(1))
@@ -478,7 +484,7 @@ fn a_task_update_opens_no_temporary_table() {
     assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{ops:?}");
     let plan: String = conn
         .query_row(
-            &format!("EXPLAIN QUERY PLAN {}", super::commit::UPDATE_TASK_STATE),
+            &format!("EXPLAIN QUERY PLAN {}", commit::UPDATE_TASK_STATE),
             rusqlite::params![1, 2, 3, 4, 5, 6, 7, 8, 9],
             |r| r.get(3),
         )
@@ -495,7 +501,7 @@ async fn a_batch_and_its_placements_share_a_commit_and_an_unstored_task_is_never
     let path = dir.path().join("herd.db");
     let (store, _) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
     let assigned = placed(1, herd::domain::TaskState::Assigned, "w-1");
-    let stored = store.begin(Write::Tasks(vec![
+    let stored = store.commit(Change::Tasks(vec![
         queued_task(1, Default::default()),
         queued_task(2, Default::default()),
     ]));
@@ -504,9 +510,9 @@ async fn a_batch_and_its_placements_share_a_commit_and_an_unstored_task_is_never
         let sent = sent.clone();
         move || sent.lock().unwrap().push(n)
     };
-    store.enqueue_then(Write::TaskState(Box::new(assigned)), then(1));
-    store.enqueue_then(
-        Write::TaskState(Box::new(queued_task(3, Default::default()))),
+    store.save_then(Change::TaskState(Box::new(assigned)), then(1));
+    store.save_then(
+        Change::TaskState(Box::new(queued_task(3, Default::default()))),
         then(3),
     );
     stored.await.unwrap();
@@ -547,8 +553,8 @@ async fn commits_are_told_from_inside_the_runtime_in_order() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     for n in 1..=3 {
         let seen = seen.clone();
-        store.enqueue_then(
-            Write::Tasks(vec![queued_task(n, Default::default())]),
+        store.save_then(
+            Change::Tasks(vec![queued_task(n, Default::default())]),
             move || {
                 let thread = std::thread::current().name().map(str::to_string);
                 seen.lock().unwrap().push((n, thread));
@@ -578,10 +584,10 @@ fn a_store_opens_on_an_empty_wal_with_every_row() {
     let mut left = Connection::open(&path).unwrap();
     left.pragma_update(None, "journal_mode", "WAL").unwrap();
     left.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-    super::schema::migrate(&mut left).unwrap();
+    schema::migrate(&mut left).unwrap();
     let tx = left.transaction().unwrap();
     for n in 1..=500 {
-        super::commit::write_task(&tx, &queued_task(n, Default::default())).unwrap();
+        commit::write_task(&tx, &queued_task(n, Default::default())).unwrap();
     }
     tx.commit().unwrap();
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);

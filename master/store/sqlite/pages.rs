@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use herd::error::Error;
+use super::fault::Result;
 
 use super::schema::{FINAL, TASK_COLUMNS, task_from_row};
 use crate::records::{Task, TaskFilter};
@@ -21,7 +21,7 @@ pub fn finished_page(
     filter: &TaskFilter,
     before: u64,
     limit: usize,
-) -> Result<Vec<Task>, Error> {
+) -> Result<Vec<Task>> {
     if filter.state.is_some_and(|s| !s.is_final()) || limit == 0 {
         return Ok(Vec::new());
     }
@@ -41,7 +41,7 @@ pub fn finished_page(
     args.insert(0, Value::Integer(before as i64));
     args.push(Value::Integer(limit as i64));
     let rows = stmt.query_map(rusqlite::params_from_iter(args), task_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The finished tasks of one worker: one range of `tasks_done_by_worker` per block,
@@ -53,7 +53,7 @@ fn on_worker(
     filter: &TaskFilter,
     before: u64,
     limit: usize,
-) -> Result<Vec<Task>, Error> {
+) -> Result<Vec<Task>> {
     let oldest: Option<i64> = conn.query_row(
         &format!("SELECT min(seq) FROM tasks INDEXED BY tasks_done_by_seq WHERE {FINAL}"),
         [],
@@ -110,9 +110,9 @@ mod tests {
     use herd::domain::TaskState::{Failed, Succeeded};
 
     use super::*;
-    use crate::store::commit::write_task;
-    use crate::store::schema::migrate;
-    use crate::store::tests::ended;
+    use crate::store::sqlite::commit::write_task;
+    use crate::store::sqlite::schema::migrate;
+    use crate::store::sqlite::tests::ended;
 
     fn ids(tasks: &[Task]) -> Vec<u64> {
         tasks

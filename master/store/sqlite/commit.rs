@@ -8,10 +8,13 @@ use rusqlite::{Connection, params};
 use herd::domain::{Runtime, WorkerState};
 use herd::error::Error;
 
+use super::fault::Result;
+
+use super::identity;
 use super::rowids::{RowIdChanges, RowIds};
-use super::{Write, identity};
 use crate::output::OutputDir;
 use crate::records::{Task, task_number};
+use crate::store::Change;
 
 /// Commits `writes`; returns what they change in `rowids` (the caller applies it once
 /// the commit is known to have succeeded).
@@ -19,41 +22,41 @@ pub(super) fn commit<'a>(
     conn: &mut Connection,
     output: &OutputDir,
     rowids: &RowIds,
-    writes: impl Iterator<Item = &'a Write>,
-) -> Result<RowIdChanges, Error> {
+    writes: impl Iterator<Item = &'a Change>,
+) -> Result<RowIdChanges> {
     let mut changes = RowIdChanges::default();
     let tx = conn.transaction()?;
     // A task's changing columns are a whole snapshot: of several in one commit (assigned,
     // started and finished can come together at a high rate), only the last is written,
     // and a task stored in this commit is inserted as that last snapshot has it (a batch
     // and its placements, handed over together, cost one row write per task).
-    let writes: Vec<&Write> = writes.collect();
+    let writes: Vec<&Change> = writes.collect();
     let mut last_of: HashMap<&str, usize> = HashMap::new();
     for (at, write) in writes.iter().enumerate() {
-        if let Write::TaskState(t) = write {
+        if let Change::TaskState(t) = write {
             last_of.insert(t.id.as_str(), at);
         }
     }
     for (at, &write) in writes.iter().enumerate() {
-        if let Write::TaskState(t) = write
+        if let Change::TaskState(t) = write
             && last_of.get(t.id.as_str()) != Some(&at)
         {
             continue;
         }
         // A change with its audit entry: the change, then the entry, in this transaction.
         let (write, audit) = match write {
-            Write::Audited { change, audit } => (change.as_ref(), Some(audit)),
+            Change::Audited { change, audit } => (change.as_ref(), Some(audit)),
             other => (other, None),
         };
         match write {
-            Write::Audited { .. } => {
-                return Err(Error::Storage("an audited write inside another".into()));
+            Change::Audited { .. } => {
+                return Err(Error::Storage("an audited write inside another".into()).into());
             }
-            Write::Audit(audit) => identity::insert_audit(&tx, audit)?,
-            Write::TokenCreate(row) => identity::insert_token(&tx, row)?,
-            Write::TokenRevoke { name } => identity::revoke_token(&tx, name)?,
-            Write::TokenUsed { name, at_ms } => identity::token_used(&tx, name, *at_ms)?,
-            Write::Worker(r) => {
+            Change::Audit(audit) => identity::insert_audit(&tx, audit)?,
+            Change::TokenCreate(row) => identity::insert_token(&tx, row)?,
+            Change::TokenRevoke { name } => identity::revoke_token(&tx, name)?,
+            Change::TokenUsed { name, at_ms } => identity::token_used(&tx, name, *at_ms)?,
+            Change::Worker(r) => {
                 let labels = serde_json::to_string(&r.spec.labels)
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 let added_labels = serde_json::to_string(&r.added_labels)
@@ -114,18 +117,18 @@ pub(super) fn commit<'a>(
                         .map_err(|e| Error::Storage(e.to_string()))?,
                 ])?;
             }
-            Write::Task(t) => write_task(&tx, newest(t, at, &writes, &mut last_of))?,
-            Write::TaskState(t) => write_task_state(&tx, t)?,
-            Write::Tasks(tasks) => {
+            Change::Task(t) => write_task(&tx, newest(t, at, &writes, &mut last_of))?,
+            Change::TaskState(t) => write_task_state(&tx, t)?,
+            Change::Tasks(tasks) => {
                 for t in tasks {
                     write_task(&tx, newest(t, at, &writes, &mut last_of))?;
                 }
             }
-            Write::Draining { id, draining } => {
+            Change::Draining { id, draining } => {
                 tx.prepare_cached("UPDATE workers SET draining = ?2 WHERE id = ?1")?
                     .execute(params![id, draining])?;
             }
-            Write::Output {
+            Change::Output {
                 task,
                 attempt,
                 offset,
@@ -134,22 +137,22 @@ pub(super) fn commit<'a>(
                 // A full disk or an I/O error passes: the write is tried again.
                 Error::Unavailable(format!("cannot write the output of {task}: {e}"))
             })?,
-            Write::Setting { key, value } => {
+            Change::Setting { key, value } => {
                 tx.prepare_cached(
                     "INSERT INTO settings (key, value) VALUES (?1, ?2)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 )?
                 .execute(params![key, value])?;
             }
-            Write::ForgetWorker { id } => {
+            Change::ForgetWorker { id } => {
                 tx.prepare_cached("DELETE FROM worker_specs WHERE id = ?1")?
                     .execute([id])?;
                 tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
                     .execute([id])?;
                 changes.forgotten.push(id.clone());
             }
-            Write::Barrier => {}
-            Write::Liveness(rows) => {
+            Change::Barrier => {}
+            Change::Liveness(rows) => {
                 // The id is checked on the row the rowid finds: a rowid the map still holds
                 // for a forgotten worker may belong to another worker now, and then nothing
                 // is updated.
@@ -193,12 +196,12 @@ pub(super) fn commit<'a>(
 fn newest<'a>(
     t: &'a Task,
     at: usize,
-    writes: &[&'a Write],
+    writes: &[&'a Change],
     last_of: &mut HashMap<&'a str, usize>,
 ) -> &'a Task {
     if let Some(&later) = last_of.get(t.id.as_str())
         && later > at
-        && let Write::TaskState(newer) = writes[later]
+        && let Change::TaskState(newer) = writes[later]
     {
         last_of.remove(t.id.as_str());
         return newer;
@@ -215,7 +218,7 @@ pub(super) const UPDATE_TASK_STATE: &str =
 /// Updates the columns of a stored task that change after its submission.
 /// A task that is not stored fails the write (and with it what waits for its commit:
 /// a placement of a task whose row could not be stored is never sent).
-fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
+fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<()> {
     let changed = tx.prepare_cached(UPDATE_TASK_STATE)?.execute(params![
         t.id,
         t.state.as_str(),
@@ -228,13 +231,13 @@ fn write_task_state(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Erro
         serde_json::to_string(&t.history).map_err(|e| Error::Storage(e.to_string()))?,
     ])?;
     if changed != 1 {
-        return Err(Error::Storage(format!("task {} is not stored", t.id)));
+        return Err(Error::Storage(format!("task {} is not stored", t.id)).into());
     }
     Ok(())
 }
 
 /// Inserts a new task's row (once, at submission; its changes are [`UPDATE_TASK_STATE`]).
-pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<(), Error> {
+pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,

@@ -5,17 +5,17 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use herd::error::Error;
+use super::fault::Result;
 
 /// Row ids of the `workers` table by worker id: a tick updates each row by its rowid,
 /// one B-tree descent instead of two (index, then table). Rowids of a table without an
 /// INTEGER PRIMARY KEY stay put unless the database is vacuumed, which herd never does.
 pub(super) type RowIds = HashMap<String, i64>;
 
-pub(super) fn load_rowids(conn: &Connection) -> Result<RowIds, Error> {
+pub(super) fn load_rowids(conn: &Connection) -> Result<RowIds> {
     let mut stmt = conn.prepare("SELECT id, rowid FROM workers")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// What a commit changes in the store thread's map of worker rowids: applied only once
@@ -48,8 +48,8 @@ mod tests {
 
     use herd::domain::WorkerState;
 
-    use crate::store::tests::{out, read_state, store_liveness, store_worker};
-    use crate::store::{Store, Write};
+    use crate::store::sqlite::tests::{out, read_state, store_liveness, store_worker};
+    use crate::store::{Change, Store};
 
     /// Workers first stored together in one commit, and one stored alone, each take the
     /// liveness row written for it (ticks update by the rowid the insert gave back).
@@ -97,7 +97,7 @@ mod tests {
         };
         let forgotten = rowid_of("w-b");
         store
-            .write(Write::ForgetWorker { id: "w-b".into() })
+            .commit(Change::ForgetWorker { id: "w-b".into() })
             .await
             .unwrap();
         store_worker(&store, "w-c", "c").await;

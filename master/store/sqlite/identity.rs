@@ -4,11 +4,12 @@
 use rusqlite::{Connection, Transaction, params};
 
 use herd::domain::Role;
-use herd::error::Error;
+
+use super::fault::Result;
 
 use crate::records::{AuditRow, TokenRow};
 
-pub fn load_tokens(conn: &Connection) -> Result<Vec<TokenRow>, Error> {
+pub fn load_tokens(conn: &Connection) -> Result<Vec<TokenRow>> {
     let mut stmt =
         conn.prepare("SELECT name, role, hash, created_at, last_used FROM tokens ORDER BY name")?;
     let rows = stmt.query_map([], |r| {
@@ -39,7 +40,7 @@ pub fn load_tokens(conn: &Connection) -> Result<Vec<TokenRow>, Error> {
     Ok(out)
 }
 
-pub fn insert_token(tx: &Transaction<'_>, row: &TokenRow) -> Result<(), Error> {
+pub fn insert_token(tx: &Transaction<'_>, row: &TokenRow) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO tokens (name, role, hash, created_at, last_used) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -53,19 +54,19 @@ pub fn insert_token(tx: &Transaction<'_>, row: &TokenRow) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn revoke_token(tx: &Transaction<'_>, name: &str) -> Result<(), Error> {
+pub fn revoke_token(tx: &Transaction<'_>, name: &str) -> Result<()> {
     tx.prepare_cached("DELETE FROM tokens WHERE name = ?1")?
         .execute([name])?;
     Ok(())
 }
 
-pub fn token_used(tx: &Transaction<'_>, name: &str, at_ms: i64) -> Result<(), Error> {
+pub fn token_used(tx: &Transaction<'_>, name: &str, at_ms: i64) -> Result<()> {
     tx.prepare_cached("UPDATE tokens SET last_used = ?2 WHERE name = ?1")?
         .execute(params![name, at_ms])?;
     Ok(())
 }
 
-pub fn insert_audit(tx: &Transaction<'_>, row: &AuditRow) -> Result<(), Error> {
+pub fn insert_audit(tx: &Transaction<'_>, row: &AuditRow) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO audit (at, who, role, action, target, detail, peer)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -77,11 +78,7 @@ pub fn insert_audit(tx: &Transaction<'_>, row: &AuditRow) -> Result<(), Error> {
 }
 
 /// Audit entries numbered below `before` (all with `None`), newest first.
-pub fn audit_page(
-    conn: &Connection,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Vec<AuditRow>, Error> {
+pub fn audit_page(conn: &Connection, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>> {
     let before = before
         .map(|b| b.min(i64::MAX as u64) as i64)
         .unwrap_or(i64::MAX);
@@ -101,5 +98,5 @@ pub fn audit_page(
             peer: r.get(7)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
