@@ -17,9 +17,8 @@ use herd::client::Authed;
 use herd::pb;
 use herd::pb::admin_client::AdminClient;
 
-pub const TOKEN: &str = "herd-bench-token";
-/// What the simulated workers present (the master's join token).
-pub const JOIN_TOKEN: &str = "herd-bench-join-token";
+/// What the simulated workers present (the master's join token), and the operator token.
+pub use herd_testkit::{JOIN_TOKEN, TOKEN, free_port};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The heartbeat timeout the master runs with: three heartbeat intervals (at least 3 s),
@@ -50,22 +49,16 @@ pub struct MasterProcess {
 
 impl MasterProcess {
     pub fn start(launch: &Launch) -> anyhow::Result<MasterProcess> {
-        let mut command = if launch.pin && which("taskset") {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&launch.bin);
-            c
-        } else {
-            Command::new(&launch.bin)
-        };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], launch.port));
+        let mut command = herd_testkit::master_command(&launch.bin, addr, &launch.data);
+        if launch.pin {
+            pin_to_first_core(&mut command);
+        }
         let log = std::env::var_os("HERD_BENCH_MASTER_LOG")
             .map(PathBuf::from)
             .unwrap_or_else(|| launch.data.join("master.log"));
         let millis = |d: Duration| format!("{}ms", d.as_millis());
         command
-            .args(["--listen", &format!("127.0.0.1:{}", launch.port)])
-            .arg("--data-dir")
-            .arg(&launch.data)
-            .args(["--no-repl", "--token", TOKEN, "--join-token", JOIN_TOKEN])
             .args(["--heartbeat-interval", &millis(launch.interval)])
             .args([
                 "--heartbeat-timeout",
@@ -77,7 +70,6 @@ impl MasterProcess {
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", launch.metrics_port),
             ])
-            .args(["--http-listen", "off"])
             .env(
                 "HERD_LOG",
                 std::env::var("HERD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -165,21 +157,22 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn which(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Runs the master on the first core only, every thread of it from its first
+/// instruction on (set in the child before it starts the program).
+fn pin_to_first_core(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs between fork and
+    // exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 pub fn bearer() -> Bearer {

@@ -1,21 +1,21 @@
-//! The one app handle every edge holds: the registry (workers and tasks in memory), the
+//! The one app handle every edge holds: the cluster (workers and tasks in memory), the
 //! store (SQLite, the only writer), task output on disk, metrics and the credentials the
 //! master accepts. The operations are its methods, in `ops/`; gRPC (`grpc/`), the HTTP API
 //! (`http/`) and the REPL (through gRPC) only adapt to them.
 
 use std::sync::Arc;
 
+use crate::cluster::Cluster;
 use crate::identity::Credentials;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
-use crate::registry::Registry;
 use crate::store::Store;
 
 /// Cheap to clone: every field is shared.
 #[derive(Clone)]
 pub struct App {
     /// The master's in-memory truth about workers and tasks.
-    pub registry: Arc<Registry>,
+    pub cluster: Arc<Cluster>,
     /// Where every change is committed before it is acknowledged.
     pub store: Store,
     /// The output the master keeps of each task's attempts.

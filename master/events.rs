@@ -1,7 +1,7 @@
 //! The stream of changes the HTTP API serves at `/api/v1/events`: every change of a
 //! worker's state and of a task's state, each with an increasing id, kept in a bounded
 //! buffer so a client that reconnects with `Last-Event-ID` misses nothing still in it.
-//! Emitting never blocks and does no I/O (it runs under the registry's lock).
+//! Emitting never blocks and does no I/O (it runs under the cluster's lock).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,7 +27,7 @@ pub struct Event {
     /// `worker`, `task` or `sample`.
     pub kind: &'static str,
     payload: Payload,
-    /// The payload as JSON, made when first sent: emitting (under the registry's lock, for
+    /// The payload as JSON, made when first sent: emitting (under the cluster's lock, for
     /// every change of every task) costs a copy of the view, not its JSON.
     json: OnceLock<String>,
 }
@@ -173,7 +173,7 @@ impl Events {
     }
 
     /// A task changed (worker names filled in from what worker events said). Costs a
-    /// copy of what changes in a task, not its view: this runs under the registry's lock
+    /// copy of what changes in a task, not its view: this runs under the cluster's lock
     /// for every change of every task.
     pub fn task(&self, task: &Task) {
         self.emit("task", || {

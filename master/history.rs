@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::records::Totals;
-use crate::registry::Registry;
 
 /// Time between samples.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -74,22 +74,22 @@ impl History {
     }
 }
 
-/// Samples the registry every [`INTERVAL`] until `shutdown` flips; each sample also goes
+/// Samples the cluster every [`INTERVAL`] until `shutdown` flips; each sample also goes
 /// out as a `sample` event.
 pub fn spawn(
     history: Arc<History>,
-    registry: Arc<Registry>,
+    cluster: Arc<Cluster>,
     events: Arc<Events>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(INTERVAL);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut before = registry.totals();
+        let mut before = cluster.totals();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    let now = registry.totals();
+                    let now = cluster.totals();
                     let sample = history.record(herd::time::now_ms(), now, before);
                     events.sample(serde_json::to_value(&sample).unwrap_or_default());
                     before = now;

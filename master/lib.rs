@@ -1,11 +1,11 @@
 //! herd-master as a library. [`start`] assembles a whole master from its configuration
-//! (store, registry, ticker, gRPC, HTTP, metrics, local worker) and hands back a
+//! (store, cluster, ticker, gRPC, HTTP, metrics, local worker) and hands back a
 //! [`Running`] master: its addresses, an in-process channel for the REPL and tests, and
 //! [`Running::shutdown`]. `main.rs` only parses flags, sets up the runtime and signals.
 //!
 //! Where things are:
 //! - a heartbeat arrives in `grpc/session.rs` (one `WorkerSession` per stream) and is
-//!   taken in by `registry/`;
+//!   taken in by `cluster/`;
 //! - liveness is decided in `liveness.rs`, applied to every worker by `ticker.rs`;
 //! - a task is placed by `tasks/` (queue, attempts, fencing) over `scheduler/` (pure);
 //! - operators' operations live in `ops/`, one file per resource, over the one handle
@@ -13,6 +13,7 @@
 //! - state is written by `store/` (SQLite), and nothing else opens the database.
 
 pub mod app;
+pub mod cluster;
 pub mod events;
 pub mod grpc;
 #[cfg(test)]
@@ -28,7 +29,6 @@ pub mod metrics;
 pub mod ops;
 pub mod output;
 pub mod records;
-pub mod registry;
 pub mod scheduler;
 mod start;
 pub mod store;

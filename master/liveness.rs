@@ -29,7 +29,7 @@ impl Liveness {
         }
     }
 
-    /// The state of a worker at `now`, from the facts the registry keeps.
+    /// The state of a worker at `now`, from the facts the cluster keeps.
     pub fn state(&self, presence: &Presence, now: Instant) -> WorkerState {
         if presence.pending {
             return WorkerState::Pending;
@@ -74,7 +74,7 @@ pub struct Presence {
 }
 
 /// Notices when the master itself has not run (SIGSTOP, a VM freeze, a suspended laptop, a
-/// long stall). The registry is touched at least every check interval (the ticker), so a
+/// long stall). The cluster is touched at least every check interval (the ticker), so a
 /// far larger gap between two touches means the master, not its workers, was away.
 #[derive(Debug)]
 pub struct StallGuard {

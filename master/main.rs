@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "herd-master",
     version,
-    about = "The herd master: registry, liveness, scheduler"
+    about = "The herd master: cluster, liveness, scheduler"
 )]
 struct Cli {
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The shapes the registry, the task lifecycle and the store share: what a worker and a
+//! The shapes the cluster, the task lifecycle and the store share: what a worker and a
 //! task look like in SQLite. Plain data, no behaviour beyond conversions, so the store
 //! depends on nothing that depends on it.
 

@@ -20,6 +20,7 @@ use herd_console::render::Style;
 use herd_console::repl;
 
 use crate::app::App;
+use crate::cluster::{Cluster, Settings};
 use crate::events::Events;
 use crate::grpc::WorkerService;
 use crate::history::History;
@@ -28,7 +29,6 @@ use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
-use crate::registry::{Registry, Settings};
 use crate::store::Store;
 use crate::{grpc, history, http, lock, metrics, output, ticker};
 
@@ -116,7 +116,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
             clap::ValueEnum::from_str(kept, false).ok()
         })
         .unwrap_or_default();
-    let registry = Arc::new(Registry::new(
+    let cluster = Arc::new(Cluster::new(
         Settings {
             liveness: Liveness::new(config.heartbeat_timeout, config.worker_timeout),
             heartbeat_interval: config.heartbeat_interval,
@@ -130,7 +130,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
     ));
     let known = loaded.workers.len();
     let unfinished_tasks = loaded.tasks.len();
-    registry.load(
+    cluster.load(
         loaded.workers,
         loaded.tasks,
         loaded.finished,
@@ -155,14 +155,14 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ticker = ticker::spawn(
-        registry.clone(),
+        cluster.clone(),
         store.clone(),
         config.check_interval,
         shutdown_rx.clone(),
     );
     let sweeper = output::spawn_sweeper(output.clone(), config.task_retention, shutdown_rx.clone());
     let app = App {
-        registry: registry.clone(),
+        cluster: cluster.clone(),
         store: store.clone(),
         output,
         metrics: metrics.clone(),
@@ -175,11 +175,11 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
     };
     let grpc = grpc::serve_tcp(listener, tls, services.clone(), shutdown_rx.clone()).await?;
     let metrics_server = config.metrics_listen.map(|addr| {
-        let registry = registry.clone();
+        let cluster = cluster.clone();
         tokio::spawn(metrics::serve(
             addr,
             metrics.clone(),
-            Arc::new(move || registry.summary()),
+            Arc::new(move || cluster.summary()),
             shutdown_rx.clone(),
         ))
     });
@@ -187,7 +187,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
     let history = History::new();
     let sampler = history::spawn(
         history.clone(),
-        registry.clone(),
+        cluster.clone(),
         events.clone(),
         shutdown_rx.clone(),
     );
@@ -326,7 +326,7 @@ impl Running {
     /// SQLite by the ticker's last pass, the local worker stopped.
     pub async fn shutdown(self) {
         info!("stopping: closing worker streams and flushing state");
-        self.services.app.registry.close_all();
+        self.services.app.cluster.close_all();
         let _ = self.shutdown_tx.send(true);
         let tasks = self.tasks;
         if let Some(local_worker) = tasks.local_worker {

@@ -10,12 +10,12 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
-use crate::registry::Registry;
+use crate::cluster::Cluster;
 use crate::store::{Change, Store};
 
 /// Starts the ticker. It flushes once more when `shutdown` flips, then ends.
 pub fn spawn(
-    registry: Arc<Registry>,
+    cluster: Arc<Cluster>,
     store: Store,
     period: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -25,9 +25,9 @@ pub fn spawn(
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&registry, &store, false).await,
+                _ = interval.tick() => tick(&cluster, &store, false).await,
                 _ = shutdown.changed() => {
-                    tick(&registry, &store, true).await;
+                    tick(&cluster, &store, true).await;
                     break;
                 }
             }
@@ -43,14 +43,14 @@ pub const FLUSH_CHUNK: usize = 1_000;
 
 /// One tick: apply the rule, flush the changed rows (all of them with `everything`), in
 /// commits of at most [`FLUSH_CHUNK`] rows. A failed flush is retried next tick.
-pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
-    let mut rows = registry.tick(everything).rows;
+pub async fn tick(cluster: &Cluster, store: &Store, everything: bool) {
+    let mut rows = cluster.tick(everything).rows;
     while !rows.is_empty() {
         let rest = rows.split_off(rows.len().min(FLUSH_CHUNK));
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         if let Err(err) = store.commit(Change::Liveness(rows)).await {
             warn!(%err, rows = ids.len() + rest.len(), "liveness flush failed; retrying next tick");
-            registry.mark_dirty(ids.into_iter().chain(rest.into_iter().map(|r| r.id)));
+            cluster.mark_dirty(ids.into_iter().chain(rest.into_iter().map(|r| r.id)));
             return;
         }
         rows = rest;
@@ -60,10 +60,10 @@ pub async fn tick(registry: &Registry, store: &Store, everything: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::tests::{registry_on, spec};
     use crate::identity::secret;
     use crate::metrics::Metrics;
     use crate::output::OutputDir;
-    use crate::registry::tests::{registry_on, spec};
 
     /// A flush of more rows than [`FLUSH_CHUNK`] (every worker's row, as after a restart)
     /// goes in commits of at most that many, and every row is stored.
@@ -78,10 +78,10 @@ mod tests {
             metrics.flush.clone(),
         )
         .unwrap();
-        let registry = registry_on(store.clone(), metrics.clone());
+        let cluster = registry_on(store.clone(), metrics.clone());
         let n = 2 * FLUSH_CHUNK + 1;
         for i in 0..n {
-            let registered = registry
+            let registered = cluster
                 .register(
                     spec(&format!("w{i:05}")),
                     "",
@@ -97,9 +97,9 @@ mod tests {
         db.execute("UPDATE workers SET state = 'Removed'", [])
             .unwrap();
 
-        tick(&registry, &store, true).await;
+        tick(&cluster, &store, true).await;
 
-        let text = metrics.render(registry.summary());
+        let text = metrics.render(cluster.summary());
         let commits = text
             .lines()
             .find_map(|l| l.strip_prefix("herd_sqlite_flush_seconds_count "))

@@ -1,6 +1,6 @@
-//! The workers the master knows, as the registry keeps them in memory: identity, the open
+//! The workers the master knows, as the cluster keeps them in memory: identity, the open
 //! heartbeat stream (to push to the worker), liveness facts, what is allocated there. The
-//! registry decides what happens to them; the task lifecycle reads and books allocations.
+//! cluster decides what happens to them; the task lifecycle reads and books allocations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

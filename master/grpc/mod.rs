@@ -1,16 +1,16 @@
 //! The gRPC edge: the public server (TCP, optionally TLS, with health and reflection) and
 //! an in-process one that the master's own REPL talks to. Both put every call through a
-//! [`Gate`] that checks its credential, then to the Registry service (`registry.rs`, what
+//! [`CredentialCheck`] of its credential, then to the Registry service (`workers.rs`, what
 //! workers call; each heartbeat stream is a `session.rs` [`WorkerSession`]) or the Admin
 //! service (`admin.rs`, what operators call), thin adapters over the operations in `ops/`.
 
 mod admin;
-mod registry;
 mod session;
+mod workers;
 
 pub use admin::AdminService;
-pub use registry::WorkerService;
 pub use session::WorkerSession;
+pub use workers::WorkerService;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
 /// join token (and, for a migration, the admin token); Admin takes operator tokens and
 /// hands the handlers the [`Caller`] they resolve to. The master's own REPL is trusted.
 #[derive(Clone)]
-pub enum Gate {
+pub enum CredentialCheck {
     Workers(Arc<Credentials>),
     Operators(Arc<Credentials>),
     /// Every call is this caller (the in-process channel of the master's REPL).
@@ -57,18 +57,20 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-impl Interceptor for Gate {
+impl Interceptor for CredentialCheck {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
         let checked = match self {
-            Gate::Trusted(caller) => {
+            CredentialCheck::Trusted(caller) => {
                 request.extensions_mut().insert(caller.clone());
                 return Ok(request);
             }
-            Gate::Workers(credentials) => credentials.worker(bearer(&request)).map(|token| {
-                request.extensions_mut().insert(token);
-            }),
-            Gate::Operators(credentials) => {
+            CredentialCheck::Workers(credentials) => {
+                credentials.worker(bearer(&request)).map(|token| {
+                    request.extensions_mut().insert(token);
+                })
+            }
+            CredentialCheck::Operators(credentials) => {
                 let peer = peer.map(|p| p.to_string()).unwrap_or_default();
                 credentials.operator(bearer(&request), peer).map(|caller| {
                     request.extensions_mut().insert(caller);
@@ -106,17 +108,17 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 fn router(
     server: &mut Server,
     services: &WorkerService,
-    workers: Gate,
-    operators: Gate,
+    workers: CredentialCheck,
+    operators: CredentialCheck,
 ) -> tonic::transport::server::Router {
-    let registry = RegistryServer::new(services.clone())
+    let cluster = RegistryServer::new(services.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService(services.app.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     server
-        .add_service(InterceptedService::new(registry, workers))
+        .add_service(InterceptedService::new(cluster, workers))
         .add_service(InterceptedService::new(admin, operators))
 }
 
@@ -156,8 +158,8 @@ pub async fn serve_tcp(
     let router = router(
         &mut server,
         &services,
-        Gate::Workers(credentials.clone()),
-        Gate::Operators(credentials),
+        CredentialCheck::Workers(credentials.clone()),
+        CredentialCheck::Operators(credentials),
     )
     .add_service(health_service)
     .add_service(reflection);
@@ -179,12 +181,12 @@ pub async fn serve_tcp(
 pub fn in_process(services: WorkerService, mut shutdown: watch::Receiver<bool>) -> Channel {
     let (connections, incoming) = mpsc::channel::<tokio::io::DuplexStream>(4);
     let mut server = Server::builder();
-    let workers = Gate::Workers(services.app.credentials.clone());
+    let workers = CredentialCheck::Workers(services.app.credentials.clone());
     let router = router(
         &mut server,
         &services,
         workers,
-        Gate::Trusted(Caller::repl()),
+        CredentialCheck::Trusted(Caller::repl()),
     );
     tokio::spawn(router.serve_with_incoming_shutdown(
         ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>),

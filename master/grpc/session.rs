@@ -1,8 +1,8 @@
 //! One worker's heartbeat stream, from its handshake to its end: where a heartbeat, a task
 //! update and task output arrive from a worker, and where acknowledgements leave.
-//! [`WorkerSession::open`] takes the first heartbeat (the registry checks the worker and
+//! [`WorkerSession::open`] takes the first heartbeat (the cluster checks the worker and
 //! its secret), [`WorkerSession::run`] reads the stream until it or the master ends it, and
-//! [`WorkerSession::close`] tells the registry (Inactive at once, or Removed's work).
+//! [`WorkerSession::close`] tells the cluster (Inactive at once, or Removed's work).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use crate::workers::Outbound;
 
 /// Messages queued towards one worker; past this, acknowledgements are dropped and
 /// assignments wait for the next scheduling pass. A queue that stays full for a heartbeat
-/// timeout ends the stream (see `Registry::tick`).
+/// timeout ends the stream (see `Cluster::tick`).
 const OUTBOUND_CAPACITY: usize = 1024;
 
 /// What goes down the stream to the worker.
@@ -43,7 +43,7 @@ pub struct WorkerSession {
 }
 
 impl WorkerSession {
-    /// Opens the session of the worker `first` names: the registry checks the worker (an
+    /// Opens the session of the worker `first` names: the cluster checks the worker (an
     /// unknown or Removed id gets NOT_FOUND) and its secret, and takes the first heartbeat.
     /// Returns the session and the stream of messages to the worker, whose first is the
     /// acknowledgement (with how much output the master has of each attempt held).
@@ -53,7 +53,7 @@ impl WorkerSession {
         peer: Option<SocketAddr>,
     ) -> Result<(WorkerSession, ToWorker), Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let accepted = app.registry.connect(&first, tx.clone(), peer)?;
+        let accepted = app.cluster.connect(&first, tx.clone(), peer)?;
         debug!(id = %first.worker_id, peer = %herd::text::Maybe(&peer), "heartbeat stream accepted");
         let mut first_ack = ack(first.sequence, Vec::new());
         if let Some(pb::master_message::Body::Ack(a)) = first_ack.body.as_mut() {
@@ -110,10 +110,10 @@ impl WorkerSession {
 
     /// One message from the worker.
     fn take(&self, body: Body) -> Result<(), herd::Error> {
-        let (registry, id, generation) = (&self.app.registry, &self.worker_id, self.generation);
+        let (cluster, id, generation) = (&self.app.cluster, &self.worker_id, self.generation);
         match body {
             Body::Heartbeat(hb) => {
-                let acked = registry.heartbeat(id, generation, &hb)?;
+                let acked = cluster.heartbeat(id, generation, &hb)?;
                 self.app.metrics.heartbeats.inc();
                 acknowledge(
                     &self.app.store,
@@ -123,8 +123,8 @@ impl WorkerSession {
                 );
                 Ok(())
             }
-            Body::TaskUpdate(update) => registry.task_update(id, generation, &update),
-            Body::Output(output) => registry.task_output(id, generation, &output),
+            Body::TaskUpdate(update) => cluster.task_update(id, generation, &update),
+            Body::Output(output) => cluster.task_output(id, generation, &output),
         }
     }
 
@@ -132,7 +132,7 @@ impl WorkerSession {
     /// over), or Removed's work is done if it is past the worker timeout.
     pub fn close(self) {
         self.app
-            .registry
+            .cluster
             .disconnect(&self.worker_id, self.generation);
     }
 }

@@ -1,4 +1,4 @@
-//! The task lifecycle, one rule a test, over the harness: fake workers, the real registry
+//! The task lifecycle, one rule a test, over the harness: fake workers, the real cluster
 //! and operations, a scratch SQLite store, paused time. No process, no network.
 
 use std::time::Duration;
@@ -88,7 +88,7 @@ async fn an_inactive_worker_keeps_its_tasks_and_gets_no_new_one() {
     // Silent past the heartbeat timeout, short of the worker timeout: Inactive.
     h.advance(HEARTBEAT_TIMEOUT + Duration::from_secs(1), &[other])
         .await;
-    let w = h.registry().get(on).unwrap();
+    let w = h.cluster().get(on).unwrap();
     assert_eq!(w.state(), pb::WorkerState::Inactive);
     let info = h.task(&t).await;
     assert_eq!(state(&info), pb::TaskState::Running);

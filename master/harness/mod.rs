@@ -1,7 +1,7 @@
 //! A harness for the task lifecycle without processes or network (as Nomad's scheduler
-//! `Harness`): the real registry, the real operations (`Master`) and a scratch SQLite
+//! `Harness`): the real cluster, the real operations (`Master`) and a scratch SQLite
 //! store in a temp dir, driven by fake workers that register, open a "stream" (the
-//! registry's own `connect`, with a channel standing in for gRPC), heartbeat and report.
+//! cluster's own `connect`, with a channel standing in for gRPC), heartbeat and report.
 //! What the master sends a worker is captured ([`Harness::sent_to`]). Time is tokio's:
 //! tests pause it and [`Harness::advance`] it, so timeouts take no wall time.
 
@@ -18,12 +18,12 @@ use herd::pb;
 use herd::pb::master_message::Body as ToWorker;
 
 use crate::app::App;
+use crate::cluster::{Cluster, Settings};
 use crate::events::Events;
 use crate::identity::{Caller, Credentials};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
-use crate::registry::{Registry, Settings};
 use crate::store::{Change, Store};
 
 mod lifecycle;
@@ -92,9 +92,9 @@ impl Harness {
         }
     }
 
-    /// The registry under test.
-    pub fn registry(&self) -> &Registry {
-        &self.app.registry
+    /// The cluster under test.
+    pub fn cluster(&self) -> &Cluster {
+        &self.app.cluster
     }
 
     /// Registers `name` with `cpu` CPUs, 16 GB and `gpus` GPUs (indices 0..gpus), stores
@@ -160,7 +160,7 @@ impl Harness {
         let first = heartbeat(fake);
         let accepted = self
             .app
-            .registry
+            .cluster
             .connect(&first, tx, None)
             .map_err(Status::from)?;
         fake.generation = Some(accepted.generation);
@@ -177,7 +177,7 @@ impl Harness {
 
     /// The state the master shows for worker `name`.
     pub fn state_of(&self, name: &str) -> pb::WorkerState {
-        self.registry().get(name).expect("a known worker").state()
+        self.cluster().get(name).expect("a known worker").state()
     }
 
     /// The id `name` was given.
@@ -195,7 +195,7 @@ impl Harness {
         let generation = fake.generation.expect("an open stream");
         let acked = self
             .app
-            .registry
+            .cluster
             .heartbeat(&fake.id, generation, &hb)
             .map_err(Status::from)?;
         Ok(self.acknowledge(name, acked).await)
@@ -281,7 +281,7 @@ impl Harness {
             stream: pb::OutputStream::Stdout as i32,
         };
         self.app
-            .registry
+            .cluster
             .task_output(&fake.id, generation, &output)
             .map_err(Status::from)
     }
@@ -308,7 +308,7 @@ impl Harness {
         let fake = &self.workers[name];
         let generation = fake.generation.expect("an open stream");
         self.app
-            .registry
+            .cluster
             .task_update(
                 &fake.id,
                 generation,
@@ -321,7 +321,7 @@ impl Harness {
     pub fn close_stream(&mut self, name: &str) {
         let fake = self.workers.get_mut(name).expect("a joined worker");
         if let Some(generation) = fake.generation.take() {
-            self.app.registry.disconnect(&fake.id, generation);
+            self.app.cluster.disconnect(&fake.id, generation);
         }
         fake.inbox = None;
         fake.end = None;
@@ -410,7 +410,7 @@ impl Harness {
 
     /// One pass of the ticker.
     pub async fn tick(&self) {
-        let outcome = self.app.registry.tick(false);
+        let outcome = self.app.cluster.tick(false);
         self.app
             .store
             .commit(Change::Liveness(outcome.rows))
@@ -449,26 +449,26 @@ impl Harness {
     }
 }
 
-/// Opens the store in `dir` and a registry loaded from it, as `herd_master::start` does.
+/// Opens the store in `dir` and a cluster loaded from it, as `herd_master::start` does.
 fn open(dir: &std::path::Path, settings: Settings) -> App {
     let metrics = Metrics::new();
     let output = OutputDir::new(dir.join("output"));
     let (store, loaded) =
         Store::open(&dir.join("herd.db"), output.clone(), metrics.flush.clone()).expect("open");
-    let registry = Arc::new(Registry::new(
+    let cluster = Arc::new(Cluster::new(
         settings,
         store.clone(),
         metrics.clone(),
         Events::new(),
     ));
-    registry.load(
+    cluster.load(
         loaded.workers,
         loaded.tasks,
         loaded.finished,
         loaded.last_task,
     );
     App {
-        registry,
+        cluster,
         credentials: Arc::new(Credentials::new(None, None, loaded.tokens, store.clone())),
         store,
         output,

@@ -188,7 +188,7 @@ pub fn router(http: Http) -> Router {
         .route(
             "/metrics",
             get(|State(http): State<Http>| async move {
-                let text = http.app.metrics.render(http.app.registry.summary());
+                let text = http.app.metrics.render(http.app.cluster.summary());
                 (
                     [(
                         header::CONTENT_TYPE,

@@ -114,14 +114,14 @@ impl App {
             return Err(Error::invalid("give a worker id or name"));
         }
         let (secret, hash) = secret::issue()?;
-        let record = self.registry.set_secret(&req.worker, hash)?;
+        let record = self.cluster.set_secret(&req.worker, hash)?;
         let id = record.id.clone();
         let audit = who.audit(Op::IssueWorkerSecret, &record.spec.name, &id);
         self.store
             .commit(Change::Worker(Box::new(record)).audited(audit))
             .await?;
         Ok(pb::IssueWorkerSecretResponse {
-            worker: Some(self.registry.get(&id)?),
+            worker: Some(self.cluster.get(&id)?),
             worker_secret: secret,
         })
     }

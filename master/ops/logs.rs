@@ -51,7 +51,7 @@ impl App {
 
     /// Where a task's output stands, from memory or (for a finished task) SQLite.
     async fn logs_view(&self, id: &str) -> Result<LogsView, Error> {
-        match self.registry.logs(id)? {
+        match self.cluster.logs(id)? {
             Lookup::Here(view) => Ok(view),
             Lookup::Stored => {
                 let info = self.find_task(id).await?;

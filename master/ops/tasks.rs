@@ -26,7 +26,7 @@ impl App {
     ) -> Result<pb::TaskInfo, Error> {
         who.may(Op::SubmitTask)?;
         let spec = spec.ok_or_else(|| Error::invalid("SubmitTaskRequest has no task spec"))?;
-        let mut task = self.registry.new_task(TaskSpec::try_from(spec)?);
+        let mut task = self.cluster.new_task(TaskSpec::try_from(spec)?);
         task.submitted_by = who.name.clone();
         let command = task.spec.command.clone().unwrap_or_default();
         let what = match &task.spec.image {
@@ -38,7 +38,7 @@ impl App {
         let stored = self
             .store
             .commit(Change::Task(Box::new(task.clone())).audited(audit));
-        let info = self.registry.enqueue(task);
+        let info = self.cluster.enqueue(task);
         self.acknowledge(stored, &[id]).await?;
         Ok(info)
     }
@@ -54,7 +54,7 @@ impl App {
         ids: &[String],
     ) -> Result<(), Error> {
         if let Err(err) = stored.await {
-            self.registry.withdraw(ids);
+            self.cluster.withdraw(ids);
             return Err(err);
         }
         Ok(())
@@ -70,7 +70,7 @@ impl App {
     ) -> Result<pb::SubmitTasksResponse, Error> {
         who.may(Op::SubmitTask)?;
         let specs = herd::domain::run::batch(req)?;
-        let mut tasks = self.registry.new_tasks(specs);
+        let mut tasks = self.cluster.new_tasks(specs);
         for task in &mut tasks {
             task.submitted_by = who.name.clone();
         }
@@ -82,7 +82,7 @@ impl App {
         let stored = self
             .store
             .commit(Change::Tasks(tasks.clone()).audited(audit));
-        let task_ids = self.registry.enqueue_all(tasks);
+        let task_ids = self.cluster.enqueue_all(tasks);
         self.acknowledge(stored, &task_ids).await?;
         Ok(pb::SubmitTasksResponse { task_ids })
     }
@@ -101,7 +101,7 @@ impl App {
         };
         let worker_id = match req.worker.as_str() {
             "" => None,
-            w => Some(self.registry.resolve_worker(w)?),
+            w => Some(self.cluster.resolve_worker(w)?),
         };
         let before = match req.page_token.as_str() {
             "" => None,
@@ -118,7 +118,7 @@ impl App {
             since_ms: req.submitted_since_ms,
         };
         let limit = page_size(req.page_size);
-        let (mut page, next) = self.registry.task_page(&filter, before, limit);
+        let (mut page, next) = self.cluster.task_page(&filter, before, limit);
         let stored = self
             .store
             .finished_page(filter, before.unwrap_or(next), limit)
@@ -127,7 +127,7 @@ impl App {
             .iter()
             .map(|t| task_number(&t.id).unwrap_or(0))
             .collect();
-        let infos = self.registry.task_infos(&stored);
+        let infos = self.cluster.task_infos(&stored);
         // A task that finished between the two reads is in both: memory's copy wins.
         for (n, info) in stored_numbers.into_iter().zip(infos) {
             if !page.iter().any(|(m, _)| *m == n) {
@@ -165,13 +165,13 @@ impl App {
 
     /// One task by id, from memory or SQLite (for callers already checked).
     pub async fn find_task(&self, id: &str) -> Result<pb::TaskInfo, Error> {
-        match self.registry.task(id)? {
+        match self.cluster.task(id)? {
             Lookup::Here(info) => Ok(info),
             Lookup::Stored => {
                 let task = self.store.task(id).await?.ok_or_else(|| {
                     Error::not_found(format!("no task '{}' in the store", herd::text::clip(id)))
                 })?;
-                Ok(self.registry.task_infos(&[task]).remove(0))
+                Ok(self.cluster.task_infos(&[task]).remove(0))
             }
         }
     }
@@ -179,12 +179,12 @@ impl App {
     /// "Cancelled" is said only once it is stored (the audit entry after it).
     pub async fn cancel(&self, who: &Caller, id: &str) -> Result<pb::TaskInfo, Error> {
         who.may(Op::CancelTask)?;
-        let info = match self.registry.cancel(id) {
+        let info = match self.cluster.cancel(id) {
             Ok(info) => info,
             // Ended and no longer in memory (a tick after its end was stored): say how it
             // ended, as for one that still is.
             Err(Error::FailedPrecondition(_))
-                if matches!(self.registry.task(id), Ok(Lookup::Stored)) =>
+                if matches!(self.cluster.task(id), Ok(Lookup::Stored)) =>
             {
                 let ended = TaskState::try_from(self.find_task(id).await?.state())?;
                 return Err(Error::FailedPrecondition(format!(

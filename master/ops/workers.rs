@@ -9,10 +9,10 @@ use herd::pb;
 
 use super::{MAX_PAGE_BYTES, page_size, scheduler_name};
 use crate::app::App;
+use crate::cluster::Registered;
 use crate::identity::Caller;
 use crate::identity::authz::Op;
 use crate::identity::secret;
-use crate::registry::Registered;
 use crate::store::Change;
 
 impl App {
@@ -25,7 +25,7 @@ impl App {
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Registered, Error> {
         let registered = self
-            .registry
+            .cluster
             .register(spec, presented_secret, peer, secret::issue()?)?;
         self.store
             .commit(Change::Worker(Box::new(registered.record.clone())))
@@ -46,7 +46,7 @@ impl App {
                 herd::text::clip(&req.page_token)
             )));
         }
-        let (workers, more) = self.registry.list(
+        let (workers, more) = self.cluster.list(
             req.all,
             &req.page_token,
             page_size(req.page_size),
@@ -71,7 +71,7 @@ impl App {
         if worker.is_empty() {
             return Err(Error::invalid("give a worker id or name"));
         }
-        self.registry.get(worker)
+        self.cluster.get(worker)
     }
 
     /// Shows or switches the policy; a switch is kept across restarts.
@@ -95,7 +95,7 @@ impl App {
                 ))
             })?)
         };
-        let kind = self.registry.scheduler(to);
+        let kind = self.cluster.scheduler(to);
         if to.is_some() {
             let audit = who.audit(Op::SwitchScheduler, &scheduler_name(kind), "");
             self.store
@@ -122,7 +122,7 @@ impl App {
     ) -> Result<pb::WorkerInfo, Error> {
         let op = if drain { Op::Drain } else { Op::Undrain };
         who.may(op)?;
-        let record = self.registry.drain(worker, drain)?;
+        let record = self.cluster.drain(worker, drain)?;
         let id = record.id.clone();
         let audit = who.audit(op, &record.spec.name, &record.id);
         self.store
@@ -134,7 +134,7 @@ impl App {
                 .audited(audit),
             )
             .await?;
-        self.registry.get(&id)
+        self.cluster.get(&id)
     }
 
     /// Pre-registers a worker; acknowledged once stored.
@@ -144,7 +144,7 @@ impl App {
         request: pb::AddWorkerRequest,
     ) -> Result<pb::WorkerInfo, Error> {
         who.may(Op::AddWorker)?;
-        let record = self.registry.add_worker(request.try_into()?)?;
+        let record = self.cluster.add_worker(request.try_into()?)?;
         let id = record.id.clone();
         let labels: Vec<String> = record
             .added_labels
@@ -155,14 +155,14 @@ impl App {
         self.store
             .commit(Change::Worker(Box::new(record)).audited(audit))
             .await?;
-        self.registry.get(&id)
+        self.cluster.get(&id)
     }
 
     /// Forgets a worker that is not Active, in memory and in SQLite: its name (and its
     /// secret) is free, and the next registration of the name is a new identity.
     pub async fn forget(&self, who: &Caller, worker: &str) -> Result<pb::WorkerInfo, Error> {
         who.may(Op::ForgetWorker)?;
-        let info = self.registry.forget(worker)?;
+        let info = self.cluster.forget(worker)?;
         let name = info.description.as_ref().map(|d| d.name.as_str());
         let audit = who.audit(Op::ForgetWorker, name.unwrap_or_default(), &info.id);
         self.store
@@ -178,7 +178,7 @@ impl App {
 
     pub fn summary(&self, who: &Caller) -> Result<pb::ClusterSummary, Error> {
         who.may(Op::Summary)?;
-        let summary = self.registry.summary();
+        let summary = self.cluster.summary();
         let counts = |list: Vec<(&str, usize)>| {
             list.into_iter()
                 .map(|(state, n)| pb::StateCount {

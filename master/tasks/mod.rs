@@ -1,6 +1,6 @@
 //! Where a task is placed and what becomes of it: the queue, placements (attempts), the
 //! fencing of stale attempts, and the bookkeeping of output. [`Tasks`] owns every task the
-//! master keeps in memory; the registry calls it with the workers it owns, so each piece of
+//! master keeps in memory; the cluster calls it with the workers it owns, so each piece of
 //! state has one owner and nothing imports in a circle.
 //!
 //! Semantics (README, "Work and crashes"): while a worker's host lives a task runs at most

@@ -13,7 +13,7 @@ mod sqlite;
 pub mod webdriver;
 
 pub use inprocess::InProcess;
-pub use processes::{Master, Worker, local_worker_pid};
+pub use processes::{Master, Worker, local_worker_pid, master_command};
 pub use procs::{
     Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
 };

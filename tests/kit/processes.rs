@@ -10,6 +10,23 @@ use herd::pb;
 
 use crate::{Admin, Deadline, JOIN_TOKEN, MASTER, Registry, TOKEN, WORKER, clients, free_port};
 
+/// The command every herd-master of the tests and of herd-bench starts from: `bin`
+/// headless on `addr` with `data_dir`, presenting [`TOKEN`] and [`JOIN_TOKEN`], without
+/// its HTTP listener (many run side by side) unless the caller's own flags ask for one.
+pub fn master_command(bin: &Path, addr: SocketAddr, data_dir: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--no-repl")
+        .env("HERD_TOKEN", TOKEN)
+        .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
+        .env("HERD_HTTP_LISTEN", "off");
+    command
+}
+
 /// A running herd-master.
 pub struct Master {
     pub child: Child,
@@ -39,18 +56,9 @@ impl Master {
     ) -> Master {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = dir.join(format!("master-{}.log", fastrand::u32(..)));
-        let child = Command::new(MASTER)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--no-repl")
+        let child = master_command(MASTER.path(), addr, data_dir)
             .args(args)
             .env("HERD_LOG", "info,herd_master=debug")
-            .env("HERD_TOKEN", TOKEN)
-            .env("HERD_JOIN_TOKEN", JOIN_TOKEN)
-            // Tests run side by side: no HTTP listener unless a test asks for one.
-            .env("HERD_HTTP_LISTEN", "off")
             // Nothing a test starts writes to the real per-user state folder.
             .env("XDG_STATE_HOME", dir.join("state"))
             .envs(env.iter().copied())

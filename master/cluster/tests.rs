@@ -1,4 +1,4 @@
-//! Unit tests of the registry: liveness at read time, streams, stalls, mass removals.
+//! Unit tests of the cluster: liveness at read time, streams, stalls, mass removals.
 use super::*;
 use herd::domain::{Resources, WorkerSpec};
 use tokio::sync::mpsc;
@@ -22,15 +22,15 @@ pub(crate) fn spec(name: &str) -> WorkerSpec {
     }
 }
 
-fn registry() -> (Registry, tempfile::TempDir) {
+fn cluster() -> (Cluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let r = registry_on(Store::scratch(dir.path()), Metrics::new());
     (r, dir)
 }
 
-/// The registry these tests use (30 s heartbeat timeout, 600 s worker timeout), on `store`.
-pub(crate) fn registry_on(store: Store, metrics: Arc<Metrics>) -> Registry {
-    Registry::new(
+/// The cluster these tests use (30 s heartbeat timeout, 600 s worker timeout), on `store`.
+pub(crate) fn registry_on(store: Store, metrics: Arc<Metrics>) -> Cluster {
+    Cluster::new(
         Settings {
             liveness: Liveness::new(Duration::from_secs(30), Duration::from_secs(600)),
             heartbeat_interval: Duration::from_secs(5),
@@ -62,7 +62,7 @@ fn task_spec(cpu: f64) -> herd::domain::TaskSpec {
     }
 }
 
-fn listed(r: &Registry, all: bool) -> usize {
+fn listed(r: &Cluster, all: bool) -> usize {
     r.list(all, "", usize::MAX, usize::MAX).0.len()
 }
 
@@ -70,7 +70,7 @@ fn listed(r: &Registry, all: bool) -> usize {
 const SECRET: &str = "the-secret";
 
 /// Registers `spec` as its own process would: presenting [`SECRET`] (once issued).
-fn register(r: &Registry, spec: WorkerSpec) -> Registered {
+fn register(r: &Cluster, spec: WorkerSpec) -> Registered {
     r.register(spec, SECRET, None, (SECRET.into(), secret::digest(SECRET)))
         .unwrap()
 }
@@ -84,13 +84,13 @@ fn hb(id: &str, sequence: u64) -> pb::Heartbeat {
     }
 }
 
-fn state(r: &Registry, id: &str) -> pb::WorkerState {
+fn state(r: &Cluster, id: &str) -> pb::WorkerState {
     r.get(id).unwrap().state()
 }
 
 /// Lets `d` pass while the master keeps running (touched every half second, as the
 /// ticker would), so no stall is seen.
-async fn pass(r: &Registry, d: Duration) {
+async fn pass(r: &Cluster, d: Duration) {
     let mut left = d;
     while !left.is_zero() {
         let step = left.min(Duration::from_millis(500));
@@ -102,7 +102,7 @@ async fn pass(r: &Registry, d: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn liveness_follows_the_timeouts_exactly() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let id = register(&r, spec("a")).id;
     assert_eq!(state(&r, &id), pb::WorkerState::Inactive, "no stream yet");
     let (tx, _rx) = mpsc::channel(4);
@@ -149,7 +149,7 @@ async fn liveness_follows_the_timeouts_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_stream_is_inactive_at_once() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let id = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
     let acc = r.connect(&hb(&id, 1), tx, None).unwrap();
@@ -159,7 +159,7 @@ async fn a_closed_stream_is_inactive_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_newer_stream_wins_and_the_old_one_is_ended() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let id = register(&r, spec("a")).id;
     let (tx1, _rx1) = mpsc::channel(4);
     let old = r.connect(&hb(&id, 1), tx1, None).unwrap();
@@ -178,7 +178,7 @@ async fn a_newer_stream_wins_and_the_old_one_is_ended() {
 
 #[test]
 fn names_map_to_one_id_and_strangers_are_refused() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let a = register(&r, spec("a")).id;
     let b = register(&r, spec("b")).id;
     assert_ne!(a, b);
@@ -200,7 +200,7 @@ fn names_map_to_one_id_and_strangers_are_refused() {
 /// is in name order either way. New ids follow each other (adjacent rows in SQLite).
 #[test]
 fn workers_stay_in_name_order_and_new_ids_follow_each_other() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let ids: Vec<String> = ["b", "d", "a", "c", "e"]
         .into_iter()
         .map(|name| register(&r, spec(name)).id)
@@ -239,7 +239,7 @@ fn names_in_any_arrival_order_list_in_name_order() {
         nearly,
         shuffled,
     ] {
-        let (r, _dir) = registry();
+        let (r, _dir) = cluster();
         for &i in &arrivals {
             register(&r, spec(&format!("host{i:03}")));
         }
@@ -256,7 +256,7 @@ fn names_in_any_arrival_order_list_in_name_order() {
 
 #[tokio::test(start_paused = true)]
 async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     r.load(
         vec![WorkerRecord {
             id: "w-1".into(),
@@ -288,7 +288,7 @@ async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() 
 
 #[tokio::test(start_paused = true)]
 async fn a_name_is_only_taken_with_its_secret_and_the_holder_is_not_disturbed() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let first = register(&r, spec("dup"));
     assert_eq!(
         first.secret.as_deref(),
@@ -326,7 +326,7 @@ async fn a_name_is_only_taken_with_its_secret_and_the_holder_is_not_disturbed() 
 
 #[tokio::test(start_paused = true)]
 async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let id = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(4);
     r.connect(&hb(&id, 1), tx, None).unwrap();
@@ -341,7 +341,7 @@ async fn a_stall_of_the_master_removes_no_one_and_restarts_every_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn removing_most_workers_at_once_is_held_back_for_a_while() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let ids: Vec<String> = ["a", "b", "c"]
         .into_iter()
         .map(|n| register(&r, spec(n)).id)
@@ -382,7 +382,7 @@ async fn removing_most_workers_at_once_is_held_back_for_a_while() {
 /// heartbeat) makes a worker Inactive, and no task may go there even so.
 #[tokio::test(start_paused = true)]
 async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let a = register(&r, spec("a")).id;
     let b = register(&r, spec("b")).id;
     let (tx_a, _rx_a) = mpsc::channel(16);
@@ -408,7 +408,7 @@ async fn a_worker_silent_past_the_timeout_gets_no_task_even_before_a_tick() {
 /// held for it: later (smaller) tasks no longer go there, so it fits once that drains.
 #[tokio::test(start_paused = true)]
 async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let a = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(64);
     r.connect(&hb(&a, 1), tx, None).unwrap();
@@ -432,7 +432,7 @@ async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
         "backfilled onto the held worker"
     );
     // A large task that has not waited long does not hold anything.
-    let (r2, _dir2) = registry();
+    let (r2, _dir2) = cluster();
     let b = register(&r2, spec("b")).id;
     let (tx2, _rx2) = mpsc::channel(64);
     r2.connect(&hb(&b, 1), tx2, None).unwrap();
@@ -446,7 +446,7 @@ async fn a_long_waiting_large_task_has_a_worker_held_for_it() {
 /// worker, whose room goes to the next task.
 #[tokio::test]
 async fn a_withdrawn_task_frees_its_worker_and_leaves_the_queue() {
-    let (r, _dir) = registry();
+    let (r, _dir) = cluster();
     let a = register(&r, spec("a")).id;
     let (tx, _rx) = mpsc::channel(16);
     r.connect(&hb(&a, 1), tx, None).unwrap();

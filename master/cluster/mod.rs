@@ -1,11 +1,11 @@
-//! The registry: the master's in-memory truth about every worker, where a heartbeat is
+//! The cluster: the master's in-memory truth about every worker, where a heartbeat is
 //! taken in, and the one lock that workers ([`crate::workers`]) and tasks
 //! ([`crate::tasks`]) share. Liveness is decided by [`crate::liveness`]; placement and the
 //! task lifecycle live in [`crate::tasks`].
 //!
 //! All state sits behind one `std::sync::Mutex` that is never held across an `.await`:
 //! the heartbeat path takes it for a few field writes and does no I/O. Worker liveness
-//! reaches SQLite through the ticker ([`Registry::tick`]); task changes are handed to the
+//! reaches SQLite through the ticker ([`Cluster::tick`]); task changes are handed to the
 //! store thread as they happen, and what is acknowledged waits for their commit.
 
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ mod tick;
 /// cheap in memory and persisted coarsely).
 pub const HEARTBEAT_PERSIST_EVERY_MS: i64 = 10_000;
 
-/// Settings of the registry.
+/// Settings of the cluster.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub liveness: Liveness,
@@ -55,7 +55,7 @@ pub struct Settings {
     pub scheduler: SchedulerKind,
 }
 
-/// Everything behind the registry's one lock: workers, tasks and the liveness rule.
+/// Everything behind the cluster's one lock: workers, tasks and the liveness rule.
 struct ClusterState {
     liveness: Liveness,
     /// Every change of a worker or task, for the HTTP API's event stream.
@@ -68,8 +68,8 @@ struct ClusterState {
     hold_since: Option<Instant>,
 }
 
-/// The registry. Cheap to share behind an `Arc`.
-pub struct Registry {
+/// The cluster. Cheap to share behind an `Arc`.
+pub struct Cluster {
     heartbeat_interval: Duration,
     inner: Mutex<ClusterState>,
 }
@@ -104,16 +104,16 @@ pub struct TickOutcome {
     pub removed: Vec<String>,
 }
 
-impl Registry {
+impl Cluster {
     pub fn new(
         settings: Settings,
         store: Store,
         metrics: Arc<Metrics>,
         events: Arc<Events>,
-    ) -> Registry {
+    ) -> Cluster {
         // An assignment in flight gets two heartbeats and a second to be reported.
         let grace = settings.heartbeat_interval * 2 + Duration::from_secs(1);
-        Registry {
+        Cluster {
             heartbeat_interval: settings.heartbeat_interval,
             inner: Mutex::new(ClusterState {
                 liveness: settings.liveness,

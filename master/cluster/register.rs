@@ -8,12 +8,12 @@ use tracing::{info, warn};
 use herd::domain::WorkerSpec;
 use herd::error::Error;
 
-use super::{Registered, Registry};
+use super::{Cluster, Registered};
 use crate::identity::secret;
 use crate::records::SecretHash;
 use crate::workers::KnownWorker;
 
-impl Registry {
+impl Cluster {
     /// Registers a worker, or re-registers it by name keeping its id. A known name is
     /// only taken with its secret: anyone else gets ALREADY_EXISTS, and the worker holding
     /// it is not touched. `fresh` is a new secret (and its hash), issued when the name is

@@ -1,4 +1,4 @@
-//! What operators ask of the registry (through `ops/`): views of workers and tasks, and
+//! What operators ask of the cluster (through `ops/`): views of workers and tasks, and
 //! the changes they make (submit, cancel, drain, forget, the scheduler).
 
 use tonic::Status;
@@ -9,12 +9,12 @@ use herd::domain::{NewWorker, Resources, TaskSpec, WorkerSpec, WorkerState};
 use herd::error::Error;
 use herd::pb;
 
-use super::Registry;
+use super::Cluster;
 use crate::records::{Summary, Task, TaskFilter, WorkerRecord, task_number};
 use crate::tasks::{LogsView, Lookup};
 use crate::workers::KnownWorker;
 
-impl Registry {
+impl Cluster {
     /// Workers as of now, ordered by name, from the first name after `after`: at most
     /// `limit` and at most `max_bytes` encoded (at least one). Removed ones only with
     /// `all`. Also says whether more follow.
@@ -56,7 +56,7 @@ impl Registry {
         self.lock().0.workers.name_of(id).map(str::to_string)
     }
 
-    /// A new task, not yet known to anyone: store it, then [`Registry::enqueue`] it.
+    /// A new task, not yet known to anyone: store it, then [`Cluster::enqueue`] it.
     pub fn new_task(&self, spec: TaskSpec) -> Task {
         self.lock().0.tasks.new_task(spec)
     }
@@ -75,7 +75,7 @@ impl Registry {
         }
     }
 
-    /// New tasks with consecutive ids, in order (see [`Registry::new_task`]).
+    /// New tasks with consecutive ids, in order (see [`Cluster::new_task`]).
     pub fn new_tasks(&self, specs: Vec<TaskSpec>) -> Vec<Task> {
         let (mut inner, _) = self.lock();
         specs

@@ -55,7 +55,7 @@ impl pb::registry_server::Registry for WorkerService {
         let registered = self.app.register(spec, &req.worker_secret, peer).await?;
         let mut response = Response::new(pb::RegisterResponse {
             worker_id: registered.id,
-            heartbeat_interval_ms: self.app.registry.heartbeat_interval().as_millis() as u64,
+            heartbeat_interval_ms: self.app.cluster.heartbeat_interval().as_millis() as u64,
             reregistered: registered.reregistered,
             worker_secret: registered.secret.unwrap_or_default(),
         });
@@ -101,7 +101,7 @@ impl pb::registry_server::Registry for WorkerService {
         };
         // With --tls-client-ca the certificate must name the worker the id stands for (an
         // unknown id gets NOT_FOUND when the session opens, and the worker registers).
-        match self.app.registry.name_of(&first.worker_id) {
+        match self.app.cluster.name_of(&first.worker_id) {
             Some(name) => {
                 if self.require_client_cert {
                     mtls::check(cert.as_ref(), &name, peer)?;
