@@ -7,8 +7,11 @@ use std::path::Path;
 use herd::domain::body::SubmitBody;
 use herd::domain::run::MAX_BATCH;
 use herd::domain::{MAX_MESSAGE_BYTES, TaskSpec};
+use herd::error::Error;
 use herd::pb;
 use herd::text::clip;
+
+use crate::failure::Failure;
 
 /// The tasks of a file, and the line each came from.
 #[derive(Debug)]
@@ -20,7 +23,7 @@ pub struct Batch {
 
 /// Reads and checks `path`: every non-blank line one task. The first bad line fails the
 /// whole file, named by its number.
-pub fn read(path: &Path) -> Result<Batch, String> {
+pub fn read(path: &Path) -> Result<Batch, Failure> {
     let shown = path.display();
     let size = std::fs::metadata(path)
         .map_err(|e| format!("error: cannot read {shown}: {e}"))?
@@ -30,15 +33,16 @@ pub fn read(path: &Path) -> Result<Batch, String> {
         return Err(format!(
             "error: {shown} is {size} bytes; one batch carries at most {} bytes of tasks",
             MAX_MESSAGE_BYTES
-        ));
+        )
+        .into());
     }
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("error: cannot read {shown}: {e}"))?;
-    parse(&text).map_err(|e| format!("error: {shown} {e}"))
+    parse(&text).map_err(|e| format!("error: {shown} {e}").into())
 }
 
 /// Parses JSON lines into checked specs (errors start with `line N: `).
-pub fn parse(text: &str) -> Result<Batch, String> {
+pub fn parse(text: &str) -> Result<Batch, Error> {
     let mut batch = Batch {
         specs: Vec::new(),
         lines: Vec::new(),
@@ -48,19 +52,24 @@ pub fn parse(text: &str) -> Result<Batch, String> {
             continue;
         }
         if batch.specs.len() == MAX_BATCH {
-            return Err(format!(
+            return Err(Error::invalid(format!(
                 "line {n}: more than {MAX_BATCH} tasks; one batch takes at most {MAX_BATCH}"
-            ));
+            )));
         }
-        let body: SubmitBody = serde_json::from_str(line)
-            .map_err(|e| format!("line {n}: not a task: {}", clip(&e.to_string())))?;
-        let spec = body.into_spec().map_err(|e| format!("line {n}: {e}"))?;
-        TaskSpec::try_from(spec.clone()).map_err(|e| format!("line {n}: {e}"))?;
+        let body: SubmitBody = serde_json::from_str(line).map_err(|e| {
+            Error::invalid(format!("line {n}: not a task: {}", clip(&e.to_string())))
+        })?;
+        let spec = body
+            .into_spec()
+            .map_err(|e| Error::invalid(format!("line {n}: {e}")))?;
+        TaskSpec::try_from(spec.clone()).map_err(|e| Error::invalid(format!("line {n}: {e}")))?;
         batch.specs.push(spec);
         batch.lines.push(n);
     }
     if batch.specs.is_empty() {
-        return Err("holds no task: write one JSON object per line".into());
+        return Err(Error::invalid(
+            "holds no task: write one JSON object per line",
+        ));
     }
     Ok(batch)
 }
@@ -132,10 +141,15 @@ mod tests {
             ("\n\n", "holds no task"),
         ] {
             let err = parse(text).unwrap_err();
-            assert!(err.starts_with(expected), "{text:?}: {err}");
+            assert!(err.to_string().starts_with(expected), "{text:?}: {err}");
         }
         let many = "{\"command\": \"a\"}\n".repeat(MAX_BATCH + 1);
-        assert!(parse(&many).unwrap_err().contains("at most 10000"));
+        assert!(
+            parse(&many)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 10000")
+        );
     }
 
     #[test]

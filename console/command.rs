@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 
 use herd::config::SchedulerKind;
 use herd::domain::{Role, TaskState};
+use herd::error::Error;
+
+use crate::failure::Failure;
 
 /// Text printed by `help`.
 pub const HELP: &str = "\
@@ -165,15 +168,21 @@ pub enum TokenCommand {
     Revoke { name: String },
 }
 
-fn parse_role(text: &str) -> Result<Role, String> {
-    Role::parse(text)
-        .ok_or_else(|| format!("'{text}' is not a role; use admin, operator or viewer"))
+fn parse_role(text: &str) -> Result<Role, Error> {
+    Role::parse(text).ok_or_else(|| {
+        Error::invalid(format!(
+            "'{text}' is not a role; use admin, operator or viewer"
+        ))
+    })
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+fn parse_label(text: &str) -> Result<(String, String), Error> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("'{}' is not KEY=VALUE", herd::text::clip(text))),
+        _ => Err(Error::invalid(format!(
+            "'{}' is not KEY=VALUE",
+            herd::text::clip(text)
+        ))),
     }
 }
 
@@ -257,13 +266,15 @@ pub struct RunArgs {
     pub retries: u32,
 }
 
-fn parse_state(text: &str) -> Result<TaskState, String> {
+fn parse_state(text: &str) -> Result<TaskState, Error> {
     TaskState::parse(text).ok_or_else(|| {
-        let words: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-        format!(
-            "'{text}' is not a task state; use one of {}",
-            words.join(", ")
-        )
+        Error::invalid({
+            let words: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            format!(
+                "'{text}' is not a task state; use one of {}",
+                words.join(", ")
+            )
+        })
     })
 }
 
@@ -290,7 +301,7 @@ pub struct Parsed {
 }
 
 /// Parses words already split (herdctl's arguments).
-pub fn parse_words<I, S>(words: I) -> Result<Parsed, String>
+pub fn parse_words<I, S>(words: I) -> Result<Parsed, Failure>
 where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString> + Clone,
@@ -311,7 +322,7 @@ where
             command: line.command,
             json: line.json,
         })
-        .map_err(|e| one_line(&e.render().to_string()))
+        .map_err(|e| Failure::from(one_line(&e.render().to_string())))
 }
 
 /// The entries of [`HELP`] about the command the words start with (`task submit`,
@@ -359,7 +370,7 @@ fn help_on(words: &[String]) -> String {
 }
 
 /// Parses one line typed at a prompt. `Ok(None)` for a blank line.
-pub fn parse_line(line: &str) -> Result<Option<Parsed>, String> {
+pub fn parse_line(line: &str) -> Result<Option<Parsed>, Failure> {
     let words = shlex::split(line).ok_or_else(|| {
         "error: unbalanced quotes in the line; close the quote or escape it with \\".to_string()
     })?;

@@ -11,6 +11,7 @@ use tonic::{Code, Status};
 use crate::command::{
     Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, TokenCommand, WorkerCommand,
 };
+use crate::failure::Failure;
 use crate::render::{self, Style};
 use herd::auth::Bearer;
 use herd::client::{Authed, endpoint};
@@ -82,7 +83,7 @@ impl Console {
     }
 
     /// Runs one parsed line (`--json` on it asks for JSON), writing what it shows to `out`.
-    pub async fn run(&mut self, parsed: Parsed, out: &mut dyn Write) -> Result<Flow, String> {
+    pub async fn run(&mut self, parsed: Parsed, out: &mut dyn Write) -> Result<Flow, Failure> {
         self.line_json = parsed.json;
         let flow = self.execute(parsed.command, out).await;
         self.line_json = false;
@@ -91,7 +92,11 @@ impl Console {
 
     /// Runs one command, writing what it shows to `out`. Errors come back as one line a
     /// person can act on.
-    pub async fn execute(&mut self, command: Command, out: &mut dyn Write) -> Result<Flow, String> {
+    pub async fn execute(
+        &mut self,
+        command: Command,
+        out: &mut dyn Write,
+    ) -> Result<Flow, Failure> {
         let text = match command {
             Command::Help => HELP.to_string(),
             Command::HelpOn(text) => text,
@@ -203,7 +208,7 @@ impl Console {
         Ok(Flow::Continue)
     }
 
-    async fn task(&mut self, action: TaskCommand, out: &mut dyn Write) -> Result<Flow, String> {
+    async fn task(&mut self, action: TaskCommand, out: &mut dyn Write) -> Result<Flow, Failure> {
         let text = match action {
             TaskCommand::Submit {
                 name,
@@ -345,13 +350,13 @@ impl Console {
         req: pb::SubmitTasksRequest,
         file: Option<(&std::path::Path, &crate::batch::Batch)>,
         out: &mut dyn Write,
-    ) -> Result<Flow, String> {
+    ) -> Result<Flow, Failure> {
         let ids = match self.admin.submit_tasks(req).await {
             Ok(reply) => reply.into_inner().task_ids,
             Err(status) => {
                 return Err(match file {
                     Some((path, batch)) if status.code() == Code::InvalidArgument => {
-                        batch.explain(path, status.message())
+                        batch.explain(path, status.message()).into()
                     }
                     _ => self.explain(status),
                 });
@@ -365,7 +370,7 @@ impl Console {
     }
 
     /// Every worker (Removed ones with `all`), page by page.
-    async fn all_workers(&mut self, all: bool) -> Result<Vec<pb::WorkerInfo>, String> {
+    async fn all_workers(&mut self, all: bool) -> Result<Vec<pb::WorkerInfo>, Failure> {
         let mut list = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -394,7 +399,7 @@ impl Console {
         state: i32,
         limit: usize,
         out: &mut dyn Write,
-    ) -> Result<Flow, String> {
+    ) -> Result<Flow, Failure> {
         let json = self.wants_json();
         let write_err = |e: std::io::Error| format!("error: cannot write: {e}");
         let mut shown = Vec::new();
@@ -436,7 +441,7 @@ impl Console {
         Ok(Flow::Continue)
     }
 
-    async fn token(&mut self, action: TokenCommand) -> Result<String, String> {
+    async fn token(&mut self, action: TokenCommand) -> Result<String, Failure> {
         use crate::render::identity as view;
         use herd::views::identity as json;
         Ok(match action {
@@ -493,7 +498,7 @@ impl Console {
         worker: String,
         added: bool,
         out: &mut dyn Write,
-    ) -> Result<Flow, String> {
+    ) -> Result<Flow, Failure> {
         let issued = self
             .admin
             .issue_worker_secret(pb::IssueWorkerSecretRequest { worker })
@@ -531,7 +536,7 @@ impl Console {
     }
 
     /// `audit`: the newest `limit` entries, page by page.
-    async fn audit(&mut self, limit: usize, out: &mut dyn Write) -> Result<Flow, String> {
+    async fn audit(&mut self, limit: usize, out: &mut dyn Write) -> Result<Flow, Failure> {
         use crate::render::identity as view;
         use herd::views::identity as json;
         let mut entries = Vec::new();
@@ -558,7 +563,7 @@ impl Console {
         Ok(Flow::Continue)
     }
 
-    async fn drain(&mut self, worker: String, drain: bool) -> Result<String, String> {
+    async fn drain(&mut self, worker: String, drain: bool) -> Result<String, Failure> {
         let info = self
             .admin
             .drain(pb::DrainRequest { worker, drain })
@@ -590,7 +595,7 @@ impl Console {
     }
 
     /// `status`: once, or (for a person at a terminal) every 2 s until a key is pressed.
-    async fn status(&mut self, out: &mut dyn Write) -> Result<Flow, String> {
+    async fn status(&mut self, out: &mut dyn Write) -> Result<Flow, Failure> {
         loop {
             let summary = self
                 .admin
@@ -630,8 +635,8 @@ impl Console {
         }
     }
 
-    fn explain(&self, status: Status) -> String {
-        match status.code() {
+    fn explain(&self, status: Status) -> Failure {
+        let text = match status.code() {
             Code::Unauthenticated => format!(
                 "error: the master at {} refused the call: {}",
                 self.url,
@@ -643,6 +648,7 @@ impl Console {
                 status.message()
             ),
             _ => format!("error: {}", status.message()),
-        }
+        };
+        Failure::from(text)
     }
 }

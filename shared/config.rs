@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::error::Error;
 use crate::time::parse_duration;
 
 pub use crate::paths::{default_data_dir, local_data_dir};
@@ -48,13 +49,15 @@ pub enum Listen {
     On(SocketAddr),
 }
 
-fn parse_listen(text: &str) -> Result<Listen, String> {
+fn parse_listen(text: &str) -> Result<Listen, Error> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(Listen::Off);
     }
-    text.parse()
-        .map(Listen::On)
-        .map_err(|_| format!("'{text}' is not an address like 0.0.0.0:8080 (or off)"))
+    text.parse().map(Listen::On).map_err(|_| {
+        Error::invalid(format!(
+            "'{text}' is not an address like 0.0.0.0:8080 (or off)"
+        ))
+    })
 }
 
 /// herd-master's settings.
@@ -147,28 +150,27 @@ pub struct MasterConfig {
 
 impl MasterConfig {
     /// Refuses settings under which liveness cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat_interval >= self.heartbeat_timeout {
-            return Err(format!(
+            return Err(Error::setup(format!(
                 "--heartbeat-interval ({:?}) must be shorter than --heartbeat-timeout ({:?}), \
                  or every worker is marked Inactive between two heartbeats",
                 self.heartbeat_interval, self.heartbeat_timeout
-            ));
+            )));
         }
         if self.tls_client_ca.is_some() && self.local_worker {
-            return Err(
+            return Err(Error::setup(
                 "--local-worker cannot be used with --tls-client-ca: the local worker \
                         has no client certificate; start a herd-worker with --client-cert \
-                        and --client-key instead"
-                    .into(),
-            );
+                        and --client-key instead",
+            ));
         }
         if self.worker_timeout <= self.heartbeat_timeout {
-            return Err(format!(
+            return Err(Error::setup(format!(
                 "--worker-timeout ({:?}) must be longer than --heartbeat-timeout ({:?}): \
                  a worker goes Inactive long before it is Removed",
                 self.worker_timeout, self.heartbeat_timeout
-            ));
+            )));
         }
         Ok(())
     }
@@ -296,8 +298,8 @@ impl Access {
     }
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+fn parse_label(text: &str) -> Result<(String, String), Error> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("label '{text}' is not key=value"))
+        .ok_or_else(|| Error::invalid(format!("label '{text}' is not key=value")))
 }

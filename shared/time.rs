@@ -2,22 +2,33 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::Error;
+
 /// Parses a duration given as `500ms`, `5s`, `2m`, `1h 30m`, or a bare number of seconds
 /// (fractions allowed: `0.5`). Used for every duration flag and environment variable, so
 /// `HEARTBEAT_TIMEOUT_SECONDS=30` and `--heartbeat-timeout 30s` both work.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Error> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration: use e.g. 500ms, 5s, 2m or a number of seconds".into());
+        return Err(Error::invalid(
+            "empty duration: use e.g. 500ms, 5s, 2m or a number of seconds",
+        ));
     }
     let parsed = match text.parse::<f64>() {
         Ok(secs) if (0.0..1e10).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        Ok(_) => Err(format!("'{text}' is not a usable number of seconds")),
-        Err(_) => humantime::parse_duration(text)
-            .map_err(|e| format!("'{text}' is not a duration ({e}): use e.g. 500ms, 5s, 2m")),
+        Ok(_) => Err(Error::invalid(format!(
+            "'{text}' is not a usable number of seconds"
+        ))),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            Error::invalid(format!(
+                "'{text}' is not a duration ({e}): use e.g. 500ms, 5s, 2m"
+            ))
+        }),
     }?;
     if parsed.is_zero() {
-        return Err(format!("'{text}': the duration must be greater than zero"));
+        return Err(Error::invalid(format!(
+            "'{text}': the duration must be greater than zero"
+        )));
     }
     Ok(parsed)
 }

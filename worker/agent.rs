@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use herd::auth::Bearer;
 use herd::client::Authed;
+use herd::error::Error;
 use tracing::{debug, info, warn};
 
 use herd::pb;
@@ -69,28 +70,26 @@ enum Ended {
     Shutdown,
     /// The master refused us in a way retrying cannot heal (the token, our description):
     /// the worker ends with this message.
-    Refused(String),
+    Refused(Error),
 }
 
 /// What a refusal that cannot heal says, if `status` is one.
-fn refusal(status: &tonic::Status) -> Option<String> {
+fn refusal(status: &tonic::Status) -> Option<Error> {
+    let refused = || format!("the master refused this worker: {}", status.message());
     match status.code() {
-        Code::Unauthenticated if status.message().contains("client certificate") => Some(format!(
-            "the master refused this worker: {}",
-            status.message()
-        )),
-        Code::Unauthenticated => Some(format!(
+        Code::Unauthenticated if status.message().contains("client certificate") => {
+            Some(Error::setup(refused()))
+        }
+        Code::Unauthenticated => Some(Error::setup(format!(
             "the master refused this worker's token ({}): give the join token from the \
              master's <data-dir>/join-token (default ~/.local/state/herd/join-token) with \
              --token, HERD_TOKEN or --token-file",
             status.message()
-        )),
+        ))),
         // The token is of the wrong kind, the secret or the certificate is not this
         // worker's, or the name belongs to another worker.
-        Code::PermissionDenied | Code::AlreadyExists => Some(format!(
-            "the master refused this worker: {}",
-            status.message()
-        )),
+        Code::PermissionDenied => Some(Error::PermissionDenied(refused())),
+        Code::AlreadyExists => Some(Error::AlreadyExists(refused())),
         _ => None,
     }
 }
@@ -148,7 +147,7 @@ impl Agent {
     }
 
     /// Runs until `shutdown` flips, or ends with the reason the master refused us for good.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         let mut backoff = Backoff::new();
         loop {
             if *shutdown.borrow() {
@@ -156,7 +155,7 @@ impl Agent {
             }
             let ended = match self.connect().await {
                 Ok(channel) => self.session(channel, &mut backoff, &mut shutdown).await,
-                Err(err) => Ended::Lost(err),
+                Err(err) => Ended::Lost(format!("cannot connect: {err}")),
             };
             match ended {
                 Ended::Shutdown => return Ok(()),
@@ -182,11 +181,8 @@ impl Agent {
         }
     }
 
-    async fn connect(&self) -> Result<Channel, String> {
-        self.endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint.connect().await
     }
 
     async fn register(&mut self, client: &mut RegistryClient<Authed>) -> Result<String, Ended> {
@@ -198,10 +194,10 @@ impl Agent {
             .await
             .map_err(|status| match status.code() {
                 // Our own description is wrong: retrying cannot help.
-                Code::InvalidArgument => Ended::Refused(format!(
+                Code::InvalidArgument => Ended::Refused(Error::invalid(format!(
                     "the master refused this worker: {}",
                     status.message()
-                )),
+                ))),
                 _ => match refusal(&status) {
                     Some(why) => Ended::Refused(why),
                     None => Ended::Lost(format!("register failed: {}", status.message())),

@@ -47,7 +47,9 @@ impl Isolation {
     }
 
     /// Resolves `--isolation` on this host by trying to make (and remove) a cgroup.
-    pub fn detect(choice: IsolationChoice) -> Result<(Isolation, Option<String>), String> {
+    pub fn detect(
+        choice: IsolationChoice,
+    ) -> Result<(Isolation, Option<String>), herd::error::Error> {
         if choice == IsolationChoice::ProcessGroup {
             return Ok((Isolation::ProcessGroup, None));
         }
@@ -63,9 +65,9 @@ impl Isolation {
             [Err(v2), Err(v1)] => format!("cgroup v2: {v2}; cgroup v1: {v1}"),
         };
         match choice {
-            IsolationChoice::Cgroup => {
-                Err(format!("--isolation cgroup: no usable cgroups ({why})"))
-            }
+            IsolationChoice::Cgroup => Err(herd::error::Error::setup(format!(
+                "--isolation cgroup: no usable cgroups ({why})"
+            ))),
             _ => Ok((Isolation::ProcessGroup, Some(why))),
         }
     }

@@ -8,6 +8,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use herd::error::Error;
+
 /// File name of the secret inside the work dir.
 pub const SECRET_FILE: &str = "worker-secret";
 
@@ -31,11 +33,16 @@ impl SecretFile {
     }
 
     /// The secret kept for this name (`None`: none yet, or one kept for another name).
-    pub fn load(&self) -> Result<Option<String>, String> {
+    pub fn load(&self) -> Result<Option<String>, Error> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+            Err(e) => {
+                return Err(Error::setup(format!(
+                    "cannot read {}: {e}",
+                    self.path.display()
+                )));
+            }
         };
         let mut lines = text.lines();
         match (lines.next(), lines.next()) {
@@ -47,16 +54,16 @@ impl SecretFile {
                     "the secret in the work dir belongs to another worker name; registering as a new identity");
                 Ok(None)
             }
-            _ => Err(format!(
+            _ => Err(Error::setup(format!(
                 "{} is not a worker secret file (the worker name, then the secret); \
                  remove it to register as a new identity",
                 self.path.display()
-            )),
+            ))),
         }
     }
 
     /// Keeps `secret` (replacing the file at once, readable by its owner only).
-    pub fn save(&self, secret: &str) -> Result<(), String> {
+    pub fn save(&self, secret: &str) -> Result<(), Error> {
         let tmp = self.path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
@@ -71,10 +78,12 @@ impl SecretFile {
             std::fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| {
-            format!(
-                "cannot keep the worker secret in {}: {e}",
-                self.path.display()
-            )
+            Error::setup({
+                format!(
+                    "cannot keep the worker secret in {}: {e}",
+                    self.path.display()
+                )
+            })
         })
     }
 }
@@ -91,7 +100,7 @@ pub struct Secret {
 impl Secret {
     /// The secret kept in `work_dir` for `name`, else the one a machine was provisioned
     /// with (`--worker-secret`, printed by `worker add`), else none yet.
-    pub fn open(work_dir: &Path, name: &str, provisioned: Option<&str>) -> Result<Secret, String> {
+    pub fn open(work_dir: &Path, name: &str, provisioned: Option<&str>) -> Result<Secret, Error> {
         let file = SecretFile::new(work_dir, name);
         let kept = file.load()?;
         let given = provisioned
@@ -106,7 +115,7 @@ impl Secret {
 
     /// The master accepted the secret presented: one that came from provisioning is kept
     /// in the work dir from now on, so the flag or variable can go.
-    pub fn accepted(&mut self) -> Result<(), String> {
+    pub fn accepted(&mut self) -> Result<(), Error> {
         if self.provisioned
             && let Some(secret) = self.current.take()
         {
@@ -123,7 +132,7 @@ impl Secret {
 
     /// Keeps a secret the master issued (on disk first: a worker that lost it could not
     /// be this worker again).
-    pub fn keep(&mut self, issued: String) -> Result<(), String> {
+    pub fn keep(&mut self, issued: String) -> Result<(), Error> {
         self.file.save(&issued)?;
         tracing::info!(file = %self.file.path().display(),
                        "the master issued this worker's secret; kept (mode 0600)");

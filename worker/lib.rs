@@ -63,7 +63,7 @@ pub async fn run(
     let secret = Secret::open(&work_dir, &name, config.worker_secret.as_deref())
         .map_err(anyhow::Error::msg)?;
     let runtime = pick_runtime(&config.runtime).await?;
-    let isolation = match Isolation::detect(config.isolation).map_err(anyhow::Error::msg)? {
+    let isolation = match Isolation::detect(config.isolation)? {
         (isolation, None) => isolation,
         (isolation, Some(why)) => {
             warn!(reason = %why, "cgroups are not usable; each task gets its own process group");

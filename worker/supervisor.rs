@@ -23,6 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use herd::error::Error;
 use herd::pb;
 
 use crate::cgroup::{Cgroup, Isolation, join_from_pre_exec};
@@ -96,7 +97,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     let output = Arc::new(Mutex::new(OutputWriter::create(folder)?));
 
     if let Err(why) = check_workdir(&spec) {
-        folder.write_exit(&Exit::failed(why))?;
+        folder.write_exit(&Exit::failed(why.to_string()))?;
         tell("ended");
         return Ok(());
     }
@@ -118,7 +119,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
                 // The worker found cgroups usable at its start: running the task without
                 // its limits now would break the promise, so it fails instead.
                 let why = format!("cannot make the task's cgroup ({}): {err}", kind.label());
-                folder.write_exit(&Exit::failed(why))?;
+                folder.write_exit(&Exit::failed(why.to_string()))?;
                 tell("ended");
                 return Ok(());
             }
@@ -274,18 +275,23 @@ fn container_gpu_args(runtime: &str, ids: &[u32]) -> Vec<String> {
 
 /// A process task's working directory must exist on this worker (a container's is the
 /// runtime's business: it says so itself when the image lacks it).
-fn check_workdir(spec: &Spec) -> Result<(), String> {
+fn check_workdir(spec: &Spec) -> Result<(), Error> {
     if spec.workdir.is_empty() || !spec.image.is_empty() {
         return Ok(());
     }
     match std::fs::metadata(&spec.workdir) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(format!("workdir {} is not a directory", spec.workdir)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(format!(
-            "workdir {} does not exist on this worker",
+        Ok(_) => Err(Error::FailedPrecondition(format!(
+            "workdir {} is not a directory",
             spec.workdir
+        ))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Error::FailedPrecondition(
+            format!("workdir {} does not exist on this worker", spec.workdir),
         )),
-        Err(err) => Err(format!("cannot use workdir {}: {err}", spec.workdir)),
+        Err(err) => Err(Error::FailedPrecondition(format!(
+            "cannot use workdir {}: {err}",
+            spec.workdir
+        ))),
     }
 }
 

@@ -59,7 +59,7 @@ struct Cli {
 /// Runs `herd-bench replay` with the words after `replay`.
 pub fn main(args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let cli = Cli::parse_from(std::iter::once("herd-bench replay".to_string()).chain(args));
-    let machines = sim::parse_cluster(&cli.cluster).map_err(anyhow::Error::msg)?;
+    let machines = sim::parse_cluster(&cli.cluster)?;
     let (tasks, source) = match &cli.trace {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -22,10 +22,10 @@ pub struct Machine {
 }
 
 /// Parses `COUNTxCPU:MEMORY:GPU,...`, e.g. `12x16:64:0,2x32:256:4`.
-pub fn parse_cluster(text: &str) -> Result<Vec<Machine>, String> {
+pub fn parse_cluster(text: &str) -> anyhow::Result<Vec<Machine>> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("'{part}' is not COUNTxCPU:MEMORY_GB:GPU (e.g. 12x16:64:0)");
+        let bad = || anyhow::anyhow!("'{part}' is not COUNTxCPU:MEMORY_GB:GPU (e.g. 12x16:64:0)");
         let (count, shape) = part.split_once('x').ok_or_else(bad)?;
         let count: usize = count.parse().map_err(|_| bad())?;
         let f: Vec<&str> = shape.split(':').collect();
@@ -43,7 +43,7 @@ pub fn parse_cluster(text: &str) -> Result<Vec<Machine>, String> {
         out.extend(std::iter::repeat_n(machine, count));
     }
     if out.is_empty() {
-        return Err("the cluster has no machines".into());
+        anyhow::bail!("the cluster has no machines");
     }
     Ok(out)
 }

@@ -22,7 +22,7 @@ pub const HEADER: &str = "submit_s,duration_s,cpu,memory_gb,gpu,priority";
 
 /// Reads a trace; errors name the line. The tasks come back in submission order (ties:
 /// file order).
-pub fn parse(text: &str) -> Result<Vec<TraceTask>, String> {
+pub fn parse(text: &str) -> anyhow::Result<Vec<TraceTask>> {
     let mut tasks = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -32,12 +32,12 @@ pub fn parse(text: &str) -> Result<Vec<TraceTask>, String> {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let bad = |what: &str| {
             let shown: String = line.chars().take(80).collect();
-            format!("line {}: {what} ('{shown}'); columns: {HEADER}", n + 1)
+            anyhow::anyhow!("line {}: {what} ('{shown}'); columns: {HEADER}", n + 1)
         };
         if f.len() != 6 {
             return Err(bad(&format!("{} columns instead of 6", f.len())));
         }
-        let num = |i: usize, name: &str| -> Result<f64, String> {
+        let num = |i: usize, name: &str| -> anyhow::Result<f64> {
             f[i].parse::<f64>()
                 .ok()
                 .filter(|x| x.is_finite() && *x >= 0.0)
@@ -154,9 +154,9 @@ mod tests {
         assert_eq!(back.len(), 50);
         assert_eq!(back[10].cpu, tasks[10].cpu);
         assert_eq!(back[10].submit_ms, tasks[10].submit_ms);
-        let err = parse("submit_s,duration_s,cpu,memory_gb,gpu,priority\n1,2,3\n").unwrap_err();
+        let err = parse("submit_s,duration_s,cpu,memory_gb,gpu,priority\n1,2,3\n").unwrap_err().to_string();
         assert!(err.starts_with("line 2: 3 columns"), "{err}");
-        let err = parse("1,2,x,0,0,0\n").unwrap_err();
+        let err = parse("1,2,x,0,0,0\n").unwrap_err().to_string();
         assert!(err.contains("cpu is not a number"), "{err}");
     }
 

@@ -146,13 +146,13 @@ pub fn check_retries(retries: u32) -> Result<u32, Error> {
 
 /// Splits `K=V` as typed after `--env` (the value may contain `=`; the name is checked
 /// with the rest of the task).
-pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+pub fn parse_env_pair(text: &str) -> Result<(String, String), Error> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!(
+        _ => Err(Error::invalid(format!(
             "'{}' is not KEY=VALUE",
             clip(&text.escape_debug().to_string())
-        )),
+        ))),
     }
 }
 
