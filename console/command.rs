@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use herd::config::SchedulerKind;
+use herd::domain::run::OnDisconnect;
 use herd::domain::{Role, TaskState};
 use herd::error::Error;
 
@@ -24,15 +25,17 @@ commands:
   worker forget <id|name>             remove a worker that is not Active (its tasks re-queue)
   task submit [--name N] [--docker-image IMG] [--command CMD] [--cpu F] [--memory GB] [--gpu N]
               [--disk GB] [--priority N] [--constraint K=V|K!=V|K]... [--timeout D] [--env K=V]...
-              [--workdir PATH] [--retries N] [--count N]
+              [--workdir PATH] [--retries N] [--on-disconnect stop|keep] [--count N]
                                       submit a task (at least one of --docker-image/--command;
                                       defaults: --cpu 1 --memory 0 --gpu 0 --disk 0 --priority 0;
                                       higher priority first; constraints on worker labels,
                                       built-in: os, arch, hostname, runtime, gpu.model);
                                       prints its id; --timeout kills and fails it after D;
-                                      --retries re-runs it when it exits non-zero; --count
-                                      submits N copies (HERD_TASK_INDEX 0..N-1) and prints
-                                      the ids
+                                      --retries re-runs it when it exits non-zero;
+                                      --on-disconnect keep leaves it running on a worker cut
+                                      off from the master (default: stopped first, so it
+                                      never runs twice at once); --count submits N copies
+                                      (HERD_TASK_INDEX 0..N-1) and prints the ids
   task submit --file tasks.jsonl      one task per JSON line (fields as in --json / the HTTP
                                       API); all of them or none
   tasks [--state S] [--limit N | --all]
@@ -229,7 +232,7 @@ pub enum TaskCommand {
         /// all of them or none.
         #[arg(long, conflicts_with_all = [
             "name", "docker_image", "command", "cpu", "memory", "gpu", "priority",
-            "constraints", "timeout", "env", "workdir", "retries", "count",
+            "constraints", "timeout", "env", "workdir", "retries", "on_disconnect", "count",
         ])]
         file: Option<std::path::PathBuf>,
     },
@@ -264,6 +267,10 @@ pub struct RunArgs {
     /// Run it again when it exits non-zero, up to N times.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// When its worker is cut off from the master past the fencing deadline: stop it
+    /// first (default), or keep it running (safe to run twice, must not be interrupted).
+    #[arg(long, value_enum, default_value_t = OnDisconnect::Stop)]
+    pub on_disconnect: OnDisconnect,
 }
 
 fn parse_state(text: &str) -> Result<TaskState, Error> {
@@ -469,7 +476,7 @@ mod tests {
         );
         let parsed = parse_line(
             "task submit --command x --timeout 1.5s --env A=b=c --env B= --workdir /tmp \
-             --retries 2 --count 3",
+             --retries 2 --on-disconnect keep --count 3",
         )
         .unwrap()
         .map(|p| p.command);
@@ -486,6 +493,7 @@ mod tests {
                 env: vec![("A".into(), "b=c".into()), ("B".into(), String::new())],
                 workdir: Some("/tmp".into()),
                 retries: 2,
+                on_disconnect: OnDisconnect::Keep,
             }
         );
         assert_eq!(count, Some(3));

@@ -152,6 +152,7 @@ impl Completion {
                 "--env",
                 "--workdir",
                 "--retries",
+                "--on-disconnect",
                 "--count",
                 "--file",
                 "--disk",

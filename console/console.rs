@@ -249,6 +249,7 @@ impl Console {
                     env: run.env.into_iter().collect(),
                     workdir: run.workdir.unwrap_or_default(),
                     retries: run.retries,
+                    keep_on_disconnect: run.on_disconnect.keeps(),
                 };
                 if let Some(count) = count {
                     let req = pb::SubmitTasksRequest {

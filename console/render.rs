@@ -251,6 +251,12 @@ pub fn task(t: &pb::TaskInfo) -> String {
         }
         field("retries", format!("{} ({used} used)", spec.retries));
     }
+    if spec.keep_on_disconnect {
+        field(
+            "disconnect",
+            "keep (left running when its worker is cut off from the master)".to_string(),
+        );
+    }
     field(
         "worker",
         if t.worker_id.is_empty() {

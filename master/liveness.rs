@@ -9,6 +9,9 @@ use tokio::time::Instant;
 
 use herd::domain::WorkerState;
 
+/// The longest an acknowledgement is taken to travel, in the fencing margin.
+const DELIVERY: Duration = Duration::from_secs(1);
+
 /// The liveness rule and its two timeouts. This is the only place they live.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
@@ -42,6 +45,20 @@ impl Liveness {
         } else {
             WorkerState::Active
         }
+    }
+
+    /// Fencing: how long a worker may go without an acknowledgement from the master before
+    /// it must have stopped its tasks (told at registration). The worker timeout, less a
+    /// margin for what could make the worker's count end later than the master's: its
+    /// last acknowledgement may answer the last heartbeat the master heard, a heartbeat
+    /// interval after the one before ([`DELIVERY`] covers the trip), and the two clocks may
+    /// run at slightly different rates (1%). So the worker has stopped a task before the
+    /// master re-queues it; never less than half the worker timeout.
+    pub fn fence_after(&self, heartbeat_interval: Duration) -> Duration {
+        let margin = heartbeat_interval + self.worker_timeout / 100 + DELIVERY;
+        self.worker_timeout
+            .saturating_sub(margin)
+            .max(self.worker_timeout / 2)
     }
 
     /// How long a mass removal is held back before it goes ahead.
@@ -102,6 +119,25 @@ impl StallGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker stops its tasks before the master re-queues them: the deadline it is given
+    /// leaves a heartbeat interval, 1% of clock drift and a second of delivery before the
+    /// worker timeout, and never less than half of it.
+    #[test]
+    fn the_fencing_deadline_ends_before_the_worker_timeout() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let fence = |timeout: Duration, interval: Duration| {
+            Liveness::new(s(1), timeout).fence_after(interval)
+        };
+        assert_eq!(fence(s(600), s(5)), s(588));
+        assert_eq!(fence(s(6), ms(500)), ms(4440));
+        assert_eq!(
+            fence(s(2), s(1)),
+            s(1),
+            "half of the worker timeout at least"
+        );
+    }
 
     fn presence(last_seen: Instant) -> Presence {
         Presence {

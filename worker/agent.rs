@@ -24,6 +24,7 @@ use herd::pb::registry_client::RegistryClient;
 
 use crate::executor::Executor;
 use crate::identity::Secret;
+use crate::lease::Lease;
 use crate::ledger::Outgoing;
 use crate::telemetry::Telemetry;
 
@@ -115,6 +116,9 @@ pub struct Agent {
     reachable: bool,
     /// The secret that proves who we are (once the master issued one).
     secret: Secret,
+    /// Fencing: renewed at every acknowledgement; the supervisors stop their tasks when it
+    /// runs out.
+    lease: Lease,
 }
 
 impl Agent {
@@ -131,6 +135,7 @@ impl Agent {
         secret: Secret,
     ) -> Agent {
         Agent {
+            lease: Lease::new(executor.work_dir()),
             secret,
             endpoint,
             bearer,
@@ -219,6 +224,7 @@ impl Agent {
                 .map_err(Ended::Refused)?;
         }
         self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(10));
+        self.lease.granted(response.fence_after_ms);
         info!(
             worker = %self.description.name, id = %response.worker_id,
             reregistered = response.reregistered, heartbeat_interval = ?self.interval,
@@ -337,6 +343,7 @@ impl Agent {
                 Ok(Some(pb::MasterMessage { body: Some(body) })) => match body {
                     ToWorker::Ack(ack) => {
                         debug!(sequence = ack.sequence, "heartbeat acknowledged");
+                        self.lease.renew();
                         if first_ack {
                             // Only the first ack of a stream says where output resumes.
                             self.executor.resume(&ack.resume);

@@ -132,6 +132,7 @@ impl Executor {
             kill_grace_ms: self.shared.kill_grace.as_millis() as u64,
             hide_gpus: self.shared.has_gpus && task.gpu_ids.is_empty(),
             gpu_ids: task.gpu_ids,
+            keep_on_disconnect: task.keep_on_disconnect,
         };
         let started = self.start_supervisor(&folder, &spec);
         let mut book = self.holdings();

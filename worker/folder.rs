@@ -60,6 +60,10 @@ pub struct Spec {
     /// it carries a hash of this worker's work dir. Empty in specs of older workers.
     #[serde(default)]
     pub container_name: String,
+    /// Left running when the worker is cut off from the master past its fencing deadline
+    /// (`--on-disconnect keep`); otherwise the supervisor stops it then (see `lease`).
+    #[serde(default)]
+    pub keep_on_disconnect: bool,
 }
 
 impl Spec {
@@ -102,7 +106,8 @@ pub struct State {
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exit {
-    /// "succeeded", "failed" or "cancelled".
+    /// "succeeded", "failed", "cancelled", or "lost" (stopped by the supervisor when the
+    /// worker was cut off from the master past its fencing deadline).
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -123,6 +128,7 @@ impl Exit {
         let event = match self.outcome.as_str() {
             "succeeded" => pb::TaskEvent::Succeeded,
             "cancelled" => pb::TaskEvent::Cancelled,
+            "lost" => pb::TaskEvent::Lost,
             _ => pb::TaskEvent::Failed,
         };
         pb::TaskUpdate {

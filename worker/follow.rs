@@ -354,6 +354,7 @@ mod tests {
             env: Default::default(),
             workdir: String::new(),
             container_name: String::new(),
+            keep_on_disconnect: false,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod folder;
 pub mod follow;
 pub mod identity;
+pub mod lease;
 pub mod ledger;
 pub mod procs;
 pub mod supervisor;

@@ -28,6 +28,7 @@ use herd::pb;
 
 use crate::cgroup::{Cgroup, Isolation, join_from_pre_exec};
 use crate::folder::{Exit, Folder, OutputWriter, Spec, State};
+use crate::lease;
 use crate::procs;
 
 /// Largest single read from a task's pipe.
@@ -178,10 +179,26 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let mut stop: Option<Stop> = None;
     let mut killed = false;
+    let work_dir = folder.root.parent().map(PathBuf::from).unwrap_or_default();
     let status = loop {
         reaper.reap();
         if let Some(status) = reaper.status {
             break status;
+        }
+        // Cut off from the master past the fencing deadline (its agent renews the lease at
+        // every acknowledgement): stop the task before the master runs it elsewhere.
+        if stop.is_none()
+            && !spec.keep_on_disconnect
+            && let Some(reason) = lease::expired(&work_dir, grace)
+        {
+            warn!(%reason, "stopping the task: its worker is cut off from the master");
+            remove_container(&spec).await;
+            task.signal_all(libc::SIGTERM);
+            stop = Some(Stop {
+                reason,
+                kill_at: Instant::now() + grace,
+                why: Why::Fenced,
+            });
         }
         let kill_at = stop.as_ref().map(|s| s.kill_at);
         tokio::select! {
@@ -193,7 +210,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
                 info!(%reason, "cancelling the task");
                 remove_container(&spec).await;
                 task.signal_all(libc::SIGTERM);
-                stop = Some(Stop { reason, kill_at: Instant::now() + grace, timed_out: false });
+                stop = Some(Stop { reason, kill_at: Instant::now() + grace, why: Why::Cancelled });
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                 if deadline.is_some() && stop.is_none() => {
@@ -201,7 +218,7 @@ async fn supervise(folder: &Folder) -> anyhow::Result<()> {
                 info!(%reason, "stopping the task: its time is up");
                 remove_container(&spec).await;
                 task.signal_all(libc::SIGTERM);
-                stop = Some(Stop { reason, kill_at: Instant::now() + grace, timed_out: true });
+                stop = Some(Stop { reason, kill_at: Instant::now() + grace, why: Why::TimedOut });
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)),
                 if kill_at.is_some() && !killed => {
@@ -543,8 +560,19 @@ fn last_line(bytes: &[u8]) -> Option<String> {
 struct Stop {
     reason: String,
     kill_at: Instant,
-    /// Its time limit, not a cancel: the task fails.
-    timed_out: bool,
+    why: Why,
+}
+
+/// What stopped the task.
+#[derive(Clone, Copy, PartialEq)]
+enum Why {
+    /// A cancel (the master's, or the worker's shutdown with --drain-on-exit): cancelled.
+    Cancelled,
+    /// Its time limit: the task fails.
+    TimedOut,
+    /// The worker was cut off from the master past its fencing deadline: lost, and run
+    /// again elsewhere.
+    Fenced,
 }
 
 /// The exit file's content for how the main process ended.
@@ -556,11 +584,24 @@ fn describe(status: ExitStatus, stop: Option<Stop>, cgroup: Option<&Cgroup>) -> 
         // (and no exit code means the master does not retry it).
         Some(Stop {
             reason,
-            timed_out: true,
+            why: Why::TimedOut,
             ..
         }) => {
             return Exit {
                 outcome: "failed".into(),
+                exit_code: None,
+                signal,
+                reason,
+            };
+        }
+        // Stopped before the master runs it elsewhere: its code says nothing either.
+        Some(Stop {
+            reason,
+            why: Why::Fenced,
+            ..
+        }) => {
+            return Exit {
+                outcome: "lost".into(),
                 exit_code: None,
                 signal,
                 reason,

@@ -154,7 +154,9 @@ mod tests {
         assert_eq!(back.len(), 50);
         assert_eq!(back[10].cpu, tasks[10].cpu);
         assert_eq!(back[10].submit_ms, tasks[10].submit_ms);
-        let err = parse("submit_s,duration_s,cpu,memory_gb,gpu,priority\n1,2,3\n").unwrap_err().to_string();
+        let err = parse("submit_s,duration_s,cpu,memory_gb,gpu,priority\n1,2,3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 2: 3 columns"), "{err}");
         let err = parse("1,2,x,0,0,0\n").unwrap_err().to_string();
         assert!(err.contains("cpu is not a number"), "{err}");

@@ -71,6 +71,8 @@ struct ClusterState {
 /// The cluster. Cheap to share behind an `Arc`.
 pub struct Cluster {
     heartbeat_interval: Duration,
+    /// Told to workers at registration (see [`Liveness::fence_after`]).
+    fence_after: Duration,
     inner: Mutex<ClusterState>,
 }
 
@@ -115,6 +117,7 @@ impl Cluster {
         let grace = settings.heartbeat_interval * 2 + Duration::from_secs(1);
         Cluster {
             heartbeat_interval: settings.heartbeat_interval,
+            fence_after: settings.liveness.fence_after(settings.heartbeat_interval),
             inner: Mutex::new(ClusterState {
                 liveness: settings.liveness,
                 events: events.clone(),
@@ -136,6 +139,12 @@ impl Cluster {
 
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
+    }
+
+    /// How long a worker may go without an acknowledgement before it must have stopped
+    /// its tasks (fencing).
+    pub fn fence_after(&self) -> Duration {
+        self.fence_after
     }
 
     /// Takes the lock and reads the clock (in that order, so times never go backwards

@@ -58,6 +58,7 @@ impl pb::registry_server::Registry for WorkerService {
             heartbeat_interval_ms: self.app.cluster.heartbeat_interval().as_millis() as u64,
             reregistered: registered.reregistered,
             worker_secret: registered.secret.unwrap_or_default(),
+            fence_after_ms: self.app.cluster.fence_after().as_millis() as u64,
         });
         if legacy {
             response

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herd::pb;
-use herd::pb::TaskEvent::{Cancelled, Failed, Started, Succeeded};
+use herd::pb::TaskEvent::{Cancelled, Failed, Lost, Started, Succeeded};
 
 use super::{HEARTBEAT_TIMEOUT, Harness, Sent, WORKER_TIMEOUT, spec};
 
@@ -485,4 +485,52 @@ async fn output_in_flight_when_a_stream_breaks_comes_again_before_the_result() {
     let info = h.task(&t).await;
     assert_eq!((state(&info), info.attempts), (pb::TaskState::Succeeded, 1));
     assert_eq!(h.kept_output(&t, 1).await, b"first\nlast\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_its_cut_off_worker_stopped_runs_again_as_a_lost_placement() {
+    let mut h = Harness::new();
+    h.join("a", 4.0, 0).await;
+    let t = h.submit(spec(1.0, 0)).await;
+    assert_eq!(h.sent_to("a").await, vec![assign(&t, 1)]);
+    h.update("a", &t, 1, Started, None).unwrap();
+    // Cut off: Inactive, and the master leaves the task where it runs.
+    h.close_stream("a");
+    h.advance(HEARTBEAT_TIMEOUT + Duration::from_secs(1), &[])
+        .await;
+    assert_eq!(h.state_of("a"), pb::WorkerState::Inactive);
+    assert_eq!(state(&h.task(&t).await), pb::TaskState::Running);
+    // Back before the worker timeout, having stopped the task at its fencing deadline: it
+    // says so, and the task runs again (here, on the same worker: it has room).
+    h.connect("a").await.unwrap();
+    h.finish("a", &t, 1, Lost, None).unwrap();
+    assert_eq!(h.heartbeat("a").await.unwrap(), vec![t.clone()]);
+    assert_eq!(h.sent_to("a").await, vec![assign(&t, 2)]);
+    let info = h.task(&t).await;
+    assert_eq!(
+        outcomes(&info),
+        vec![
+            (1, "a".into(), "lost".into()),
+            (2, "a".into(), "assigned".into())
+        ]
+    );
+    assert!(
+        info.history[0].reason.contains("cut off"),
+        "{}",
+        info.history[0].reason
+    );
+    // A lost placement counts against --max-attempts, as one lost with its worker does.
+    for attempt in 2..=3 {
+        h.update("a", &t, attempt, Started, None).unwrap();
+        h.finish("a", &t, attempt, Lost, None).unwrap();
+        h.heartbeat("a").await.unwrap();
+        h.sent_to("a").await;
+    }
+    let info = h.task(&t).await;
+    assert_eq!(state(&info), pb::TaskState::Failed);
+    assert!(
+        info.reason.contains("gave up after 3 attempts"),
+        "{}",
+        info.reason
+    );
 }

@@ -63,6 +63,7 @@ impl Tasks {
                 timeout_ms: task.spec.run.timeout.map_or(0, |d| d.as_millis() as u64),
                 env: task.spec.run.env.clone().into_iter().collect(),
                 workdir: task.spec.run.workdir.clone().unwrap_or_default(),
+                keep_on_disconnect: task.spec.run.on_disconnect.keeps(),
             })),
         };
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
@@ -221,6 +222,18 @@ impl Tasks {
             pb::TaskEvent::Succeeded => (TaskState::Succeeded, ""),
             pb::TaskEvent::Failed => (TaskState::Failed, "failed"),
             pb::TaskEvent::Cancelled => (TaskState::Cancelled, "cancelled"),
+            pb::TaskEvent::Lost => {
+                // The worker stopped it, cut off past its fencing deadline: as if its
+                // worker were lost, so it runs again (within --max-attempts).
+                let why = if update.message.is_empty() {
+                    "stopped by its worker, cut off from the master".to_string()
+                } else {
+                    herd::domain::bounded_reason(&update.message)
+                };
+                let id = update.task_id.clone();
+                self.requeue_or_fail(&id, &why, workers);
+                return true;
+            }
             pb::TaskEvent::Unspecified => return false,
         };
         let state = if task.cancel_requested && state != TaskState::Succeeded {

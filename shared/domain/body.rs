@@ -62,6 +62,10 @@ pub struct SubmitBody {
     /// most 100).
     #[schema(minimum = 0, maximum = 100)]
     pub retries: Option<u32>,
+    /// When the worker is cut off from the master past its fencing deadline: `stop` the
+    /// task first, so it never runs on both sides of a partition (default), or `keep` it
+    /// running (for a task that must not be interrupted and is safe to run twice).
+    pub on_disconnect: Option<crate::domain::run::OnDisconnect>,
 }
 
 impl SubmitBody {
@@ -83,6 +87,7 @@ impl SubmitBody {
             env: self.env.unwrap_or_default().into_iter().collect(),
             workdir: self.workdir.unwrap_or_default(),
             retries: self.retries.unwrap_or(0),
+            keep_on_disconnect: self.on_disconnect.unwrap_or_default().keeps(),
         })
     }
 }

@@ -380,6 +380,7 @@ impl From<&TaskSpec> for pb::TaskSpec {
             env: t.run.env.clone().into_iter().collect(),
             workdir: t.run.workdir.clone().unwrap_or_default(),
             retries: t.run.retries,
+            keep_on_disconnect: t.run.on_disconnect.keeps(),
         }
     }
 }

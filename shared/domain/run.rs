@@ -26,6 +26,50 @@ pub const MAX_BATCH: usize = 10_000;
 /// The variable that tells each copy of a `--count` batch which one it is.
 pub const TASK_INDEX_VAR: &str = "HERD_TASK_INDEX";
 
+/// What the worker does with a task when it is cut off from the master past its fencing
+/// deadline (`--on-disconnect`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    /// Stop it before the master runs it elsewhere: it never runs on both sides of a
+    /// partition.
+    #[default]
+    Stop,
+    /// Leave it running: for a task that must not be interrupted and is safe to run twice.
+    Keep,
+}
+
+impl OnDisconnect {
+    pub fn from_keep(keep: bool) -> OnDisconnect {
+        if keep {
+            OnDisconnect::Keep
+        } else {
+            OnDisconnect::Stop
+        }
+    }
+
+    pub fn keeps(self) -> bool {
+        self == OnDisconnect::Keep
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDisconnect::Stop => "stop",
+            OnDisconnect::Keep => "keep",
+        }
+    }
+}
+
 /// The checked run options of a task.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunOptions {
@@ -33,6 +77,7 @@ pub struct RunOptions {
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub retries: u32,
+    pub on_disconnect: OnDisconnect,
 }
 
 /// Checks the run options of a task spec.
@@ -42,6 +87,7 @@ pub fn check(t: &pb::TaskSpec) -> Result<RunOptions, Error> {
         env: check_env(t.env.iter())?,
         workdir: check_workdir(&t.workdir)?,
         retries: check_retries(t.retries)?,
+        on_disconnect: OnDisconnect::from_keep(t.keep_on_disconnect),
     })
 }
 

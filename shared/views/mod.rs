@@ -65,6 +65,7 @@ pub fn task(t: &pb::TaskInfo) -> Value {
         "env": spec.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "workdir": spec.workdir,
         "retries": spec.retries,
+        "on_disconnect": if spec.keep_on_disconnect { "keep" } else { "stop" },
         "worker_id": t.worker_id,
         "worker_name": t.worker_name,
         "attempts": t.attempts,

@@ -97,6 +97,9 @@ async fn a_master_killed_again_and_again_loses_no_result_and_runs_no_task_twice(
     assert_eq!(runs.len(), 100, "{runs:?}");
 }
 
+/// A task that keeps running on a worker cut off from the master (`--on-disconnect keep`):
+/// run again elsewhere once its worker is Removed, and stopped where it ran when that
+/// worker comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,7 +118,19 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
          echo done-$HERD_TASK_ATTEMPT >> {m}",
         m = marker.display()
     );
-    let t = submit(&mut admin, &command, 0.5).await;
+    let t = submit_spec(
+        &mut admin,
+        pb::TaskSpec {
+            command,
+            resources: Some(pb::Resources {
+                cpu: 0.5,
+                ..Default::default()
+            }),
+            keep_on_disconnect: true,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
     let _fresh = Worker::start(dir.path(), &master.url(), "fresh", &[]);
     wait_state(&mut admin, "fresh", pb::WorkerState::Active, T).await;
@@ -130,7 +145,11 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
         }
         deadline.wait().await;
     }
-    assert_eq!(processes_with(&seconds).len(), 1, "attempt 1 still runs");
+    assert_eq!(
+        processes_with(&seconds).len(),
+        1,
+        "attempt 1 still runs (kept)"
+    );
     // Back: it is told to kill attempt 1, and does.
     stale.signal(libc::SIGCONT);
     let deadline = Deadline::new(T, "the stale attempt is killed");
@@ -157,6 +176,62 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
     assert!(out.contains("fenced") && out.contains("succeeded"), "{out}");
 }
 
+/// Issue 24 A3, with a paused worker: a worker agent stopped (SIGSTOP) past the worker
+/// timeout cannot stop anything itself, yet its task's supervisor stops the task at the
+/// fencing deadline, before the master runs it elsewhere: the last output of attempt 1 is
+/// older than the first output of attempt 2. Back, the worker says the attempt was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_stops_its_task_before_the_master_runs_it_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let _leftovers = KillUnder(dir.path().to_path_buf());
+    let master = InProcess::start(dir.path(), &[TIGHT, &["--worker-timeout", "4s"]].concat());
+    let mut admin = master.admin().await;
+    let paused = Worker::start(dir.path(), &master.url(), "paused", &["--kill-grace", "1s"]);
+    wait_state(&mut admin, "paused", pb::WorkerState::Active, T).await;
+    // Prints the time (ns) every 20 ms, on both attempts alike.
+    let t = submit(&mut admin, STAMPS, 0.5).await;
+    wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
+    let _fresh = Worker::start(dir.path(), &master.url(), "fresh", &[]);
+    wait_state(&mut admin, "fresh", pb::WorkerState::Active, T).await;
+
+    paused.signal(libc::SIGSTOP);
+    let deadline = Deadline::new(T, "attempt 2 prints on the fresh worker");
+    let second = dir.path().join(format!("work-fresh/{}-2/output.log", t.id));
+    while stamps(&second).is_empty() {
+        deadline.wait().await;
+    }
+    let first = dir
+        .path()
+        .join(format!("work-paused/{}-1/output.log", t.id));
+    let exit = dir.path().join(format!("work-paused/{}-1/exit.json", t.id));
+    let deadline = Deadline::new(T, "attempt 1 has an exit record");
+    while !exit.exists() {
+        deadline.wait().await;
+    }
+    let (last_of_1, first_of_2) = (stamps(&first).last().copied(), stamps(&second)[0]);
+    assert!(
+        last_of_1.is_some_and(|last| last < first_of_2),
+        "attempt 1 printed until {last_of_1:?}, attempt 2 from {first_of_2}: both ran at once"
+    );
+    let exit = std::fs::read_to_string(&exit).unwrap();
+    assert!(
+        exit.contains("\"lost\"") && exit.contains("no word from the master"),
+        "{exit}"
+    );
+
+    // Back: the attempt it stopped is reported, and changes nothing on the master.
+    paused.signal(libc::SIGCONT);
+    let info = task(&mut admin, &t.id).await;
+    assert_eq!((info.attempts, info.worker_name.as_str()), (2, "fresh"));
+    assert_eq!(info.history[0].outcome, "lost");
+    admin
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: t.id.clone(),
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_master_removes_no_worker_and_requeues_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +246,23 @@ async fn a_paused_master_removes_no_worker_and_requeues_nothing() {
     for n in names {
         wait_state(&mut admin, n, pb::WorkerState::Active, T).await;
     }
-    let t = submit(&mut admin, "sleep 20", 0.5).await;
+    // Kept running when cut off: a worker that hears nothing from its master past the
+    // fencing deadline stops its other tasks (it cannot tell a paused master from a
+    // partition; see a_paused_worker_stops_its_task_before_the_master_runs_it_elsewhere),
+    // and this test is about what the master does after its own pause.
+    let t = submit_spec(
+        &mut admin,
+        pb::TaskSpec {
+            command: "sleep 20".into(),
+            resources: Some(pb::Resources {
+                cpu: 0.5,
+                ..Default::default()
+            }),
+            keep_on_disconnect: true,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
 
     let pid = master.child.id() as i32;

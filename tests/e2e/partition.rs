@@ -163,3 +163,109 @@ async fn a_partition_between_the_timeouts_makes_the_worker_inactive_and_runs_not
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
 }
+
+/// Issue 24 A3: a partition past the worker timeout never runs a task on both sides. The
+/// cut-off worker stops its task at the fencing deadline the master gave it, before the
+/// master re-queues it (the last output of attempt 1 is older than the first of attempt
+/// 2); a task submitted with `--on-disconnect keep` is left running, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_past_the_worker_timeout_never_runs_a_task_on_both_sides() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _leftovers = KillUnder(dir.path().to_path_buf());
+    let mut timings = scaled_down("2s");
+    timings[7] = "8s"; // --worker-timeout
+    let (_master, url, master_log) = link.master(dir.path(), &timings);
+    let (_far, _) = link.worker_on(
+        &link.worker_ns,
+        dir.path(),
+        &url,
+        "far",
+        &["--kill-grace", "1s"],
+    );
+    wait_status(&link, &url, "far", "Active").await;
+    let stopped = submit(&link, &url, STAMPS);
+    let kept = herdctl_json(
+        &link,
+        &url,
+        &[
+            "task",
+            "submit",
+            "--command",
+            STAMPS,
+            "--cpu",
+            "0.1",
+            "--on-disconnect",
+            "keep",
+        ],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for t in [&stopped, &kept] {
+        wait_task(&link, &url, t, "running").await;
+    }
+    assert_eq!(task(&link, &url, &stopped)["on_disconnect"], "stop");
+    assert_eq!(task(&link, &url, &kept)["on_disconnect"], "keep");
+    let status = link
+        .command(&link.master_ns, HERDCTL)
+        .args(["--master", &url, "task", "status", &kept])
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("disconnect: keep"), "{status}");
+
+    link.cut();
+    // A second worker on the master's side of the link, once both tasks are on the far one.
+    let (_near, _) = link.worker_on(&link.master_ns, dir.path(), &url, "near", &[]);
+    let attempt = |worker: &str, t: &str, n: u32| {
+        dir.path().join(format!("work-{worker}/{t}-{n}/output.log"))
+    };
+    let deadline = Deadline::new(T, "both tasks print on the near worker");
+    while stamps(&attempt("near", &stopped, 2)).is_empty()
+        || stamps(&attempt("near", &kept, 2)).is_empty()
+    {
+        deadline.wait().await;
+    }
+    // Re-queued only once the far worker was Removed (the worker timeout), not before.
+    assert!(count(&master_log, "to=Removed") >= 1);
+    let far_1 = stamps(&attempt("far", &stopped, 1));
+    let near_2 = stamps(&attempt("near", &stopped, 2));
+    assert!(
+        far_1.last().is_some_and(|last| *last < near_2[0]),
+        "the task ran on both sides: attempt 1 printed until {:?}, attempt 2 from {}",
+        far_1.last(),
+        near_2[0]
+    );
+    let exit = std::fs::read_to_string(dir.path().join(format!("work-far/{stopped}-1/exit.json")))
+        .unwrap();
+    assert!(exit.contains("\"lost\""), "{exit}");
+    // The kept task runs on: its first attempt prints after the second began.
+    let began = stamps(&attempt("near", &kept, 2))[0];
+    let deadline = Deadline::new(Duration::from_secs(5), "the kept task prints on");
+    while stamps(&attempt("far", &kept, 1))
+        .last()
+        .is_none_or(|last| *last <= began)
+    {
+        deadline.wait().await;
+    }
+
+    // Nothing left behind: both tasks cancelled, and the far worker, back, is told to stop
+    // its stale copy of the kept one.
+    for t in [&stopped, &kept] {
+        herdctl_json(&link, &url, &["task", "cancel", t]);
+    }
+    link.mend();
+    let deadline = Deadline::new(T, "the far worker's stale copy is stopped");
+    while !dir
+        .path()
+        .join(format!("work-far/{kept}-1/exit.json"))
+        .exists()
+    {
+        deadline.wait().await;
+    }
+    for t in [&stopped, &kept] {
+        wait_task(&link, &url, t, "cancelled").await;
+    }
+}

@@ -340,9 +340,11 @@ async fn tasks_give_up_after_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_its_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let master = InProcess::start(dir.path(), &quick_removal());
+    // Removed after 5 s: the fencing deadline is then 3.75 s, and napper stops its tasks
+    // 1 s (its kill grace) before that, well after it is Inactive (1 s).
+    let master = InProcess::start(dir.path(), &[TIGHT, &["--worker-timeout", "5s"]].concat());
     let mut admin = master.admin().await;
-    let napper = Worker::start(dir.path(), &master.url(), "napper", &[]);
+    let napper = Worker::start(dir.path(), &master.url(), "napper", &["--kill-grace", "1s"]);
     wait_state(&mut admin, "napper", pb::WorkerState::Active, T).await;
 
     // Back before Removed: the task carries on, same attempt.
@@ -354,8 +356,22 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
     let t = wait_task(&mut admin, &t.id, pb::TaskState::Succeeded, T).await;
     assert_eq!((t.attempts, t.worker_name.as_str()), (1, "napper"));
 
-    // Back after Removed, its task re-queued elsewhere: its copy is stopped.
-    let t = submit(&mut admin, "echo pgid=$$; sleep 60", 1.0).await;
+    // Back after Removed, its task re-queued elsewhere: its copy is stopped. (A task that
+    // stays running while its worker is cut off, or the worker's own fencing would have
+    // stopped it already: see crash::a_paused_worker_stops_its_task_before_...)
+    let t = submit_spec(
+        &mut admin,
+        pb::TaskSpec {
+            command: "echo pgid=$$; sleep 60".into(),
+            resources: Some(pb::Resources {
+                cpu: 1.0,
+                ..Default::default()
+            }),
+            keep_on_disconnect: true,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
     let pgid = printed_pgid(&mut admin, &t.id).await;
     napper.signal(libc::SIGSTOP);

@@ -391,7 +391,7 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
     let port = free_port();
     let data = dir.path().join("data");
     // A data dir as the release before identities left it: a token, no join token, and
-    // herd.db at schema version 10 (identities are migration 11; 12 and 13 came after),
+    // herd.db at schema version 10 (identities are migration 11; 12 to 14 came after),
     // with a worker that has no secret and a task with no submitter.
     let mut master = Master::start_on(dir.path(), &data, port, FAST);
     let mut admin = master.admin().await;
@@ -407,11 +407,12 @@ async fn an_old_data_dir_keeps_working_and_old_workers_are_told_to_switch() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(
-        before_version, 13,
-        "this test undoes migrations 13, 12 and 11"
+        before_version, 14,
+        "this test undoes migrations 14, 13, 12 and 11"
     );
     db.execute_batch(
-        "DROP INDEX tasks_open;
+        "ALTER TABLE tasks DROP COLUMN keep_on_disconnect;
+         DROP INDEX tasks_open;
          DROP INDEX tasks_done_by_seq;
          DROP INDEX tasks_done_by_state;
          DROP INDEX tasks_done_by_worker;

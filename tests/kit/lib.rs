@@ -15,7 +15,7 @@ pub mod webdriver;
 pub use inprocess::InProcess;
 pub use processes::{Master, Worker, local_worker_pid, master_command};
 pub use procs::{
-    Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
+    KillUnder, Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
 };
 pub use programs::{HERDCTL, MASTER, Program, WORKER};
 pub use sqlite::{db_count, db_row, db_tasks, seed_finished_tasks, wait_db};
@@ -438,4 +438,19 @@ pub fn container_name(dir: &Path, worker: &str, id: &str, attempt: u32) -> Strin
     let spec = dir.join(format!("work-{worker}/{id}-{attempt}/task.json"));
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
     spec["container_name"].as_str().unwrap().to_string()
+}
+
+/// A task that prints the time in nanoseconds every 20 ms, for as long as it runs: which
+/// attempts ran at the same time shows in their output.
+pub const STAMPS: &str = "while :; do date +%s%N; sleep 0.02; done";
+
+/// The nanosecond stamps ([`STAMPS`]) a task printed into `log`, in order (a last line
+/// cut short by a kill is left out).
+pub fn stamps(log: &Path) -> Vec<u128> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

@@ -195,9 +195,22 @@ impl Link {
 
     /// A worker named `name` in the worker's namespace.
     pub fn worker(&self, dir: &std::path::Path, url: &str, name: &str) -> (Proc, PathBuf) {
+        self.worker_on(&self.worker_ns, dir, url, name, &[])
+    }
+
+    /// A worker named `name` in namespace `ns` (the master's: on the near side of the
+    /// link), with extra flags `args`; its work dir is `dir/work-<name>`.
+    pub fn worker_on(
+        &self,
+        ns: &str,
+        dir: &std::path::Path,
+        url: &str,
+        name: &str,
+        args: &[&str],
+    ) -> (Proc, PathBuf) {
         let log = dir.join(format!("worker-{name}.log"));
         let child = self
-            .command(&self.worker_ns, crate::WORKER)
+            .command(ns, crate::WORKER)
             .args([
                 "--master",
                 url,
@@ -208,6 +221,7 @@ impl Link {
                 "--work-dir",
             ])
             .arg(dir.join(format!("work-{name}")))
+            .args(args)
             .env("HERD_TOKEN", crate::JOIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

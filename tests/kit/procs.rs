@@ -75,3 +75,22 @@ pub fn processes_with(arg: &str) -> Vec<u32> {
         .filter(|pid| args_of(*pid).iter().any(|a| a == arg.as_bytes()) && process_alive(*pid))
         .collect()
 }
+
+/// Kills, when dropped, every process that works in a folder under `dir` (the tasks that
+/// a test's workers started, and their supervisors), so a test that fails half-way leaves
+/// nothing running.
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        for pid in pids() {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            let cwd = cwd.to_string_lossy();
+            let cwd = cwd.strip_suffix(" (deleted)").unwrap_or(&cwd);
+            if std::path::Path::new(cwd).starts_with(&self.0) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}

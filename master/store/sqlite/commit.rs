@@ -242,9 +242,9 @@ pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<()>
         "INSERT INTO tasks (id, name, image, command, cpu, memory_gb, gpu, state,
                  worker_id, attempts, exit_code, reason, submitted_at, started_at,
                  finished_at, history, seq, priority, constraints, timeout_ms, env,
-                 workdir, retries, disk_gb, submitted_by)
+                 workdir, retries, disk_gb, submitted_by, keep_on_disconnect)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                 ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
     )?
     .execute(params![
         t.id,
@@ -279,6 +279,7 @@ pub(super) fn write_task(tx: &rusqlite::Transaction<'_>, t: &Task) -> Result<()>
         t.spec.run.retries,
         t.spec.resources.disk_gb,
         t.submitted_by,
+        t.spec.run.on_disconnect.keeps(),
     ])?;
     Ok(())
 }

@@ -155,6 +155,9 @@ pub const MIGRATIONS: &[&str] = &[
     "DROP INDEX tasks_done_by_worker;
     CREATE INDEX tasks_done_by_worker ON tasks(seq / 1024, worker_id, seq)
         WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled');",
+    // 14: what the worker does with a task when it is cut off from the master past its
+    // fencing deadline: stop it (0, the default) or keep it running (1).
+    "ALTER TABLE tasks ADD COLUMN keep_on_disconnect INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A setting kept across restarts (e.g. the scheduler chosen at run time).
@@ -243,7 +246,7 @@ pub fn load_workers(conn: &Connection) -> Result<Vec<WorkerRecord>> {
 pub(super) const TASK_COLUMNS: &str =
     "id, name, image, command, cpu, memory_gb, gpu, state, worker_id,
     attempts, exit_code, reason, submitted_at, started_at, finished_at, history, priority,
-    constraints, timeout_ms, env, workdir, retries, disk_gb, submitted_by";
+    constraints, timeout_ms, env, workdir, retries, disk_gb, submitted_by, keep_on_disconnect";
 
 /// A task is done: these rows live in SQLite only. A query that reads them says this, word
 /// for word as the partial indexes of migration 12 do, or SQLite cannot use those indexes.
@@ -280,6 +283,7 @@ pub(super) fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
                 env: serde_json::from_str(&r.get::<_, String>(19)?).unwrap_or_default(),
                 workdir: Some(r.get::<_, String>(20)?).filter(|w| !w.is_empty()),
                 retries: r.get(21)?,
+                on_disconnect: herd::domain::run::OnDisconnect::from_keep(r.get(24)?),
             },
         }),
         state: TaskState::parse(&state).unwrap_or(TaskState::Queued),

@@ -222,6 +222,8 @@ async fn a_batch_of_tasks_round_trips_with_how_each_runs() {
         env: [("HERD_TASK_INDEX".to_string(), i.to_string())].into(),
         workdir: Some("/srv".into()),
         retries: 2,
+        // One keeps its task running when cut off, the others stop theirs.
+        on_disconnect: herd::domain::run::OnDisconnect::from_keep(i == 2),
     };
     let batch: Vec<Task> = (1..=3).map(|i| queued_task(i, run(i))).collect();
     store.commit(Change::Tasks(batch)).await.unwrap();
@@ -453,14 +455,22 @@ fn a_version_11_database_migrates_with_its_tasks() {
             conn.pragma_update(None, "user_version", (i + 1) as i64)
                 .unwrap();
         }
+        // Rows as today's writer writes them, less the columns added after version 11.
+        conn.execute_batch(MIGRATIONS[13]).unwrap();
         let tx = conn.transaction().unwrap();
         commit::write_task(&tx, &ended(1, herd::domain::TaskState::Succeeded, "w-1")).unwrap();
         commit::write_task(&tx, &queued_task(2, Default::default())).unwrap();
         tx.commit().unwrap();
+        conn.execute_batch("ALTER TABLE tasks DROP COLUMN keep_on_disconnect")
+            .unwrap();
     }
     let (_store, loaded) = Store::open(&path, out(&dir), Histogram::new([1.0])).unwrap();
     let ids: Vec<_> = loaded.tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, ["t-2"]);
+    assert!(
+        !loaded.tasks[0].spec.run.on_disconnect.keeps(),
+        "stop, by default"
+    );
     assert_eq!(loaded.last_task, 2);
     assert_eq!(loaded.finished, [(herd::domain::TaskState::Succeeded, 1)]);
 }
