@@ -18,38 +18,53 @@ pub enum Constraint {
     Present(String),
 }
 
+/// What a constraint looks like: a label key ([`LABEL_KEY_PATTERN`]), then nothing, or
+/// `=` or `!=` and a value without control characters, each part at most
+/// [`MAX_LABEL_LEN`] characters (what [`Constraint::parse`] takes).
+///
+/// [`LABEL_KEY_PATTERN`]: crate::domain::limits::LABEL_KEY_PATTERN
+/// [`MAX_LABEL_LEN`]: crate::domain::limits::MAX_LABEL_LEN
+pub const CONSTRAINT_PATTERN: &str =
+    "^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}(!?=[^\\x00-\\x1f\\x7f-\\x9f]{0,256})?$";
+
 impl Constraint {
-    /// Parses `KEY=VALUE`, `KEY!=VALUE` or `KEY`.
+    /// Parses `KEY=VALUE`, `KEY!=VALUE` or `KEY` ([`CONSTRAINT_PATTERN`]).
     pub fn parse(text: &str) -> Result<Constraint, Error> {
+        use crate::domain::limits::{MAX_LABEL_LEN, is_label_key};
         let bad = |why: &str| {
             Error::invalid(format!(
-                "constraint '{}' {why}: use KEY=VALUE, KEY!=VALUE or KEY",
-                crate::text::clip(text)
+                "constraint '{}' {why}: use KEY=VALUE, KEY!=VALUE or KEY (keys: letters, \
+                 digits, '.', '_', '/', '-')",
+                crate::text::clip(&text.escape_debug().to_string())
             ))
         };
-        if text.chars().count() > 2 * crate::domain::limits::MAX_LABEL_LEN + 2 {
-            return Err(bad("is too long"));
+        let end = text
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+            .unwrap_or(text.len());
+        let (key, rest) = text.split_at(end);
+        if key.is_empty() || !is_label_key(key) {
+            return Err(bad("does not start with a label key"));
         }
-        let (constraint, key) = if let Some((k, v)) = text.split_once("!=") {
-            (
-                Constraint::NotEquals(k.trim().into(), v.trim().into()),
-                k.trim(),
-            )
-        } else if let Some((k, v)) = text.split_once('=') {
-            (
-                Constraint::Equals(k.trim().into(), v.trim().into()),
-                k.trim(),
-            )
-        } else {
-            (Constraint::Present(text.trim().into()), text.trim())
-        };
-        if key.is_empty() {
-            return Err(bad("has no key"));
+        if key.chars().count() > MAX_LABEL_LEN {
+            return Err(bad("has a key that is too long"));
         }
-        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("has a key with spaces or control characters"));
+        let (value, constraint): (&str, fn(String, String) -> Constraint) =
+            if let Some(value) = rest.strip_prefix("!=") {
+                (value, Constraint::NotEquals)
+            } else if let Some(value) = rest.strip_prefix('=') {
+                (value, Constraint::Equals)
+            } else if rest.is_empty() {
+                return Ok(Constraint::Present(key.into()));
+            } else {
+                return Err(bad("has something other than = or != after its key"));
+            };
+        if value.chars().count() > MAX_LABEL_LEN {
+            return Err(bad("has a value that is too long"));
         }
-        Ok(constraint)
+        if value.chars().any(char::is_control) {
+            return Err(bad("has control characters"));
+        }
+        Ok(constraint(key.into(), value.into()))
     }
 
     pub fn key(&self) -> &str {
@@ -97,7 +112,7 @@ mod tests {
         assert!(holds("rack!=r1"), "missing counts as different");
         assert!(holds("gpu"));
         assert!(!holds("ssd"));
-        for bad in ["", "=x", "!=x", "a b=c"] {
+        for bad in ["", "=x", "!=x", "a b=c", " a=b", "a!b", "a\u{1}", "a=\n"] {
             assert!(Constraint::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(

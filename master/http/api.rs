@@ -35,7 +35,7 @@ type Answer = Result<axum::Json<Value>, ApiError>;
     components(schemas(SubmitBody, BatchBody, SchedulerBody, AddWorkerBody, access::TokenBody)),
     modifiers(&Bearer)
 )]
-struct Doc;
+pub(super) struct Doc;
 
 struct Bearer;
 
@@ -109,11 +109,6 @@ impl utoipa::Modify for Bearer {
     }
 }
 
-/// `GET /api/v1/openapi.json`.
-pub async fn openapi() -> impl IntoResponse {
-    axum::Json(Doc::openapi())
-}
-
 pub fn routes() -> Router<Http> {
     Router::new()
         .route("/api/v1/workers", get(list_workers).post(add_worker))
@@ -124,7 +119,8 @@ pub fn routes() -> Router<Http> {
         )
         .route("/api/v1/tasks", get(list_tasks).post(submit))
         .route("/api/v1/tasks/batch", axum::routing::post(submit_batch))
-        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/tasks/{id}/cancel", axum::routing::post(cancel))
         .route("/api/v1/tasks/{id}/logs", get(logs))
         .route("/api/v1/scheduler", get(get_scheduler).put(set_scheduler))
         .route("/api/v1/status", get(status))
@@ -188,11 +184,6 @@ fn as_of_event(id: u64, body: Value) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct AddWorkerBody {
     /// The name it will register with (`herd-worker --name`).
-    #[schema(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
     name: String,
     /// Merged over the labels the worker reports (these win); at most 64.
     #[serde(default)]
@@ -350,12 +341,11 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     /// The tasks, in order (at most 10,000); with `count`, exactly one.
-    #[schema(max_items = 10000)]
     tasks: Vec<SubmitBody>,
     /// Submit the one task this many times, each copy with `HERD_TASK_INDEX` 0..count-1
     /// in its environment (default: the tasks as given).
-    #[schema(minimum = 1, maximum = 10000)]
-    count: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    count: Option<f64>,
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/batch", request_body = BatchBody,
@@ -376,10 +366,16 @@ async fn submit_batch(
                 .map_err(|e| Error::invalid(format!("tasks[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let req = pb::SubmitTasksRequest {
-        specs,
-        count: body.count.unwrap_or(0),
+    let count = match herd::domain::body::whole::<u32>("count", body.count)? {
+        Some(0) => {
+            return Err(Error::invalid(
+                "count must be at least 1; leave it out to submit the tasks as given",
+            )
+            .into());
+        }
+        count => count.unwrap_or(0),
     };
+    let req = pb::SubmitTasksRequest { specs, count };
     // The operation names a bad task by its place in `specs`: here that is `tasks`.
     let ids = http
         .app
@@ -406,8 +402,10 @@ async fn get_task(
     Ok(axum::Json(view::task(&http.app.get_task(&who, &id).await?)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/tasks/{id}", params(("id" = String, Path, description = "a task id")),
-    responses((status = 200, description = "the task, cancelled or being cancelled", body = Value),
+/// Cancel is not delete: the task stays, `cancelled` (its record, attempts and output are
+/// kept, and `GET /api/v1/tasks/{id}` shows it).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", params(("id" = String, Path, description = "a task id")),
+    responses((status = 200, description = "the task, cancelled or being cancelled (it is kept: cancel is not delete)", body = Value),
               (status = 409, description = "it has ended", body = Value), (status = 404, description = "no such task", body = Value)))]
 async fn cancel(
     State(http): State<Http>,
@@ -483,7 +481,6 @@ async fn logs(
 #[serde(deny_unknown_fields)]
 pub struct SchedulerBody {
     /// `round-robin` or `resource-aware`.
-    #[schema(pattern = "^(round-robin|resource-aware)$")]
     scheduler: String,
 }
 

@@ -5,6 +5,7 @@
 
 mod access;
 mod api;
+mod openapi;
 mod stream;
 
 use std::net::SocketAddr;
@@ -183,7 +184,7 @@ pub fn router(http: Http) -> Router {
         ));
     Router::new()
         .merge(api)
-        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",

@@ -11,6 +11,8 @@ use axum::response::sse::{Event as Sse_, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use herd::error::Error;
+
 use super::{ApiError, Http, Query};
 use crate::events::Event;
 use crate::identity::Caller;
@@ -63,11 +65,20 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<Stream>, ApiError> {
     who.may(Op::Watch)?;
-    let last: Option<u64> = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .or(q.last_event_id);
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "Last-Event-ID must be the id of an event this master sent (a number)",
+                    )
+                })?,
+        ),
+    };
+    let last = header.or(q.last_event_id);
     let revoked = http.app.credentials.revoked(&who);
     let (tx, rx) = mpsc::channel(256);
     let Some((last, missed, mut live)) = http.events.subscribe(last) else {

@@ -7,7 +7,7 @@ use herd::domain::identity::{NewToken, validate_token_name};
 use herd::error::Error;
 use herd::pb;
 
-use super::{bad_page_token, page_size};
+use super::{bad_page_token, numbered_page_token, page_size};
 use crate::app::App;
 use crate::identity::authz::Op;
 use crate::identity::{Caller, secret};
@@ -59,7 +59,7 @@ impl App {
         req: pb::ListTokensRequest,
     ) -> Result<pb::ListTokensResponse, Error> {
         who.may(Op::ListTokens)?;
-        if req.page_token.len() > herd::domain::identity::MAX_TOKEN_NAME_LEN {
+        if req.page_token.chars().count() > herd::domain::identity::MAX_TOKEN_NAME_LEN {
             return Err(bad_page_token(&req.page_token));
         }
         let (rows, more) = self
@@ -133,10 +133,7 @@ impl App {
         req: pb::ListAuditRequest,
     ) -> Result<pb::ListAuditResponse, Error> {
         who.may(Op::ListAudit)?;
-        let before = match req.page_token.as_str() {
-            "" => None,
-            token => Some(token.parse::<u64>().map_err(|_| bad_page_token(token))?),
-        };
+        let before = numbered_page_token(&req.page_token)?;
         let limit = page_size(req.page_size);
         let rows = self.store.audit_page(before, limit).await?;
         let next_page_token = match rows.last() {

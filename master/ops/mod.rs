@@ -32,6 +32,19 @@ pub(crate) fn page_size(asked: u32) -> usize {
 }
 
 /// The answer to a page token this master never gave out.
+/// The page token of a list numbered newest first (tasks, audit): empty for the first
+/// page, else the number the page ends before (up to 19 digits, as
+/// `NUMBERED_PAGE_TOKEN_PATTERN` says).
+pub(crate) fn numbered_page_token(token: &str) -> Result<Option<u64>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.len() > 19 || !token.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad_page_token(token));
+    }
+    token.parse().map(Some).map_err(|_| bad_page_token(token))
+}
+
 fn bad_page_token(token: &str) -> Error {
     Error::invalid(format!(
         "page_token '{}' is not one this master gave out",

@@ -103,15 +103,7 @@ impl App {
             "" => None,
             w => Some(self.cluster.resolve_worker(w)?),
         };
-        let before = match req.page_token.as_str() {
-            "" => None,
-            token => Some(token.parse::<u64>().map_err(|_| {
-                Error::invalid(format!(
-                    "page_token '{}' is not one this master gave out",
-                    herd::text::clip(token)
-                ))
-            })?),
-        };
+        let before = super::numbered_page_token(&req.page_token)?;
         let filter = TaskFilter {
             state,
             worker_id,

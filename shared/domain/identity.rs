@@ -77,8 +77,9 @@ pub fn validate_token_name(name: &str) -> Result<(), Error> {
             crate::text::clip(&name.escape_debug().to_string())
         )));
     }
+    // Taken, as a name another token has is (ALREADY_EXISTS, HTTP 409).
     if RESERVED_TOKEN_NAMES.contains(&name) {
-        return Err(Error::invalid(format!(
+        return Err(Error::AlreadyExists(format!(
             "token name '{name}' is taken by the master itself ({}); choose another",
             RESERVED_TOKEN_NAMES.join(", ")
         )));

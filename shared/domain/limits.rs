@@ -40,3 +40,26 @@ pub const MAX_LOG_BYTES: usize = 1024 * 1024;
 
 /// The range of task priorities.
 pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Names of workers and operator tokens: letters, digits, `.`, `_` and `-`, starting with
+/// a letter or a digit (checked by `validate_worker_name` and `validate_token_name`).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
+
+/// Text without control characters (Unicode `Cc`: what `char::is_control` refuses).
+pub const NO_CONTROL_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
+/// Label keys: letters, digits, `.`, `_`, `/` and `-`, starting with a letter or a digit
+/// (at most [`MAX_LABEL_LEN`]); see [`is_label_key`].
+pub const LABEL_KEY_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._/-]*$";
+
+/// Whether `key` is a label key ([`LABEL_KEY_PATTERN`]).
+pub fn is_label_key(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+}
+
+/// Page tokens of the lists numbered newest first (tasks, audit): empty (the first page)
+/// or up to 19 digits.
+pub const NUMBERED_PAGE_TOKEN_PATTERN: &str = "^[0-9]{0,19}$";

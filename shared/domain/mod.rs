@@ -268,6 +268,13 @@ fn check_labels(labels: &std::collections::HashMap<String, String>) -> Result<()
             return Err(Error::invalid("a label has an empty key"));
         }
         check_text("a label key", k, MAX_LABEL_LEN)?;
+        if !limits::is_label_key(k) {
+            return Err(Error::invalid(format!(
+                "label key '{}' must be letters, digits, '.', '_', '/' and '-', starting with \
+                 a letter or a digit",
+                crate::text::clip(&k.escape_debug().to_string())
+            )));
+        }
         check_text(
             &format!("label '{}'", crate::text::clip(k)),
             v,
@@ -408,11 +415,11 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
             }
         }
         if let Some(command) = &command
-            && command.len() > MAX_COMMAND_LEN
+            && command.chars().count() > MAX_COMMAND_LEN
         {
             return Err(Error::invalid(format!(
-                "the command is {} bytes long; at most {MAX_COMMAND_LEN} are allowed",
-                command.len()
+                "the command is {} characters long; at most {MAX_COMMAND_LEN} are allowed",
+                command.chars().count()
             )));
         }
         let r = t

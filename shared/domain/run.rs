@@ -17,8 +17,13 @@ pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_ENV_KEY_LEN: usize = 256;
 /// Most bytes of environment (names and values together) one task may set.
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
-/// Longest working directory path.
+/// Longest working directory path, in characters.
 pub const MAX_WORKDIR_LEN: usize = 4096;
+/// A working directory: empty (a fresh folder), or an absolute path without control
+/// characters (see [`check_workdir`]).
+pub const WORKDIR_PATTERN: &str = "^(/[^\\x00-\\x1f\\x7f-\\x9f]*)?$";
+/// Environment variable names (see [`is_env_key`]).
+pub const ENV_KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
 /// Most re-runs of a task that exits non-zero.
 pub const MAX_RETRIES: u32 = 100;
 /// Most tasks in one batch (`--count`, `--file`, `SubmitTasks`).
@@ -163,10 +168,10 @@ pub fn check_workdir(path: &str) -> Result<Option<String>, Error> {
     if path.is_empty() {
         return Ok(None);
     }
-    if path.len() > MAX_WORKDIR_LEN {
+    let chars = path.chars().count();
+    if chars > MAX_WORKDIR_LEN {
         return Err(Error::invalid(format!(
-            "--workdir is {} bytes long; at most {MAX_WORKDIR_LEN} are allowed",
-            path.len()
+            "--workdir is {chars} characters long; at most {MAX_WORKDIR_LEN} are allowed"
         )));
     }
     if path.chars().any(char::is_control) {

@@ -114,12 +114,12 @@ async fn every_endpoint_answers_with_the_herdctl_json_fields() {
     let lid = long["id"].as_str().unwrap().to_string();
     wait_task(&mut admin, &lid, pb::TaskState::Running, T).await;
     let (status, cancelled) = api
-        .json(Method::DELETE, &format!("/api/v1/tasks/{lid}"), None)
+        .json(Method::POST, &format!("/api/v1/tasks/{lid}/cancel"), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     wait_task(&mut admin, &lid, pb::TaskState::Cancelled, T).await;
     let (status, err) = api
-        .json(Method::DELETE, &format!("/api/v1/tasks/{lid}"), None)
+        .json(Method::POST, &format!("/api/v1/tasks/{lid}/cancel"), None)
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_eq!(err["code"], "FAILED_PRECONDITION");
@@ -454,4 +454,133 @@ async fn a_client_behind_what_is_kept_is_told_to_resync_not_skipped_in_silence()
         .unwrap()
         .unwrap();
     assert_eq!(e.kind, "worker");
+}
+
+/// The OpenAPI document says exactly what the server accepts (issue 24 C, found by
+/// schemathesis): what it allows is taken, what it forbids is refused, and cancel is a
+/// POST that keeps the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_takes_what_its_document_allows_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = http_master(dir.path());
+    let api = Api::of(&master).await;
+    let doc = api.get("/api/v1/openapi.json").await;
+    let submit = &doc["components"]["schemas"]["SubmitBody"]["allOf"][0]["properties"];
+    assert_eq!(
+        submit["env"]["propertyNames"]["pattern"],
+        "^[A-Za-z_][A-Za-z0-9_]*$"
+    );
+    assert_eq!(submit["retries"]["maximum"], 100);
+
+    // Whole numbers written as JSON floats are integers, as JSON Schema says.
+    let (status, task) = api
+        .json(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(
+                json!({"command": "true", "retries": 2.0, "priority": -3.0, "timeout_ms": 5000.0}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    assert_eq!(
+        (task["retries"].as_u64(), task["priority"].as_i64()),
+        (Some(2), Some(-3))
+    );
+    let id = task["id"].as_str().unwrap().to_string();
+
+    // What the document forbids is refused, saying why.
+    for (method, path, body, why) in [
+        (
+            Method::POST,
+            "/api/v1/tasks",
+            json!({"command": "true", "env": {"": "x"}}),
+            "--env name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tasks",
+            json!({"command": "true", "retries": 2.5}),
+            "whole number",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tasks",
+            json!({"command": "true", "constraints": ["a b=c"]}),
+            "constraint",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tasks/batch",
+            json!({"tasks": [{"command": "true"}], "count": 0}),
+            "at least 1",
+        ),
+        (
+            Method::POST,
+            "/api/v1/workers",
+            json!({"name": "w", "labels": {"": "x"}}),
+            "empty key",
+        ),
+        (
+            Method::POST,
+            "/api/v1/workers",
+            json!({"name": "w", "labels": {"a b": "x"}}),
+            "label key",
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit?page_token=00000000000000000000001",
+            Value::Null,
+            "page_token",
+        ),
+        (
+            Method::GET,
+            "/api/v1/tasks?page_token=%2B5",
+            Value::Null,
+            "page_token",
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (status, err) = api.json(method, path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(why),
+            "{path}: {err}"
+        );
+    }
+    let response = api
+        .send(
+            Method::GET,
+            "/api/v1/events",
+            None,
+            &[("last-event-id", "soon")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // A name the master keeps for itself is taken, like one another token has.
+    let (status, err) = api
+        .json(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "admin", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ALREADY_EXISTS"))
+    );
+
+    // Cancel is not delete: the task is kept, cancelled; DELETE is no longer a way in.
+    let (status, _, _) = api
+        .call(Method::DELETE, &format!("/api/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, cancelled) = api
+        .json(Method::POST, &format!("/api/v1/tasks/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(
+        api.get(&format!("/api/v1/tasks/{id}")).await["state"],
+        "cancelled"
+    );
 }

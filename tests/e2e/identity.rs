@@ -115,7 +115,7 @@ async fn viewers_read_operators_submit_and_tasks_say_who_submitted_them() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, _) = viewer_api
-        .json(Method::DELETE, &format!("/api/v1/tasks/{id}"), None)
+        .json(Method::POST, &format!("/api/v1/tasks/{id}/cancel"), None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(db_tasks(&master.db()), before, "nothing was submitted");

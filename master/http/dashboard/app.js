@@ -950,7 +950,7 @@
     btn.disabled = true;
     try {
       const since = eventSeq;
-      const t = await api("DELETE", "/api/v1/tasks/" + encodeURIComponent(id));
+      const t = await api("POST", "/api/v1/tasks/" + encodeURIComponent(id) + "/cancel");
       if (!newer("task", id, since)) onTask(t);
     } catch (e) {
       $("task-error").textContent = e.message;
