@@ -269,3 +269,26 @@ async fn a_partition_past_the_worker_timeout_never_runs_a_task_on_both_sides() {
         wait_task(&link, &url, t, "cancelled").await;
     }
 }
+
+/// Issue 24 A4, a slow link: 300 ms each way (every byte held back, in order) is far
+/// inside a 2 s heartbeat timeout: the worker comes up, stays Active, and runs a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_keeps_the_worker_active_and_working() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_master, url, master_log) = link.master(dir.path(), &scaled_down("2s"));
+    let slow = link.delay(Duration::from_millis(300), Duration::ZERO);
+    let (_worker, _) = link.worker_on(&link.worker_ns, dir.path(), &slow, "slow", &[]);
+    let id = wait_status(&link, &url, "slow", "Active").await;
+    let started = std::time::Instant::now();
+    let t = submit(&link, &url, "echo over a slow link");
+    wait_task(&link, &url, &t, "succeeded").await;
+    // A round trip takes at least 600 ms: the relay does hold bytes back.
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        worker_state(&link, &url, "slow"),
+        Some((id, "Active".into()))
+    );
+    assert_eq!(count(&master_log, "to=Inactive"), 0);
+}

@@ -4,9 +4,11 @@
 //! master sees silence) and mended. Addresses exist only inside the namespaces made here.
 //! Needs root; without it (or without `ip`) a test is skipped, and fails under CI.
 
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
@@ -147,13 +149,14 @@ impl Link {
         must(&["-n", &self.worker_ns, "link", "set", &self.worker_dev, "up"]);
     }
 
-    /// Drops `percent` of the packets each way at random, on the worker's side (nftables:
-    /// this machine's kernel has no netem, so no delay can be added).
+    /// Drops `percent` of the packets each way at random on the link, on the worker's side
+    /// (nftables; the worker's loopback is spared).
     pub fn lose(&self, percent: u32) {
+        let dev = &self.worker_dev;
         let rules = format!(
             "table inet herdloss {{
-               chain out {{ type filter hook output priority 0; numgen random mod 100 < {percent} drop; }}
-               chain in {{ type filter hook input priority 0; numgen random mod 100 < {percent} drop; }}
+               chain out {{ type filter hook output priority 0; oifname \"{dev}\" numgen random mod 100 < {percent} drop; }}
+               chain in {{ type filter hook input priority 0; iifname \"{dev}\" numgen random mod 100 < {percent} drop; }}
              }}"
         );
         let mut nft = Command::new("ip")
@@ -168,6 +171,39 @@ impl Link {
             .write_all(rules.as_bytes())
             .unwrap();
         assert!(nft.wait().unwrap().success(), "nft refused the loss rules");
+    }
+
+    /// Holds every byte that crosses the link `delay` ± `jitter` (uniformly) longer, in order,
+    /// each way: a relay in the worker's namespace, listening on its loopback, in front of
+    /// the master. Workers given the URL it returns reach the master through it. (This
+    /// machine's kernel has no netem, which would delay packets instead of bytes.)
+    pub fn delay(&self, delay: Duration, jitter: Duration) -> String {
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.worker_ns))
+            .expect("the worker's namespace");
+        let master = format!("{}:50051", self.master_ip);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns moves only this thread (and the threads it starts) into the
+            // namespace; the file is a namespace handle.
+            let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&master) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || hold_back(from, to, delay, jitter));
+                }
+            }
+        });
+        let port = rx.recv().expect("the relay listens");
+        format!("http://127.0.0.1:{port}")
     }
 
     /// A master in the master's namespace, listening on its address; `args` are its
@@ -230,6 +266,39 @@ impl Link {
             .expect("start herd-worker in its namespace");
         (Proc(child), log)
     }
+}
+
+/// Copies `from` to `to`, each piece read delivered `delay` ± `jitter` after it was read,
+/// never before the piece before it (a byte stream keeps its order).
+fn hold_back(mut from: TcpStream, mut to: TcpStream, delay: Duration, jitter: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let mut sink = to.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for (at, piece) in rx {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if sink.write_all(&piece).is_err() {
+                break;
+            }
+        }
+        let _ = sink.shutdown(std::net::Shutdown::Write);
+    });
+    let mut last = Instant::now();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let spread = jitter.as_secs_f64() * (2.0 * fastrand::f64() - 1.0);
+        let hold = Duration::from_secs_f64((delay.as_secs_f64() + spread).max(0.0));
+        last = last.max(Instant::now() + hold);
+        if tx.send((last, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = to.flush();
 }
 
 /// A process killed when dropped (with the test or bench that started it).
