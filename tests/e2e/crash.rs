@@ -118,19 +118,7 @@ async fn a_removed_worker_that_comes_back_is_told_to_kill_its_stale_attempt() {
          echo done-$HERD_TASK_ATTEMPT >> {m}",
         m = marker.display()
     );
-    let t = submit_spec(
-        &mut admin,
-        pb::TaskSpec {
-            command,
-            resources: Some(pb::Resources {
-                cpu: 0.5,
-                ..Default::default()
-            }),
-            keep_on_disconnect: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let t = submit_kept(&mut admin, &command, 0.5).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
     let _fresh = Worker::start(dir.path(), &master.url(), "fresh", &[]);
     wait_state(&mut admin, "fresh", pb::WorkerState::Active, T).await;
@@ -250,19 +238,7 @@ async fn a_paused_master_removes_no_worker_and_requeues_nothing() {
     // fencing deadline stops its other tasks (it cannot tell a paused master from a
     // partition; see a_paused_worker_stops_its_task_before_the_master_runs_it_elsewhere),
     // and this test is about what the master does after its own pause.
-    let t = submit_spec(
-        &mut admin,
-        pb::TaskSpec {
-            command: "sleep 20".into(),
-            resources: Some(pb::Resources {
-                cpu: 0.5,
-                ..Default::default()
-            }),
-            keep_on_disconnect: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let t = submit_kept(&mut admin, "sleep 20", 0.5).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
 
     let pid = master.child.id() as i32;

@@ -359,19 +359,7 @@ async fn a_worker_back_before_removal_keeps_its_tasks_and_one_back_after_stops_i
     // Back after Removed, its task re-queued elsewhere: its copy is stopped. (A task that
     // stays running while its worker is cut off, or the worker's own fencing would have
     // stopped it already: see crash::a_paused_worker_stops_its_task_before_...)
-    let t = submit_spec(
-        &mut admin,
-        pb::TaskSpec {
-            command: "echo pgid=$$; sleep 60".into(),
-            resources: Some(pb::Resources {
-                cpu: 1.0,
-                ..Default::default()
-            }),
-            keep_on_disconnect: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let t = submit_kept(&mut admin, "echo pgid=$$; sleep 60", 1.0).await;
     wait_task(&mut admin, &t.id, pb::TaskState::Running, T).await;
     let pgid = printed_pgid(&mut admin, &t.id).await;
     napper.signal(libc::SIGSTOP);

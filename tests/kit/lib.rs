@@ -272,20 +272,29 @@ pub fn now_ms() -> i64 {
 
 /// Submits a process task.
 pub async fn submit(admin: &mut Admin, command: &str, cpu: f64) -> pb::TaskInfo {
-    submit_spec(
-        admin,
-        pb::TaskSpec {
-            command: command.into(),
-            resources: Some(pb::Resources {
-                cpu,
-                memory_gb: 0.0,
-                gpu: 0,
-                disk_gb: 0.0,
-            }),
+    submit_spec(admin, process(command, cpu)).await
+}
+
+/// Submits a process task that its worker leaves running when cut off from the master
+/// (`--on-disconnect keep`): for tests of what the master does with a silent worker's
+/// tasks, which the worker would otherwise stop first.
+pub async fn submit_kept(admin: &mut Admin, command: &str, cpu: f64) -> pb::TaskInfo {
+    let spec = pb::TaskSpec {
+        keep_on_disconnect: true,
+        ..process(command, cpu)
+    };
+    submit_spec(admin, spec).await
+}
+
+fn process(command: &str, cpu: f64) -> pb::TaskSpec {
+    pb::TaskSpec {
+        command: command.into(),
+        resources: Some(pb::Resources {
+            cpu,
             ..Default::default()
-        },
-    )
-    .await
+        }),
+        ..Default::default()
+    }
 }
 
 pub async fn submit_spec(admin: &mut Admin, spec: pb::TaskSpec) -> pb::TaskInfo {
