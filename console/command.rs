@@ -275,13 +275,11 @@ pub struct RunArgs {
 
 fn parse_state(text: &str) -> Result<TaskState, Error> {
     TaskState::parse(text).ok_or_else(|| {
-        Error::invalid({
-            let words: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            format!(
-                "'{text}' is not a task state; use one of {}",
-                words.join(", ")
-            )
-        })
+        let words: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+        Error::invalid(format!(
+            "'{text}' is not a task state; use one of {}",
+            words.join(", ")
+        ))
     })
 }
 

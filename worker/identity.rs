@@ -78,12 +78,10 @@ impl SecretFile {
             std::fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| {
-            Error::setup({
-                format!(
-                    "cannot keep the worker secret in {}: {e}",
-                    self.path.display()
-                )
-            })
+            Error::setup(format!(
+                "cannot keep the worker secret in {}: {e}",
+                self.path.display()
+            ))
         })
     }
 }
