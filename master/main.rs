@@ -10,6 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use herd::config::MasterConfig;
+use herd::logging::LogOptions;
 use herd_console::repl;
 
 /// mimalloc instead of glibc's malloc: a task's way through the master is made of many
@@ -27,6 +28,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: MasterConfig,
+    #[command(flatten)]
+    log: LogOptions,
 }
 
 fn main() -> ExitCode {
@@ -38,16 +41,20 @@ fn main() -> ExitCode {
     let interactive = !cli.config.no_repl && std::io::stdin().is_terminal();
     // At the REPL the log goes to <data-dir>/master.log, and only warnings to the screen.
     let log_file = interactive.then(|| herd_master::logfile::LogFile::open(&cli.config.data_dir));
-    match log_file {
+    let logging = match log_file {
         Some(Ok(file)) => {
             eprintln!("log: {} (warnings also show here)", file.path().display());
-            herd::init_logging_split(file, repl::LogWriter::default);
+            cli.log.init_split(file, repl::LogWriter::default)
         }
         Some(Err(err)) => {
             eprintln!("herd-master: cannot open its log: {err}");
             return ExitCode::FAILURE;
         }
-        None => herd::init_logging(repl::LogWriter::default),
+        None => cli.log.init(repl::LogWriter::default),
+    };
+    if let Err(err) = logging {
+        eprintln!("herd-master: {err}");
+        return ExitCode::from(2);
     }
     // Before any connection is opened.
     match herd_master::store::pcache::install() {

@@ -11,12 +11,15 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use herd::config::WorkerConfig;
+use herd::logging::LogOptions;
 
 #[derive(Parser)]
 #[command(name = "herd-worker", version, about = "The herd worker agent")]
 struct Cli {
     #[command(flatten)]
     config: WorkerConfig,
+    #[command(flatten)]
+    log: LogOptions,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -33,7 +36,10 @@ fn main() -> ExitCode {
     if let Some(Mode::Supervise { folder }) = cli.mode {
         return herd_worker::supervisor::main(folder);
     }
-    herd::init_logging(std::io::stderr);
+    if let Err(err) = cli.log.init(std::io::stderr) {
+        eprintln!("herd-worker: {err}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

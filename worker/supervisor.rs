@@ -40,7 +40,8 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Entry point of the hidden `supervise` mode.
 pub fn main(folder: PathBuf) -> ExitCode {
-    herd::init_logging(std::io::stderr);
+    // Its stderr is the task folder's supervisor.log; the default (HERD_LOG) never fails.
+    let _ = herd::logging::LogOptions::default().init(std::io::stderr);
     // SAFETY: plain syscalls on this process. setsid fails harmlessly when the agent
     // already made us a session leader.
     unsafe {

@@ -9,6 +9,7 @@ mod crash;
 mod dashboard;
 mod http;
 mod identity;
+mod logs;
 mod operator;
 mod output;
 mod partition;
