@@ -135,18 +135,27 @@ fn load_or_make(given: Option<String>, path: &Path) -> Result<(String, bool), Er
 }
 
 /// Writes `text` to a new file only its owner can read (mode 0600 from the start, so it
-/// is never readable by others, not even for a moment); an existing file is an error.
+/// is never readable by others, not even for a moment); an existing file is an error. The
+/// file appears whole: it is written beside, then linked into place, so a reader (herdctl
+/// or a worker on the same machine finding the token) never sees it empty.
 pub fn write_private(path: &Path, text: &str) -> Result<(), Error> {
-    let mut file = std::fs::OpenOptions::new()
+    let failed = |e: std::io::Error| Error::Setup(format!("cannot write {}: {e}", path.display()));
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(format!(".new-{}", std::process::id()));
+    let beside = std::path::PathBuf::from(beside);
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
-    writeln!(file, "{text}")
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
-    Ok(())
+        .open(&beside)
+        .and_then(|mut file| {
+            writeln!(file, "{text}")?;
+            file.sync_all()
+        })
+        // A hard link fails if the file exists: never replaces one.
+        .and_then(|()| std::fs::hard_link(&beside, path));
+    let _ = std::fs::remove_file(&beside);
+    written.map_err(failed)
 }
 
 /// Compares in time that depends only on the lengths, not on where the bytes differ.

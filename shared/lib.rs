@@ -26,6 +26,9 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/herd_descriptor.bin"));
 }
 
+#[cfg(test)]
+mod wire;
+
 pub use error::Error;
 
 /// The version every herd program reports.
