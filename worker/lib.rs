@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod devices;
+mod ending;
 pub mod executor;
 pub mod folder;
 pub mod follow;

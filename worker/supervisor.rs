@@ -27,6 +27,7 @@ use herd::error::Error;
 use herd::pb;
 
 use crate::cgroup::{Cgroup, Isolation, join_from_pre_exec};
+use crate::ending::{Stop, Why, describe, last_line};
 use crate::folder::{Exit, Folder, OutputWriter, Spec, State};
 use crate::lease;
 use crate::procs;
@@ -548,98 +549,6 @@ async fn remove_container(spec: &Spec) {
         .stderr(Stdio::null())
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(20), removed).await;
-}
-
-/// The last non-empty line of `bytes`, cut to 300 characters.
-fn last_line(bytes: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-    Some(line.chars().take(300).collect())
-}
-
-/// Why the supervisor stopped the task, and when SIGKILL follows its SIGTERM.
-struct Stop {
-    reason: String,
-    kill_at: Instant,
-    why: Why,
-}
-
-/// What stopped the task.
-#[derive(Clone, Copy, PartialEq)]
-enum Why {
-    /// A cancel (the master's, or the worker's shutdown with --drain-on-exit): cancelled.
-    Cancelled,
-    /// Its time limit: the task fails.
-    TimedOut,
-    /// The worker was cut off from the master past its fencing deadline: lost, and run
-    /// again elsewhere.
-    Fenced,
-}
-
-/// The exit file's content for how the main process ended.
-fn describe(status: ExitStatus, stop: Option<Stop>, cgroup: Option<&Cgroup>) -> Exit {
-    let exit_code = status.code();
-    let signal = status.signal();
-    match stop {
-        // Killed for its time: whatever code it managed to exit with is not its result
-        // (and no exit code means the master does not retry it).
-        Some(Stop {
-            reason,
-            why: Why::TimedOut,
-            ..
-        }) => {
-            return Exit {
-                outcome: "failed".into(),
-                exit_code: None,
-                signal,
-                reason,
-            };
-        }
-        // Stopped before the master runs it elsewhere: its code says nothing either.
-        Some(Stop {
-            reason,
-            why: Why::Fenced,
-            ..
-        }) => {
-            return Exit {
-                outcome: "lost".into(),
-                exit_code: None,
-                signal,
-                reason,
-            };
-        }
-        Some(Stop { reason, .. }) => {
-            return Exit {
-                outcome: "cancelled".into(),
-                exit_code,
-                signal,
-                reason,
-            };
-        }
-        None => {}
-    }
-    let out_of_memory = cgroup.filter(|c| c.memory_gb > 0.0 && c.oom_killed());
-    let (outcome, reason) = if let Some(cgroup) = out_of_memory {
-        (
-            "failed",
-            format!("killed: out of memory (limit {} GB)", cgroup.memory_gb),
-        )
-    } else if status.success() {
-        ("succeeded", String::new())
-    } else if let Some(code) = exit_code {
-        ("failed", format!("exited with code {code}"))
-    } else {
-        (
-            "failed",
-            format!("killed by signal {}", signal.unwrap_or(0)),
-        )
-    };
-    Exit {
-        outcome: outcome.into(),
-        exit_code,
-        signal,
-        reason,
-    }
 }
 
 fn unblock_sigterm() {
