@@ -1,5 +1,5 @@
 //! The one app handle every edge holds: the cluster (workers and tasks in memory), the
-//! store (SQLite, the only writer), task output on disk, metrics and the credentials the
+//! store (the only writer, and where task output is kept), metrics and the credentials the
 //! master accepts. The operations are its methods, in `ops/`; gRPC (`grpc/`), the HTTP API
 //! (`http/`) and the REPL (through gRPC) only adapt to them.
 
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use crate::cluster::Cluster;
 use crate::identity::Credentials;
 use crate::metrics::Metrics;
-use crate::output::OutputDir;
 use crate::store::Store;
 
 /// Cheap to clone: every field is shared.
@@ -18,8 +17,6 @@ pub struct App {
     pub cluster: Arc<Cluster>,
     /// Where every change is committed before it is acknowledged.
     pub store: Store,
-    /// The output the master keeps of each task's attempts.
-    pub output: OutputDir,
     pub metrics: Arc<Metrics>,
     /// Every credential the master accepts (the gRPC gates and the HTTP API check them).
     pub credentials: Arc<Credentials>,

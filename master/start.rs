@@ -160,11 +160,10 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         config.check_interval,
         shutdown_rx.clone(),
     );
-    let sweeper = output::spawn_sweeper(output.clone(), config.task_retention, shutdown_rx.clone());
+    let sweeper = output::spawn_sweeper(output, config.task_retention, shutdown_rx.clone());
     let app = App {
         cluster: cluster.clone(),
         store: store.clone(),
-        output,
         metrics: metrics.clone(),
         credentials,
     };

@@ -290,8 +290,9 @@ impl Harness {
     pub async fn kept_output(&self, task: &str, attempt: u32) -> Vec<u8> {
         self.commit().await;
         self.app
-            .output
-            .read(task, attempt, 0, 1 << 20)
+            .store
+            .output(task, attempt, 0, 1 << 20)
+            .await
             .expect("readable")
             .1
     }
@@ -454,7 +455,7 @@ fn open(dir: &std::path::Path, settings: Settings) -> App {
     let metrics = Metrics::new();
     let output = OutputDir::new(dir.join("output"));
     let (store, loaded) =
-        Store::open(&dir.join("herd.db"), output.clone(), metrics.flush.clone()).expect("open");
+        Store::open(&dir.join("herd.db"), output, metrics.flush.clone()).expect("open");
     let cluster = Arc::new(Cluster::new(
         settings,
         store.clone(),
@@ -471,7 +472,6 @@ fn open(dir: &std::path::Path, settings: Settings) -> App {
         cluster,
         credentials: Arc::new(Credentials::new(None, None, loaded.tokens, store.clone())),
         store,
-        output,
         metrics,
     }
 }

@@ -1,6 +1,6 @@
-//! `task logs`: a byte range of the output of a task's latest attempt, read from the
-//! master's output files (or, for tasks that ended under an older schema, from SQLite), in
-//! chunks far below the message limit, and followed until the task ends.
+//! `task logs`: a byte range of the output of a task's latest attempt, read from the store
+//! (SQLite's output files or a PostgreSQL table) in chunks far below the message limit,
+//! and followed until the task ends.
 
 use std::time::Duration;
 
@@ -76,7 +76,7 @@ impl App {
         // its way to disk) would be taken for one that ended before output moved to files,
         // and print nothing.
         self.store.sync().await?;
-        if first.done && !self.output.exists(id) {
+        if first.done && !self.store.has_output(id).await? {
             // Ended before output moved to files: what SQLite kept.
             let data = self.store.read_output(id).await?;
             let start = req.offset.unwrap_or(0) as usize;
@@ -120,14 +120,7 @@ impl App {
             let end = if view.done { u64::MAX } else { view.len }.min(limit_end);
             while from < end {
                 let want = (end - from).min(LOG_CHUNK as u64) as usize;
-                let (task, out) = (id.to_string(), self.output.clone());
-                let (start, data) =
-                    tokio::task::spawn_blocking(move || out.read(&task, attempt, from, want))
-                        .await
-                        .map_err(|e| Error::Storage(format!("reading the output failed: {e}")))?
-                        .map_err(|e| {
-                            Error::Storage(format!("cannot read the task's output: {e}"))
-                        })?;
+                let (start, data) = self.store.output(id, attempt, from, want).await?;
                 if data.is_empty() {
                     break;
                 }
@@ -160,10 +153,6 @@ impl App {
         if !view.done {
             return Ok(view.len);
         }
-        let (task, out) = (id.to_string(), self.output.clone());
-        tokio::task::spawn_blocking(move || out.len(&task, attempt))
-            .await
-            .map_err(|e| Error::Storage(format!("reading the output failed: {e}")))?
-            .map_err(|e| Error::Storage(format!("cannot read the task's output: {e}")))
+        self.store.output_len(id, attempt).await
     }
 }

@@ -25,7 +25,10 @@ use herd::error::Error;
 
 mod change;
 mod done;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 mod thread;
 mod unsaved;
 
@@ -60,6 +63,19 @@ pub trait Reads: Send + Sync + 'static {
     fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRow>, Error>;
     /// One task by id, as the store has it.
     fn task(&self, id: &str) -> Result<Option<Task>, Error>;
+    /// Up to `max` bytes from offset `from` of an attempt's output, as `(start, bytes)`:
+    /// `start` is later than `from` when the bytes there are no longer kept.
+    fn output(
+        &self,
+        task: &str,
+        attempt: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(u64, Vec<u8>), Error>;
+    /// How many bytes of an attempt's output there were (its whole length).
+    fn output_len(&self, task: &str, attempt: u32) -> Result<u64, Error>;
+    /// Whether any output of the task is kept.
+    fn has_output(&self, task: &str) -> Result<bool, Error>;
 }
 
 /// Everything the store knows, read at start.
@@ -95,6 +111,17 @@ impl Store {
         flushes: Histogram,
     ) -> Result<(Store, Loaded), Error> {
         let (engine, reader, loaded) = sqlite::open(path, output, true)?;
+        Ok((Store::start(engine, reader, Some(flushes))?, loaded))
+    }
+
+    /// Opens the PostgreSQL store at `url` to write as the leader of `fence.term`, and
+    /// returns it with everything it knows.
+    pub async fn open_postgres(
+        url: &str,
+        fence: postgres::Fence,
+        flushes: Histogram,
+    ) -> Result<(Store, Loaded), Error> {
+        let (engine, reader, loaded) = postgres::open(url, fence).await?;
         Ok((Store::start(engine, reader, Some(flushes))?, loaded))
     }
 
@@ -218,7 +245,32 @@ impl Store {
         self.read(move |r| r.task(&id)).await
     }
 
-    /// The output a finished task left (empty when there is none).
+    /// Up to `max` bytes from offset `from` of an attempt's output, as `(start, bytes)`.
+    pub async fn output(
+        &self,
+        task: &str,
+        attempt: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(u64, Vec<u8>), Error> {
+        let task = task.to_string();
+        self.read(move |r| r.output(&task, attempt, from, max))
+            .await
+    }
+
+    /// How many bytes of an attempt's output there were.
+    pub async fn output_len(&self, task: &str, attempt: u32) -> Result<u64, Error> {
+        let task = task.to_string();
+        self.read(move |r| r.output_len(&task, attempt)).await
+    }
+
+    /// Whether any output of the task is kept.
+    pub async fn has_output(&self, task: &str) -> Result<bool, Error> {
+        let task = task.to_string();
+        self.read(move |r| r.has_output(&task)).await
+    }
+
+    /// The output a finished task left in the SQLite column of old (empty when there is none).
     pub async fn read_output(&self, id: &str) -> Result<Vec<u8>, Error> {
         let (done, wait) = oneshot::channel();
         self.jobs

@@ -21,7 +21,7 @@ pub mod pcache;
 mod rowids;
 mod schema;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use self::checkpoint::{Checkpoints, STORE_TRIES, copy_back_the_wal, retry_every_100us};
 use self::rowids::{RowIds, load_rowids};
@@ -38,8 +38,11 @@ pub struct Sqlite {
 }
 
 /// The reading side: a connection of its own (WAL lets it read while the store thread
-/// writes), used from blocking tasks.
-pub struct Reader(Mutex<Connection>);
+/// writes), used from blocking tasks, and the output files.
+pub struct Reader {
+    conn: Mutex<Connection>,
+    output: OutputDir,
+}
 
 /// Opens (creating if needed) and migrates the database at `path`; returns both sides and
 /// everything it knows. With `checkpoints`, the WAL is copied back on a thread of its own.
@@ -84,12 +87,16 @@ fn open_sqlite(
     if checkpoints {
         Checkpoints::EVERY_SECOND.start(path)?;
     }
+    let reader = Reader {
+        conn: Mutex::new(reader),
+        output: output.clone(),
+    };
     let engine = Sqlite {
         conn,
         output,
         rowids,
     };
-    Ok((engine, Reader(Mutex::new(reader)), loaded))
+    Ok((engine, reader, loaded))
 }
 
 impl Engine for Sqlite {
@@ -116,7 +123,7 @@ impl Engine for Sqlite {
 
 impl Reader {
     fn with<T>(&self, read: impl FnOnce(&Connection) -> fault::Result<T>) -> Result<T, Error> {
-        let conn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         Ok(read(&conn)?)
     }
 }
@@ -137,5 +144,27 @@ impl Reads for Reader {
 
     fn task(&self, id: &str) -> Result<Option<Task>, Error> {
         self.with(|conn| schema::task_by_id(conn, id))
+    }
+
+    fn output(
+        &self,
+        task: &str,
+        attempt: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(u64, Vec<u8>), Error> {
+        self.output
+            .read(task, attempt, from, max)
+            .map_err(|e| Error::Storage(format!("cannot read the output of {task}: {e}")))
+    }
+
+    fn output_len(&self, task: &str, attempt: u32) -> Result<u64, Error> {
+        self.output
+            .len(task, attempt)
+            .map_err(|e| Error::Storage(format!("cannot read the output of {task}: {e}")))
+    }
+
+    fn has_output(&self, task: &str) -> Result<bool, Error> {
+        Ok(self.output.exists(task))
     }
 }

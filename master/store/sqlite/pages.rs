@@ -54,14 +54,20 @@ fn on_worker(
     before: u64,
     limit: usize,
 ) -> Result<Vec<Task>> {
-    let oldest: Option<i64> = conn.query_row(
-        &format!("SELECT min(seq) FROM tasks INDEXED BY tasks_done_by_seq WHERE {FINAL}"),
+    // The walk starts at the newest finished task, not at `before`: a page token far
+    // beyond it (u64::MAX) would walk empty blocks for ever.
+    let (oldest, newest): (Option<i64>, Option<i64>) = conn.query_row(
+        &format!(
+            "SELECT (SELECT min(seq) FROM tasks INDEXED BY tasks_done_by_seq WHERE {FINAL}),
+                    (SELECT max(seq) FROM tasks INDEXED BY tasks_done_by_seq WHERE {FINAL})"
+        ),
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let (Some(oldest), Some(last)) = (oldest, before.checked_sub(1)) else {
+    let (Some(oldest), Some(newest), Some(last)) = (oldest, newest, before.checked_sub(1)) else {
         return Ok(Vec::new());
     };
+    let last = last.min(newest.max(0) as u64);
     let oldest = oldest.max(0) as u64;
     let (conditions, filters) = conditions(filter);
     let mut stmt = conn.prepare_cached(&format!(
@@ -150,6 +156,11 @@ mod tests {
         assert_eq!(page(&on_w1, 1024, 3), [1023, 5], "the next page");
         assert_eq!(page(&on_w1, 3080, 1), [3079], "before, within a block");
         assert!(page(&on_w1, 5, 10).is_empty(), "nothing older");
+        assert_eq!(
+            page(&on_w1, u64::MAX, 1),
+            [3080],
+            "a token far beyond the newest"
+        );
         let failed_on_w1 = TaskFilter {
             state: Some(Failed),
             ..on_w1.clone()

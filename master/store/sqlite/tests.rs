@@ -14,7 +14,7 @@ pub(super) fn out(dir: &tempfile::TempDir) -> OutputDir {
     OutputDir::new(dir.path().join("output"))
 }
 
-pub(super) fn record(id: &str, name: &str) -> WorkerRecord {
+pub(crate) fn record(id: &str, name: &str) -> WorkerRecord {
     WorkerRecord {
         id: id.into(),
         spec: WorkerSpec {
@@ -162,7 +162,7 @@ pub(super) fn read_state(conn: &Connection, id: &str) -> fault::Result<Option<(b
         .optional()?)
 }
 
-fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
+pub(crate) fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
     let spec = herd::domain::TaskSpec {
         name: String::new(),
         image: None,
@@ -197,7 +197,7 @@ fn queued_task(n: u64, run: herd::domain::run::RunOptions) -> Task {
 }
 
 /// Task `n` in `state`, on its first attempt on `worker`.
-fn placed(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+pub(crate) fn placed(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
     let mut t = queued_task(n, Default::default());
     t.state = state;
     t.attempts = 1;
@@ -206,7 +206,7 @@ fn placed(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
 }
 
 /// Task `n`, ended in `state` on `worker`.
-pub(super) fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
+pub(crate) fn ended(n: u64, state: herd::domain::TaskState, worker: &str) -> Task {
     let mut t = placed(n, state, worker);
     t.finished_ms = 100 + n as i64;
     t
@@ -275,7 +275,7 @@ async fn of_several_snapshots_of_a_task_in_one_commit_the_last_is_kept() {
     );
 }
 
-fn audit(action: &str, target: &str) -> AuditRow {
+pub(crate) fn audit(action: &str, target: &str) -> AuditRow {
     AuditRow {
         seq: 0,
         at_ms: 5,

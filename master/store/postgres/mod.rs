@@ -1,0 +1,199 @@
+//! The PostgreSQL engine (`--store postgres://...`): the store standby masters share.
+//! Everything that speaks SQL to PostgreSQL or names a postgres type lives in this folder;
+//! the rest of the master sees only [`Engine`] and [`Reads`], as with SQLite.
+//!
+//! The engine writes as the leader of one term ([`crate::leader`] takes it): every
+//! transaction checks that term first, so a deposed master writes nothing.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tracing::{debug, warn};
+
+use herd::error::Error;
+
+mod commit;
+mod fault;
+mod reads;
+mod schema;
+#[cfg(any(test, feature = "testing"))]
+pub mod scratch;
+
+use super::{Change, Engine, Loaded};
+pub use reads::Reader;
+
+/// How this master writes: as the leader of `term`. A write that finds a newer term fails,
+/// and `deposed` is set, so the master stops leading at once.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub term: i64,
+    pub deposed: watch::Sender<bool>,
+}
+
+/// The writing side: one connection, owned by the store thread.
+pub struct Postgres {
+    url: String,
+    client: Client,
+    statements: Statements,
+    fence: Fence,
+    /// The master's runtime: each connection's I/O runs there, and the store thread
+    /// waits on it for its commits.
+    runtime: Handle,
+}
+
+/// Statements prepared once per connection.
+#[derive(Default)]
+pub(crate) struct Statements(HashMap<&'static str, Statement>);
+
+impl Statements {
+    /// Runs `sql` (prepared on its first use) in `tx`; how many rows it changed.
+    async fn run(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> fault::Result<u64> {
+        let statement = match self.0.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let prepared = tx.prepare(sql).await?;
+                self.0.insert(sql, prepared.clone());
+                prepared
+            }
+        };
+        Ok(tx.execute(&statement, params).await?)
+    }
+}
+
+/// A connection's settings: TCP keepalives and a user timeout of seconds, not the
+/// system's two hours, so a dead server or a cut link is seen within seconds.
+pub fn config(url: &str) -> Result<tokio_postgres::Config, Error> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "--store {}: {e} (expected postgres://USER@HOST:PORT/DATABASE)",
+            redact(url)
+        ))
+    })?;
+    config
+        .application_name("herd-master")
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(2))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(5));
+    Ok(config)
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((who, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match who.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Connects to the store at `url`; the connection's I/O runs on this runtime.
+pub async fn connect(url: &str) -> Result<Client, Error> {
+    let (client, connection) = config(url)?.connect(NoTls).await.map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot reach the PostgreSQL store {}: {e}",
+            redact(url)
+        ))
+    })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            debug!(%err, "a connection to the PostgreSQL store ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Migrates the schema at `url` (creating it on an empty database) without loading it:
+/// what a standby does at start, so a bad URL or a newer schema stops it at once.
+pub async fn prepare(url: &str) -> Result<(), Error> {
+    let mut client = connect(url).await?;
+    Ok(schema::migrate(&mut client).await?)
+}
+
+/// Opens the store at `url` to write as the leader of `fence.term`: migrates it, and
+/// returns both sides and everything it knows.
+pub async fn open(url: &str, fence: Fence) -> Result<(Postgres, Reader, Loaded), Error> {
+    let mut client = connect(url).await?;
+    schema::migrate(&mut client).await?;
+    let loaded = load(&mut client).await?;
+    let reader = Reader::new(url, connect(url).await?);
+    let engine = Postgres {
+        url: url.to_string(),
+        client,
+        statements: Statements::default(),
+        fence,
+        runtime: Handle::current(),
+    };
+    Ok((engine, reader, loaded))
+}
+
+/// Everything a leader starts from, read in one snapshot.
+async fn load(client: &mut Client) -> fault::Result<Loaded> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let loaded = Loaded {
+        workers: schema::load_workers(&tx).await?,
+        tasks: schema::load_tasks(&tx).await?,
+        finished: schema::final_counts(&tx).await?,
+        last_task: schema::last_task_number(&tx).await?,
+        scheduler: schema::setting(&tx, "scheduler").await?,
+        tokens: reads::load_tokens(&tx).await?,
+    };
+    tx.commit().await?;
+    Ok(loaded)
+}
+
+impl Postgres {
+    /// Commits `changes` in one transaction, first making the connection again if it was
+    /// lost (the server restarted, a link was cut); its statements are prepared again.
+    async fn write<'a>(&mut self, changes: impl Iterator<Item = &'a Change>) -> fault::Result<()> {
+        if self.client.is_closed() {
+            warn!("the connection to the PostgreSQL store was lost; connecting again");
+            self.client = connect(&self.url).await?;
+            self.statements = Statements::default();
+        }
+        let tx = self.client.transaction().await?;
+        commit::commit(&tx, &mut self.statements, &self.fence, changes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Engine for Postgres {
+    fn commit<'a>(
+        &mut self,
+        changes: impl Iterator<Item = &'a Change> + Clone,
+    ) -> Result<(), Error> {
+        if changes.clone().all(|c| matches!(c, Change::Barrier)) {
+            return Ok(());
+        }
+        let runtime = self.runtime.clone();
+        Ok(runtime.block_on(self.write(changes))?)
+    }
+
+    fn read_output(&mut self, _id: &str) -> Result<Vec<u8>, Error> {
+        // Output in a column belongs to SQLite databases from before output files; a
+        // PostgreSQL store has only `task_output`.
+        Ok(Vec::new())
+    }
+}
