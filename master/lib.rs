@@ -21,6 +21,7 @@ mod harness;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod leader;
 pub mod liveness;
 pub mod local_worker;
 pub mod lock;

@@ -21,6 +21,12 @@ pub struct Liveness {
     pub worker_timeout: Duration,
     /// Set while a tick holds back a mass removal: silent workers stay Inactive.
     pub hold_removals: bool,
+    /// After a take-over (a restart, or a fail-over to this master), how long workers that
+    /// were Active are given to reconnect: none turns Inactive or Removed for silence
+    /// before it has passed (`--failover-grace`).
+    pub failover_grace: Duration,
+    /// When the grace of the last take-over ends.
+    grace_until: Option<Instant>,
 }
 
 impl Liveness {
@@ -29,7 +35,26 @@ impl Liveness {
             heartbeat_timeout,
             worker_timeout,
             hold_removals: false,
+            failover_grace: heartbeat_timeout * 2,
+            grace_until: None,
         }
+    }
+
+    /// The same rule with another `--failover-grace`.
+    pub fn with_failover_grace(self, grace: Duration) -> Liveness {
+        Liveness {
+            failover_grace: grace,
+            ..self
+        }
+    }
+
+    /// This master took over at `now` (it loaded the cluster's state): the grace begins.
+    pub fn taken_over(&mut self, now: Instant) {
+        self.grace_until = Some(now + self.failover_grace);
+    }
+
+    fn in_grace(&self, now: Instant) -> bool {
+        self.grace_until.is_some_and(|end| now < end)
     }
 
     /// The state of a worker at `now`, from the facts the cluster keeps.
@@ -38,8 +63,12 @@ impl Liveness {
             return WorkerState::Pending;
         }
         let silent = now.saturating_duration_since(presence.last_seen);
-        if presence.removed || (silent >= self.worker_timeout && !self.hold_removals) {
+        let grace = self.in_grace(now);
+        if presence.removed || (silent >= self.worker_timeout && !self.hold_removals && !grace) {
             WorkerState::Removed
+        } else if presence.held && grace {
+            // Active before the take-over, and given the grace to reconnect.
+            WorkerState::Active
         } else if !presence.connected || silent >= self.heartbeat_timeout {
             WorkerState::Inactive
         } else {
@@ -88,6 +117,9 @@ pub struct Presence {
     pub removed: bool,
     /// Pre-registered by an operator and never registered since: no timeout applies.
     pub pending: bool,
+    /// Active when this master took over, and not connected to it since: Active until the
+    /// failover grace ends (a scheduler still needs its stream to place anything on it).
+    pub held: bool,
 }
 
 /// Notices when the master itself has not run (SIGSTOP, a VM freeze, a suspended laptop, a
@@ -145,6 +177,7 @@ mod tests {
             connected: true,
             removed: false,
             pending: false,
+            held: false,
         }
     }
 
@@ -160,6 +193,34 @@ mod tests {
         assert_eq!(l.state(&p, Instant::now()), WorkerState::Removed);
         l.hold_removals = true;
         assert_eq!(l.state(&p, Instant::now()), WorkerState::Inactive);
+    }
+
+    /// After a take-over, a worker that was Active stays so until it reconnects or the
+    /// grace ends, and nothing is Removed for silence within it; then the rule applies.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_take_over_workers_that_were_active_get_the_grace() {
+        let s = Duration::from_secs;
+        let mut l = Liveness::new(s(2), s(3)).with_failover_grace(s(4));
+        let start = Instant::now();
+        l.taken_over(start);
+        let held = Presence {
+            connected: false,
+            held: true,
+            ..presence(start)
+        };
+        let silent = Presence {
+            held: false,
+            ..held
+        };
+        tokio::time::advance(Duration::from_millis(3999)).await;
+        assert_eq!(l.state(&held, Instant::now()), WorkerState::Active);
+        assert_eq!(
+            l.state(&silent, Instant::now()),
+            WorkerState::Inactive,
+            "not removed within the grace"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(l.state(&held, Instant::now()), WorkerState::Removed);
     }
 
     #[test]

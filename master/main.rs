@@ -39,6 +39,15 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let interactive = !cli.config.no_repl && std::io::stdin().is_terminal();
+    // A master on a PostgreSQL store may be a standby: its REPL would have nothing to
+    // talk to. herdctl follows whichever master leads.
+    let standbys = cli.config.store.is_some();
+    if interactive && standbys {
+        eprintln!(
+            "herd-master: no REPL with --store postgres://... (use herdctl, or the dashboard)"
+        );
+    }
+    let interactive = interactive && !standbys;
     // At the REPL the log goes to <data-dir>/master.log, and only warnings to the screen.
     let log_file = interactive.then(|| herd_master::logfile::LogFile::open(&cli.config.data_dir));
     let logging = match log_file {
@@ -89,6 +98,15 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         true => None,
         false => Some(signal(SignalKind::interrupt()).context("cannot handle SIGINT")?),
     };
+    if config.store.is_some() {
+        let signalled = async {
+            tokio::select! {
+                _ = interrupt.as_mut().expect("headless").recv() => info!("SIGINT received"),
+                _ = term.recv() => info!("SIGTERM received"),
+            }
+        };
+        return herd_master::leader::run(config, signalled).await;
+    }
     let running = herd_master::start(config).await?;
     // The REPL ends the master when it ends; headless, only a signal does.
     let mut repl_ended = match interactive {

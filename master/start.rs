@@ -30,6 +30,7 @@ use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::store::Store;
+use crate::store::postgres::{Fence, redact};
 use crate::{grpc, history, http, lock, metrics, output, ticker};
 
 /// A master that serves. Dropping it without [`Running::shutdown`] leaves its tasks
@@ -64,8 +65,21 @@ struct Background {
 }
 
 /// Starts a master: takes the data dir's lock, opens and loads SQLite, binds the
-/// listeners and starts every background task.
+/// listeners and starts every background task. A master on a PostgreSQL store is started
+/// by [`crate::leader::run`], which leads only once elected.
 pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
+    if config.store.is_some() {
+        bail!("a master on a PostgreSQL store runs under herd_master::leader::run");
+    }
+    start_with(config, None).await
+}
+
+/// Starts a master that leads in `fence.term` on the PostgreSQL store of `config.store`.
+pub(crate) async fn start_leading(config: MasterConfig, fence: Fence) -> anyhow::Result<Running> {
+    start_with(config, Some(fence)).await
+}
+
+async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     // Before anything in the dir is touched: one master per data dir.
@@ -75,8 +89,14 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let events = Events::new();
     let output = OutputDir::new(config.data_dir.join("output"));
-    let (store, loaded) = Store::open(&db_path, output.clone(), metrics.flush.clone())
-        .with_context(|| format!("cannot open {}", db_path.display()))?;
+    let term = fence.as_ref().map(|f| f.term);
+    let (store, loaded) = match (&config.store, fence) {
+        (Some(url), Some(fence)) => Store::open_postgres(url, fence, metrics.flush.clone())
+            .await
+            .with_context(|| format!("cannot open the store {}", redact(url)))?,
+        _ => Store::open(&db_path, output.clone(), metrics.flush.clone())
+            .with_context(|| format!("cannot open {}", db_path.display()))?,
+    };
     let (token, join) = tokens(&config)?;
     let credentials = Arc::new(Credentials::new(
         token.as_deref(),
@@ -84,27 +104,11 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         loaded.tokens.clone(),
         store.clone(),
     ));
-    let pem = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
-            let key =
-                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-            Some((cert, key))
-        }
-        _ => None,
-    };
-    let http_tls = pem.clone();
-    let mut tls =
-        pem.map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
+    let Tls {
+        grpc: tls,
+        http: http_tls,
+    } = tls(&config)?;
     if let Some(ca) = &config.tls_client_ca {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        // Optional at the TLS layer (herdctl and the REPL carry tokens, not certificates);
-        // the Registry service requires one naming the worker.
-        tls = tls.map(|tls| {
-            tls.client_ca_root(Certificate::from_pem(pem))
-                .client_auth_optional(true)
-        });
         info!(ca = %ca.display(), "worker connections must present a client certificate naming the worker");
     }
     let https = tls.is_some();
@@ -118,7 +122,8 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         .unwrap_or_default();
     let cluster = Arc::new(Cluster::new(
         Settings {
-            liveness: Liveness::new(config.heartbeat_timeout, config.worker_timeout),
+            liveness: Liveness::new(config.heartbeat_timeout, config.worker_timeout)
+                .with_failover_grace(config.failover_grace()),
             heartbeat_interval: config.heartbeat_interval,
             check_interval: config.check_interval,
             max_attempts: config.max_attempts,
@@ -171,6 +176,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
         app: app.clone(),
         handshake_timeout: config.heartbeat_timeout,
         require_client_cert: config.tls_client_ca.is_some(),
+        term,
     };
     let grpc = grpc::serve_tcp(listener, tls, services.clone(), shutdown_rx.clone()).await?;
     let metrics_server = config.metrics_listen.map(|addr| {
@@ -200,9 +206,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
                 ),
             };
             let bound = listener.local_addr()?;
-            let tls = http_tls
-                .map(|(cert, key)| http::tls_config(&cert, &key))
-                .transpose()?;
+            let tls = http_tls;
             http::announce(
                 bound,
                 tls.is_some(),
@@ -256,6 +260,42 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
             metrics: metrics_server,
         },
     })
+}
+
+/// The TLS of the gRPC and HTTP servers, from `--tls-cert`, `--tls-key` and
+/// `--tls-client-ca`.
+pub(crate) struct Tls {
+    pub grpc: Option<ServerTlsConfig>,
+    pub http: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub(crate) fn tls(config: &MasterConfig) -> anyhow::Result<Tls> {
+    let pem = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key =
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            Some((cert, key))
+        }
+        _ => None,
+    };
+    let http = pem
+        .as_ref()
+        .map(|(cert, key)| http::tls_config(cert, key))
+        .transpose()?;
+    let mut grpc =
+        pem.map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
+    if let Some(ca) = &config.tls_client_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        // Optional at the TLS layer (herdctl and the REPL carry tokens, not certificates);
+        // the Registry service requires one naming the worker.
+        grpc = grpc.map(|tls| {
+            tls.client_ca_root(Certificate::from_pem(pem))
+                .client_auth_optional(true)
+        });
+    }
+    Ok(Tls { grpc, http })
 }
 
 /// The admin and join tokens: given, or made once and kept in the data dir; none with
@@ -341,11 +381,15 @@ impl Running {
                 Ok(Ok(Ok(()))) => {}
             }
         }
+        let grpc = tasks.grpc.abort_handle();
         match tokio::time::timeout(Duration::from_secs(5), tasks.grpc).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(err))) => warn!(%err, "the gRPC server stopped with an error"),
             Ok(Err(err)) => warn!(%err, "the gRPC server task failed"),
-            Err(_) => warn!("the gRPC server did not stop within 5s"),
+            Err(_) => {
+                warn!("the gRPC server did not stop within 5s; its connections are cut");
+                grpc.abort();
+            }
         }
         let _ = tasks.ticker.await;
         if let Some(metrics_server) = tasks.metrics {

@@ -108,6 +108,7 @@ impl KnownWorker {
                 connected: false,
                 removed: false,
                 pending: false,
+                held: false,
             },
             session: None,
             recorded: WorkerState::Inactive,

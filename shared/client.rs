@@ -81,3 +81,109 @@ pub fn endpoint_as(
         (false, None) => Ok(endpoint),
     }
 }
+
+/// The masters a client knows (`--master a,b,c`: one, or a leader and its standbys) and
+/// the one it talks to now. A standby names the leader (`herd-leader`); the client follows.
+#[derive(Debug, Clone)]
+pub struct Masters {
+    urls: Vec<String>,
+    at: usize,
+    ca: Option<std::path::PathBuf>,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Masters {
+    /// The masters of a comma-separated list, each checked as [`endpoint_as`] does.
+    pub fn parse(
+        list: &str,
+        ca: Option<&Path>,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Masters, Error> {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(with_scheme)
+            .collect();
+        if urls.is_empty() {
+            return Err(Error::Setup(
+                "no master given: use --master http://HOST:PORT[,http://HOST2:PORT]".into(),
+            ));
+        }
+        for url in &urls {
+            endpoint_as(url, ca, identity)?;
+        }
+        Ok(Masters {
+            urls,
+            at: 0,
+            ca: ca.map(Path::to_path_buf),
+            identity: identity.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+        })
+    }
+
+    /// The master talked to now.
+    pub fn current(&self) -> &str {
+        &self.urls[self.at]
+    }
+
+    /// How many masters are known.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The endpoint of the master talked to now.
+    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        endpoint_as(self.current(), self.ca.as_deref(), identity)
+    }
+
+    /// The next master of the list (the current one failed without a hint).
+    pub fn next(&mut self) {
+        self.at = (self.at + 1) % self.urls.len();
+    }
+
+    /// Talks to `leader` from now on (added to the list when new). False when it was the
+    /// current one already, or is not a usable URL.
+    pub fn follow(&mut self, leader: &str) -> bool {
+        let leader = with_scheme(leader);
+        if leader == self.current() {
+            return false;
+        }
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        if endpoint_as(&leader, self.ca.as_deref(), identity).is_err() {
+            return false;
+        }
+        self.at = match self.urls.iter().position(|u| *u == leader) {
+            Some(at) => at,
+            None => {
+                self.urls.push(leader);
+                self.urls.len() - 1
+            }
+        };
+        true
+    }
+}
+
+/// The leader a standby named in its refusal (`herd-leader`, `herd-term`), if it did.
+pub fn leader_hint(status: &tonic::Status) -> Option<(String, i64)> {
+    let meta = status.metadata();
+    let leader = meta.get("herd-leader")?.to_str().ok()?.to_string();
+    let term = meta.get("herd-term")?.to_str().ok()?.parse().ok()?;
+    Some((leader, term))
+}
+
+/// The term of the master that answered (`herd-term`; none from a master on SQLite).
+pub fn term_of(meta: &tonic::metadata::MetadataMap) -> Option<i64> {
+    meta.get("herd-term")?.to_str().ok()?.parse().ok()
+}

@@ -146,9 +146,44 @@ pub struct MasterConfig {
     /// written.
     #[arg(long, env = "HERD_TASK_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub task_retention: Duration,
+
+    /// Where the cluster's state lives: SQLite in the data dir (the default), or a
+    /// PostgreSQL database (postgres://USER@HOST:PORT/DB) shared by standby masters, of
+    /// which one leads.
+    #[arg(long, env = "HERD_STORE", hide_env_values = true, value_parser = parse_store)]
+    pub store: Option<String>,
+
+    /// After a take-over (a restart, or a fail-over to this master), how long workers that
+    /// were Active have to reconnect before silence counts (default: 2 x
+    /// --heartbeat-timeout).
+    #[arg(long, env = "HERD_FAILOVER_GRACE", value_parser = parse_duration)]
+    pub failover_grace: Option<Duration>,
+
+    /// The gRPC URL other masters send clients to while this one leads (default:
+    /// http(s)://HOST:PORT from --listen, with this machine's host name for 0.0.0.0).
+    #[arg(long, env = "HERD_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+/// `--store`: a PostgreSQL URL (SQLite needs none: it is the default).
+fn parse_store(text: &str) -> Result<String, Error> {
+    let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("postgres" | "postgresql") => Ok(text.to_string()),
+        _ => Err(Error::InvalidArgument(
+            "expected postgres://USER@HOST:PORT/DATABASE (leave --store out for SQLite in the \
+             data dir)"
+                .into(),
+        )),
+    }
 }
 
 impl MasterConfig {
+    /// The failover grace in effect.
+    pub fn failover_grace(&self) -> Duration {
+        self.failover_grace.unwrap_or(self.heartbeat_timeout * 2)
+    }
+
     /// Refuses settings under which liveness cannot work.
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat_interval >= self.heartbeat_timeout {

@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use herd::auth::Bearer;
-use herd::client::Authed;
+use herd::client::{Authed, Masters};
 use herd::error::Error;
 use tracing::{debug, info, warn};
 
@@ -61,12 +61,17 @@ impl Backoff {
     }
 }
 
+/// The longest a worker waits for a master to answer a call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a heartbeat session ended.
 enum Ended {
     /// The master does not know our id: register again.
     Unknown(String),
     /// The connection or stream failed; try again after a pause.
     Lost(String),
+    /// A standby refused us and named the leader (its URL): go there.
+    Redirect(String),
     /// We are shutting down.
     Shutdown,
     /// The master refused us in a way retrying cannot heal (the token, our description):
@@ -96,11 +101,12 @@ fn refusal(status: &tonic::Status) -> Option<Error> {
 }
 
 pub struct Agent {
-    /// How to reach the master (TLS settings included).
-    endpoint: Endpoint,
+    /// The masters (TLS settings included), and the one talked to now.
+    masters: Masters,
+    /// The newest leader's term seen: a master of an older one is not obeyed.
+    newest_term: i64,
     /// The cluster token on every call.
     bearer: Bearer,
-    pub master: String,
     pub description: pb::WorkerDescription,
     pub telemetry: Telemetry,
     pub executor: Executor,
@@ -125,9 +131,8 @@ impl Agent {
     // Each is a separate part of the worker, built in main.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        endpoint: Endpoint,
+        masters: Masters,
         bearer: Bearer,
-        master: String,
         description: pb::WorkerDescription,
         telemetry: Telemetry,
         executor: Executor,
@@ -137,9 +142,9 @@ impl Agent {
         Agent {
             lease: Lease::new(executor.work_dir()),
             secret,
-            endpoint,
+            masters,
+            newest_term: 0,
             bearer,
-            master,
             description,
             telemetry,
             executor,
@@ -162,6 +167,16 @@ impl Agent {
                 Ok(channel) => self.session(channel, &mut backoff, &mut shutdown).await,
                 Err(err) => Ended::Lost(format!("cannot connect: {err}")),
             };
+            if let Ended::Redirect(leader) = &ended
+                && self.masters.follow(leader)
+            {
+                info!(master = %self.masters.current(), "a standby named the leader; following it");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                continue;
+            }
             match ended {
                 Ended::Shutdown => return Ok(()),
                 Ended::Refused(why) => return Err(why),
@@ -170,13 +185,15 @@ impl Agent {
                     self.id = None;
                     continue;
                 }
-                Ended::Lost(err) => {
+                Ended::Lost(err) | Ended::Redirect(err) => {
                     if self.reachable {
-                        warn!(master = %self.master, error = %err, "lost the master; retrying with backoff");
+                        warn!(master = %self.masters.current(), error = %err, "lost the master; retrying with backoff");
                         self.reachable = false;
                     } else {
                         debug!(error = %err, "master still unreachable");
                     }
+                    // Another master may lead now.
+                    self.masters.next();
                 }
             }
             tokio::select! {
@@ -186,28 +203,50 @@ impl Agent {
         }
     }
 
-    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        self.endpoint.connect().await
+    async fn connect(&self) -> Result<Channel, String> {
+        let endpoint = self.masters.endpoint().map_err(|e| e.to_string())?;
+        endpoint.connect().await.map_err(|e| e.to_string())
+    }
+
+    /// Whether the master that answered leads in a term at least as new as the newest
+    /// seen: a deposed leader, resumed, is not obeyed.
+    fn current_term(&mut self, meta: &tonic::metadata::MetadataMap) -> Result<(), Ended> {
+        let Some(term) = herd::client::term_of(meta) else {
+            return Ok(());
+        };
+        if term < self.newest_term {
+            return Err(Ended::Lost(format!(
+                "{} leads in term {term}, older than term {} seen before: not obeyed",
+                self.masters.current(),
+                self.newest_term
+            )));
+        }
+        self.newest_term = term;
+        Ok(())
     }
 
     async fn register(&mut self, client: &mut RegistryClient<Authed>) -> Result<String, Ended> {
-        let response = client
-            .register(pb::RegisterRequest {
-                worker: Some(self.description.clone()),
-                worker_secret: self.secret.current().to_string(),
-            })
+        let request = client.register(pb::RegisterRequest {
+            worker: Some(self.description.clone()),
+            worker_secret: self.secret.current().to_string(),
+        });
+        // A frozen master accepts the connection and answers nothing: try another.
+        let response = tokio::time::timeout(CALL_TIMEOUT, request)
             .await
+            .map_err(|_| Ended::Lost(format!("no answer to register within {CALL_TIMEOUT:?}")))?
             .map_err(|status| match status.code() {
                 // Our own description is wrong: retrying cannot help.
                 Code::InvalidArgument => Ended::Refused(Error::invalid(format!(
                     "the master refused this worker: {}",
                     status.message()
                 ))),
-                _ => match refusal(&status) {
-                    Some(why) => Ended::Refused(why),
-                    None => Ended::Lost(format!("register failed: {}", status.message())),
+                _ => match (refusal(&status), herd::client::leader_hint(&status)) {
+                    (Some(why), _) => Ended::Refused(why),
+                    (None, Some((leader, _))) => Ended::Redirect(leader),
+                    (None, None) => Ended::Lost(format!("register failed: {}", status.message())),
                 },
             })?;
+        self.current_term(response.metadata())?;
         if let Some(warning) = response
             .metadata()
             .get("herd-warning")
@@ -266,24 +305,34 @@ impl Agent {
             hb.worker_secret = self.secret.current().to_string();
         }
         let _ = tx.try_send(first);
-        let mut inbound = match client.heartbeat(ReceiverStream::new(rx)).await {
-            Ok(response) => response.into_inner(),
+        let opened = tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(ReceiverStream::new(rx)));
+        let Ok(opened) = opened.await else {
+            return Ended::Lost(format!("no answer to the stream within {CALL_TIMEOUT:?}"));
+        };
+        let mut inbound = match opened {
+            Ok(response) => {
+                if let Err(ended) = self.current_term(response.metadata()) {
+                    return ended;
+                }
+                response.into_inner()
+            }
             Err(status) if status.code() == Code::NotFound => {
                 return Ended::Unknown(status.message().to_string());
             }
             Err(status) => {
-                return match refusal(&status) {
-                    Some(why) => Ended::Refused(why),
-                    None => Ended::Lost(format!("heartbeat stream refused: {status}")),
+                return match (refusal(&status), herd::client::leader_hint(&status)) {
+                    (Some(why), _) => Ended::Refused(why),
+                    (None, Some((leader, _))) => Ended::Redirect(leader),
+                    (None, None) => Ended::Lost(format!("heartbeat stream refused: {status}")),
                 };
             }
         };
         if !self.reachable {
-            info!(master = %self.master, "master reachable again");
+            info!(master = %self.masters.current(), "master reachable again");
         }
         self.reachable = true;
         backoff.reset();
-        info!(%id, master = %self.master, "heartbeat stream open");
+        info!(%id, master = %self.masters.current(), "heartbeat stream open");
 
         // Task reports go into the same stream, forwarded by a task of their own; the
         // outbox survives the stream and is handed back when it ends.
@@ -334,10 +383,16 @@ impl Agent {
         };
 
         let mut first_ack = true;
+        // A master that answers nothing for this long (frozen, or cut off on the way back)
+        // is lost: another may lead.
+        let silence = (self.interval * 4).max(Duration::from_secs(2));
         let ended = loop {
             let msg = tokio::select! {
                 msg = inbound.message() => msg,
                 _ = shutdown.changed() => break Ended::Shutdown,
+                _ = tokio::time::sleep(silence) => {
+                    break Ended::Lost(format!("no word from the master for {silence:?}"));
+                }
             };
             match msg {
                 Ok(Some(pb::MasterMessage { body: Some(body) })) => match body {

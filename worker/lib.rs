@@ -116,12 +116,11 @@ pub async fn run(
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => None,
     };
-    let endpoint =
-        herd::client::endpoint_as(&config.master, config.access.ca.as_deref(), identity)?;
+    let masters =
+        herd::client::Masters::parse(&config.master, config.access.ca.as_deref(), identity)?;
     let agent = Agent::new(
-        endpoint,
+        masters,
         bearer,
-        config.master,
         description,
         Telemetry::start(Duration::from_secs(1)),
         executor.clone(),

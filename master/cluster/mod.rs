@@ -66,6 +66,8 @@ struct ClusterState {
     stall: StallGuard,
     /// Since when a mass removal is held back.
     hold_since: Option<Instant>,
+    /// The master is stopping (or no longer leads): no new heartbeat stream is taken.
+    closed: bool,
 }
 
 /// The cluster. Cheap to share behind an `Arc`.
@@ -133,6 +135,7 @@ impl Cluster {
                 next_generation: 0,
                 stall: StallGuard::new(settings.check_interval, Instant::now()),
                 hold_since: None,
+                closed: false,
             }),
         }
     }
@@ -170,8 +173,10 @@ impl Cluster {
         (inner, now)
     }
 
-    /// Loads what SQLite knows at start. Workers are Inactive until they heartbeat, and
-    /// their Removed clock starts now. Placed tasks stay placed: their worker re-attaches
+    /// Loads what the store knows at a take-over (a start, or a fail-over to this master).
+    /// Workers that were Active stay so for the failover grace unless they reconnect
+    /// sooner; the others are Inactive until they heartbeat. Every Removed clock starts
+    /// now. Placed tasks stay placed: their worker re-attaches
     /// them when it reports them, or they are re-queued when it is Removed.
     pub fn load(
         &self,
@@ -182,11 +187,15 @@ impl Cluster {
     ) {
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
+        inner.liveness.taken_over(now);
         for r in workers {
             let removed = r.state == WorkerState::Removed;
             let pending = r.state == WorkerState::Pending;
+            // Active ones stay so for the failover grace, unless they reconnect sooner.
+            let held = r.state == WorkerState::Active && !inner.liveness.failover_grace.is_zero();
             let recorded = match r.state {
                 WorkerState::Removed | WorkerState::Pending => r.state,
+                WorkerState::Active if held => r.state,
                 _ => WorkerState::Inactive,
             };
             let mut entry = KnownWorker::new(r.id.clone(), r.spec, now);
@@ -194,10 +203,11 @@ impl Cluster {
             entry.last_heartbeat_ms = r.last_heartbeat_ms;
             entry.presence.removed = removed;
             entry.presence.pending = pending;
+            entry.presence.held = held;
             entry.added_labels = r.added_labels;
             entry.draining = r.draining;
             entry.recorded = recorded;
-            // Loaded workers were possibly Active in SQLite: write Inactive back.
+            // Without a grace, loaded workers that were Active are written back Inactive.
             entry.dirty = r.state != recorded;
             entry.persisted_heartbeat_ms = r.last_heartbeat_ms;
             entry.secret_hash = r.secret_hash;
@@ -221,6 +231,11 @@ impl Cluster {
         herd::domain::check_heartbeat(first)?;
         let (mut guard, now) = self.lock();
         let inner = &mut *guard;
+        if inner.closed {
+            return Err(Error::Unavailable(
+                "the master is shutting down; reconnect later".into(),
+            ));
+        }
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let entry = inner
@@ -260,6 +275,7 @@ impl Cluster {
             ));
         }
         entry.presence.connected = true;
+        entry.presence.held = false;
         let resume = inner.tasks.resume(&first.worker_id, first);
         // A result of an attempt whose output resumes now waits for that output: the
         // worker sends the rest, then the result again (the last stream may have broken
@@ -427,6 +443,7 @@ impl Cluster {
     /// Ends every open stream (the master is stopping).
     pub fn close_all(&self) {
         let (mut inner, _) = self.lock();
+        inner.closed = true;
         for entry in inner.workers.values_mut() {
             if let Some(session) = entry.session.take() {
                 let _ = session.end.send(Status::unavailable(

@@ -29,6 +29,17 @@ pub struct WorkerService {
     pub handshake_timeout: Duration,
     /// `--tls-client-ca`: worker connections carry a client certificate naming the worker.
     pub require_client_cert: bool,
+    /// The term this master leads in (a PostgreSQL store), told to workers with every
+    /// registration and stream (`herd-term`) so they never obey an older leader.
+    pub term: Option<i64>,
+}
+
+impl WorkerService {
+    fn tell_term<T>(&self, response: &mut Response<T>) {
+        if let Some(term) = self.term {
+            response.metadata_mut().insert("herd-term", term.into());
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -65,6 +76,7 @@ impl pb::registry_server::Registry for WorkerService {
                 .metadata_mut()
                 .insert("herd-warning", LEGACY_WARNING.parse().expect("ASCII"));
         }
+        self.tell_term(&mut response);
         Ok(response)
     }
 
@@ -116,6 +128,8 @@ impl pb::registry_server::Registry for WorkerService {
         }
         let (session, outbound) = WorkerSession::open(&self.app, first, peer)?;
         tokio::spawn(session.run(inbound));
-        Ok(Response::new(Box::pin(outbound)))
+        let mut response = Response::new(Box::pin(outbound) as Self::HeartbeatStream);
+        self.tell_term(&mut response);
+        Ok(response)
     }
 }

@@ -7,6 +7,7 @@
 mod bounded;
 mod crash;
 mod dashboard;
+mod failover;
 mod http;
 mod identity;
 mod logs;

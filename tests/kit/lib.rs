@@ -12,6 +12,10 @@ mod programs;
 mod sqlite;
 pub mod webdriver;
 
+/// A fresh database on this test process's throwaway PostgreSQL server (its URL).
+pub use herd_master::store::postgres::scratch::{
+    database as postgres_database, query as postgres_query,
+};
 pub use inprocess::InProcess;
 pub use processes::{Master, Worker, local_worker_pid, master_command};
 pub use procs::{

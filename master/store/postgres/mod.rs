@@ -43,7 +43,13 @@ pub struct Postgres {
     /// The master's runtime: each connection's I/O runs there, and the store thread
     /// waits on it for its commits.
     runtime: Handle,
+    /// A commit timed out: its connection is not used again.
+    broken: bool,
 }
+
+/// The longest a commit may take before its connection is given up (and the change is
+/// tried again on a new one).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Statements prepared once per connection.
 #[derive(Default)]
@@ -78,7 +84,12 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, Error> {
             redact(url)
         ))
     })?;
+    // A session left inside a transaction by a master that froze (SIGSTOP, a paused VM)
+    // would hold its row locks for ever, and the next leader's take-over would wait on
+    // them: the server ends such a session after 3 s. No lock is waited on for long
+    // either: a statement that waits fails, and is tried again.
     config
+        .options("-c idle_in_transaction_session_timeout=3000 -c lock_timeout=5000")
         .application_name("herd-master")
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
@@ -139,6 +150,7 @@ pub async fn open(url: &str, fence: Fence) -> Result<(Postgres, Reader, Loaded),
         statements: Statements::default(),
         fence,
         runtime: Handle::current(),
+        broken: false,
     };
     Ok((engine, reader, loaded))
 }
@@ -167,8 +179,9 @@ impl Postgres {
     /// Commits `changes` in one transaction, first making the connection again if it was
     /// lost (the server restarted, a link was cut); its statements are prepared again.
     async fn write<'a>(&mut self, changes: impl Iterator<Item = &'a Change>) -> fault::Result<()> {
-        if self.client.is_closed() {
+        if self.client.is_closed() || self.broken {
             warn!("the connection to the PostgreSQL store was lost; connecting again");
+            self.broken = false;
             self.client = connect(&self.url).await?;
             self.statements = Statements::default();
         }
@@ -188,7 +201,17 @@ impl Engine for Postgres {
             return Ok(());
         }
         let runtime = self.runtime.clone();
-        Ok(runtime.block_on(self.write(changes))?)
+        let written = runtime
+            .block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, self.write(changes)).await });
+        match written {
+            Ok(written) => Ok(written?),
+            Err(_) => {
+                self.broken = true;
+                Err(Error::Unavailable(format!(
+                    "the PostgreSQL store did not answer a commit within {COMMIT_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     fn read_output(&mut self, _id: &str) -> Result<Vec<u8>, Error> {

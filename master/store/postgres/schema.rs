@@ -109,14 +109,18 @@ pub const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         term BIGINT NOT NULL,
         address TEXT NOT NULL DEFAULT '',
-        since BIGINT NOT NULL DEFAULT 0
+        http TEXT NOT NULL DEFAULT '',
+        pid INTEGER,
+        since TIMESTAMPTZ,
+        renewed_at TIMESTAMPTZ
     );
     INSERT INTO herd_leader (id, term) VALUES (1, 0);
     CREATE TABLE herd_masters (
         address TEXT PRIMARY KEY,
+        http TEXT NOT NULL DEFAULT '',
         role TEXT NOT NULL,
         term BIGINT NOT NULL,
-        last_seen BIGINT NOT NULL
+        last_seen TIMESTAMPTZ NOT NULL
     );",
 ];
 

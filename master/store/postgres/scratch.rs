@@ -42,6 +42,13 @@ pub fn database() -> String {
     server.url(&name)
 }
 
+/// Runs `sql` on the database of `url` (one made by [`database`]); what psql printed.
+pub fn query(url: &str, sql: &str) -> String {
+    let db = url.rsplit('/').next().expect("a database in the URL");
+    let server = server().expect("a throwaway PostgreSQL server");
+    server.psql_on(db, sql).expect("the query runs")
+}
+
 impl Server {
     /// The URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
@@ -60,6 +67,11 @@ impl Server {
 
     /// Runs `sql` with psql on the `postgres` database.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.psql_on("postgres", sql)
+    }
+
+    /// Runs `sql` with psql on database `db`; what it printed (unaligned, no headers).
+    pub fn psql_on(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-h",
@@ -69,7 +81,7 @@ impl Server {
                 "-U",
                 "herd",
             ])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         match out.status.success() {
