@@ -254,26 +254,49 @@ fn names_in_any_arrival_order_list_in_name_order() {
     }
 }
 
+/// After a take-over, a worker the store had Active stays Active for the failover grace
+/// (2 x the 30 s heartbeat timeout here), then turns Inactive, written back; one that was
+/// Inactive is Inactive at once. Neither is Removed for the master's downtime.
 #[tokio::test(start_paused = true)]
-async fn loaded_workers_are_inactive_and_not_removed_for_the_masters_downtime() {
+async fn loaded_workers_get_the_failover_grace_and_are_not_removed_for_the_masters_downtime() {
     let (r, _dir) = cluster();
+    let record = |id: &str, name: &str, state| WorkerRecord {
+        id: id.into(),
+        spec: spec(name),
+        registered_at_ms: 1,
+        last_heartbeat_ms: 1, // long, long ago
+        state,
+        draining: false,
+        added_labels: Default::default(),
+        secret_hash: None,
+    };
     r.load(
-        vec![WorkerRecord {
-            id: "w-1".into(),
-            spec: spec("a"),
-            registered_at_ms: 1,
-            last_heartbeat_ms: 1, // long, long ago
-            state: WorkerState::Active,
-            draining: false,
-            added_labels: Default::default(),
-            secret_hash: None,
-        }],
+        vec![
+            record("w-1", "a", WorkerState::Active),
+            record("w-2", "b", WorkerState::Inactive),
+        ],
         Vec::new(),
         Vec::new(),
         0,
     );
-    assert_eq!(state(&r, "w-1"), pb::WorkerState::Inactive);
+    assert_eq!(
+        state(&r, "w-1"),
+        pb::WorkerState::Active,
+        "within the grace"
+    );
+    assert_eq!(state(&r, "w-2"), pb::WorkerState::Inactive);
     let out = r.tick(false);
+    assert!(out.rows.is_empty(), "nothing changed: {:?}", out.rows);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(state(&r, "w-1"), pb::WorkerState::Active);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        state(&r, "w-1"),
+        pb::WorkerState::Inactive,
+        "the grace is over"
+    );
+    let out = r.tick(false);
+    assert_eq!(out.rows.len(), 1);
     assert_eq!(out.rows[0].state, WorkerState::Inactive, "written back");
     assert!(out.removed.is_empty());
     // Known from before secrets: it is issued one when it registers again.

@@ -12,9 +12,10 @@ mod programs;
 mod sqlite;
 pub mod webdriver;
 
-/// A fresh database on this test process's throwaway PostgreSQL server (its URL).
+/// This test process's throwaway PostgreSQL server: whether there is one (else the test is
+/// skipped, or fails under CI), a fresh database on it (its URL), a query on one.
 pub use herd_master::store::postgres::scratch::{
-    database as postgres_database, query as postgres_query,
+    available as postgres_available, database as postgres_database, query as postgres_query,
 };
 pub use inprocess::InProcess;
 pub use processes::{Master, Worker, local_worker_pid, master_command};

@@ -28,6 +28,25 @@ pub fn server() -> Result<&'static Server, String> {
     SERVER.get_or_init(start).as_ref().map_err(Clone::clone)
 }
 
+/// Whether tests can have a server. Without PostgreSQL installed they are skipped (and
+/// say so), unless CI requires them (`CI=true` or `HERD_REQUIRE_POSTGRES=1`): then the
+/// test fails with what is missing.
+pub fn available(test: &str) -> bool {
+    match server() {
+        Ok(_) => true,
+        Err(why) if required() => panic!("{test} needs PostgreSQL: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+fn required() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v == "true");
+    set("CI") || set("HERD_REQUIRE_POSTGRES")
+}
+
 /// A new empty database on the server; its URL.
 pub fn database() -> String {
     let server = server().expect("a throwaway PostgreSQL server");
