@@ -343,6 +343,18 @@ pub fn summary(s: &pb::ClusterSummary, style: Style) -> String {
     let _ = writeln!(out, "tasks:      {}", tasks.join("   "));
     let _ = writeln!(out, "queue:      {} waiting", s.queue_length);
     let _ = write!(out, "scheduler:  {}", s.scheduler);
+    // Standby masters (a PostgreSQL store): who leads, in which term, and who waits.
+    let now = herd::time::now_ms();
+    for m in &s.masters {
+        let _ = write!(
+            out,
+            "\n{:<11} {} (term {}, seen {})",
+            format!("{}:", m.role),
+            m.address,
+            m.term,
+            herd::time::ago(m.last_seen_ms, now)
+        );
+    }
     out
 }
 

@@ -20,7 +20,8 @@ use herd_console::render::Style;
     mut_arg("token", |a| a.help("Token to present: an operator token (default: the master's <data-dir>/token, when on the master's machine)"))
 )]
 struct Cli {
-    /// URL of the master (https:// with --ca for TLS).
+    /// URL of the master (https:// with --ca for TLS), or a comma-separated list of masters
+    /// (a leader and its standbys): the one that leads is used.
     #[arg(long, env = "HERD_MASTER", default_value = "http://127.0.0.1:50051")]
     master: String,
 
@@ -51,12 +52,13 @@ fn main() -> ExitCode {
     };
     let console = runtime.block_on(async {
         let bearer = cli.access.bearer(herd::auth::TOKEN_FILE)?;
-        Console::connect(
-            &cli.master,
-            cli.access.ca.as_deref(),
-            bearer,
-            Style::detect(),
-        )
+        let ca = cli.access.ca.as_deref();
+        let mut masters = herd::client::Masters::parse(&cli.master, ca, None)?;
+        let master = match masters.len() {
+            1 => masters.current().to_string(),
+            _ => herd::client::find_leader(&mut masters, &bearer).await,
+        };
+        Console::connect(&master, ca, bearer, Style::detect())
     });
     let console = match console {
         Ok(console) => console.json(cli.json),

@@ -62,4 +62,9 @@ pub struct Cli {
     /// The herd-master binary (default: next to herd-bench).
     #[arg(long)]
     pub master_bin: Option<PathBuf>,
+    /// The master's store: a postgres://... URL, or `scratch` for a throwaway PostgreSQL
+    /// started here (initdb in a temporary folder); SQLite in its data dir by default. On
+    /// PostgreSQL the restart phase (it reads herd.db) is skipped.
+    #[arg(long)]
+    pub store: Option<String>,
 }

@@ -39,6 +39,8 @@ pub struct Launch {
     pub metrics_port: u16,
     pub interval: Duration,
     pub pin: bool,
+    /// `--store` for the master (PostgreSQL), if any.
+    pub store: Option<String>,
 }
 
 pub struct MasterProcess {
@@ -65,6 +67,12 @@ impl MasterProcess {
                 &millis(heartbeat_timeout(launch.interval)),
             ])
             .args(["--check-interval", &millis(CHECK_INTERVAL)])
+            .args(
+                launch
+                    .store
+                    .iter()
+                    .flat_map(|url| ["--store", url.as_str()]),
+            )
             .args(["--worker-timeout", "600s"])
             .args([
                 "--metrics-listen",

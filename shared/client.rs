@@ -187,3 +187,37 @@ pub fn leader_hint(status: &tonic::Status) -> Option<(String, i64)> {
 pub fn term_of(meta: &tonic::metadata::MetadataMap) -> Option<i64> {
     meta.get("herd-term")?.to_str().ok()?.parse().ok()
 }
+
+/// The master of `masters` that leads, for a client that makes one call or a few (herdctl):
+/// each is asked in turn, and a standby's hint is followed. The first that answers as a
+/// leader (anything but UNAVAILABLE) is it; with none, the last one tried, whose error the
+/// caller's first call then shows.
+pub async fn find_leader(masters: &mut Masters, token: &Bearer) -> String {
+    let mut tries = masters.len() * 2 + 2;
+    while tries > 0 {
+        tries -= 1;
+        let Ok(endpoint) = masters.endpoint() else {
+            masters.next();
+            continue;
+        };
+        let Ok(channel) = endpoint.connect().await else {
+            masters.next();
+            continue;
+        };
+        let mut admin =
+            crate::pb::admin_client::AdminClient::with_interceptor(channel, token.clone());
+        let asked = admin.list_workers(crate::pb::ListWorkersRequest {
+            page_size: 1,
+            ..Default::default()
+        });
+        match asked.await {
+            Ok(_) => break,
+            Err(status) if status.code() != tonic::Code::Unavailable => break,
+            Err(status) => match leader_hint(&status) {
+                Some((leader, _)) if masters.follow(&leader) => {}
+                _ => masters.next(),
+            },
+        }
+    }
+    masters.current().to_string()
+}

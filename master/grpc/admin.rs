@@ -128,7 +128,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn summary(&self, request: Request<pb::SummaryRequest>) -> Reply<pb::ClusterSummary> {
         let who = caller(&request)?;
-        Ok(Response::new(self.0.summary(&who)?))
+        Ok(Response::new(self.0.summary(&who).await?))
     }
 
     async fn create_token(

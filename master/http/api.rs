@@ -505,7 +505,7 @@ async fn set_scheduler(
     Ok(axum::Json(json!({ "scheduler": now.name })))
 }
 
-#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler}`", body = Value)))]
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "`{workers, tasks, queue_length, scheduler, masters}`", body = Value)))]
 async fn status(
     State(http): State<Http>,
     Extension(who): Extension<Caller>,
@@ -513,7 +513,7 @@ async fn status(
     let event_id = http.events.last_id();
     Ok(as_of_event(
         event_id,
-        view::summary(&http.app.summary(&who)?),
+        view::summary(&http.app.summary(&who).await?),
     ))
 }
 

@@ -197,6 +197,15 @@ impl Candidate {
             .map_err(fail)?
             .get(0);
         self.record("leader", term).await?;
+        // The one that led before, if it is still listed as leading, no longer is.
+        self.lock
+            .execute(
+                "UPDATE herd_masters SET role = 'deposed'
+                 WHERE role = 'leader' AND address <> $1",
+                &[&self.me.grpc],
+            )
+            .await
+            .map_err(fail)?;
         info!(term, address = %self.me.grpc, "this master leads");
         let (deposed, _) = watch::channel(false);
         let renewer = tokio::spawn(renew(

@@ -176,7 +176,8 @@ impl App {
         Ok(info)
     }
 
-    pub fn summary(&self, who: &Caller) -> Result<pb::ClusterSummary, Error> {
+    /// The cluster's counts, and the masters that share its store.
+    pub async fn summary(&self, who: &Caller) -> Result<pb::ClusterSummary, Error> {
         who.may(Op::Summary)?;
         let summary = self.cluster.summary();
         let counts = |list: Vec<(&str, usize)>| {
@@ -192,6 +193,7 @@ impl App {
             tasks: counts(summary.tasks),
             queue_length: summary.queued as u32,
             scheduler: scheduler_name(summary.scheduler),
+            masters: self.store.masters().await?,
         })
     }
 }

@@ -76,6 +76,8 @@ pub trait Reads: Send + Sync + 'static {
     fn output_len(&self, task: &str, attempt: u32) -> Result<u64, Error>;
     /// Whether any output of the task is kept.
     fn has_output(&self, task: &str) -> Result<bool, Error>;
+    /// The masters that share this store, as each last recorded itself (none on SQLite).
+    fn masters(&self) -> Result<Vec<herd::pb::MasterInfo>, Error>;
 }
 
 /// Everything the store knows, read at start.
@@ -262,6 +264,11 @@ impl Store {
     pub async fn output_len(&self, task: &str, attempt: u32) -> Result<u64, Error> {
         let task = task.to_string();
         self.read(move |r| r.output_len(&task, attempt)).await
+    }
+
+    /// The masters that share this store (the leader and its standbys).
+    pub async fn masters(&self) -> Result<Vec<herd::pb::MasterInfo>, Error> {
+        self.read(|r| r.masters()).await
     }
 
     /// Whether any output of the task is kept.

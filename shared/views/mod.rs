@@ -104,6 +104,13 @@ pub fn summary(s: &pb::ClusterSummary) -> Value {
         "tasks": counts(&s.tasks),
         "queue_length": s.queue_length,
         "scheduler": s.scheduler,
+        "masters": s.masters.iter().map(|m| json!({
+            "address": m.address,
+            "http": m.http,
+            "role": m.role,
+            "term": m.term,
+            "last_seen_ms": m.last_seen_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -31,6 +31,19 @@ async fn answer(url: &str) -> Result<(), (tonic::Code, Option<(String, i64)>)> {
     }
 }
 
+/// `herdctl --master LIST COMMAND`: what it printed, and whether it succeeded.
+fn herdctl(masters: &str, command: &str) -> (bool, String) {
+    let out = std::process::Command::new(HERDCTL.path())
+        .args(["--master", masters, "--token", TOKEN, command])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        text + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Waits until the store at `url` has worker `name` Active (the ticker wrote it).
 async fn stored_active(url: &str, name: &str) {
     let deadline = Deadline::new(T, format!("{name} is stored Active"));
@@ -82,6 +95,9 @@ async fn kill_9_of_the_leader_hands_the_lead_to_the_standby_and_the_task_finishe
     let w1 = Worker::start(dir.path(), &both, "w1", &[]);
     let mut admin = a.admin().await;
     wait_state(&mut admin, "w1", pb::WorkerState::Active, T).await;
+    // herdctl given the standby first finds the leader too.
+    let (ok, text) = herdctl(&both, "workers");
+    assert!(ok && text.contains("w1"), "{text}");
     let marker = dir.path().join("ran");
     let command = format!("sleep 2; echo once >> {}", marker.display());
     let task = submit(&mut admin, &command, 0.1).await;
@@ -110,6 +126,17 @@ async fn kill_9_of_the_leader_hands_the_lead_to_the_standby_and_the_task_finishe
     assert_eq!(
         done.attempts, 1,
         "the same attempt finished on the new leader"
+    );
+    // The dead leader first in the list: herdctl goes on to the new one, whose status
+    // names it the leader in term 2, and the old one deposed.
+    let (ok, text) = herdctl(&format!("{},{}", a.url(), b.url()), "workers");
+    assert!(ok && text.contains("w1"), "{text}");
+    let (ok, text) = herdctl(&both, "status");
+    let leader = format!("leader:     {} (term 2,", b.url());
+    let deposed = format!("deposed:    {} (term 1,", a.url());
+    assert!(
+        ok && text.contains(&leader) && text.contains(&deposed),
+        "{text}"
     );
     let ran = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(ran, "once\n", "the task ran exactly once");
@@ -170,4 +197,151 @@ async fn a_frozen_leader_loses_the_lead_and_resumed_it_is_a_standby() {
     }
     let seen = worker(&mut admin, "w1").await.unwrap();
     assert_eq!(seen.state(), pb::WorkerState::Active);
+}
+
+/// In the spirit of Jepsen: three masters, two workers, a client submitting tasks that
+/// each append a unique marker; the leader is killed (-9, then restarted) or frozen
+/// (SIGSTOP for longer than its lease, then resumed) six times at random moments. At the
+/// end every acknowledged task succeeded exactly once (its marker once), nothing ran twice,
+/// and no two masters led in the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_killed_and_frozen_at_random_lose_no_acknowledged_task_and_run_none_twice() {
+    if !postgres_available("failover::leaders_killed_and_frozen") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres_database();
+    let ports = [free_port(), free_port(), free_port()];
+    let args = [FAST, &["--store", &url]].concat();
+    let start = |i: usize| {
+        let data = dir.path().join(format!("m{i}"));
+        Master::start_on(dir.path(), &data, ports[i], &args)
+    };
+    let mut masters: Vec<Master> = (0..3).map(start).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let all = urls.join(",");
+    let _workers: Vec<Worker> = ["w1", "w2"]
+        .iter()
+        .map(|name| Worker::start(dir.path(), &all, name, &[]))
+        .collect();
+    let markers = dir.path().join("markers");
+    let mut acknowledged = Vec::new();
+    let mut logs = Vec::new();
+    for round in 0..6 {
+        let leader = leader_of(&urls).await;
+        for i in 0..4 {
+            let marker = format!("m-{round}-{i}");
+            let command = format!(
+                "sleep 0.{}; echo {marker} >> {}",
+                fastrand::u8(1..9),
+                markers.display()
+            );
+            if let Some(id) = try_submit(&all, &command).await {
+                acknowledged.push((id, marker));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..800))).await;
+        let m = &mut masters[leader];
+        if round % 2 == 0 {
+            logs.push(m.log_text());
+            m.kill9();
+            masters[leader] = start(leader);
+        } else {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(m.child.id() as i32, libc::SIGSTOP) };
+            // Past its lease (5 s from its last renewal, which may be a second old, and a
+            // standby looks every 0.5 s): a standby has taken over when it resumes.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            // SAFETY: as above.
+            unsafe { libc::kill(m.child.id() as i32, libc::SIGCONT) };
+        }
+    }
+    // Every acknowledged task ends Succeeded, on whichever master leads now.
+    let deadline = Deadline::new(Duration::from_secs(90), "every acknowledged task succeeded");
+    for (id, _) in &acknowledged {
+        loop {
+            let leader = leader_of(&urls).await;
+            let (mut admin, _) = clients(&urls[leader]).await.unwrap();
+            if let Ok(t) = admin
+                .get_task(pb::GetTaskRequest {
+                    task_id: id.clone(),
+                })
+                .await
+            {
+                let t = t.into_inner();
+                assert!(
+                    !matches!(t.state(), pb::TaskState::Failed | pb::TaskState::Cancelled),
+                    "task {id} ended {:?}: {}",
+                    t.state(),
+                    t.reason
+                );
+                if t.state() == pb::TaskState::Succeeded {
+                    break;
+                }
+            }
+            deadline.wait().await;
+        }
+    }
+    let ran = std::fs::read_to_string(&markers).unwrap_or_default();
+    for (id, marker) in &acknowledged {
+        let times = ran.lines().filter(|l| l == marker).count();
+        assert_eq!(times, 1, "task {id} ({marker}) ran {times} times");
+    }
+    // No marker at all (acknowledged or not) ran twice.
+    let mut lines: Vec<&str> = ran.lines().collect();
+    lines.sort();
+    let before = lines.len();
+    lines.dedup();
+    assert_eq!(lines.len(), before, "a task ran twice:\n{ran}");
+    // No two masters led in the same term.
+    logs.extend(masters.iter().map(Master::log_text));
+    let mut terms: Vec<String> = logs
+        .iter()
+        .flat_map(|log| log.lines())
+        .filter(|l| l.contains("this master leads"))
+        .filter_map(|l| l.split("term=").nth(1))
+        .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    let led = terms.len();
+    terms.sort();
+    terms.dedup();
+    assert_eq!(terms.len(), led, "a term led twice: {terms:?}");
+    assert!(
+        led >= 7,
+        "six fail-overs after the first leader: {led} terms"
+    );
+    assert!(
+        acknowledged.len() >= 12,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+}
+
+/// Which of `urls` leads now (waits for one).
+async fn leader_of(urls: &[String]) -> usize {
+    let deadline = Deadline::new(T, "a master leads");
+    loop {
+        for (i, url) in urls.iter().enumerate() {
+            if answer(url).await.is_ok() {
+                return i;
+            }
+        }
+        deadline.wait().await;
+    }
+}
+
+/// Submits `command` to whichever master leads, once: its id when acknowledged.
+async fn try_submit(masters: &str, command: &str) -> Option<String> {
+    let mut list = herd::client::Masters::parse(masters, None, None).unwrap();
+    let bearer = herd::auth::Bearer::new(Some(TOKEN)).unwrap();
+    let leader = herd::client::find_leader(&mut list, &bearer).await;
+    let (mut admin, _) = clients(&leader).await.ok()?;
+    let spec = process(command, 0.1);
+    let submitted = admin
+        .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
+        .await;
+    submitted.ok().map(|r| r.into_inner().id)
 }

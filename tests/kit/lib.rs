@@ -291,7 +291,8 @@ pub async fn submit_kept(admin: &mut Admin, command: &str, cpu: f64) -> pb::Task
     submit_spec(admin, spec).await
 }
 
-fn process(command: &str, cpu: f64) -> pb::TaskSpec {
+/// A process task running `command` with `cpu` cores.
+pub fn process(command: &str, cpu: f64) -> pb::TaskSpec {
     pb::TaskSpec {
         command: command.into(),
         resources: Some(pb::Resources {

@@ -209,6 +209,29 @@ impl Reads for Reader {
         })
     }
 
+    fn masters(&self) -> std::result::Result<Vec<herd::pb::MasterInfo>, Error> {
+        self.with(|c| async move {
+            let rows = c
+                .query(
+                    "SELECT address, http, role, term,
+                            (extract(epoch FROM last_seen) * 1000)::int8
+                     FROM herd_masters ORDER BY role, address",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| herd::pb::MasterInfo {
+                    address: r.get(0),
+                    http: r.get(1),
+                    role: r.get(2),
+                    term: r.get(3),
+                    last_seen_ms: r.get(4),
+                })
+                .collect())
+        })
+    }
+
     fn has_output(&self, task: &str) -> std::result::Result<bool, Error> {
         self.with(|c| async move {
             let sql = "SELECT EXISTS (SELECT 1 FROM task_output WHERE task = $1)";

@@ -167,4 +167,8 @@ impl Reads for Reader {
     fn has_output(&self, task: &str) -> Result<bool, Error> {
         Ok(self.output.exists(task))
     }
+
+    fn masters(&self) -> Result<Vec<herd::pb::MasterInfo>, Error> {
+        Ok(Vec::new())
+    }
 }
