@@ -257,6 +257,12 @@ async fn leaders_killed_and_frozen_at_random_lose_no_acknowledged_task_and_run_n
             tokio::time::sleep(Duration::from_secs(8)).await;
             // SAFETY: as above.
             unsafe { libc::kill(m.child.id() as i32, libc::SIGCONT) };
+            // Resumed, it may answer for a moment before it finds itself deposed: the
+            // next round must not take it for the leader.
+            let deadline = Deadline::new(T, "the resumed leader steps down");
+            while !matches!(answer(&urls[leader]).await, Err((_, Some(_)))) {
+                deadline.wait().await;
+            }
         }
     }
     // Every acknowledged task ends Succeeded, on whichever master leads now.
@@ -344,4 +350,70 @@ async fn try_submit(masters: &str, command: &str) -> Option<String> {
         .submit_task(pb::SubmitTaskRequest { spec: Some(spec) })
         .await;
     submitted.ok().map(|r| r.into_inner().id)
+}
+
+/// A standby over HTTP: the API answers 503 naming the leader's dashboard, the dashboard
+/// is a page that links to it, and the leader's status lists both masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_http_with_503_and_the_leaders_address() {
+    if !postgres_available("failover::a_standby_answers_http") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres_database();
+    let (http_a, http_b) = (free_port(), free_port());
+    let with_http = |name: &str, port: u16| {
+        let listen = format!("127.0.0.1:{port}");
+        let args = [FAST, &["--store", &url, "--http-listen", &listen]].concat();
+        Master::start_on(dir.path(), &dir.path().join(name), free_port(), &args)
+    };
+    let a = with_http("a", http_a);
+    leads(&a.url(), T).await;
+    let b = with_http("b", http_b);
+    standby_of(&b.url(), &a.url(), T).await;
+    let api = |port: u16| common::http::Api {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        token: Some(TOKEN.into()),
+    };
+    let leader_http = format!("http://127.0.0.1:{http_a}");
+
+    let (status, body) = api(http_b)
+        .json(hyper::Method::GET, "/api/v1/status", None)
+        .await;
+    assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(body["leader"], leader_http.as_str(), "{body}");
+    assert_eq!(body["term"], 1, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("standby"),
+        "{body}"
+    );
+
+    let (status, kind, page) = api(http_b).call(hyper::Method::GET, "/", None).await;
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    let link = format!("standby: the leader is <a href=\"{leader_http}\">");
+    assert!(page.contains(&link), "{page}");
+
+    let status = api(http_a).get("/api/v1/status").await;
+    let roles: Vec<(String, String)> = status["masters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["address"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("leader".to_string(), a.url()),
+            ("standby".to_string(), b.url())
+        ],
+        "{status}"
+    );
 }
