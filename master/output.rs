@@ -170,6 +170,31 @@ pub fn spawn_sweeper(
     })
 }
 
+/// Like [`spawn_sweeper`] for a store that keeps output in its database (PostgreSQL):
+/// every hour, output last written more than `retention` ago goes, in a commit.
+pub fn spawn_store_sweeper(
+    store: crate::store::Store,
+    retention: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = hourly.tick() => {
+                    let cutoff = herd::time::now_ms() - retention.as_millis() as i64;
+                    let drop = crate::store::Change::DropOutput { written_before_ms: cutoff };
+                    if let Err(err) = store.commit(drop).await {
+                        tracing::warn!(%err, "cannot remove old task output; trying next hour");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
 fn newest_write(dir: &Path) -> Option<SystemTime> {
     fs::read_dir(dir)
         .ok()?

@@ -78,6 +78,49 @@ both_engines! {
     output_reads_back_by_offset_and_a_retried_write_lands_once => output_round_trip;
 }
 
+/// On PostgreSQL, output is kept in the store, and `--task-retention` drops what was last
+/// written before the cutoff, in a commit (SQLite's files are swept off the store thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_output_older_than_the_retention_goes() {
+    let Some(place) = Place::postgres("on_postgres_output_older_than_the_retention_goes") else {
+        return;
+    };
+    let (store, _) = place.open().await;
+    for n in [1, 2] {
+        let task = Change::Task(Box::new(placed(n, TaskState::Running, "w")));
+        store.commit(task).await.unwrap();
+        let output = Change::Output {
+            task: format!("t-{n}"),
+            attempt: 1,
+            offset: 0,
+            data: b"out".to_vec(),
+        };
+        store.commit(output).await.unwrap();
+    }
+    let cutoff = herd::time::now_ms() + 1;
+    let later = Change::Output {
+        task: "t-2".into(),
+        attempt: 1,
+        offset: 3,
+        data: b"put".to_vec(),
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.commit(later).await.unwrap();
+    let drop = Change::DropOutput {
+        written_before_ms: cutoff,
+    };
+    store.commit(drop).await.unwrap();
+    assert!(
+        !store.has_output("t-1").await.unwrap(),
+        "written before: gone"
+    );
+    assert_eq!(
+        store.output("t-2", 1, 0, 100).await.unwrap(),
+        (3, b"put".to_vec()),
+        "what was written after stays"
+    );
+}
+
 async fn workers_round_trip(place: Place) {
     let (store, loaded) = place.open().await;
     assert!(loaded.workers.is_empty());

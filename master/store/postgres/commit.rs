@@ -37,6 +37,10 @@ pub(super) async fn commit<'a>(
                 return Err(Error::Storage("an audited write inside another".into()).into());
             }
             Change::Barrier => {}
+            Change::DropOutput { written_before_ms } => {
+                let sql = "DELETE FROM task_output WHERE written_at < $1";
+                statements.run(tx, sql, &[written_before_ms]).await?;
+            }
             Change::Worker(r) => batch.worker(r),
             Change::Task(t) => batch.task(t),
             Change::Tasks(tasks) => tasks.iter().for_each(|t| batch.task(t)),

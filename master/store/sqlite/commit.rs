@@ -151,7 +151,8 @@ pub(super) fn commit<'a>(
                     .execute([id])?;
                 changes.forgotten.push(id.clone());
             }
-            Change::Barrier => {}
+            // Output files are swept by `output::spawn_sweeper`, off this thread.
+            Change::Barrier | Change::DropOutput { .. } => {}
             Change::Liveness(rows) => {
                 // The id is checked on the row the rowid finds: a rowid the map still holds
                 // for a forgotten worker may belong to another worker now, and then nothing
