@@ -5,8 +5,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::command::{
     Command, DEFAULT_TASK_LIMIT, HELP, Parsed, TaskCommand, TokenCommand, WorkerCommand,
@@ -14,7 +14,7 @@ use crate::command::{
 use crate::failure::Failure;
 use crate::render::{self, Style};
 use herd::auth::Bearer;
-use herd::client::{Authed, endpoint};
+use herd::client::Authed;
 use herd::pb;
 use herd::pb::admin_client::AdminClient;
 use herd::views as json;
@@ -29,9 +29,9 @@ pub enum Flow {
 
 /// A connection to one master's Admin service.
 pub struct Console {
-    admin: AdminClient<Authed>,
+    pub(crate) admin: AdminClient<Authed>,
     /// Where the master is, for messages.
-    url: String,
+    pub(crate) url: String,
     style: Style,
     /// Print stable JSON instead of tables (`herdctl --json`).
     json: bool,
@@ -39,14 +39,25 @@ pub struct Console {
     line_json: bool,
     /// A person watches: `status` refreshes until a key is pressed.
     live: bool,
+    /// How to reach another master: a standby names the leader, and the console follows.
+    pub(crate) token: Bearer,
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// The last call found no leader there: the one a standby named, or "" (unreachable).
+    pub(crate) moved: std::sync::Mutex<Option<String>>,
+    /// Every master given (`--master a,b,c`), to find the leader again after a fail-over.
+    pub(crate) masters: Option<herd::client::Masters>,
 }
 
 impl Console {
     /// A console over an existing channel (`url` only names the master in messages).
     pub fn new(channel: Channel, token: Bearer, url: &str, style: Style) -> Console {
-        let admin = AdminClient::with_interceptor(channel, token)
+        let admin = AdminClient::with_interceptor(channel, token.clone())
             .max_decoding_message_size(herd::domain::MAX_MESSAGE_BYTES);
         Console {
+            token,
+            ca: None,
+            moved: Default::default(),
+            masters: None,
             admin,
             url: url.to_string(),
             style,
@@ -62,17 +73,6 @@ impl Console {
         self
     }
 
-    /// A console for the master at `url`; the connection is made on first use.
-    pub fn connect(
-        url: &str,
-        ca: Option<&std::path::Path>,
-        token: Bearer,
-        style: Style,
-    ) -> Result<Console, herd::Error> {
-        let channel = endpoint(url, ca)?.connect_lazy();
-        Ok(Console::new(channel, token, url, style))
-    }
-
     /// The Admin client, for callers that need more than the grammar (completion).
     pub fn admin(&mut self) -> &mut AdminClient<Authed> {
         &mut self.admin
@@ -85,7 +85,19 @@ impl Console {
     /// Runs one parsed line (`--json` on it asks for JSON), writing what it shows to `out`.
     pub async fn run(&mut self, parsed: Parsed, out: &mut dyn Write) -> Result<Flow, Failure> {
         self.line_json = parsed.json;
-        let flow = self.execute(parsed.command, out).await;
+        let flow = self.execute(parsed.command.clone(), out).await;
+        // Refused by a standby, or the master is gone (nothing was done): once more, at the
+        // leader now.
+        let flow = match flow {
+            Err(failure) => match self.new_leader().await {
+                Some(leader) => {
+                    self.follow(&leader)?;
+                    self.execute(parsed.command, out).await
+                }
+                None => Err(failure),
+            },
+            flow => flow,
+        };
         self.line_json = false;
         flow
     }
@@ -634,22 +646,5 @@ impl Console {
                 return Ok(Flow::Continue);
             }
         }
-    }
-
-    fn explain(&self, status: Status) -> Failure {
-        let text = match status.code() {
-            Code::Unauthenticated => format!(
-                "error: the master at {} refused the call: {}",
-                self.url,
-                status.message()
-            ),
-            Code::Unavailable => format!(
-                "error: cannot reach the master at {}: {} (is herd-master running?)",
-                self.url,
-                status.message()
-            ),
-            _ => format!("error: {}", status.message()),
-        };
-        Failure::from(text)
     }
 }

@@ -9,6 +9,7 @@ pub mod command;
 pub mod complete;
 pub mod console;
 pub mod failure;
+mod reach;
 pub mod render;
 pub mod repl;
 pub mod terminal;

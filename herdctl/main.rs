@@ -58,7 +58,11 @@ fn main() -> ExitCode {
             1 => masters.current().to_string(),
             _ => herd::client::find_leader(&mut masters, &bearer).await,
         };
-        Console::connect(&master, ca, bearer, Style::detect())
+        let console = Console::connect(&master, ca, bearer, Style::detect())?;
+        Ok::<_, herd::Error>(match masters.len() {
+            1 => console,
+            _ => console.with_masters(masters),
+        })
     });
     let console = match console {
         Ok(console) => console.json(cli.json),

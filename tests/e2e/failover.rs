@@ -417,3 +417,38 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
         "{status}"
     );
 }
+
+/// The console behind herdctl's REPL, connected to a standby, runs each command at the
+/// leader the standby names; given every master, it follows a fail-over mid-session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_follows_the_leader_mid_session() {
+    if !postgres_available("failover::the_console_follows") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres_database();
+    let mut a = master(dir.path(), "a", &url);
+    leads(&a.url(), T).await;
+    let b = master(dir.path(), "b", &url);
+    standby_of(&b.url(), &a.url(), T).await;
+    let both = format!("{},{}", b.url(), a.url());
+    let token = herd::auth::Bearer::new(Some(TOKEN)).unwrap();
+    let masters = herd::client::Masters::parse(&both, None, None).unwrap();
+    let style = herd_console::render::Style::plain();
+    let mut console = herd_console::console::Console::connect(&b.url(), None, token, style)
+        .unwrap()
+        .with_masters(masters);
+    let line = herd_console::command::parse_words(["scheduler"]).unwrap();
+    let mut out = Vec::new();
+    console.run(line.clone(), &mut out).await.unwrap();
+    let said = String::from_utf8_lossy(&out).into_owned();
+    assert!(said.contains("resource-aware"), "{said}");
+
+    // The console now talks to a; a dies and b takes over.
+    a.kill9();
+    leads(&b.url(), T).await;
+    let mut out = Vec::new();
+    console.run(line, &mut out).await.unwrap();
+    let said = String::from_utf8_lossy(&out).into_owned();
+    assert!(said.contains("resource-aware"), "{said}");
+}
