@@ -165,12 +165,11 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
         config.check_interval,
         shutdown_rx.clone(),
     );
-    let sweeper = match config.store {
-        Some(_) => {
-            output::spawn_store_sweeper(store.clone(), config.task_retention, shutdown_rx.clone())
-        }
-        None => output::spawn_sweeper(output, config.task_retention, shutdown_rx.clone()),
+    let sweep = match config.store {
+        Some(_) => output::Sweep::Store(store.clone()),
+        None => output::Sweep::Files(output),
     };
+    let sweeper = output::spawn_sweeper(sweep, config.task_retention, shutdown_rx.clone());
     let app = App {
         cluster: cluster.clone(),
         store: store.clone(),

@@ -295,6 +295,7 @@ async fn backend_pid(c: &Client) -> Result<i32, Error> {
         .get(0))
 }
 
+/// The store's own wording of a failure (the server's message, not "db error").
 fn fail(err: tokio_postgres::Error) -> Error {
-    Error::Unavailable(format!("the PostgreSQL store: {err}"))
+    postgres::fault::Fault::from(err).0
 }

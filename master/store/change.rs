@@ -45,8 +45,8 @@ pub enum Change {
         audit: Box<AuditRow>,
     },
     /// Task output last written before this time (unix ms) goes (`--task-retention`).
-    /// SQLite's output files are swept off the store thread instead
-    /// (`output::spawn_sweeper`); this is for engines that keep output in the database.
+    /// SQLite's output files are swept off the store thread instead (`output::Sweep`);
+    /// this is for engines that keep output in the database.
     DropOutput { written_before_ms: i64 },
     /// Nothing: waiting for it waits for everything handed over before it.
     Barrier,

@@ -20,6 +20,16 @@ fn master(dir: &Path, name: &str, url: &str) -> Master {
     Master::start_on(dir, &dir.join(name), free_port(), &args)
 }
 
+/// Two masters of the store at `url`: `a` leads (term 1), `b` is its standby.
+async fn leader_and_standby(dir: &Path, url: &str) -> (Master, Master) {
+    let a = master(dir, "a", url);
+    leads(&a.url(), T).await;
+    let b = master(dir, "b", url);
+    let term = standby_of(&b.url(), &a.url(), T).await;
+    assert_eq!(term, 1, "the first leader's term");
+    (a, b)
+}
+
 /// What a master says to an Admin call: Ok, or the refusal's leader and term.
 async fn answer(url: &str) -> Result<(), (tonic::Code, Option<(String, i64)>)> {
     let Ok((mut admin, _)) = clients(url).await else {
@@ -83,12 +93,8 @@ async fn kill_9_of_the_leader_hands_the_lead_to_the_standby_and_the_task_finishe
     }
     let dir = tempfile::tempdir().unwrap();
     let url = postgres_database();
-    let mut a = master(dir.path(), "a", &url);
-    leads(&a.url(), T).await;
-    let b = master(dir.path(), "b", &url);
     // The standby refuses, naming the leader and its term.
-    let term = standby_of(&b.url(), &a.url(), T).await;
-    assert_eq!(term, 1, "the first leader's term");
+    let (mut a, b) = leader_and_standby(dir.path(), &url).await;
 
     // The worker is given the standby first: it follows the hint to the leader.
     let both = format!("{},{}", b.url(), a.url());
@@ -156,10 +162,7 @@ async fn a_frozen_leader_loses_the_lead_and_resumed_it_is_a_standby() {
     }
     let dir = tempfile::tempdir().unwrap();
     let url = postgres_database();
-    let a = master(dir.path(), "a", &url);
-    leads(&a.url(), T).await;
-    let b = master(dir.path(), "b", &url);
-    standby_of(&b.url(), &a.url(), T).await;
+    let (a, b) = leader_and_standby(dir.path(), &url).await;
     let both = format!("{},{}", a.url(), b.url());
     let w1 = Worker::start(dir.path(), &both, "w1", &[]);
     let mut admin = a.admin().await;
@@ -427,10 +430,7 @@ async fn the_console_follows_the_leader_mid_session() {
     }
     let dir = tempfile::tempdir().unwrap();
     let url = postgres_database();
-    let mut a = master(dir.path(), "a", &url);
-    leads(&a.url(), T).await;
-    let b = master(dir.path(), "b", &url);
-    standby_of(&b.url(), &a.url(), T).await;
+    let (mut a, b) = leader_and_standby(dir.path(), &url).await;
     let both = format!("{},{}", b.url(), a.url());
     let token = herd::auth::Bearer::new(Some(TOKEN)).unwrap();
     let masters = herd::client::Masters::parse(&both, None, None).unwrap();

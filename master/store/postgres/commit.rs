@@ -161,7 +161,6 @@ impl<'a> Batch<'a> {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.workers);
-        let json = |v: &dyn erased::Json| v.json();
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let names: Vec<&str> = rows.iter().map(|r| r.spec.name.as_str()).collect();
         let active: Vec<bool> = rows
@@ -202,15 +201,15 @@ impl<'a> Batch<'a> {
         let disk: Vec<f64> = rows.iter().map(|r| r.spec.capacity.disk_gb).collect();
         let labels = rows
             .iter()
-            .map(|r| json(&r.spec.labels))
+            .map(|r| r.spec.labels.json())
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let added = rows
             .iter()
-            .map(|r| json(&r.added_labels))
+            .map(|r| r.added_labels.json())
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let gpus = rows
             .iter()
-            .map(|r| json(&r.spec.gpus))
+            .map(|r| r.spec.gpus.json())
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let runtimes: Vec<&str> = rows
             .iter()
@@ -250,21 +249,16 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// `serde_json::to_string` as a store error.
-mod erased {
-    use herd::error::Error;
+/// `serde_json::to_string` as a store error, for the JSON columns.
+trait Json {
+    fn json(&self) -> std::result::Result<String, Error>;
+}
 
-    pub trait Json {
-        fn json(&self) -> Result<String, Error>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> Result<String, Error> {
-            serde_json::to_string(self).map_err(|e| Error::Storage(e.to_string()))
-        }
+impl<T: serde::Serialize> Json for T {
+    fn json(&self) -> std::result::Result<String, Error> {
+        serde_json::to_string(self).map_err(|e| Error::Storage(e.to_string()))
     }
 }
-use erased::Json;
 
 async fn liveness(tx: &Transaction<'_>, s: &mut Statements, rows: &[LivenessRow]) -> Result<()> {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();

@@ -27,7 +27,7 @@ impl From<tokio_postgres::Error> for Fault {
             None => err.to_string(),
         };
         Fault(match passing {
-            true => Error::Unavailable(format!("the PostgreSQL store cannot write now: {text}")),
+            true => Error::Unavailable(format!("the PostgreSQL store is unavailable: {text}")),
             false => Error::Storage(text),
         })
     }

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use herd::error::Error;
 
 mod commit;
-mod fault;
+pub(crate) mod fault;
 mod reads;
 mod schema;
 #[cfg(any(test, feature = "testing"))]
