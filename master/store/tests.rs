@@ -390,3 +390,43 @@ async fn output_round_trip(place: Place) {
     let (_store, loaded) = place.open().await;
     assert_eq!(loaded.tasks[0].output_len, 12);
 }
+
+/// A master that no longer leads writes nothing: once a newer term is in the store, its
+/// commits fail (UNAVAILABLE, naming both terms), its change is not stored, and it learns
+/// it was deposed. A newer schema than this master knows is refused, not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_deposed_master_writes_nothing_and_a_newer_schema_is_refused() {
+    let Some(Place::Postgres(url)) = Place::postgres("on_postgres_a_deposed_master_writes_nothing")
+    else {
+        return;
+    };
+    let (deposed, seen) = watch::channel(false);
+    let fence = postgres::Fence { term: 0, deposed };
+    let (store, _) = Store::open_postgres(&url, fence, Histogram::new([1.0]))
+        .await
+        .unwrap();
+    store_task(&store, 1).await.unwrap();
+    postgres::scratch::query(&url, "UPDATE herd_leader SET term = 1");
+    let err = store_task(&store, 2).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("term 1 leads now"), "{err}");
+    assert!(*seen.borrow(), "the master learns it was deposed");
+    let stored = postgres::scratch::query(&url, "SELECT string_agg(id, ',') FROM tasks");
+    assert_eq!(
+        stored.trim(),
+        "t-1",
+        "nothing of the deposed term is stored"
+    );
+
+    postgres::scratch::query(&url, "UPDATE herd_schema SET version = 99");
+    let err = postgres::prepare(&url).await.unwrap_err();
+    assert!(
+        err.to_string().contains("schema version 99, newer"),
+        "{err}"
+    );
+}
+
+async fn store_task(store: &Store, n: u64) -> Result<(), Error> {
+    let task = Change::Task(Box::new(queued_task(n, Default::default())));
+    store.commit(task).await
+}
