@@ -64,7 +64,8 @@ pub struct Cli {
     pub master_bin: Option<PathBuf>,
     /// The master's store: a postgres://... URL, or `scratch` for a throwaway PostgreSQL
     /// started here (initdb in a temporary folder); SQLite in its data dir by default. On
-    /// PostgreSQL the restart phase (it reads herd.db) is skipped.
+    /// PostgreSQL, the restart phase is a fail-over: a standby master takes over from the
+    /// leader's kill -9.
     #[arg(long)]
     pub store: Option<String>,
 }

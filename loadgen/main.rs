@@ -93,9 +93,10 @@ async fn run(cli: Cli, launch: &Launch) -> anyhow::Result<Vec<report::Figure>> {
             cli.connections
         ),
     );
+    let conns = channels(&master.url(), cli.connections).await?;
     let mut b = Bench {
-        conns: channels(&master.url(), cli.connections).await?,
-        shared: Arc::new(Shared::new(cli.heartbeat_interval)),
+        conns: conns.clone(),
+        shared: Arc::new(Shared::new(cli.heartbeat_interval, conns)),
         baseline_rss: rss_kib(master.pid()),
         sims: Vec::with_capacity(n),
         figures: Vec::new(),
@@ -112,10 +113,10 @@ async fn run(cli: Cli, launch: &Launch) -> anyhow::Result<Vec<report::Figure>> {
     phases::detection::run(&mut b).await?;
     phases::tasks::submit_to_start(&mut b).await?;
     phases::tasks::placements(&mut b).await?;
-    if b.master.launch.store.is_none() {
-        phases::restart::run(&mut b).await?;
-    } else {
-        println!("restart: skipped on PostgreSQL (it reads herd.db; see tests/e2e/failover.rs)");
+    match b.master.launch.store {
+        None => phases::restart::run(&mut b).await?,
+        // Instead of a restart on the same herd.db: a standby takes over.
+        Some(_) => phases::failover::run(&mut b).await?,
     }
     for sim in &b.sims {
         sim.mode.send_replace(Mode::Closed);

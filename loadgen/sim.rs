@@ -3,8 +3,8 @@
 //! learns when a task reached its worker.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,17 +91,44 @@ pub struct Shared {
     pub recording: AtomicU8,
     pub arrivals: Arrivals,
     pub tasks_started: AtomicU64,
+    /// The connections the workers open their streams on, and how often they were
+    /// replaced (the fail-over phase points them at the standby master).
+    conns: RwLock<(Vec<Channel>, u64)>,
+    /// Workers with an acknowledged stream on the newest connections.
+    pub rejoined: AtomicU64,
+    /// As herd-worker does: every final task update is repeated in each heartbeat until
+    /// the master acknowledges it committed (the fail-over phase turns this on).
+    pub repeat_results: AtomicBool,
+    /// Per task, how often it reached a worker, while counting (the fail-over phase).
+    pub starts: Mutex<Option<HashMap<String, u32>>>,
 }
 
 impl Shared {
-    pub fn new(interval: Duration) -> Shared {
+    pub fn new(interval: Duration, conns: Vec<Channel>) -> Shared {
         Shared {
             interval,
             latencies: Mutex::new(Vec::new()),
             recording: AtomicU8::new(0),
             arrivals: Arrivals::default(),
             tasks_started: AtomicU64::new(0),
+            conns: RwLock::new((conns, 0)),
+            rejoined: AtomicU64::new(0),
+            repeat_results: AtomicBool::new(false),
+            starts: Mutex::new(None),
         }
+    }
+
+    /// The connection worker `i` uses now, and the generation of the connections.
+    pub fn channel(&self, i: usize) -> (Channel, u64) {
+        let conns = self.conns.read().unwrap();
+        (conns.0[i % conns.0.len()].clone(), conns.1)
+    }
+
+    /// Points every worker's next stream at `conns`.
+    pub fn move_to(&self, conns: Vec<Channel>) {
+        let mut current = self.conns.write().unwrap();
+        *current = (conns, current.1 + 1);
+        self.rejoined.store(0, Ordering::SeqCst);
     }
 }
 
@@ -126,8 +153,14 @@ pub fn description(i: usize) -> pb::WorkerDescription {
     }
 }
 
-/// A heartbeat; the first of a stream carries the worker's `secret`.
-fn heartbeat(id: &str, sequence: u64, secret: &str) -> pb::WorkerMessage {
+/// A heartbeat; the first of a stream carries the worker's `secret`, and each carries the
+/// final updates not yet acknowledged.
+fn heartbeat(
+    id: &str,
+    sequence: u64,
+    secret: &str,
+    finished: &[pb::TaskUpdate],
+) -> pb::WorkerMessage {
     pb::WorkerMessage {
         body: Some(ToMaster::Heartbeat(pb::Heartbeat {
             worker_id: id.to_string(),
@@ -135,6 +168,7 @@ fn heartbeat(id: &str, sequence: u64, secret: &str) -> pb::WorkerMessage {
             activity: pb::WorkerActivity::Idle as i32,
             usage: Some(pb::Usage::default()),
             worker_secret: secret.to_string(),
+            finished: finished.to_vec(),
             ..Default::default()
         })),
     }
@@ -144,23 +178,28 @@ fn heartbeat(id: &str, sequence: u64, secret: &str) -> pb::WorkerMessage {
 /// reconnects with backoff (and registers again on NOT_FOUND) like herd-worker does.
 pub async fn simulate(
     shared: Arc<Shared>,
-    channel: Channel,
+    index: usize,
     name: pb::WorkerDescription,
     sim_id: String,
     mut secret: String,
     mut mode: watch::Receiver<Mode>,
 ) {
-    let mut registry = RegistryClient::with_interceptor(channel, join_bearer());
     let mut id = sim_id;
     let mut sequence = 0u64;
     let mut backoff = Duration::from_millis(200);
+    // Final updates not yet acknowledged (only while `repeat_results`).
+    let mut unacked: Vec<pb::TaskUpdate> = Vec::new();
+    // The connections' generation this worker last had an acknowledged stream on.
+    let mut joined = None;
     loop {
         if *mode.borrow() == Mode::Closed {
             return;
         }
+        let (channel, generation) = shared.channel(index);
+        let mut registry = RegistryClient::with_interceptor(channel, join_bearer());
         let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(64);
         sequence += 1;
-        let _ = tx.try_send(heartbeat(&id, sequence, &secret));
+        let _ = tx.try_send(heartbeat(&id, sequence, &secret, &unacked));
         let mut inbound = match registry.heartbeat(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
@@ -198,7 +237,7 @@ pub async fn simulate(
             }
             if current == Mode::Flood && pending.len() < 8 {
                 sequence += 1;
-                if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
+                if tx.send(heartbeat(&id, sequence, "", &[])).await.is_err() {
                     break true;
                 }
                 pending.push_back((sequence, Instant::now()));
@@ -213,7 +252,7 @@ pub async fn simulate(
                     }
                     if current == Mode::Normal {
                         sequence += 1;
-                        if tx.send(heartbeat(&id, sequence, "")).await.is_err() {
+                        if tx.send(heartbeat(&id, sequence, "", &unacked)).await.is_err() {
                             break true;
                         }
                         pending.push_back((sequence, Instant::now()));
@@ -225,6 +264,11 @@ pub async fn simulate(
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(pb::MasterMessage { body: Some(FromMaster::Ack(ack)) })) => {
+                        if joined != Some(generation) {
+                            joined = Some(generation);
+                            shared.rejoined.fetch_add(1, Ordering::SeqCst);
+                        }
+                        unacked.retain(|u| !ack.finished_task_ids.contains(&u.task_id));
                         while let Some((seq, at)) = pending.front().copied() {
                             if seq > ack.sequence {
                                 break;
@@ -239,15 +283,24 @@ pub async fn simulate(
                     Ok(Some(pb::MasterMessage { body: Some(FromMaster::Assign(task)) })) => {
                         shared.tasks_started.fetch_add(1, Ordering::Relaxed);
                         shared.arrivals.arrived(&task.task_id, Instant::now());
+                        if let Some(starts) = shared.starts.lock().unwrap().as_mut() {
+                            *starts.entry(task.task_id.clone()).or_default() += 1;
+                        }
                         for event in [pb::TaskEvent::Started, pb::TaskEvent::Succeeded] {
+                            let update = pb::TaskUpdate {
+                                task_id: task.task_id.clone(),
+                                attempt: task.attempt,
+                                event: event as i32,
+                                exit_code: (event == pb::TaskEvent::Succeeded).then_some(0),
+                                message: String::new(),
+                            };
+                            if event == pb::TaskEvent::Succeeded
+                                && shared.repeat_results.load(Ordering::Relaxed)
+                            {
+                                unacked.push(update.clone());
+                            }
                             let update = pb::WorkerMessage {
-                                body: Some(ToMaster::TaskUpdate(pb::TaskUpdate {
-                                    task_id: task.task_id.clone(),
-                                    attempt: task.attempt,
-                                    event: event as i32,
-                                    exit_code: (event == pb::TaskEvent::Succeeded).then_some(0),
-                                    message: String::new(),
-                                })),
+                                body: Some(ToMaster::TaskUpdate(update)),
                             };
                             if tx.send(update).await.is_err() {
                                 break;

@@ -1,5 +1,6 @@
 //! The phases of a run, in order, over one [`Bench`]: registration, streams and the steady
-//! state with a saturation, failure detection, tasks, and a restart of the master.
+//! state with a saturation, failure detection, tasks, and a restart of the master (on
+//! PostgreSQL: a fail-over to a standby).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::report::Figure;
 use crate::sim::{Shared, Sim};
 
 pub mod detection;
+pub mod failover;
 pub mod registration;
 pub mod restart;
 pub mod steady;

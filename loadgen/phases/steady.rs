@@ -27,7 +27,7 @@ pub async fn open_streams(b: &mut Bench, ids: &[(String, String)]) -> anyhow::Re
         });
         tokio::spawn(simulate(
             b.shared.clone(),
-            b.conns[i % b.conns.len()].clone(),
+            i,
             description(i),
             id.clone(),
             secret.clone(),

@@ -14,7 +14,7 @@ use super::Bench;
 use crate::cluster::{histogram_mean, scrape};
 use crate::report::{Figure, percentiles};
 
-fn task_spec() -> pb::TaskSpec {
+pub fn task_spec() -> pb::TaskSpec {
     pb::TaskSpec {
         command: "true".into(),
         resources: Some(pb::Resources {

@@ -3,6 +3,9 @@
 
 use herd::error::Error;
 
+/// The SQLSTATE of `herd_fence` (schema version 2): a newer term leads.
+pub const DEPOSED: &str = "HE001";
+
 /// A failure inside the PostgreSQL engine, converted into herd's error at its edge.
 #[derive(Debug)]
 pub struct Fault(pub Error);
@@ -14,12 +17,10 @@ impl From<tokio_postgres::Error> for Fault {
     /// server gave up on is the store's trouble and passes (UNAVAILABLE: the same change is
     /// tried again); anything else is a fault of the change itself.
     fn from(err: tokio_postgres::Error) -> Self {
-        let passing = match err.code() {
+        let passing = match err.code().map(|code| code.code()) {
             None => true,
-            Some(code) => {
-                let class = &code.code()[..2];
-                matches!(class, "08" | "53" | "57" | "58" | "40")
-            }
+            Some(code) if code == DEPOSED => true,
+            Some(code) => matches!(&code[..2], "08" | "53" | "57" | "58" | "40"),
         };
         // The server's message, not the client's wrapper ("db error: ...").
         let text = match err.as_db_error() {

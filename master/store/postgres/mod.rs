@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, warn};
 
 use herd::error::Error;
@@ -37,12 +36,15 @@ pub struct Fence {
 /// The writing side: one connection, owned by the store thread.
 pub struct Postgres {
     url: String,
-    client: Client,
+    /// Made on the first commit, and again when lost.
+    client: Option<Client>,
     statements: Statements,
     fence: Fence,
-    /// The master's runtime: each connection's I/O runs there, and the store thread
-    /// waits on it for its commits.
-    runtime: Handle,
+    /// The store thread's own runtime, made on its first commit: the writing connection's
+    /// I/O runs on the thread that waits for it. (On the master's runtime, each answer
+    /// waited for a busy worker thread to poll the connection, then to wake this one: at
+    /// 5,000 placements a second that queueing was most of submit-to-start.)
+    runtime: Option<tokio::runtime::Runtime>,
     /// A commit timed out: its connection is not used again.
     broken: bool,
 }
@@ -53,27 +55,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Statements prepared once per connection.
 #[derive(Default)]
-pub(crate) struct Statements(HashMap<&'static str, Statement>);
-
-impl Statements {
-    /// Runs `sql` (prepared on its first use) in `tx`; how many rows it changed.
-    async fn run(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &'static str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> fault::Result<u64> {
-        let statement = match self.0.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let prepared = tx.prepare(sql).await?;
-                self.0.insert(sql, prepared.clone());
-                prepared
-            }
-        };
-        Ok(tx.execute(&statement, params).await?)
-    }
-}
+pub(crate) struct Statements(pub(super) HashMap<&'static str, Statement>);
 
 /// A connection's settings: TCP keepalives and a user timeout of seconds, not the
 /// system's two hours, so a dead server or a cut link is seen within seconds.
@@ -146,10 +128,10 @@ pub async fn open(url: &str, fence: Fence) -> Result<(Postgres, Reader, Loaded),
     let reader = Reader::new(url, connect(url).await?);
     let engine = Postgres {
         url: url.to_string(),
-        client,
+        client: None,
         statements: Statements::default(),
         fence,
-        runtime: Handle::current(),
+        runtime: None,
         broken: false,
     };
     Ok((engine, reader, loaded))
@@ -179,16 +161,18 @@ impl Postgres {
     /// Commits `changes` in one transaction, first making the connection again if it was
     /// lost (the server restarted, a link was cut); its statements are prepared again.
     async fn write<'a>(&mut self, changes: impl Iterator<Item = &'a Change>) -> fault::Result<()> {
-        if self.client.is_closed() || self.broken {
+        let lost = self.client.as_ref().is_some_and(Client::is_closed) || self.broken;
+        if lost {
             warn!("the connection to the PostgreSQL store was lost; connecting again");
-            self.broken = false;
-            self.client = connect(&self.url).await?;
-            self.statements = Statements::default();
         }
-        let tx = self.client.transaction().await?;
-        commit::commit(&tx, &mut self.statements, &self.fence, changes).await?;
-        tx.commit().await?;
-        Ok(())
+        if lost || self.client.is_none() {
+            self.broken = false;
+            self.client = None;
+            self.statements = Statements::default();
+            self.client = Some(connect(&self.url).await?);
+        }
+        let client = self.client.as_ref().expect("connected above");
+        commit::commit(client, &mut self.statements, &self.fence, changes).await
     }
 }
 
@@ -200,9 +184,16 @@ impl Engine for Postgres {
         if changes.clone().all(|c| matches!(c, Change::Barrier)) {
             return Ok(());
         }
-        let runtime = self.runtime.clone();
+        let runtime = match self.runtime.take() {
+            Some(runtime) => runtime,
+            None => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Storage(format!("cannot start the store's runtime: {e}")))?,
+        };
         let written = runtime
             .block_on(async { tokio::time::timeout(COMMIT_TIMEOUT, self.write(changes)).await });
+        self.runtime = Some(runtime);
         match written {
             Ok(written) => Ok(written?),
             Err(_) => {

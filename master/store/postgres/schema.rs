@@ -122,6 +122,30 @@ pub const MIGRATIONS: &[&str] = &[
         term BIGINT NOT NULL,
         last_seen TIMESTAMPTZ NOT NULL
     );",
+    // 2: the checks of a commit as functions, so that all of its statements can be sent at
+    // once (pipelined) and a failed check still aborts the transaction before its COMMIT.
+    // herd_fence: fails unless `ours` is the newest term; the row lock it takes is the one a
+    // take-over waits for, so a write either commits before the new term or sees it.
+    // herd_all_stored: fails naming a task of `wanted` that an UPDATE did not find.
+    "CREATE FUNCTION herd_fence(ours BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
+    DECLARE newest BIGINT;
+    BEGIN
+        SELECT term INTO newest FROM herd_leader WHERE id = 1 FOR SHARE;
+        IF newest IS DISTINCT FROM ours THEN
+            RAISE EXCEPTION 'this master no longer leads: it led term %, and term % leads now',
+                ours, newest USING ERRCODE = 'HE001';
+        END IF;
+    END $$;
+    CREATE FUNCTION herd_all_stored(changed TEXT[], wanted TEXT[]) RETURNS VOID
+    LANGUAGE plpgsql AS $$
+    DECLARE missing TEXT;
+    BEGIN
+        IF cardinality(changed) <> cardinality(wanted) THEN
+            SELECT w INTO missing FROM unnest(wanted) AS w WHERE NOT (w = ANY(changed)) LIMIT 1;
+            RAISE EXCEPTION 'task % is not stored', coalesce(missing, '?')
+                USING ERRCODE = 'HE002';
+        END IF;
+    END $$;",
 ];
 
 /// Brings the schema to this master's version, or refuses a newer one.
