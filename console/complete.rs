@@ -15,7 +15,7 @@ use herd::domain::TaskState;
 use herd::pb;
 use herd::pb::admin_client::AdminClient;
 
-const COMMANDS: &[&str] = &[
+pub(crate) const COMMANDS: &[&str] = &[
     "workers",
     "worker",
     "task",
@@ -30,10 +30,29 @@ const COMMANDS: &[&str] = &[
     "exit",
     "quit",
 ];
-const TASK_ACTIONS: &[&str] = &["submit", "status", "logs", "cancel"];
-const SCHEDULERS: &[&str] = &["round-robin", "resource-aware", "bin-pack"];
-const TOKEN_ACTIONS: &[&str] = &["create", "list", "revoke"];
-const ROLES: &[&str] = &["admin", "operator", "viewer"];
+pub(crate) const TASK_ACTIONS: &[&str] = &["submit", "status", "logs", "cancel"];
+pub(crate) const SCHEDULERS: &[&str] = &["round-robin", "resource-aware", "bin-pack"];
+pub(crate) const TOKEN_ACTIONS: &[&str] = &["create", "list", "revoke"];
+pub(crate) const ROLES: &[&str] = &["admin", "operator", "viewer"];
+/// The flags of `task submit`; each takes a value.
+pub(crate) const SUBMIT_FLAGS: &[&str] = &[
+    "--name",
+    "--docker-image",
+    "--command",
+    "--cpu",
+    "--memory",
+    "--gpu",
+    "--priority",
+    "--constraint",
+    "--timeout",
+    "--env",
+    "--workdir",
+    "--retries",
+    "--on-disconnect",
+    "--count",
+    "--file",
+    "--disk",
+];
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
 /// What the cluster offers to complete, and when it was asked.
@@ -139,24 +158,7 @@ impl Completion {
             }
             ["workers", ..] => strings(&["--all"]),
             ["tasks", ..] => strings(&["--state"]),
-            ["task", "submit", ..] => strings(&[
-                "--name",
-                "--docker-image",
-                "--command",
-                "--cpu",
-                "--memory",
-                "--gpu",
-                "--priority",
-                "--constraint",
-                "--timeout",
-                "--env",
-                "--workdir",
-                "--retries",
-                "--on-disconnect",
-                "--count",
-                "--file",
-                "--disk",
-            ]),
+            ["task", "submit", ..] => strings(SUBMIT_FLAGS),
             ["task", "logs", ..] => strings(&["--follow"]),
             _ => Vec::new(),
         };

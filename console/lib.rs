@@ -5,6 +5,7 @@
 //! What a command could not do reaches the person as a [`failure::Failure`].
 
 pub mod batch;
+pub mod cli;
 pub mod command;
 pub mod complete;
 pub mod console;
@@ -12,4 +13,5 @@ pub mod failure;
 mod reach;
 pub mod render;
 pub mod repl;
+pub mod shell;
 pub mod terminal;

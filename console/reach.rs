@@ -65,6 +65,11 @@ impl Console {
             *self.moved.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(leader.unwrap_or_default());
         }
+        let trouble = herd::client_trouble::setup_trouble(&status, &self.url)
+            .or_else(|| herd::client_trouble::hint(&status, &self.url));
+        if let Some(trouble) = trouble {
+            return Failure::from(format!("error: {trouble}"));
+        }
         let text = match status.code() {
             Code::Unauthenticated => format!(
                 "error: the master at {} refused the call: {}",

@@ -6,39 +6,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use herd_console::cli::Cli;
 use herd_console::command::parse_words;
 use herd_console::console::Console;
 use herd_console::render::Style;
 
-#[derive(Parser)]
-#[command(
-    name = "herdctl",
-    version,
-    about = "Control a running herd master",
-    after_help = herd_console::command::HELP,
-    trailing_var_arg = true,
-    mut_arg("token", |a| a.help("Token to present: an operator token (default: the master's <data-dir>/token, when on the master's machine)"))
-)]
-struct Cli {
-    /// URL of the master (https:// with --ca for TLS), or a comma-separated list of masters
-    /// (a leader and its standbys): the one that leads is used.
-    #[arg(long, env = "HERD_MASTER", default_value = "http://127.0.0.1:50051")]
-    master: String,
-
-    #[command(flatten)]
-    access: herd::config::Access,
-
-    /// Print JSON (stable field names, see README.md) instead of tables.
-    #[arg(long)]
-    json: bool,
-
-    /// A command of the REPL grammar, e.g. `workers --all` or `task submit --command 'echo hi'`.
-    #[arg(allow_hyphen_values = true)]
-    command: Vec<String>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.first().map(String::as_str) == Some("completions") {
+        return completions(&cli.command[1..]);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -97,6 +74,32 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     match runtime.block_on(console.run(command, &mut stdout)) {
         Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herdctl: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `herdctl completions SHELL`: the completion script, on stdout (no master needed).
+fn completions(args: &[String]) -> ExitCode {
+    use clap::ValueEnum;
+    use herd_console::shell::{Shell, completions, shells};
+    let shell = match args {
+        [shell] => Shell::from_str(shell, true).ok(),
+        _ => None,
+    };
+    let Some(shell) = shell else {
+        eprintln!(
+            "herdctl: usage: herdctl completions SHELL, where SHELL is one of {}\n\
+             e.g. herdctl completions bash > /etc/bash_completion.d/herdctl",
+            shells()
+        );
+        return ExitCode::from(2);
+    };
+    use std::io::Write;
+    match std::io::stdout().write_all(&completions(shell)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("herdctl: {err}");
             ExitCode::FAILURE

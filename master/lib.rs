@@ -13,6 +13,8 @@
 //! - state is written by `store/` (SQLite), and nothing else opens the database.
 
 pub mod app;
+pub mod certs;
+pub mod cli;
 pub mod cluster;
 pub mod events;
 pub mod grpc;

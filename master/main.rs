@@ -5,13 +5,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
 use herd::config::MasterConfig;
-use herd::logging::LogOptions;
 use herd_console::repl;
+use herd_master::cli::{Cli, Command, Tls};
 
 /// mimalloc instead of glibc's malloc: a task's way through the master is made of many
 /// small allocations on two threads (the async workers and the store), and glibc's
@@ -19,21 +18,16 @@ use herd_console::repl;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(
-    name = "herd-master",
-    version,
-    about = "The herd master: cluster, liveness, scheduler"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: MasterConfig,
-    #[command(flatten)]
-    log: LogOptions,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let parsed = herd::config_file::parse::<Cli>("/etc/herd/master.toml");
+    if parsed.cli.print_config {
+        print!("{}", parsed.render::<Cli>());
+        return ExitCode::SUCCESS;
+    }
+    let cli = parsed.cli;
+    if let Some(Command::Tls(tls)) = cli.command {
+        return certificates(tls, &cli.config.data_dir);
+    }
     if let Err(err) = cli.config.validate() {
         eprintln!("herd-master: {err}");
         return ExitCode::from(2);
@@ -98,6 +92,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         true => None,
         false => Some(signal(SignalKind::interrupt()).context("cannot handle SIGINT")?),
     };
+    herd::service::spawn_watchdog();
     if config.store.is_some() {
         let signalled = async {
             tokio::select! {
@@ -108,6 +103,7 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         return herd_master::leader::run(config, signalled).await;
     }
     let running = herd_master::start(config).await?;
+    herd::service::ready(&format!("listening on {}", running.grpc_addr));
     // The REPL ends the master when it ends; headless, only a signal does.
     let mut repl_ended = match interactive {
         true => Some(running.spawn_repl()?),
@@ -132,6 +128,67 @@ async fn run(config: MasterConfig, interactive: bool) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM received"),
         _ = repl => {}
     }
+    herd::service::stopping("closing worker streams and flushing the store");
     running.shutdown().await;
     Ok(())
+}
+
+/// `herd-master tls init|worker`: writes the certificates and says how to use them.
+fn certificates(tls: Tls, data_dir: &std::path::Path) -> ExitCode {
+    use herd_master::certs;
+    let default_dir = data_dir.join("tls");
+    let done = match tls {
+        Tls::Init { dir, names } => {
+            let dir = dir.unwrap_or(default_dir);
+            let names = match names.is_empty() {
+                true => certs::default_names(),
+                false => names,
+            };
+            certs::init(&dir, &names).map(|made| {
+                let first = &made.names[0];
+                let host = match first.parse::<std::net::Ipv6Addr>() {
+                    Ok(_) => format!("[{first}]"),
+                    Err(_) => first.clone(),
+                };
+                println!(
+                    "wrote {ca}: the cluster's CA (give it to workers and herdctl: --ca)\n\
+                     wrote {cakey}: the CA's key (keep it here; `herd-master tls worker NAME` signs with it)\n\
+                     wrote {cert} and {key}: this master's certificate, for {names}\n\n\
+                     In /etc/herd/master.toml (or as flags):\n\
+                     \x20 tls-cert = \"{cert}\"\n\
+                     \x20 tls-key = \"{key}\"\n\
+                     \x20 # tls-client-ca = \"{ca}\"   (then every worker needs `herd-master tls worker NAME`)\n\n\
+                     On each worker (/etc/herd/worker.toml), and for herdctl:\n\
+                     \x20 master = \"https://{host}:50051\"\n\
+                     \x20 ca = \"{ca}\"",
+                    ca = made.ca.display(),
+                    cakey = made.ca.with_file_name(certs::CA_KEY).display(),
+                    cert = made.cert.display(),
+                    key = made.key.display(),
+                    names = made.names.join(", "),
+                );
+            })
+        }
+        Tls::Worker { name, dir } => {
+            let dir = dir.unwrap_or(default_dir);
+            certs::worker(&dir, &name).map(|(cert, key)| {
+                println!(
+                    "wrote {cert} and {key}: worker {name}'s client certificate\n\n\
+                     Copy both to the worker, with {ca}; in its /etc/herd/worker.toml:\n\
+                     \x20 client-cert = \"{cert}\"\n\
+                     \x20 client-key = \"{key}\"",
+                    cert = cert.display(),
+                    key = key.display(),
+                    ca = dir.join(certs::CA_CERT).display(),
+                );
+            })
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herd-master: {err}");
+            ExitCode::from(2)
+        }
+    }
 }

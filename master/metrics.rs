@@ -1,5 +1,6 @@
 //! Prometheus metrics (`--metrics-listen`): workers and tasks by state, queue length,
-//! heartbeats received, scheduling pass and SQLite flush durations.
+//! heartbeats received, scheduling pass and store commit durations, failed commits, and
+//! the term a master leads (docs/monitoring/ has alert rules and a dashboard over them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct Metrics {
     pub heartbeats: Counter<u64, AtomicU64>,
     pub scheduling: Histogram,
     pub flush: Histogram,
+    pub store_failures: Counter<u64, AtomicU64>,
+    /// The term this master leads (0: SQLite, where no election happens).
+    pub term: Gauge,
     workers: Family<Vec<(String, String)>, Gauge>,
     tasks: Family<Vec<(String, String)>, Gauge>,
     queue: Gauge,
@@ -47,6 +51,8 @@ impl Metrics {
         let workers = Family::<Vec<(String, String)>, Gauge>::default();
         let tasks = Family::<Vec<(String, String)>, Gauge>::default();
         let queue = Gauge::default();
+        let store_failures = Counter::<u64, AtomicU64>::default();
+        let term = Gauge::default();
         let mut prometheus = Prometheus::with_prefix("herd");
         prometheus.register(
             "heartbeats_received",
@@ -59,9 +65,22 @@ impl Metrics {
             scheduling.clone(),
         );
         prometheus.register(
-            "sqlite_flush_seconds",
-            "Duration of one commit of a tick's liveness flush to SQLite (at most 1,000 rows)",
+            "store_liveness_commit_seconds",
+            "Duration of one store commit that carries a tick's liveness rows (SQLite: at \
+             most 1,000 rows; PostgreSQL: the whole tick)",
             flush.clone(),
+        );
+        prometheus.register(
+            "store_commit_failures",
+            "Store commits that failed (the changes are kept and tried again; nothing that \
+             waits on them is acknowledged)",
+            store_failures.clone(),
+        );
+        prometheus.register(
+            "leader_term",
+            "The term this master leads on a PostgreSQL store (it rises at each fail-over); \
+             0 on SQLite",
+            term.clone(),
         );
         prometheus.register("workers", "Workers by state", workers.clone());
         prometheus.register("tasks", "Tasks by state", tasks.clone());
@@ -74,6 +93,8 @@ impl Metrics {
             heartbeats,
             scheduling,
             flush,
+            store_failures,
+            term,
             workers,
             tasks,
             queue,
@@ -102,8 +123,39 @@ impl Metrics {
         if let Err(err) = encode(&mut out, &self.prometheus) {
             warn!(%err, "cannot encode metrics");
         }
-        out
+        text_format(&out)
     }
+}
+
+/// OpenMetrics text (what prometheus_client writes) as the Prometheus text format 0.0.4 the
+/// endpoint says it serves: a counter's HELP and TYPE name its `_total` series, and there
+/// is no `# EOF`. (Prometheus reads either; `promtool check metrics` and older scrapers
+/// read only this one, and found no help text for the counters.)
+fn text_format(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Serves `GET /metrics` until `shutdown` flips.
@@ -136,4 +188,27 @@ pub async fn serve(
             let _ = shutdown.changed().await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_described_under_their_total_names_in_the_text_format() {
+        let metrics = Metrics::new();
+        metrics.heartbeats.inc();
+        let text = metrics.render(Summary {
+            workers: vec![("Active", 2)],
+            tasks: vec![],
+            queued: 0,
+            scheduler: Default::default(),
+        });
+        assert!(text.contains("# HELP herd_heartbeats_received_total Heartbeats received"));
+        assert!(text.contains("# TYPE herd_heartbeats_received_total counter"));
+        assert!(text.contains("\nherd_heartbeats_received_total 1\n"));
+        assert!(text.contains("# TYPE herd_store_commit_failures_total counter"));
+        assert!(text.contains("herd_workers{state=\"Active\"} 2"));
+        assert!(!text.contains("# EOF"));
+    }
 }

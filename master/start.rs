@@ -29,8 +29,8 @@ use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
-use crate::store::Store;
 use crate::store::postgres::{Fence, redact};
+use crate::store::{Instruments, Store};
 use crate::{grpc, history, http, lock, metrics, output, ticker};
 
 /// A master that serves. Dropping it without [`Running::shutdown`] leaves its tasks
@@ -90,11 +90,16 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
     let events = Events::new();
     let output = OutputDir::new(config.data_dir.join("output"));
     let term = fence.as_ref().map(|f| f.term);
+    metrics.term.set(term.unwrap_or(0));
+    let instruments = Instruments {
+        liveness_commits: metrics.flush.clone(),
+        failed_commits: metrics.store_failures.clone(),
+    };
     let (store, loaded) = match (&config.store, fence) {
-        (Some(url), Some(fence)) => Store::open_postgres(url, fence, metrics.flush.clone())
+        (Some(url), Some(fence)) => Store::open_postgres(url, fence, instruments)
             .await
             .with_context(|| format!("cannot open the store {}", redact(url)))?,
-        _ => Store::open(&db_path, output.clone(), metrics.flush.clone())
+        _ => Store::open(&db_path, output.clone(), instruments)
             .with_context(|| format!("cannot open {}", db_path.display()))?,
     };
     let (token, join) = tokens(&config)?;

@@ -102,7 +102,7 @@ mod tests {
         let text = metrics.render(cluster.summary());
         let commits = text
             .lines()
-            .find_map(|l| l.strip_prefix("herd_sqlite_flush_seconds_count "))
+            .find_map(|l| l.strip_prefix("herd_store_liveness_commit_seconds_count "))
             .expect("the flush histogram is rendered");
         assert_eq!(commits, "3", "{n} rows in commits of at most {FLUSH_CHUNK}");
         let wrong: i64 = db

@@ -5,13 +5,16 @@
 
 pub mod auth;
 pub mod client;
+pub mod client_trouble;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod constraint;
 pub mod domain;
 pub mod error;
 pub mod logging;
 pub mod paths;
+pub mod service;
 pub mod text;
 pub mod time;
 pub mod views;

@@ -165,7 +165,7 @@ impl Agent {
             }
             let ended = match self.connect().await {
                 Ok(channel) => self.session(channel, &mut backoff, &mut shutdown).await,
-                Err(err) => Ended::Lost(format!("cannot connect: {err}")),
+                Err(ended) => ended,
             };
             if let Ended::Redirect(leader) = &ended
                 && self.masters.follow(leader)
@@ -203,9 +203,17 @@ impl Agent {
         }
     }
 
-    async fn connect(&self) -> Result<Channel, String> {
-        let endpoint = self.masters.endpoint().map_err(|e| e.to_string())?;
-        endpoint.connect().await.map_err(|e| e.to_string())
+    /// A connection to the current master. A certificate or scheme that cannot work ends
+    /// the worker with what to fix, instead of retrying for ever.
+    async fn connect(&self) -> Result<Channel, Ended> {
+        let endpoint = self.masters.endpoint().map_err(Ended::Refused)?;
+        endpoint.connect().await.map_err(|err| {
+            let url = self.masters.current();
+            match herd::client_trouble::setup_trouble(&err, url) {
+                Some(trouble) => Ended::Refused(Error::Setup(trouble)),
+                None => Ended::Lost(format!("cannot connect: {err}")),
+            }
+        })
     }
 
     /// Whether the master that answered leads in a term at least as new as the newest
@@ -240,6 +248,11 @@ impl Agent {
                     "the master refused this worker: {}",
                     status.message()
                 ))),
+                _ if let Some(trouble) =
+                    herd::client_trouble::setup_trouble(&status, self.masters.current()) =>
+                {
+                    Ended::Refused(Error::Setup(trouble))
+                }
                 _ => match (refusal(&status), herd::client::leader_hint(&status)) {
                     (Some(why), _) => Ended::Refused(why),
                     (None, Some((leader, _))) => Ended::Redirect(leader),

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cli;
 pub mod devices;
 mod ending;
 pub mod executor;
@@ -128,6 +129,8 @@ pub async fn run(
         secret,
     );
     let mut agent = tokio::spawn(agent.run(shutdown_rx));
+    herd::service::ready(&format!("worker {name}: reaching {}", config.master));
+    herd::service::spawn_watchdog();
     tokio::select! {
         _ = stops.recv() => {}
         ended = &mut agent => {
@@ -142,6 +145,7 @@ pub async fn run(
         }
     }
     if config.drain_on_exit {
+        herd::service::stopping("draining: waiting for the running tasks to end");
         // Every task ends and its result is acknowledged before we say goodbye.
         info!("draining: waiting for the running tasks to end and be acknowledged");
         let drained = async {

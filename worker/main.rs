@@ -2,37 +2,29 @@
 //! the worker library: the agent (`herd_worker::run`), or in the hidden `supervise` mode
 //! the supervisor of one task (`herd_worker::supervisor::main`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use herd::config::WorkerConfig;
-use herd::logging::LogOptions;
-
-#[derive(Parser)]
-#[command(name = "herd-worker", version, about = "The herd worker agent")]
-struct Cli {
-    #[command(flatten)]
-    config: WorkerConfig,
-    #[command(flatten)]
-    log: LogOptions,
-    #[command(subcommand)]
-    mode: Option<Mode>,
-}
-
-#[derive(Subcommand)]
-enum Mode {
-    /// Supervise one task (started by herd-worker itself, once per task).
-    #[command(hide = true)]
-    Supervise { folder: PathBuf },
-}
+use herd_worker::cli::{Cli, Mode};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A task's supervisor (`herd-worker supervise FOLDER`, started by the agent) reads no
+    // config file: everything it needs is in the task's folder.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "supervise")
+        && let Some(Mode::Supervise { folder }) = Cli::parse().mode
+    {
+        return herd_worker::supervisor::main(folder);
+    }
+    let parsed = herd::config_file::parse::<Cli>("/etc/herd/worker.toml");
+    if parsed.cli.print_config {
+        print!("{}", parsed.render::<Cli>());
+        return ExitCode::SUCCESS;
+    }
+    let cli = parsed.cli;
     if let Some(Mode::Supervise { folder }) = cli.mode {
         return herd_worker::supervisor::main(folder);
     }

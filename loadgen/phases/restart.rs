@@ -26,7 +26,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     tokio::time::sleep(CHECK_INTERVAL * 2).await;
     let flush_max_ms = histogram_max(
         &scrape(b.master.metrics_port()),
-        "herd_sqlite_flush_seconds",
+        "herd_store_liveness_commit_seconds",
     ) * 1000.0;
     b.figures.push(Figure::goal(
         "SQLite flush of N rows (max commit)",

@@ -100,7 +100,8 @@ pub async fn steady(b: &mut Bench) -> anyhow::Result<()> {
         .collect();
     let lat = percentiles(&mut latencies);
     let rss_per_worker = peak_rss.saturating_sub(b.baseline_rss) as f64 / n as f64;
-    let flush_mean_ms = histogram_mean(&scrape(metrics_port), "herd_sqlite_flush_seconds") * 1000.0;
+    let flush_mean_ms =
+        histogram_mean(&scrape(metrics_port), "herd_store_liveness_commit_seconds") * 1000.0;
     let rate = 1.0 / b.cli.heartbeat_interval.as_secs_f64();
     let f = &mut b.figures;
     f.push(Figure::goal(

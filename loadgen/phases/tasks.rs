@@ -233,7 +233,7 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         "",
     ));
     b.progress(&format!(
-        "{rate:.0} placements/s end to end over {window:?} (batches of {batch}), submit-to-start p50 {:.2} ms p99 {:.2} ms; restarting the master",
+        "{rate:.0} placements/s end to end over {window:?} (batches of {batch}), submit-to-start p50 {:.2} ms p99 {:.2} ms",
         lat.p50, lat.p99
     ));
     Ok(())

@@ -43,6 +43,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
     loop {
         let (tell, leader) = watch::channel(Leader::default());
         let standby = Standby::serve(listeners, leader).await?;
+        herd::service::ready(&format!("standby on {}", me.grpc));
         let leadership = tokio::select! {
             led = candidate.campaign(&tell) => led?,
             _ = &mut stop => {
@@ -59,6 +60,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
         let mut deposed = leadership.deposed.subscribe();
         let running = start::start_leading(config.clone(), fence).await?;
         info!(term, grpc = %me.grpc, "herd-master leads");
+        herd::service::status(&format!("leader of term {term} on {}", me.grpc));
         // The guard `wait_for` returns holds the channel's lock: dropped here, not kept
         // through the shutdown below (a write that finds a newer term sets it too).
         let deposed_now = async {

@@ -17,7 +17,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 use tracing::error;
 
@@ -35,6 +34,7 @@ mod unsaved;
 pub use self::change::Change;
 use self::done::Done;
 pub use self::sqlite::pcache;
+pub use self::thread::Instruments;
 use self::thread::Job;
 use crate::output::OutputDir;
 use crate::records::{AuditRow, Task, TaskFilter, TokenRow, WorkerRecord};
@@ -105,15 +105,17 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path`, migrates it, and returns
-    /// the store with everything it knows. `flushes` gets the duration of every commit
-    /// that carries liveness rows of a tick.
+    /// the store with everything it knows, measured by `instruments`.
     pub fn open(
         path: &Path,
         output: OutputDir,
-        flushes: Histogram,
+        instruments: impl Into<Instruments>,
     ) -> Result<(Store, Loaded), Error> {
         let (engine, reader, loaded) = sqlite::open(path, output, true)?;
-        Ok((Store::start(engine, reader, Some(flushes))?, loaded))
+        Ok((
+            Store::start(engine, reader, Some(instruments.into()))?,
+            loaded,
+        ))
     }
 
     /// Opens the PostgreSQL store at `url` to write as the leader of `fence.term`, and
@@ -121,10 +123,13 @@ impl Store {
     pub async fn open_postgres(
         url: &str,
         fence: postgres::Fence,
-        flushes: Histogram,
+        instruments: impl Into<Instruments>,
     ) -> Result<(Store, Loaded), Error> {
         let (engine, reader, loaded) = postgres::open(url, fence).await?;
-        Ok((Store::start(engine, reader, Some(flushes))?, loaded))
+        Ok((
+            Store::start(engine, reader, Some(instruments.into()))?,
+            loaded,
+        ))
     }
 
     /// A store on a private database in `dir` (a test's temporary folder).
@@ -144,7 +149,7 @@ impl Store {
     fn start(
         engine: impl Engine,
         reads: impl Reads,
-        flushes: Option<Histogram>,
+        flushes: Option<Instruments>,
     ) -> Result<Store, Error> {
         Ok(Store {
             jobs: thread::start(engine, flushes)?,

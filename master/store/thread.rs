@@ -5,6 +5,9 @@
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -95,11 +98,29 @@ const MAX_BATCH: usize = 4096;
 /// commit and the commits cost more than the rows).
 const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// What the store thread measures, for /metrics.
+#[derive(Clone)]
+pub struct Instruments {
+    /// The duration of every commit that carries liveness rows of a tick.
+    pub liveness_commits: Histogram,
+    /// Commits that failed.
+    pub failed_commits: Counter<u64, AtomicU64>,
+}
+
+impl From<Histogram> for Instruments {
+    /// Liveness commits measured, failures counted where nobody reads them (tests).
+    fn from(liveness_commits: Histogram) -> Instruments {
+        Instruments {
+            liveness_commits,
+            failed_commits: Counter::default(),
+        }
+    }
+}
+
 /// Starts the store thread over `engine`; returns where to send it jobs.
-/// `flushes` gets the duration of every commit that carries liveness rows of a tick.
 pub(super) fn start<E: Engine>(
     engine: E,
-    flushes: Option<Histogram>,
+    flushes: Option<Instruments>,
 ) -> Result<std_mpsc::Sender<Job>, Error> {
     let (jobs, rx) = std_mpsc::channel::<Job>();
     let notify = Notify::new();
@@ -115,7 +136,7 @@ pub(super) fn start<E: Engine>(
 fn run<E: Engine>(
     mut engine: E,
     jobs: std_mpsc::Receiver<Job>,
-    flushes: Option<Histogram>,
+    flushes: Option<Instruments>,
     notify: Notify,
 ) {
     let mut rate = (std::time::Instant::now(), 0u64, 0u64);
@@ -183,8 +204,11 @@ fn run<E: Engine>(
             let took = started.elapsed();
             tracing::debug!(rows, writes = batch.len(), ?took, "liveness flushed");
             if let Some(flushes) = &flushes {
-                flushes.observe(took.as_secs_f64());
+                flushes.liveness_commits.observe(took.as_secs_f64());
             }
+        }
+        if let (Err(_), Some(flushes)) = (&committed, &flushes) {
+            flushes.failed_commits.inc();
         }
         let results: Vec<(Change, Done, Result<(), Error>)> = match committed {
             Ok(()) => batch.into_iter().map(|(w, d)| (w, d, Ok(()))).collect(),

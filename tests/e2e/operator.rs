@@ -499,7 +499,7 @@ async fn health_reflection_and_metrics_answer() {
     let after = loop {
         let after = scrape(&metrics_addr);
         if metric(&after, "herd_heartbeats_received_total") >= 3.0
-            && metric(&after, "herd_sqlite_flush_seconds_count") >= 1.0
+            && metric(&after, "herd_store_liveness_commit_seconds_count") >= 1.0
         {
             break after;
         }

@@ -23,29 +23,6 @@ fn parse(text: &str) -> Value {
 }
 
 /// Runs a herd-worker to its end (it is expected to be refused): (success, stderr).
-async fn run_refused_worker(dir: &Path, master: &str, name: &str, args: &[&str]) -> (bool, String) {
-    let mut command = Command::new(WORKER);
-    command
-        .args(["--master", master, "--name", name, "--runtime", "none"])
-        .arg("--work-dir")
-        .arg(dir.join(format!("work-{name}-{}", fastrand::u32(..))))
-        .args(args)
-        .env("HERD_TOKEN", JOIN_TOKEN)
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .stdin(Stdio::null());
-    let out = tokio::time::timeout(
-        T,
-        tokio::task::spawn_blocking(move || command.output().unwrap()),
-    )
-    .await
-    .expect("a refused worker exits by itself")
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_worker_is_active_and_the_join_token_is_refused_on_every_admin_call() {
     let dir = tempfile::tempdir().unwrap();

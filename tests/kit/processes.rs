@@ -143,6 +143,18 @@ impl Worker {
 
     /// Like [`Worker::start`], with `dir/work` as its work dir.
     pub fn start_in(dir: &Path, master: &str, name: &str, work: &str, args: &[&str]) -> Worker {
+        Worker::start_with_env(dir, master, name, work, args, &[])
+    }
+
+    /// Like [`Worker::start_in`], with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        master: &str,
+        name: &str,
+        work: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = dir.join(format!("worker-{name}-{}.log", fastrand::u32(..)));
         let child = Command::new(WORKER)
             .arg("--master")
@@ -159,6 +171,7 @@ impl Worker {
             .args(args)
             .env("HERD_TOKEN", JOIN_TOKEN)
             .env("XDG_STATE_HOME", dir.join("state"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -217,4 +230,34 @@ pub async fn local_worker_pid(master: &Master) -> u32 {
         }
         deadline.wait().await;
     }
+}
+
+/// Runs a herd-worker that should be refused and exit by itself (within 30 s): whether it
+/// succeeded, and what it said on stderr.
+pub async fn run_refused_worker(
+    dir: &Path,
+    master: &str,
+    name: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let mut command = Command::new(WORKER);
+    command
+        .args(["--master", master, "--name", name, "--runtime", "none"])
+        .arg("--work-dir")
+        .arg(dir.join(format!("work-{name}-{}", fastrand::u32(..))))
+        .args(args)
+        .env("HERD_TOKEN", JOIN_TOKEN)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || command.output().unwrap()),
+    )
+    .await
+    .expect("a refused worker exits by itself")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
