@@ -12,10 +12,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need() { command -v "$1" >/dev/null; }
-if ! need systemd-analyze || ! need promtool || ! need man; then
+if ! need systemd-analyze || ! need promtool || ! need man || ! need curl; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    systemd prometheus man-db >/dev/null
+    systemd prometheus man-db curl >/dev/null
 fi
 if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked --version 3.8.0 --quiet
