@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let parsed = herd::config_file::parse::<Cli>("/etc/herd/master.toml");
-    if parsed.cli.print_config {
+    if parsed.cli.file.print_config {
         print!("{}", parsed.render::<Cli>());
         return ExitCode::SUCCESS;
     }

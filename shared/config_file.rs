@@ -16,10 +16,30 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 
-/// The id of the `--config` flag each program declares (its field is `config_file`).
+/// The id of the `--config` flag ([`FileFlags`]).
 pub const CONFIG_ID: &str = "config_file";
-/// The id of `--print-config` (field `print_config`).
+/// The id of `--print-config`.
 pub const PRINT_ID: &str = "print_config";
+
+/// The flags of a program that reads a config file (flattened into its command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileFlags {
+    /// Read settings from this TOML file: each key is a flag's long name
+    /// (`heartbeat-timeout = "15s"`, `label = ["zone=a"]`). A flag, then its environment
+    /// variable, win over it [default: /etc/herd/master.toml or /etc/herd/worker.toml,
+    /// when it exists]
+    #[arg(
+        long = "config",
+        id = "config_file",
+        env = "HERD_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config_file: Option<PathBuf>,
+    /// Print the effective configuration as TOML, with where each value came from
+    /// (flag, environment, file, default; secrets masked), and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
 
 /// Flags that are not settings: never keys of a file, never printed.
 const NOT_SETTINGS: &[&str] = &[CONFIG_ID, PRINT_ID, "help", "version"];

@@ -16,20 +16,8 @@ pub struct Cli {
     pub config: WorkerConfig,
     #[command(flatten)]
     pub log: LogOptions,
-    /// Read settings from this TOML file: each key is a flag's long name
-    /// (`name = "gpu-01"`, `label = ["zone=a"]`). A flag, then its environment variable, win
-    /// over it [default: /etc/herd/worker.toml, when it exists]
-    #[arg(
-        long = "config",
-        id = "config_file",
-        env = "HERD_CONFIG",
-        value_name = "FILE"
-    )]
-    pub config_file: Option<PathBuf>,
-    /// Print the effective configuration as TOML, with where each value came from
-    /// (flag, environment, file, default; secrets masked), and exit
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub file: herd::config_file::FileFlags,
     #[command(subcommand)]
     pub mode: Option<Mode>,
 }

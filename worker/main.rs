@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         return herd_worker::supervisor::main(folder);
     }
     let parsed = herd::config_file::parse::<Cli>("/etc/herd/worker.toml");
-    if parsed.cli.print_config {
+    if parsed.cli.file.print_config {
         print!("{}", parsed.render::<Cli>());
         return ExitCode::SUCCESS;
     }

@@ -72,16 +72,7 @@ impl Candidate {
     /// session lock taken through it is silently lost.
     pub async fn connect(url: &str, me: Address) -> Result<Candidate, Error> {
         let lock = Arc::new(postgres::connect(url).await?);
-        let (first, second) = (backend_pid(&lock).await?, backend_pid(&lock).await?);
-        if first != second {
-            return Err(Error::setup(format!(
-                "--store {}: two statements on one connection ran on two server sessions \
-                 (pids {first} and {second}): a connection pooler in transaction mode \
-                 (PgBouncer) is in between, and it would drop the leader's lock; point \
-                 --store at PostgreSQL itself, or at a pool in session mode",
-                redact(url)
-            )));
-        }
+        refuse_pooling(&lock, url).await?;
         Ok(Candidate {
             url: url.to_string(),
             me,
@@ -286,6 +277,43 @@ async fn renew(lock: Arc<Client>, me: Address, term: i64, deposed: watch::Sender
             return;
         }
     }
+}
+
+/// Fails when the server session behind `lock` is not its own. Directly on PostgreSQL a
+/// connection keeps one backend for its life, and no other open connection has it. Behind
+/// a pooler in transaction mode, a connection's statements run on whichever server
+/// session is free: an idle pool hands the same one to everyone (so a second connection
+/// sees the lock connection's pid), a busy one hands out another (so the lock connection
+/// sees two pids). Either way the session lock would belong to someone else's session.
+async fn refuse_pooling(lock: &Client, url: &str) -> Result<(), Error> {
+    let probe = postgres::connect(url).await?;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        ours.push(backend_pid(lock).await?);
+        theirs.push(backend_pid(&probe).await?);
+    }
+    ours.dedup();
+    let shared = theirs.iter().find(|pid| ours.contains(pid));
+    if ours.len() == 1 && shared.is_none() {
+        return Ok(());
+    }
+    let seen = match shared {
+        Some(pid) => format!("two connections both ran on server session {pid}"),
+        None => format!(
+            "one connection's statements ran on server sessions {}",
+            ours.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(Error::setup(format!(
+        "--store {}: {seen}: a connection pooler in transaction mode (PgBouncer) is in \
+         between, and it would hand the leader's lock to other sessions; point --store at \
+         PostgreSQL itself, or at a pool in session mode",
+        redact(url)
+    )))
 }
 
 async fn backend_pid(c: &Client) -> Result<i32, Error> {

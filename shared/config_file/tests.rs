@@ -1,7 +1,6 @@
 //! The config file merged under the command line: what wins, and what a bad file says.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -13,18 +12,16 @@ use crate::config::{MasterConfig, SchedulerKind, WorkerConfig};
 struct Master {
     #[command(flatten)]
     config: MasterConfig,
-    #[arg(long = "config", id = "config_file")]
-    config_file: Option<PathBuf>,
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    file: super::FileFlags,
 }
 
 #[derive(Parser)]
 struct Worker {
     #[command(flatten)]
     config: WorkerConfig,
-    #[arg(long = "config", id = "config_file")]
-    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    file: super::FileFlags,
 }
 
 /// Writes `toml` to a file and parses `flags` with it given as `--config`.

@@ -14,6 +14,7 @@ mod logs;
 mod operator;
 mod output;
 mod partition;
+mod pooler;
 mod readme;
 mod repl;
 mod resources;

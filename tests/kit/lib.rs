@@ -6,6 +6,7 @@
 pub mod http;
 mod inprocess;
 pub mod netns;
+mod pgbouncer;
 mod processes;
 mod procs;
 mod programs;
@@ -18,6 +19,7 @@ pub use herd_master::store::postgres::scratch::{
     available as postgres_available, database as postgres_database, query as postgres_query,
 };
 pub use inprocess::InProcess;
+pub use pgbouncer::{Pooler, pgbouncer, pgbouncer_available};
 pub use processes::{Master, Worker, local_worker_pid, master_command, run_refused_worker};
 pub use procs::{
     KillUnder, Stat, args_of, children_named, group_members, pids, process_alive, processes_with,

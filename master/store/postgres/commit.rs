@@ -5,6 +5,9 @@
 //! of tasks, and one for the whole commit.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -141,8 +144,8 @@ impl<'a> Plan<'a> {
                 new.push(sql);
             }
         }
-        let prepared = futures_util::future::join_all(new.iter().map(|sql| client.prepare(sql)));
-        for (sql, prepared) in new.iter().zip(prepared.await) {
+        let prepared = in_order(new.iter().map(|sql| client.prepare(sql)).collect()).await;
+        for (sql, prepared) in new.iter().zip(prepared) {
             statements.0.insert(sql, prepared?);
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = self
@@ -150,23 +153,55 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|(_, params)| params.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect())
             .collect();
-        let executed = self
-            .steps
-            .iter()
-            .zip(&params)
-            .map(|((sql, _), params)| client.execute(&statements.0[sql], params));
-        let (begin, executed, end) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            futures_util::future::join_all(executed),
-            client.batch_execute("COMMIT"),
-        );
-        begin?;
-        for result in executed {
-            result?;
+        let mut requests: Vec<Request<'_>> = Vec::with_capacity(self.steps.len() + 2);
+        requests.push(Box::pin(async {
+            client.batch_execute("BEGIN").await.map(|()| 0)
+        }));
+        for ((sql, _), params) in self.steps.iter().zip(&params) {
+            requests.push(Box::pin(client.execute(&statements.0[sql], params)));
         }
-        end?;
-        Ok(())
+        requests.push(Box::pin(async {
+            client.batch_execute("COMMIT").await.map(|()| 0)
+        }));
+        // The first failure in statement order is the cause; the ones after it only say
+        // that the transaction was aborted.
+        in_order(requests)
+            .await
+            .into_iter()
+            .try_for_each(|r| r.map(drop))
     }
+}
+
+/// One statement sent to the server, answering how many rows it changed.
+type Request<'a> =
+    Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + 'a>>;
+
+/// Runs `futures` to their ends, polling them always in the order given, and returns
+/// their outputs in that order. A tokio-postgres request leaves on its first poll, so the
+/// requests reach the server in this order, all before the first answer comes back.
+async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(done) => *output = Some(done),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => Poll::Pending,
+            false => Poll::Ready(()),
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future ended"))
+        .collect()
 }
 /// What is written in multi-row statements at the end of the transaction (workers before
 /// anything else that touches their rows).

@@ -66,12 +66,7 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, Error> {
             redact(url)
         ))
     })?;
-    // A session left inside a transaction by a master that froze (SIGSTOP, a paused VM)
-    // would hold its row locks for ever, and the next leader's take-over would wait on
-    // them: the server ends such a session after 3 s. No lock is waited on for long
-    // either: a statement that waits fails, and is tried again.
     config
-        .options("-c idle_in_transaction_session_timeout=3000 -c lock_timeout=5000")
         .application_name("herd-master")
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
@@ -98,17 +93,27 @@ pub fn redact(url: &str) -> String {
 
 /// Connects to the store at `url`; the connection's I/O runs on this runtime.
 pub async fn connect(url: &str) -> Result<Client, Error> {
-    let (client, connection) = config(url)?.connect(NoTls).await.map_err(|e| {
+    let unreachable = |e: tokio_postgres::Error| {
         Error::Unavailable(format!(
             "cannot reach the PostgreSQL store {}: {e}",
             redact(url)
         ))
-    })?;
+    };
+    let (client, connection) = config(url)?.connect(NoTls).await.map_err(unreachable)?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             debug!(%err, "a connection to the PostgreSQL store ended");
         }
     });
+    // A session left inside a transaction by a master that froze (SIGSTOP, a paused VM)
+    // would hold its row locks for ever, and the next leader's take-over would wait on
+    // them: the server ends such a session after 3 s. No lock is waited on for long
+    // either: a statement that waits fails, and is tried again. (Set here rather than as
+    // startup options, which a pool in session mode may refuse or drop.)
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = 3000; SET lock_timeout = 5000")
+        .await
+        .map_err(unreachable)?;
     Ok(client)
 }
 

@@ -129,8 +129,9 @@ fn bin_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".into())
 }
 
-/// The user and group the server runs as: `postgres` when this process is root.
-fn run_as() -> Result<Option<(u32, u32)>, String> {
+/// The user and group the server (and a test's PgBouncer) runs as: `postgres` when this
+/// process is root.
+pub fn run_as() -> Result<Option<(u32, u32)>, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
