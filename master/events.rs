@@ -74,8 +74,8 @@ struct Ring {
 }
 
 impl Ring {
-    /// The kept events after `last`, or `None` if one after it was dropped already. An id
-    /// from before this master is no gap while nothing was dropped: ids restart higher.
+    /// The kept events after `last`, or `None` if one after it was dropped already, or
+    /// `last` is from before this master (see [`Events::new`]).
     fn after(&self, last: u64) -> Option<Vec<Arc<Event>>> {
         if last < self.lost_through {
             return None;
@@ -93,15 +93,17 @@ pub struct Events {
 
 impl Events {
     pub fn new() -> Arc<Events> {
-        // Ids go on increasing across restarts (they start at the master's start time in
-        // microseconds), so a client that reconnects with an id from before a restart gets
-        // everything since, not silence.
+        // Ids go on increasing across restarts and fail-overs (they start at the time this
+        // master started leading, in microseconds). An id from before is from another
+        // master (this one before a restart, or the leader before a fail-over), which may
+        // have sent changes after it that are not here: such a client is told to list
+        // again (`resync`), from the store, rather than resumed with a silent gap.
         let start = (herd::time::now_ms().max(0) as u64) * 1000;
         Arc::new(Events {
             ring: Mutex::new(Ring {
                 next: start + 1,
                 kept: VecDeque::new(),
-                lost_through: 0,
+                lost_through: start,
                 heard_at: Instant::now(),
             }),
             live: broadcast::channel(1024).0,
@@ -228,20 +230,24 @@ mod tests {
         // Fallen behind what is kept: not a silent gap, the client must list again.
         assert!(events.since(first + 4).is_none());
         assert!(events.subscribe(Some(first)).is_none());
-        // An id from an earlier master (lower) missed what was pushed out too.
+        // An id from an earlier master (lower) is told to list again too.
         assert!(events.since(first - 100).is_none());
     }
 
-    /// An id from an earlier master is no gap while nothing was dropped: everything since
-    /// this master started comes.
+    /// An id from an earlier master (before a restart, or the leader before a fail-over)
+    /// may have been followed there by changes this master never sent: the client lists
+    /// again. A list read here before any event gives an id that resumes.
     #[test]
-    fn an_id_from_an_earlier_master_gets_everything_kept() {
+    fn an_id_from_an_earlier_master_is_told_to_list_again() {
         let events = Events::new();
-        let before = events.last_id() - 100;
+        let listed = events.last_id();
+        let before = listed - 100;
         for _ in 0..3 {
             events.emit("task", || Payload::Json(serde_json::json!({})));
         }
-        assert_eq!(events.since(before).unwrap().len(), 3);
+        assert!(events.since(before).is_none());
+        assert!(events.subscribe(Some(before)).is_none());
+        assert_eq!(events.since(listed).unwrap().len(), 3);
     }
 
     /// Nobody listening for longer than KEEP_FOR_ABSENT: events are numbered, not made,

@@ -100,6 +100,21 @@ fn refusal(status: &tonic::Status) -> Option<Error> {
     }
 }
 
+/// Whether to obey `master`, which says it leads in `term` (none: a master without
+/// standbys), having seen `newest` before; a newer term becomes the newest.
+fn obey_term(newest: &mut i64, term: Option<i64>, master: &str) -> Result<(), String> {
+    let Some(term) = term else {
+        return Ok(());
+    };
+    if term < *newest {
+        return Err(format!(
+            "{master} leads in term {term}, older than term {newest} seen before: not obeyed"
+        ));
+    }
+    *newest = term;
+    Ok(())
+}
+
 pub struct Agent {
     /// The masters (TLS settings included), and the one talked to now.
     masters: Masters,
@@ -219,18 +234,8 @@ impl Agent {
     /// Whether the master that answered leads in a term at least as new as the newest
     /// seen: a deposed leader, resumed, is not obeyed.
     fn current_term(&mut self, meta: &tonic::metadata::MetadataMap) -> Result<(), Ended> {
-        let Some(term) = herd::client::term_of(meta) else {
-            return Ok(());
-        };
-        if term < self.newest_term {
-            return Err(Ended::Lost(format!(
-                "{} leads in term {term}, older than term {} seen before: not obeyed",
-                self.masters.current(),
-                self.newest_term
-            )));
-        }
-        self.newest_term = term;
-        Ok(())
+        let term = herd::client::term_of(meta);
+        obey_term(&mut self.newest_term, term, self.masters.current()).map_err(Ended::Lost)
     }
 
     async fn register(&mut self, client: &mut RegistryClient<Authed>) -> Result<String, Ended> {
@@ -499,6 +504,25 @@ impl HeartbeatSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A leader deposed while frozen, resumed, still answers as the leader of its old term
+    /// for a moment: a worker that has seen the newer term does not obey it.
+    #[test]
+    fn a_master_of_an_older_term_than_seen_is_not_obeyed() {
+        let mut newest = 0;
+        assert_eq!(obey_term(&mut newest, Some(1), "http://a:1"), Ok(()));
+        assert_eq!(obey_term(&mut newest, Some(2), "http://b:1"), Ok(()));
+        assert_eq!(newest, 2);
+        let refused = obey_term(&mut newest, Some(1), "http://a:1").unwrap_err();
+        assert_eq!(
+            refused,
+            "http://a:1 leads in term 1, older than term 2 seen before: not obeyed"
+        );
+        assert_eq!(newest, 2, "the newest term stays");
+        assert_eq!(obey_term(&mut newest, Some(2), "http://b:1"), Ok(()));
+        // A master without standbys names no term.
+        assert_eq!(obey_term(&mut newest, None, "http://c:1"), Ok(()));
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {

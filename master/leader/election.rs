@@ -316,11 +316,20 @@ async fn refuse_pooling(lock: &Client, url: &str) -> Result<(), Error> {
     )))
 }
 
+/// The server session's pid, asked in the simple protocol: no prepared statement, which a
+/// transaction-mode pool would prepare on one server session and run on another.
 async fn backend_pid(c: &Client) -> Result<i32, Error> {
-    Ok(c.query_one("SELECT pg_backend_pid()", &[])
+    let messages = c
+        .simple_query("SELECT pg_backend_pid()")
         .await
-        .map_err(fail)?
-        .get(0))
+        .map_err(fail)?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Storage("pg_backend_pid() answered no number".into()))
 }
 
 /// The store's own wording of a failure (the server's message, not "db error").

@@ -370,7 +370,7 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
         let args = [FAST, &["--store", &url, "--http-listen", &listen]].concat();
         Master::start_on(dir.path(), &dir.path().join(name), free_port(), &args)
     };
-    let a = with_http("a", http_a);
+    let mut a = with_http("a", http_a);
     leads(&a.url(), T).await;
     let b = with_http("b", http_b);
     standby_of(&b.url(), &a.url(), T).await;
@@ -418,6 +418,41 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
             ("standby".to_string(), b.url())
         ],
         "{status}"
+    );
+
+    // An event stream resumed at the new leader with an id the old one gave: what the old
+    // one sent after it is not known there, so the client is told to list again.
+    let listed = api(http_a)
+        .send(hyper::Method::GET, "/api/v1/workers", None, &[])
+        .await;
+    let old_id = listed.headers()["x-herd-event-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    a.kill9();
+    leads(&b.url(), T).await;
+    let mut resumed = api(http_b)
+        .events(&format!("/api/v1/events?last_event_id={old_id}"), None)
+        .await;
+    let first = tokio::time::timeout(T, resumed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kind, "resync", "{first:?}");
+    let listed = api(http_b)
+        .send(hyper::Method::GET, "/api/v1/workers", None, &[])
+        .await;
+    let new_id = listed.headers()["x-herd-event-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut stream = api(http_b)
+        .events(&format!("/api/v1/events?last_event_id={new_id}"), None)
+        .await;
+    let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+    assert!(
+        next.is_err(),
+        "an id of the new leader resumes quietly: {next:?}"
     );
 }
 
