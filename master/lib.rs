@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod ops;
 pub mod output;
 pub mod records;
+pub mod retention;
 pub mod scheduler;
 mod start;
 pub mod store;

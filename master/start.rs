@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::output::OutputDir;
 use crate::store::postgres::{Fence, redact};
 use crate::store::{Instruments, Store};
-use crate::{grpc, history, http, lock, metrics, output, ticker};
+use crate::{grpc, history, http, lock, metrics, retention, ticker};
 
 /// A master that serves. Dropping it without [`Running::shutdown`] leaves its tasks
 /// running until the runtime ends; shut it down to flush its state and close streams.
@@ -171,10 +171,10 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
         shutdown_rx.clone(),
     );
     let sweep = match config.store {
-        Some(_) => output::Sweep::Store(store.clone()),
-        None => output::Sweep::Files(output),
+        Some(_) => retention::Sweep::Store(store.clone()),
+        None => retention::Sweep::Files(output),
     };
-    let sweeper = output::spawn_sweeper(sweep, config.task_retention, shutdown_rx.clone());
+    let sweeper = retention::spawn_sweeper(sweep, config.task_retention, shutdown_rx.clone());
     let app = App {
         cluster: cluster.clone(),
         store: store.clone(),

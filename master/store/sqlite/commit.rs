@@ -151,7 +151,7 @@ pub(super) fn commit<'a>(
                     .execute([id])?;
                 changes.forgotten.push(id.clone());
             }
-            // Output files are swept by `output::Sweep::Files`, off this thread.
+            // Output files are swept by `retention::Sweep::Files`, off this thread.
             Change::Barrier | Change::DropOutput { .. } => {}
             Change::Liveness(rows) => {
                 // The id is checked on the row the rowid finds: a rowid the map still holds
