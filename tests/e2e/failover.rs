@@ -431,6 +431,14 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
         .to_string();
     a.kill9();
     leads(&b.url(), T).await;
+    // The new leader binds its HTTP listener after its gRPC one.
+    let deadline = Deadline::new(T, "the new leader's HTTP answers");
+    while tokio::net::TcpStream::connect(("127.0.0.1", http_b))
+        .await
+        .is_err()
+    {
+        deadline.wait().await;
+    }
     let mut resumed = api(http_b)
         .events(&format!("/api/v1/events?last_event_id={old_id}"), None)
         .await;
