@@ -50,8 +50,15 @@ pub struct Parsed<T> {
     matches: ArgMatches,
     /// The file read, if any.
     file: Option<PathBuf>,
-    /// The keys whose values came from the file, with their lines.
-    from_file: Vec<(String, Option<usize>)>,
+    /// The settings that came from the file.
+    from_file: Vec<FromFile>,
+}
+
+/// A setting the file supplied: its key, its line, and its value as written.
+struct FromFile {
+    key: String,
+    line: Option<usize>,
+    value: String,
 }
 
 /// Parses the command line of a program whose default config file is `default_file`, with
@@ -99,7 +106,7 @@ pub fn parse_from<T: CommandFactory + FromArgMatches>(
     // takes, and a refusal names the file's line.
     let matches = T::command()
         .try_get_matches_from(merged)
-        .map_err(|err| blame(err, &mut command, &path, &from_file, &text))?;
+        .map_err(|err| blame(err, &mut command, &path, &from_file))?;
     let cli = T::from_arg_matches(&matches)?;
     Ok(Parsed {
         cli,
@@ -111,7 +118,7 @@ pub fn parse_from<T: CommandFactory + FromArgMatches>(
 
 /// The file's settings as command-line arguments, leaving out every key whose flag was
 /// given on the command line or in the environment; and the keys used, with their lines.
-type FileArgs = (Vec<OsString>, Vec<(String, Option<usize>)>);
+type FileArgs = (Vec<OsString>, Vec<FromFile>);
 
 fn file_args(
     command: &mut clap::Command,
@@ -159,7 +166,11 @@ fn file_args(
         ) {
             continue;
         }
-        used.push((key.clone(), line));
+        used.push(FromFile {
+            key: key.clone(),
+            line,
+            value: value.to_string(),
+        });
         let flag = format!("--{key}");
         let is_switch = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
         if is_switch {
@@ -206,8 +217,7 @@ fn blame(
     err: clap::Error,
     command: &mut clap::Command,
     path: &Path,
-    from_file: &[(String, Option<usize>)],
-    text: &str,
+    from_file: &[FromFile],
 ) -> clap::Error {
     use clap::error::{ContextKind, ContextValue};
     let Some(ContextValue::String(flag)) = err.get(ContextKind::InvalidArg) else {
@@ -215,11 +225,9 @@ fn blame(
     };
     let key = flag.trim_start_matches("--");
     let key = key.split([' ', '=']).next().unwrap_or(key);
-    let Some((key, line)) = from_file.iter().find(|(k, _)| k == key) else {
+    let Some(FromFile { key, line, value }) = from_file.iter().find(|f| f.key == key) else {
         return err;
     };
-    let table: toml::Table = text.parse().unwrap_or_default();
-    let value = table.get(key).map(|v| v.to_string()).unwrap_or_default();
     let why = err.to_string();
     let why: Vec<&str> = why
         .lines()
@@ -313,10 +321,10 @@ impl<T> Parsed<T> {
 
     /// "flag", or "file PATH:LINE" for a value the file supplied.
     fn file_source(&self, key: &str) -> String {
-        let used = self.from_file.iter().find(|(k, _)| k == key);
-        match (&self.file, used) {
-            (Some(path), Some((_, Some(line)))) => format!("file {}:{line}", path.display()),
-            (Some(path), Some((_, None))) => format!("file {}", path.display()),
+        let used = self.from_file.iter().find(|f| f.key == key);
+        match (&self.file, used.map(|f| f.line)) {
+            (Some(path), Some(Some(line))) => format!("file {}:{line}", path.display()),
+            (Some(path), Some(None)) => format!("file {}", path.display()),
             _ => "flag".into(),
         }
     }

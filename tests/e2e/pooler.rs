@@ -26,13 +26,12 @@ async fn a_transaction_mode_pool_is_refused_and_a_session_mode_pool_works() {
         .args(["--store", &pool.url])
         .env("XDG_STATE_HOME", dir.path().join("state"))
         .stdin(Stdio::null());
-    let out = tokio::time::timeout(
+    let out = output_within(
+        command,
         Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || command.output().unwrap()),
+        "herd-master stops by itself",
     )
-    .await
-    .expect("herd-master stops by itself")
-    .unwrap();
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("pooler in transaction mode"), "{err}");

@@ -20,7 +20,9 @@ pub use herd_master::store::postgres::scratch::{
 };
 pub use inprocess::InProcess;
 pub use pgbouncer::{Pooler, pgbouncer, pgbouncer_available};
-pub use processes::{Master, Worker, local_worker_pid, master_command, run_refused_worker};
+pub use processes::{
+    Master, Worker, local_worker_pid, master_command, output_within, run_refused_worker,
+};
 pub use procs::{
     KillUnder, Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
 };

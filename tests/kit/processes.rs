@@ -249,15 +249,24 @@ pub async fn run_refused_worker(
         .env("HERD_TOKEN", JOIN_TOKEN)
         .env("XDG_STATE_HOME", dir.join("state"))
         .stdin(Stdio::null());
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || command.output().unwrap()),
-    )
-    .await
-    .expect("a refused worker exits by itself")
-    .unwrap();
+    let out = output_within(command, Duration::from_secs(30), "a refused worker exits").await;
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `command` to its end, which must come within `limit` (`what` says what is awaited).
+pub async fn output_within(
+    mut command: Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    tokio::time::timeout(
+        limit,
+        tokio::task::spawn_blocking(move || command.output().unwrap()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {limit:?}"))
+    .unwrap()
 }
