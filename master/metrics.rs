@@ -26,6 +26,8 @@ pub struct Metrics {
     pub heartbeats: Counter<u64, AtomicU64>,
     pub scheduling: Histogram,
     pub flush: Histogram,
+    /// Every commit of the store thread (its sum's rate is how busy that thread is).
+    pub commits: Histogram,
     pub store_failures: Counter<u64, AtomicU64>,
     /// The term this master leads (0: SQLite, where no election happens).
     pub term: Gauge,
@@ -48,6 +50,8 @@ impl Metrics {
             .into_iter()
             .map(|ms| ms / 1000.0),
         );
+        // 100 µs .. ~6.5 s.
+        let commits = Histogram::new(exponential_buckets(1e-4, 2.0, 17));
         let workers = Family::<Vec<(String, String)>, Gauge>::default();
         let tasks = Family::<Vec<(String, String)>, Gauge>::default();
         let queue = Gauge::default();
@@ -66,9 +70,15 @@ impl Metrics {
         );
         prometheus.register(
             "store_liveness_commit_seconds",
-            "Duration of one store commit that carries a tick's liveness rows (SQLite: at \
-             most 1,000 rows; PostgreSQL: the whole tick)",
+            "Duration of one store commit that carries a tick's liveness rows (at most \
+             1,000 of them)",
             flush.clone(),
+        );
+        prometheus.register(
+            "store_commit_seconds",
+            "Duration of every store commit, whatever it carries; the rate of its sum is \
+             the fraction of time the store thread is busy (1: every write waits)",
+            commits.clone(),
         );
         prometheus.register(
             "store_commit_failures",
@@ -93,6 +103,7 @@ impl Metrics {
             heartbeats,
             scheduling,
             flush,
+            commits,
             store_failures,
             term,
             workers,

@@ -93,6 +93,7 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
     metrics.term.set(term.unwrap_or(0));
     let instruments = Instruments {
         liveness_commits: metrics.flush.clone(),
+        commits: metrics.commits.clone(),
         failed_commits: metrics.store_failures.clone(),
     };
     let (store, loaded) = match (&config.store, fence) {

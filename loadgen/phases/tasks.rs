@@ -122,6 +122,7 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     let beat = Duration::from_secs_f64(f64::from(batch) / target);
     let batches = (window.as_secs_f64() / beat.as_secs_f64()).round().max(1.0) as u64;
     let before = b.shared.tasks_started.load(Ordering::Relaxed);
+    let busy_before = store_busy(b.master.metrics_port());
     let started = Instant::now();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(started), beat);
     // Open loop: a beat missed (the generator held back) is made up at once.
@@ -187,6 +188,8 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let busy =
+        (store_busy(b.master.metrics_port()) - busy_before) / started.elapsed().as_secs_f64();
     let mut samples = Vec::new();
     for (t0, rx) in waits {
         let at = tokio::time::timeout(REACH, rx).await??;
@@ -228,6 +231,11 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
     b.figures
         .push(Figure::info("scheduling pass (mean)", pass_us, "µs"));
     b.figures.push(Figure::info(
+        "  store thread busy committing",
+        busy * 100.0,
+        "%",
+    ));
+    b.figures.push(Figure::info(
         "  batches held back (in flight at limit)",
         held_back as f64,
         "",
@@ -237,6 +245,14 @@ pub async fn placements(b: &mut Bench) -> anyhow::Result<()> {
         lat.p50, lat.p99
     ));
     Ok(())
+}
+
+/// Seconds the master's store thread has spent committing since it started.
+fn store_busy(metrics_port: u16) -> f64 {
+    scrape(metrics_port)
+        .get("herd_store_commit_seconds_sum")
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// The sampled tasks as CSV: when each one's batch was due (seconds since the Unix

@@ -103,6 +103,8 @@ const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(1);
 pub struct Instruments {
     /// The duration of every commit that carries liveness rows of a tick.
     pub liveness_commits: Histogram,
+    /// The duration of every commit.
+    pub commits: Histogram,
     /// Commits that failed.
     pub failed_commits: Counter<u64, AtomicU64>,
 }
@@ -112,6 +114,7 @@ impl From<Histogram> for Instruments {
     fn from(liveness_commits: Histogram) -> Instruments {
         Instruments {
             liveness_commits,
+            commits: Histogram::new(std::iter::empty()),
             failed_commits: Counter::default(),
         }
     }
@@ -200,8 +203,11 @@ fn run<E: Engine>(
                 _ => 0,
             })
             .sum();
+        let took = started.elapsed();
+        if let Some(flushes) = &flushes {
+            flushes.commits.observe(took.as_secs_f64());
+        }
         if rows > 0 {
-            let took = started.elapsed();
             tracing::debug!(rows, writes = batch.len(), ?took, "liveness flushed");
             if let Some(flushes) = &flushes {
                 flushes.liveness_commits.observe(took.as_secs_f64());

@@ -381,6 +381,12 @@ impl<T: serde::Serialize> Json for T {
     }
 }
 
+/// A tick's liveness rows, by worker id.
+pub(super) const LIVENESS: &str = "UPDATE workers w SET is_active = u.active,
+        last_heartbeat = u.heartbeat, state = u.state
+    FROM unnest($1::text[], $2::bool[], $3::int8[], $4::text[]) AS u(id, active, heartbeat, state)
+    WHERE w.id = u.id";
+
 fn liveness<'a>(plan: &mut Plan<'a>, rows: &'a [LivenessRow]) {
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let active: Vec<bool> = rows
@@ -389,12 +395,7 @@ fn liveness<'a>(plan: &mut Plan<'a>, rows: &'a [LivenessRow]) {
         .collect();
     let heartbeats: Vec<i64> = rows.iter().map(|r| r.last_heartbeat_ms).collect();
     let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
-    let sql = "UPDATE workers w SET is_active = u.active, last_heartbeat = u.heartbeat,
-                   state = u.state
-               FROM unnest($1::text[], $2::bool[], $3::int8[], $4::text[])
-                   AS u(id, active, heartbeat, state)
-               WHERE w.id = u.id";
-    plan.push(sql, vec![p(ids), p(active), p(heartbeats), p(states)]);
+    plan.push(LIVENESS, vec![p(ids), p(active), p(heartbeats), p(states)]);
 }
 
 fn insert_tasks<'a>(plan: &mut Plan<'a>, tasks: &[&'a Task]) -> Result<()> {
@@ -539,18 +540,6 @@ fn update_tasks<'a>(plan: &mut Plan<'a>, tasks: &[&'a Task]) -> Result<()> {
     let started: Vec<i64> = each().map(|t| t.started_ms).collect();
     let finished: Vec<i64> = each().map(|t| t.finished_ms).collect();
     let history = json_col(tasks, |t| t.history.json())?;
-    let sql = "WITH changed AS (
-                   UPDATE tasks t SET state = u.state, worker_id = u.worker_id,
-                       attempts = u.attempts, exit_code = u.exit_code, reason = u.reason,
-                       started_at = u.started_at, finished_at = u.finished_at,
-                       history = u.history
-                   FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int4[],
-                       $6::text[], $7::int8[], $8::int8[], $9::text[])
-                       AS u(id, state, worker_id, attempts, exit_code, reason, started_at,
-                            finished_at, history)
-                   WHERE t.id = u.id
-                   RETURNING t.id)
-               SELECT herd_all_stored(ARRAY(SELECT id FROM changed), $1::text[])";
     let params = vec![
         p(ids),
         p(states),
@@ -562,9 +551,22 @@ fn update_tasks<'a>(plan: &mut Plan<'a>, tasks: &[&'a Task]) -> Result<()> {
         p(finished),
         p(history),
     ];
-    plan.push(sql, params);
+    plan.push(UPDATE_TASKS, params);
     Ok(())
 }
+
+/// The changing columns of stored tasks, by id; fails naming a task it did not find.
+pub(super) const UPDATE_TASKS: &str = "WITH changed AS (
+        UPDATE tasks t SET state = u.state, worker_id = u.worker_id, attempts = u.attempts,
+            exit_code = u.exit_code, reason = u.reason, started_at = u.started_at,
+            finished_at = u.finished_at, history = u.history
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int4[], $6::text[],
+            $7::int8[], $8::int8[], $9::text[])
+            AS u(id, state, worker_id, attempts, exit_code, reason, started_at, finished_at,
+                history)
+        WHERE t.id = u.id
+        RETURNING t.id)
+    SELECT herd_all_stored(ARRAY(SELECT id FROM changed), $1::text[])";
 
 /// Output of an attempt, stored at its offset (written again, the same bytes land on the
 /// same row). Like the files of the SQLite store, the last 1-2 MiB of each attempt are
