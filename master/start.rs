@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, Settings};
 use crate::events::Events;
 use crate::grpc::WorkerService;
 use crate::history::History;
-use crate::identity::Credentials;
+use crate::identity::{Credentials, cluster, digest};
 use crate::liveness::Liveness;
 use crate::local_worker::LocalWorker;
 use crate::metrics::Metrics;
@@ -104,12 +104,27 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
             .with_context(|| format!("cannot open {}", db_path.display()))?,
     };
     let (token, join) = tokens(&config)?;
-    let credentials = Arc::new(Credentials::new(
+    let credentials = Credentials::new(
         token.as_deref(),
         join.as_deref(),
         loaded.tokens.clone(),
         store.clone(),
-    ));
+    );
+    // Standby masters: the cluster's bootstrap tokens work on whichever leads.
+    let credentials = Arc::new(match (term, &token, &join) {
+        (Some(_), Some(token), Some(join)) => {
+            let given = |t: &Option<String>| t.as_ref().is_some_and(|t| !t.trim().is_empty());
+            let own = cluster::Bootstrap {
+                admin: digest(token),
+                join: digest(join),
+                admin_given: given(&config.token),
+                join_given: given(&config.join_token),
+            };
+            let adopted = cluster::share(own, loaded.cluster_tokens.as_deref(), &store).await;
+            credentials.with_cluster_tokens(&adopted)
+        }
+        _ => credentials,
+    });
     let Tls {
         grpc: tls,
         http: http_tls,

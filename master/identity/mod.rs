@@ -7,6 +7,7 @@
 //! secret ([`secret`]) and, with `--tls-client-ca`, a client certificate ([`mtls`]).
 
 pub mod authz;
+pub mod cluster;
 pub mod mtls;
 pub mod secret;
 
@@ -135,6 +136,10 @@ pub struct Credentials {
     insecure: bool,
     admin: Option<SecretHash>,
     join: Option<SecretHash>,
+    /// The cluster's bootstrap tokens where they are not this master's own (a PostgreSQL
+    /// store: [`cluster`]).
+    cluster_admin: Option<SecretHash>,
+    cluster_join: Option<SecretHash>,
     named: Mutex<Named>,
     store: Store,
     /// Bumped at every revocation: open streams (followed logs, events) check whether
@@ -161,10 +166,21 @@ impl Credentials {
             insecure: admin.is_none() && join.is_none(),
             admin: admin.map(digest),
             join: join.map(digest),
+            cluster_admin: None,
+            cluster_join: None,
             named: Mutex::new(tokens),
             store,
             revocations: watch::Sender::new(0),
         }
+    }
+
+    /// Accepts the cluster's bootstrap tokens too, where they differ from this master's.
+    pub fn with_cluster_tokens(mut self, adopted: &cluster::Adopted) -> Credentials {
+        if !self.insecure {
+            self.cluster_admin = adopted.admin;
+            self.cluster_join = adopted.join;
+        }
+        self
     }
 
     /// Resolves once `who`'s token is revoked (never for the bootstrap token, the REPL or
@@ -195,10 +211,11 @@ impl Credentials {
     /// a SHA-256 hash, which gives nothing about a token).
     fn kind(&self, token: &str) -> Kind {
         let hash = digest(token.trim());
-        if self.admin.is_some_and(|h| constant_time_eq(&h, &hash)) {
+        let is = |known: Option<SecretHash>| known.is_some_and(|h| constant_time_eq(&h, &hash));
+        if is(self.admin) | is(self.cluster_admin) {
             return Kind::Bootstrap;
         }
-        if self.join.is_some_and(|h| constant_time_eq(&h, &hash)) {
+        if is(self.join) | is(self.cluster_join) {
             return Kind::Join;
         }
         let mut named = self.named();

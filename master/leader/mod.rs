@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use herd::config::{Listen, MasterConfig};
 
@@ -40,6 +40,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
     let me = address(&config);
     info!(grpc = %me.grpc, http = %me.http, store = %redact(&url), "herd-master standby: waiting to lead");
     let mut candidate = Candidate::connect(&url, me.clone()).await?;
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let (tell, leader) = watch::channel(Leader::default());
         let standby = Standby::serve(listeners, leader).await?;
@@ -58,26 +59,53 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
             deposed: leadership.deposed.clone(),
         };
         let mut deposed = leadership.deposed.subscribe();
-        let running = start::start_leading(config.clone(), fence).await?;
-        info!(term, grpc = %me.grpc, "herd-master leads");
-        herd::service::status(&format!("leader of term {term} on {}", me.grpc));
-        // The guard `wait_for` returns holds the channel's lock: dropped here, not kept
-        // through the shutdown below (a write that finds a newer term sets it too).
-        let deposed_now = async {
-            let _ = deposed.wait_for(|d| *d).await;
-        };
-        tokio::select! {
-            _ = deposed_now => {
-                warn!(term, "no longer the leader: closing worker streams, going back to standby");
-                running.shutdown().await;
+        match start::start_leading(config.clone(), fence).await {
+            Ok(running) => {
+                info!(term, grpc = %me.grpc, "herd-master leads");
+                herd::service::status(&format!("leader of term {term} on {}", me.grpc));
+                backoff = FIRST_BACKOFF;
+                // The guard `wait_for` returns holds the channel's lock: dropped here, not
+                // kept through the shutdown below (a write that finds a newer term sets it).
+                let deposed_now = async {
+                    let _ = deposed.wait_for(|d| *d).await;
+                };
+                tokio::select! {
+                    _ = deposed_now => {
+                        warn!(term, "no longer the leader: closing worker streams, going back to standby");
+                        running.shutdown().await;
+                    }
+                    _ = &mut stop => {
+                        running.shutdown().await;
+                        return Ok(());
+                    }
+                }
+                // A fresh session: the old one, and any lock it still held, go with it.
+                drop(leadership);
             }
-            _ = &mut stop => {
-                running.shutdown().await;
-                return Ok(());
+            // Elected but unable to lead (the store failed while loading it, the data dir
+            // is held): the lead goes back at once, for another master to take, and this
+            // one is a standby again, to try later, instead of exiting.
+            Err(err) => {
+                error!(
+                    term,
+                    "cannot lead: {err:#}; giving the lead back and waiting {backoff:?} as a standby"
+                );
+                // The lock is held by the candidate's session: it ends with it.
+                drop(leadership);
+                drop(candidate);
+                listeners = bind(&config).await?;
+                let (_tell, leader) = watch::channel(Leader::default());
+                let standby = Standby::serve(listeners, leader).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => standby.stop().await,
+                    _ = &mut stop => {
+                        standby.stop().await;
+                        return Ok(());
+                    }
+                }
+                backoff = (backoff * 2).min(LAST_BACKOFF);
             }
         }
-        // A fresh session: the old one, and any lock it still held, go with it.
-        drop(leadership);
         candidate = loop {
             match Candidate::connect(&url, me.clone()).await {
                 Ok(candidate) => break candidate,
@@ -91,6 +119,11 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
         listeners = bind(&config).await?;
     }
 }
+
+/// How long a master that was elected but could not lead waits before it campaigns
+/// again: doubled at each failure in a row, up to [`LAST_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const LAST_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Binds the gRPC and HTTP listeners of `config`.
 async fn bind(config: &MasterConfig) -> anyhow::Result<Listeners> {

@@ -80,6 +80,10 @@ pub trait Reads: Send + Sync + 'static {
     fn masters(&self) -> Result<Vec<herd::pb::MasterInfo>, Error>;
 }
 
+/// The setting that names the cluster's bootstrap tokens (written by
+/// [`crate::identity::cluster`]).
+pub const CLUSTER_TOKENS: &str = "cluster_tokens";
+
 /// Everything the store knows, read at start.
 pub struct Loaded {
     pub workers: Vec<WorkerRecord>,
@@ -91,6 +95,8 @@ pub struct Loaded {
     pub last_task: u64,
     /// The scheduler chosen at run time, if one was.
     pub scheduler: Option<String>,
+    /// The cluster's bootstrap tokens, as [`crate::identity::cluster`] stored them.
+    pub cluster_tokens: Option<String>,
     /// The named operator tokens.
     pub tokens: Vec<TokenRow>,
 }

@@ -22,7 +22,7 @@ mod schema;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
 
-use super::{Change, Engine, Loaded};
+use super::{CLUSTER_TOKENS, Change, Engine, Loaded};
 pub use reads::Reader;
 
 /// How this master writes: as the leader of `term`. A write that finds a newer term fails,
@@ -166,6 +166,7 @@ async fn load(client: &mut Client) -> fault::Result<Loaded> {
         finished: schema::final_counts(&tx).await?,
         last_task: schema::last_task_number(&tx).await?,
         scheduler: schema::setting(&tx, "scheduler").await?,
+        cluster_tokens: schema::setting(&tx, CLUSTER_TOKENS).await?,
         tokens: reads::load_tokens(&tx).await?,
     };
     tx.commit().await?;

@@ -25,7 +25,7 @@ pub(crate) mod tests;
 
 use self::checkpoint::{Checkpoints, STORE_TRIES, copy_back_the_wal, retry_every_100us};
 use self::rowids::{RowIds, load_rowids};
-use super::{Change, Engine, Loaded, Reads};
+use super::{CLUSTER_TOKENS, Change, Engine, Loaded, Reads};
 use crate::output::OutputDir;
 use crate::records::{AuditRow, Task, TaskFilter};
 
@@ -76,6 +76,7 @@ fn open_sqlite(
         finished: schema::final_counts(&conn)?,
         last_task: schema::last_task_number(&conn)?,
         scheduler: schema::setting(&conn, "scheduler")?,
+        cluster_tokens: schema::setting(&conn, CLUSTER_TOKENS)?,
         tokens: identity::load_tokens(&conn)?,
     };
     let reader = Connection::open(path)?;
