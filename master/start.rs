@@ -71,15 +71,35 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<Running> {
     if config.store.is_some() {
         bail!("a master on a PostgreSQL store runs under herd_master::leader::run");
     }
-    start_with(config, None).await
+    start_with(config, None, None).await
 }
 
-/// Starts a master that leads in `fence.term` on the PostgreSQL store of `config.store`.
-pub(crate) async fn start_leading(config: MasterConfig, fence: Fence) -> anyhow::Result<Running> {
-    start_with(config, Some(fence)).await
+/// Listening sockets bound before the master starts: a standby's, handed to the leader it
+/// becomes, so the port is never closed in between.
+pub(crate) struct Bound {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
 }
 
-async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Result<Running> {
+/// Starts a master that leads in `fence.term` on the PostgreSQL store of `config.store`,
+/// serving on `bound`.
+pub(crate) async fn start_leading(
+    config: MasterConfig,
+    fence: Fence,
+    bound: Bound,
+) -> anyhow::Result<Running> {
+    start_with(config, Some(fence), Some(bound)).await
+}
+
+async fn start_with(
+    config: MasterConfig,
+    fence: Option<Fence>,
+    bound: Option<Bound>,
+) -> anyhow::Result<Running> {
+    let (grpc_bound, http_bound) = match bound {
+        Some(bound) => (Some(bound.grpc), bound.http),
+        None => (None, None),
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     // Before anything in the dir is touched: one master per data dir.
@@ -163,13 +183,16 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
         loaded.last_task,
     );
 
-    let listener = match TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "{} is already in use: is another herd-master running? choose another with --listen",
-            config.listen
-        ),
-        Err(err) => bail!("cannot listen on {}: {err}", config.listen),
+    let listener = match grpc_bound {
+        Some(listener) => listener,
+        None => match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "{} is already in use: is another herd-master running? choose another with --listen",
+                config.listen
+            ),
+            Err(err) => bail!("cannot listen on {}: {err}", config.listen),
+        },
     };
     let addr = listener.local_addr()?;
     info!(
@@ -224,11 +247,14 @@ async fn start_with(config: MasterConfig, fence: Option<Fence>) -> anyhow::Resul
     let (http_addr, http_server) = match config.http_listen {
         Listen::Off => (None, None),
         Listen::On(addr) => {
-            let listener = match TcpListener::bind(addr).await {
-                Ok(listener) => listener,
-                Err(err) => bail!(
-                    "cannot serve HTTP on {addr}: {err} (choose another with --http-listen, or off)"
-                ),
+            let listener = match http_bound {
+                Some(listener) => listener,
+                None => match TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(err) => bail!(
+                        "cannot serve HTTP on {addr}: {err} (choose another with --http-listen, or off)"
+                    ),
+                },
             };
             let bound = listener.local_addr()?;
             let tls = http_tls;

@@ -17,7 +17,7 @@ use herd::config::{Listen, MasterConfig};
 
 use self::election::{Address, Candidate, Leader};
 use self::standby::{Listeners, Standby, reachable_host};
-use crate::start::{self, tls};
+use crate::start::{self, Bound, tls};
 use crate::store::postgres::{self, Fence, redact};
 
 /// Runs a master on the PostgreSQL store of `config.store` until `stop` ends: standby,
@@ -32,9 +32,9 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
         .with_context(|| format!("cannot open the store {}", redact(&url)))?;
     tokio::pin!(stop);
     // Bound once: a port 0 becomes the port every term of this master serves on.
-    let mut listeners = bind(&config).await?;
-    config.listen = listeners.grpc.local_addr()?;
-    if let Some(http) = &listeners.http {
+    let sockets = Sockets::bind(&config).await?;
+    config.listen = sockets.grpc.local_addr()?;
+    if let Some(http) = &sockets.http {
         config.http_listen = Listen::On(http.local_addr()?);
     }
     let me = address(&config);
@@ -43,7 +43,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
     let mut backoff = FIRST_BACKOFF;
     loop {
         let (tell, leader) = watch::channel(Leader::default());
-        let standby = Standby::serve(listeners, leader).await?;
+        let standby = Standby::serve(sockets.standby(&config)?, leader).await?;
         herd::service::ready(&format!("standby on {}", me.grpc));
         let leadership = tokio::select! {
             led = candidate.campaign(&tell) => led?,
@@ -59,7 +59,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
             deposed: leadership.deposed.clone(),
         };
         let mut deposed = leadership.deposed.subscribe();
-        match start::start_leading(config.clone(), fence).await {
+        match start::start_leading(config.clone(), fence, sockets.copy()?).await {
             Ok(running) => {
                 info!(term, grpc = %me.grpc, "herd-master leads");
                 herd::service::status(&format!("leader of term {term} on {}", me.grpc));
@@ -93,9 +93,8 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
                 // The lock is held by the candidate's session: it ends with it.
                 drop(leadership);
                 drop(candidate);
-                listeners = bind(&config).await?;
                 let (_tell, leader) = watch::channel(Leader::default());
-                let standby = Standby::serve(listeners, leader).await?;
+                let standby = Standby::serve(sockets.standby(&config)?, leader).await?;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => standby.stop().await,
                     _ = &mut stop => {
@@ -116,7 +115,6 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
                 _ = &mut stop => return Ok(()),
             }
         };
-        listeners = bind(&config).await?;
     }
 }
 
@@ -125,26 +123,57 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const LAST_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Binds the gRPC and HTTP listeners of `config`.
-async fn bind(config: &MasterConfig) -> anyhow::Result<Listeners> {
-    let tls = tls(config)?;
-    let grpc = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let http = match config.http_listen {
-        Listen::Off => None,
-        Listen::On(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve HTTP on {addr}"))?,
-        ),
-    };
-    Ok(Listeners {
-        grpc,
-        grpc_tls: tls.grpc,
-        http,
-        http_tls: tls.http,
-    })
+/// The listening sockets of this master, bound once for its whole life. The standby and
+/// each term's leader serve on copies of them (the same sockets), one after the other, so
+/// a take-over never closes the port: a client that connects between the standby's last
+/// answer and the leader's first waits in the socket's backlog instead of being refused.
+struct Sockets {
+    grpc: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+}
+
+impl Sockets {
+    async fn bind(config: &MasterConfig) -> anyhow::Result<Sockets> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let http = match config.http_listen {
+            Listen::Off => None,
+            Listen::On(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve HTTP on {addr}"))?
+                    .into_std()?,
+            ),
+        };
+        Ok(Sockets {
+            grpc: grpc.into_std()?,
+            http,
+        })
+    }
+
+    /// Another handle on the same sockets, for a leader.
+    fn copy(&self) -> anyhow::Result<Bound> {
+        let copy = |l: &std::net::TcpListener| -> std::io::Result<TcpListener> {
+            TcpListener::from_std(l.try_clone()?)
+        };
+        Ok(Bound {
+            grpc: copy(&self.grpc)?,
+            http: self.http.as_ref().map(copy).transpose()?,
+        })
+    }
+
+    /// Another handle on the same sockets, with the TLS of `config`, for a standby.
+    fn standby(&self, config: &MasterConfig) -> anyhow::Result<Listeners> {
+        let tls = tls(config)?;
+        let Bound { grpc, http } = self.copy()?;
+        Ok(Listeners {
+            grpc,
+            grpc_tls: tls.grpc,
+            http,
+            http_tls: tls.http,
+        })
+    }
 }
 
 /// How clients reach this master: `--advertise`, or the listen addresses.

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use herd::pb;
 
-const T: Duration = Duration::from_secs(30);
+pub(crate) const T: Duration = Duration::from_secs(30);
 
 /// A master of the store at `url`, with its own data dir under `dir/name`.
-fn master(dir: &Path, name: &str, url: &str) -> Master {
+pub(crate) fn master(dir: &Path, name: &str, url: &str) -> Master {
     let args = [FAST, &["--store", url]].concat();
     Master::start_on(dir, &dir.join(name), free_port(), &args)
 }
 
 /// Two masters of the store at `url`: `a` leads (term 1), `b` is its standby.
-async fn leader_and_standby(dir: &Path, url: &str) -> (Master, Master) {
+pub(crate) async fn leader_and_standby(dir: &Path, url: &str) -> (Master, Master) {
     let a = master(dir, "a", url);
     leads(&a.url(), T).await;
     let b = master(dir, "b", url);
@@ -31,7 +31,7 @@ async fn leader_and_standby(dir: &Path, url: &str) -> (Master, Master) {
 }
 
 /// What a master says to an Admin call: Ok, or the refusal's leader and term.
-async fn answer(url: &str) -> Result<(), (tonic::Code, Option<(String, i64)>)> {
+pub(crate) async fn answer(url: &str) -> Result<(), (tonic::Code, Option<(String, i64)>)> {
     let Ok((mut admin, _)) = clients(url).await else {
         return Err((tonic::Code::Unavailable, None));
     };
@@ -47,7 +47,7 @@ fn herdctl(masters: &str, command: &str) -> (bool, String) {
 }
 
 /// Like [`herdctl`], presenting `token`.
-fn herdctl_with(masters: &str, token: &str, command: &str) -> (bool, String) {
+pub(crate) fn herdctl_with(masters: &str, token: &str, command: &str) -> (bool, String) {
     let out = std::process::Command::new(HERDCTL.path())
         .args(["--master", masters, "--token", token, command])
         .output()
@@ -60,7 +60,7 @@ fn herdctl_with(masters: &str, token: &str, command: &str) -> (bool, String) {
 }
 
 /// Waits until the store at `url` has worker `name` Active (the ticker wrote it).
-async fn stored_active(url: &str, name: &str) {
+pub(crate) async fn stored_active(url: &str, name: &str) {
     let deadline = Deadline::new(T, format!("{name} is stored Active"));
     let sql = format!("SELECT state FROM workers WHERE name = '{name}'");
     while postgres_query(url, &sql).trim() != "Active" {
@@ -69,7 +69,7 @@ async fn stored_active(url: &str, name: &str) {
 }
 
 /// Waits until the master at `url` leads (answers an Admin call).
-async fn leads(url: &str, within: Duration) -> Duration {
+pub(crate) async fn leads(url: &str, within: Duration) -> Duration {
     let start = Instant::now();
     let deadline = Deadline::new(within, format!("{url} leads"));
     while answer(url).await.is_err() {
@@ -79,7 +79,7 @@ async fn leads(url: &str, within: Duration) -> Duration {
 }
 
 /// Waits until the master at `url` refuses as a standby naming `leader`; returns the term.
-async fn standby_of(url: &str, leader: &str, within: Duration) -> i64 {
+pub(crate) async fn standby_of(url: &str, leader: &str, within: Duration) -> i64 {
     let deadline = Deadline::new(within, format!("{url} is a standby of {leader}"));
     loop {
         if let Err((tonic::Code::Unavailable, Some((named, term)))) = answer(url).await
@@ -205,126 +205,6 @@ async fn a_frozen_leader_loses_the_lead_and_resumed_it_is_a_standby() {
     }
     let seen = worker(&mut admin, "w1").await.unwrap();
     assert_eq!(seen.state(), pb::WorkerState::Active);
-}
-
-/// A standby elected while the store cannot be read (here a column of `tasks` renamed
-/// under it) gives the lead back and stays up as a standby, trying again later, instead of
-/// exiting; once the store is whole again it leads, with what was stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_elected_standby_that_cannot_load_the_store_stays_up_and_leads_once_it_can() {
-    if !postgres_available("failover::an_elected_standby_that_cannot_load") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let url = postgres_database();
-    let (mut a, mut b) = leader_and_standby(dir.path(), &url).await;
-    let mut admin = a.admin().await;
-    let task = submit(&mut admin, "true", 0.1).await;
-    postgres_query(
-        &url,
-        "ALTER TABLE tasks RENAME COLUMN history TO history_moved",
-    );
-    a.kill9();
-
-    let deadline = Deadline::new(T, "the standby tries to lead and gives the lead back");
-    while !b.log_text().contains("cannot lead") {
-        deadline.wait().await;
-    }
-    assert!(
-        b.child.try_wait().unwrap().is_none(),
-        "the standby stays up: {}",
-        b.log_text()
-    );
-    assert!(
-        matches!(answer(&b.url()).await, Err((tonic::Code::Unavailable, _))),
-        "it does not lead meanwhile"
-    );
-
-    postgres_query(
-        &url,
-        "ALTER TABLE tasks RENAME COLUMN history_moved TO history",
-    );
-    leads(&b.url(), T).await;
-    let mut admin = b.admin().await;
-    let kept = wait_task(&mut admin, &task.id, pb::TaskState::Queued, T).await;
-    assert_eq!(
-        kept.id, task.id,
-        "the task submitted to the old leader is there"
-    );
-}
-
-/// Masters given no tokens make their own: the first leader's become the cluster's, and
-/// after its kill -9 the standby accepts them, so herdctl and a worker holding them carry
-/// on there (the standby's own tokens work there too).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_leaders_own_tokens_work_on_the_standby_after_a_fail_over() {
-    if !postgres_available("failover::the_first_leaders_own_tokens") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let url = postgres_database();
-    let made = [("HERD_TOKEN", ""), ("HERD_JOIN_TOKEN", "")];
-    let start = |name: &str| {
-        let args = [FAST, &["--store", &url]].concat();
-        Master::start_with_env(
-            dir.path(),
-            &dir.path().join(name),
-            free_port(),
-            &args,
-            &made,
-        )
-    };
-    let token_of = |name: &str, file: &str| {
-        let path = dir.path().join(name).join(file);
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            match std::fs::read_to_string(&path) {
-                Ok(text) if !text.trim().is_empty() => return text.trim().to_string(),
-                _ if std::time::Instant::now() > deadline => panic!("no {}", path.display()),
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    };
-    let mut a = start("a");
-    let (admin, join) = (token_of("a", "token"), token_of("a", "join-token"));
-    assert_ne!(admin, TOKEN, "a made its own");
-    let b = start("b");
-    standby_of(&b.url(), &a.url(), T).await;
-    let both = format!("{},{}", a.url(), b.url());
-    let w1 = Worker::start_with_env(
-        dir.path(),
-        &both,
-        "w1",
-        "work-w1",
-        &[],
-        &[("HERD_TOKEN", &join)],
-    );
-    let mut on_a = admin_with(&a.url(), &admin).await;
-    wait_state(&mut on_a, "w1", pb::WorkerState::Active, T).await;
-    stored_active(&url, "w1").await;
-
-    a.kill9();
-    let deadline = Deadline::new(T, "b leads and takes a's admin token");
-    while !herdctl_with(&both, &admin, "workers").0 {
-        deadline.wait().await;
-    }
-    let mut on_b = admin_with(&b.url(), &admin).await;
-    // A task reaches w1 only over a stream b took with a's join token.
-    let task = submit(&mut on_b, "true", 0.1).await;
-    let done = wait_task(&mut on_b, &task.id, pb::TaskState::Succeeded, T);
-    if tokio::time::timeout(T, done).await.is_err() {
-        panic!("{}\n---\n{}", w1.log_text(), b.log_text());
-    }
-    let (ok, text) = herdctl_with(&b.url(), &token_of("b", "token"), "workers");
-    assert!(
-        ok && text.contains("w1"),
-        "b's own token works on b: {text}"
-    );
-    assert!(
-        b.log_text().contains("not the cluster's"),
-        "{}",
-        b.log_text()
-    );
 }
 
 /// In the spirit of Jepsen: three masters, two workers, a client submitting tasks that

@@ -23,6 +23,7 @@ mod service;
 mod skeleton;
 mod streams;
 mod supervisor;
+mod takeover;
 mod taskopts;
 mod tasks;
 mod tls;
