@@ -216,7 +216,7 @@ pub struct Task {
     /// The name of the token that submitted it.
     pub submitted_by: String,
     /// Not stored: when the current attempt was sent (a worker gets a grace period to
-    /// report it).
+    /// report it); `None` while its placement waits for the store, and when not placed.
     pub assigned_at: Option<Instant>,
     /// Not stored: a cancel was sent to the worker; the task ends as Cancelled.
     pub cancel_requested: bool,

@@ -534,3 +534,40 @@ async fn a_task_its_cut_off_worker_stopped_runs_again_as_a_lost_placement() {
         info.reason
     );
 }
+
+/// A placement the store cannot write yet (a full disk) is not sent, so its worker does
+/// not report it; that is not taken for a lost task. No attempt is spent while the disk is
+/// full (the task would have failed after its third without ever running), and once the
+/// disk has room the task reaches the worker as attempt 1.
+#[tokio::test(start_paused = true)]
+async fn a_placement_held_up_by_the_store_spends_no_attempt() {
+    let mut h = Harness::new();
+    h.join("a", 1.0, 0).await;
+    let first = h.running("a", spec(1.0, 0)).await;
+    let second = h.submit(spec(1.0, 0)).await;
+    h.commit().await;
+    h.disk_full(true);
+    // The first ends: its room goes to the second, whose placement cannot be stored.
+    h.finish("a", &first, 1, Succeeded, Some(0)).unwrap();
+    h.advance(HEARTBEAT_TIMEOUT * 4, &["a"]).await;
+    let info = h.task(&second).await;
+    assert_eq!(
+        (state(&info), info.attempts),
+        (pb::TaskState::Assigned, 1),
+        "{info:?}"
+    );
+    h.disk_full(false);
+    h.advance(Duration::from_secs(2), &["a"]).await;
+    assert_eq!(
+        h.sent_to("a").await,
+        vec![Sent::Assign(second.clone(), 1, vec![])]
+    );
+    h.hold("a", &second, 1);
+    h.advance(HEARTBEAT_TIMEOUT * 2, &["a"]).await;
+    let info = h.task(&second).await;
+    assert_eq!(
+        (state(&info), info.attempts),
+        (pb::TaskState::Running, 1),
+        "{info:?}"
+    );
+}

@@ -24,7 +24,7 @@ use crate::identity::{Caller, Credentials};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::output::OutputDir;
-use crate::store::{Change, Store};
+use crate::store::Store;
 
 mod lifecycle;
 
@@ -409,14 +409,9 @@ impl Harness {
         self.app.store.sync().await.expect("the store commits");
     }
 
-    /// One pass of the ticker.
+    /// One pass of the ticker (a flush the store cannot take is tried again next pass).
     pub async fn tick(&self) {
-        let outcome = self.app.cluster.tick(false);
-        self.app
-            .store
-            .commit(Change::Liveness(outcome.rows))
-            .await
-            .expect("stored");
+        crate::ticker::tick(&self.app.cluster, &self.app.store, false).await;
     }
 
     /// Moves (paused) time on, one tick per heartbeat interval; the workers in `alive`

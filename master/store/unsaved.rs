@@ -56,7 +56,7 @@ impl Unsaved {
                     self.writes.push((write, done));
                 }
                 Err(err) => {
-                    error!(%err, "SQLite write failed");
+                    error!(%err, "a write to the store failed");
                     told.push((done, Err(err)));
                 }
             }

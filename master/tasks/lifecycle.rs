@@ -28,7 +28,6 @@ impl Tasks {
         worker_id: &str,
         gpu_ids: Vec<u32>,
         workers: &mut Workers,
-        now: Instant,
     ) {
         let task = self.tasks.get_mut(id).expect("known task");
         let entry = workers.get_mut(worker_id).expect("known worker");
@@ -36,7 +35,8 @@ impl Tasks {
         task.attempts = attempt;
         task.state = TaskState::Assigned;
         task.worker_id = Some(worker_id.to_string());
-        task.assigned_at = Some(now);
+        // Not sent yet: the worker's grace starts when it is (`take_sent`).
+        task.assigned_at = None;
         task.reason.clear();
         task.output_len = 0;
         task.history.push(Attempt {
@@ -69,7 +69,7 @@ impl Tasks {
         let outbound = entry.session.as_ref().map(|s| s.outbound.clone());
         let (task_id, worker) = (id.to_string(), entry.spec.name.clone());
         self.events.task(task);
-        let undelivered = self.undelivered.clone();
+        let (undelivered, sent) = (self.undelivered.clone(), self.sent.clone());
         self.store
             .save_then(Change::TaskState(Box::new(task.clone())), move || {
                 // A full or closed stream: the worker never hears of it, so the task goes
@@ -80,8 +80,27 @@ impl Tasks {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push((task_id, attempt));
+                } else {
+                    let at = Instant::now();
+                    let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                    sent.push((task_id, attempt, at));
                 }
             });
+    }
+
+    /// Starts the grace period of every assignment sent since the last look, from when it
+    /// was sent.
+    pub(super) fn take_sent(&mut self) {
+        let sent = std::mem::take(&mut *self.sent.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, attempt, at) in sent {
+            if let Some(task) = self.tasks.get_mut(&id)
+                && task.state.is_placed()
+                && task.attempts == attempt
+                && task.assigned_at.is_none()
+            {
+                task.assigned_at = Some(at);
+            }
+        }
     }
 
     /// Takes in what a heartbeat says about tasks: final results (returned: the ids to
@@ -94,6 +113,7 @@ impl Tasks {
         workers: &mut Workers,
         now: Instant,
     ) -> Vec<String> {
+        self.take_sent();
         let mut acked = Vec::with_capacity(hb.finished.len());
         for update in &hb.finished {
             // Results of tasks this worker never held are acknowledged and ignored, so a
@@ -119,7 +139,8 @@ impl Tasks {
             }
         }
         // Tasks placed here that the worker no longer holds (past the grace period of an
-        // assignment still in flight): lost.
+        // assignment in flight, counted from when it was sent; one not sent yet, its
+        // placement not stored yet, is not judged): lost.
         let holding: HashSet<&str> = held
             .iter()
             .map(|(id, _)| *id)
@@ -132,7 +153,7 @@ impl Tasks {
             .filter(|id| {
                 self.tasks[id.as_str()]
                     .assigned_at
-                    .is_none_or(|at| now.saturating_duration_since(at) > self.grace)
+                    .is_some_and(|at| now.saturating_duration_since(at) > self.grace)
             })
             .cloned()
             .collect();

@@ -115,6 +115,10 @@ pub struct Tasks {
     /// stream was full or gone): queued again at the next pass instead of waiting out the
     /// grace period.
     undelivered: Arc<Mutex<Vec<(String, u32)>>>,
+    /// Assignments sent after their commit, and when: a worker's grace period to report
+    /// an attempt starts when it was sent, not when it was placed (a placement the store
+    /// is slow to take is not the worker's fault).
+    sent: Arc<Mutex<Vec<(String, u32, Instant)>>>,
     /// The scheduler's view of the workers, kept between passes.
     candidates: Candidates,
 }
@@ -143,6 +147,7 @@ impl Tasks {
             finished: BTreeMap::new(),
             retired: Arc::default(),
             undelivered: Arc::default(),
+            sent: Arc::default(),
             candidates: Candidates::default(),
         }
     }
@@ -368,6 +373,7 @@ impl Tasks {
 
     /// Places queued tasks, oldest first, letting smaller later ones through (backfill).
     pub fn schedule(&mut self, workers: &mut Workers, liveness: &Liveness, now: Instant) {
+        self.take_sent();
         self.requeue_undelivered(workers, now);
         if self.queue.is_empty() {
             return;
@@ -422,7 +428,7 @@ impl Tasks {
                     continue;
                 };
                 let worker = entry.id.clone();
-                self.assign(&id, &worker, gpu_ids, workers, now);
+                self.assign(&id, &worker, gpu_ids, workers);
                 view.list[i].book(&request.resources);
                 break true;
             };
