@@ -1,10 +1,11 @@
 //! End to end, around a take-over by a standby master (a throwaway PostgreSQL of this test
-//! process): the port stays open through it, the first leader's tokens keep working on
-//! the next, and a standby that is elected but cannot load the store stays up.
+//! process): a leader cut off from the store steps down and, healed, writes nothing; the
+//! port stays open through a take-over; the first leader's tokens keep working on the
+//! next; a standby that is elected but cannot load the store stays up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_testkit as common;
 
@@ -12,8 +13,84 @@ use common::*;
 use herd::pb;
 
 use crate::failover::{
-    T, answer, herdctl_with, leader_and_standby, leads, standby_of, stored_active,
+    T, answer, herdctl_with, leader_and_standby, leads, master, standby_of, stored_active,
 };
+
+/// The leader's link to PostgreSQL stops carrying bytes while its workers still reach it
+/// (a relay in front of the store, stalled). It cannot renew its lease and stops leading by
+/// itself; a standby leads within 10 s; the running task finishes there once, under the
+/// same attempt. A submission it took during the cut was never acknowledged; once the link
+/// heals, what it had sent is refused by the term check, so the store never holds that
+/// task, and the old leader is a standby of the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_store_steps_down_and_once_healed_writes_nothing() {
+    if !postgres_available("takeover::a_leader_cut_off_from_the_store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres_database();
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let relay = Relay::to(format!("127.0.0.1:{port}").parse().unwrap());
+    let via_relay = url.replace(&format!(":{port}/"), &format!(":{}/", relay.addr.port()));
+    let a = master(dir.path(), "a", &via_relay);
+    leads(&a.url(), T).await;
+    let b = master(dir.path(), "b", &url);
+    standby_of(&b.url(), &a.url(), T).await;
+    let w1 = Worker::start(dir.path(), &format!("{},{}", a.url(), b.url()), "w1", &[]);
+    let mut on_a = a.admin().await;
+    wait_state(&mut on_a, "w1", pb::WorkerState::Active, T).await;
+    stored_active(&url, "w1").await;
+    let marker = dir.path().join("ran");
+    let command = format!("sleep 2; echo once >> {}", marker.display());
+    let task = submit(&mut on_a, &command, 0.1).await;
+    wait_task(&mut on_a, &task.id, pb::TaskState::Running, T).await;
+
+    relay.stall();
+    let cut = Instant::now();
+    let late = pb::SubmitTaskRequest {
+        spec: Some(process("echo late", 0.1)),
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(2), on_a.submit_task(late)).await;
+    assert!(
+        !matches!(answered, Ok(Ok(_))),
+        "a submission was acknowledged without a commit: {answered:?}"
+    );
+    let took = leads(&b.url(), T).await;
+    let took = cut.elapsed().max(took);
+    assert!(
+        took < Duration::from_secs(10),
+        "the standby led after {took:?}"
+    );
+    let deadline = Deadline::new(T, "the cut-off leader stops leading by itself");
+    while !a.log_text().contains("stops leading") {
+        deadline.wait().await;
+    }
+
+    relay.heal();
+    let term = standby_of(&a.url(), &b.url(), T).await;
+    assert_eq!(term, 2, "the healed leader is a standby of term 2");
+    let mut on_b = b.admin().await;
+    let done = wait_task(&mut on_b, &task.id, pb::TaskState::Succeeded, T);
+    let Ok(done) = tokio::time::timeout(T, done).await else {
+        panic!("{}\n---\n{}", w1.log_text(), b.log_text());
+    };
+    assert_eq!(
+        done.attempts, 1,
+        "the same attempt finished on the new leader"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
+    let stored = postgres_query(&url, "SELECT string_agg(id, ',') FROM tasks");
+    assert_eq!(
+        stored.trim(),
+        task.id,
+        "only the acknowledged task is stored\n{}",
+        a.log_text()
+    );
+}
 
 /// The standby and then the leader serve on the same sockets: a client that connects
 /// while the standby takes over waits in the backlog and is answered by the leader; none

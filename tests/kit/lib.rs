@@ -10,6 +10,7 @@ mod pgbouncer;
 mod processes;
 mod procs;
 mod programs;
+mod relay;
 mod sqlite;
 pub mod webdriver;
 
@@ -27,6 +28,7 @@ pub use procs::{
     KillUnder, Stat, args_of, children_named, group_members, pids, process_alive, processes_with,
 };
 pub use programs::{HERDCTL, MASTER, Program, WORKER};
+pub use relay::Relay;
 pub use sqlite::{db_count, db_row, db_tasks, seed_finished_tasks, wait_db};
 
 use std::net::TcpListener;
