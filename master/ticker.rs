@@ -1,6 +1,8 @@
 //! The liveness ticker: every `--check-interval` it applies the liveness rule to every
 //! worker (logging transitions, ending the streams of Removed workers) and flushes what
-//! changed to SQLite, in commits of at most [`FLUSH_CHUNK`] rows.
+//! changed to the store, in commits of at most [`FLUSH_CHUNK`] rows. Deciding never waits
+//! for the store: a flush still in flight when the next tick comes (a slow disk, a
+//! PostgreSQL server that stopped answering) leaves that tick's rows for a later one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use crate::cluster::Cluster;
+use crate::records::LivenessRow;
 use crate::store::{Change, Store};
 
 /// Starts the ticker. It flushes once more when `shutdown` flips, then ends.
@@ -23,10 +26,25 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flushing: Option<JoinHandle<()>> = None;
         loop {
             tokio::select! {
-                _ = interval.tick() => tick(&cluster, &store, false).await,
+                _ = interval.tick() => {
+                    let rows = cluster.tick(false).rows;
+                    if flushing.as_ref().is_some_and(|f| !f.is_finished()) {
+                        // The store has not taken the last flush yet: these rows go with
+                        // a later one. (Waiting here would stop liveness being decided,
+                        // and the gap would look like a stall of the whole master.)
+                        cluster.mark_dirty(rows.into_iter().map(|r| r.id));
+                        continue;
+                    }
+                    let (cluster, store) = (cluster.clone(), store.clone());
+                    flushing = Some(tokio::spawn(async move { flush(&cluster, &store, rows).await }));
+                }
                 _ = shutdown.changed() => {
+                    if let Some(flushing) = flushing.take() {
+                        let _ = flushing.await;
+                    }
                     tick(&cluster, &store, true).await;
                     break;
                 }
@@ -41,10 +59,16 @@ pub fn spawn(
 /// the whole flush still ends within the tick.
 pub const FLUSH_CHUNK: usize = 1_000;
 
-/// One tick: apply the rule, flush the changed rows (all of them with `everything`), in
-/// commits of at most [`FLUSH_CHUNK`] rows. A failed flush is retried next tick.
+/// One tick: apply the rule, flush the changed rows (all of them with `everything`), and
+/// wait for the flush.
 pub async fn tick(cluster: &Cluster, store: &Store, everything: bool) {
-    let mut rows = cluster.tick(everything).rows;
+    let rows = cluster.tick(everything).rows;
+    flush(cluster, store, rows).await;
+}
+
+/// Commits `rows` in commits of at most [`FLUSH_CHUNK`]; rows a commit failed to store
+/// are marked dirty, for the next tick.
+async fn flush(cluster: &Cluster, store: &Store, mut rows: Vec<LivenessRow>) {
     while !rows.is_empty() {
         let rest = rows.split_off(rows.len().min(FLUSH_CHUNK));
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
@@ -113,5 +137,55 @@ mod tests {
             )
             .unwrap();
         assert_eq!(wrong, 0, "every row is flushed");
+    }
+}
+
+#[cfg(test)]
+mod stalls {
+    use std::time::Duration;
+
+    use herd::pb;
+    use tokio::sync::watch;
+
+    use crate::harness::{Harness, INTERVAL, WORKER_TIMEOUT, spec};
+
+    /// Liveness is decided every interval while the store takes no commit at all: a worker
+    /// that falls silent during the stall is Removed at its worker timeout and its task
+    /// queued again then, not only once the store answers (the ticker used to wait for its
+    /// flush, and nothing was decided until the store came back).
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_store_does_not_stop_liveness_being_decided() {
+        let mut h = Harness::new();
+        h.join("a", 4.0, 0).await;
+        let t = h.running("a", spec(1.0, 0)).await;
+        h.commit().await;
+        let (stop, stopped) = watch::channel(false);
+        let ticker = super::spawn(
+            h.app.cluster.clone(),
+            h.app.store.clone(),
+            INTERVAL,
+            stopped,
+        );
+        let release = h.app.store.stall();
+        // "a" falls silent; time passes, one interval at a time.
+        let mut waited = Duration::ZERO;
+        while h.task(&t).await.state() != pb::TaskState::Queued {
+            assert!(
+                waited <= WORKER_TIMEOUT + INTERVAL * 3,
+                "not re-queued {waited:?} into the stall: {:?}",
+                h.task(&t).await
+            );
+            tokio::time::advance(INTERVAL).await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            waited += INTERVAL;
+        }
+        assert!(waited >= WORKER_TIMEOUT, "re-queued after {waited:?}");
+        drop(release);
+        let _ = stop.send(true);
+        ticker.await.unwrap();
+        h.commit().await;
+        assert_eq!(h.task(&t).await.state(), pb::TaskState::Queued);
     }
 }

@@ -208,6 +208,15 @@ impl Store {
         let _ = self.jobs.send(Job::DiskFull(full));
     }
 
+    /// Tests: the store thread takes no job (commits nothing, answers nothing) until the
+    /// returned sender is dropped, as on a disk or a server that stopped answering.
+    #[cfg(test)]
+    pub fn stall(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let _ = self.jobs.send(Job::Stall(stalled));
+        release
+    }
+
     fn send(&self, change: Change, done: Done) {
         if self
             .jobs

@@ -87,6 +87,9 @@ pub(super) enum Job {
     /// Tests: every write that writes something fails as on a full disk, until undone.
     #[cfg(test)]
     DiskFull(bool),
+    /// Tests: take no job until this channel closes.
+    #[cfg(test)]
+    Stall(std_mpsc::Receiver<()>),
 }
 
 /// Most jobs folded into one transaction.
@@ -180,6 +183,8 @@ fn run<E: Engine>(
                 }
                 #[cfg(test)]
                 Job::DiskFull(full) => disk_full = full,
+                #[cfg(test)]
+                Job::Stall(stalled) => while stalled.recv().is_ok() {},
             }
             if batch.len() < MAX_BATCH {
                 next = jobs.try_recv().ok();
