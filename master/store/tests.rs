@@ -430,3 +430,37 @@ async fn store_task(store: &Store, n: u64) -> Result<(), Error> {
     let task = Change::Task(Box::new(queued_task(n, Default::default())));
     store.commit(task).await
 }
+
+/// On PostgreSQL reads have connections of their own, several: a read held up on the
+/// server (here the audit table locked by another session) does not hold up another read
+/// behind it, which one shared connection did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_read_held_up_on_the_server_holds_up_no_other_read() {
+    let Some(place) = Place::postgres("on_postgres_a_read_held_up") else {
+        return;
+    };
+    let (store, _) = place.open().await;
+    store_task(&store, 1).await.unwrap();
+    let Place::Postgres(url) = &place else {
+        unreachable!()
+    };
+    let (locker, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move { store.audit_page(None, 10).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "the audit read waits for the lock");
+    let other = tokio::time::timeout(std::time::Duration::from_secs(5), store.task("t-1")).await;
+    let task = other.expect("the other read is not held up").unwrap();
+    assert_eq!(task.map(|t| t.id).as_deref(), Some("t-1"));
+    locker.batch_execute("COMMIT").await.unwrap();
+    held.await.unwrap().unwrap();
+}

@@ -110,12 +110,12 @@ pub async fn connect(url: &str) -> Result<Client, Error> {
     // them: the server ends such a session after 3 s. No lock is waited on for long
     // either: a statement that waits fails, and is tried again. (Set here rather than as
     // startup options, which a pool in session mode may refuse or drop.)
-    client
-        .batch_execute("SET idle_in_transaction_session_timeout = 3000; SET lock_timeout = 5000")
-        .await
-        .map_err(unreachable)?;
+    client.batch_execute(SESSION).await.map_err(unreachable)?;
     Ok(client)
 }
+
+/// Every connection's session settings (see [`connect`]).
+const SESSION: &str = "SET idle_in_transaction_session_timeout = 3000; SET lock_timeout = 5000";
 
 /// The writing connection's planner settings. Every statement it runs finds its rows by
 /// primary key, and each is prepared once and its plan kept: a plan made while a table
@@ -140,7 +140,7 @@ pub async fn open(url: &str, fence: Fence) -> Result<(Postgres, Reader, Loaded),
     let mut client = connect(url).await?;
     schema::migrate(&mut client).await?;
     let loaded = load(&mut client).await?;
-    let reader = Reader::new(url, connect(url).await?);
+    let reader = Reader::open(url).await?;
     let engine = Postgres {
         url: url.to_string(),
         client: None,

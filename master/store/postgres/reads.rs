@@ -1,58 +1,89 @@
 //! What the PostgreSQL store reads off the store thread: pages of finished tasks and of
 //! the audit log, one task, task output, and the named tokens a leader loads.
 
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use tokio::runtime::Handle;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{GenericClient, NoTls};
 
 use herd::domain::Role;
 use herd::error::Error;
 
 use super::fault::Result;
 use super::schema::{FINAL, TASK_COLUMNS, task_from_row};
+use super::{SESSION, redact};
 use crate::records::{AuditRow, Task, TaskFilter, TokenRow};
 use crate::store::Reads;
 
-/// A connection of its own, used from blocking tasks; made again when it was lost.
-/// Reads share it (tokio-postgres pipelines them).
+/// Connections the reads may use at once.
+const READERS: usize = 4;
+
+/// Reads go through a small pool of connections of their own (deadpool-postgres), never
+/// the writer's or the leader's lock connection: a slow page holds up no other read. A
+/// connection found closed is dropped and another made.
 pub struct Reader {
-    url: String,
-    client: Mutex<Arc<Client>>,
+    pool: Pool,
     runtime: Handle,
+    /// The store's URL without its password, for messages.
+    url: String,
 }
 
 impl Reader {
-    pub(super) fn new(url: &str, client: Client) -> Reader {
-        Reader {
-            url: url.to_string(),
-            client: Mutex::new(Arc::new(client)),
+    /// A pool for the store at `url`, with one connection made now: a store that cannot
+    /// be reached stops the start here.
+    pub(super) async fn open(url: &str) -> std::result::Result<Reader, Error> {
+        let manager = Manager::from_config(
+            super::config(url)?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(SESSION)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .max_size(READERS)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::Storage(format!("cannot make the read pool: {e}")))?;
+        let reader = Reader {
+            pool,
             runtime: Handle::current(),
-        }
+            url: redact(url),
+        };
+        drop(reader.connection().await?);
+        Ok(reader)
     }
 
-    /// Runs `read` (from a blocking task) on the connection, made again if it was lost.
-    fn with<T, F>(&self, read: impl FnOnce(Arc<Client>) -> F) -> std::result::Result<T, Error>
+    async fn connection(&self) -> std::result::Result<Object, Error> {
+        self.pool.get().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot reach the PostgreSQL store {}: {e}",
+                self.url
+            ))
+        })
+    }
+
+    /// Runs `read` (from a blocking task) on a connection of the pool.
+    fn with<T, F>(&self, read: impl FnOnce(Object) -> F) -> std::result::Result<T, Error>
     where
         F: Future<Output = Result<T>>,
     {
-        self.runtime.block_on(async {
-            let client = {
-                let slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
-                slot.clone()
-            };
-            let client = match client.is_closed() {
-                false => client,
-                true => {
-                    let fresh = Arc::new(super::connect(&self.url).await?);
-                    *self.client.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                    fresh
-                }
-            };
-            Ok(read(client).await?)
-        })
+        self.runtime
+            .block_on(async { Ok(read(self.connection().await?).await?) })
     }
 }
 
