@@ -84,7 +84,10 @@ async fn flush(cluster: &Cluster, store: &Store, mut rows: Vec<LivenessRow>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herd::pb;
+
     use crate::cluster::tests::{registry_on, spec};
+    use crate::harness::{Harness, INTERVAL, WORKER_TIMEOUT};
     use crate::identity::secret;
     use crate::metrics::Metrics;
     use crate::output::OutputDir;
@@ -138,16 +141,6 @@ mod tests {
             .unwrap();
         assert_eq!(wrong, 0, "every row is flushed");
     }
-}
-
-#[cfg(test)]
-mod stalls {
-    use std::time::Duration;
-
-    use herd::pb;
-    use tokio::sync::watch;
-
-    use crate::harness::{Harness, INTERVAL, WORKER_TIMEOUT, spec};
 
     /// Liveness is decided every interval while the store takes no commit at all: a worker
     /// that falls silent during the stall is Removed at its worker timeout and its task
@@ -157,7 +150,7 @@ mod stalls {
     async fn a_stalled_store_does_not_stop_liveness_being_decided() {
         let mut h = Harness::new();
         h.join("a", 4.0, 0).await;
-        let t = h.running("a", spec(1.0, 0)).await;
+        let t = h.running("a", crate::harness::spec(1.0, 0)).await;
         h.commit().await;
         let (stop, stopped) = watch::channel(false);
         let ticker = super::spawn(

@@ -558,10 +558,7 @@ async fn a_placement_held_up_by_the_store_spends_no_attempt() {
     );
     h.disk_full(false);
     h.advance(Duration::from_secs(2), &["a"]).await;
-    assert_eq!(
-        h.sent_to("a").await,
-        vec![Sent::Assign(second.clone(), 1, vec![])]
-    );
+    assert_eq!(h.sent_to("a").await, vec![assign(&second, 1)]);
     h.hold("a", &second, 1);
     h.advance(HEARTBEAT_TIMEOUT * 2, &["a"]).await;
     let info = h.task(&second).await;

@@ -46,21 +46,13 @@ pub fn adopt(own: Bootstrap, stored: Option<&str>) -> Adopted {
     let (join, join_kept) = pick(own.join, own.join_given, stored.map(|s| s.1));
     if admin_kept {
         out.admin = Some(admin);
-        out.notes.push(
-            "this master's admin token (<data-dir>/token) is not the cluster's: both are \
-             accepted here, but only the cluster's on every master; give every master the same \
-             --token, or --token here to make it the cluster's"
-                .into(),
-        );
+        out.notes
+            .push(not_the_clusters("admin token", "token", "--token"));
     }
     if join_kept {
         out.join = Some(join);
-        out.notes.push(
-            "this master's join token (<data-dir>/join-token) is not the cluster's: both are \
-             accepted here, but only the cluster's on every master; give every master the same \
-             --join-token, or --join-token here to make it the cluster's"
-                .into(),
-        );
+        out.notes
+            .push(not_the_clusters("join token", "join-token", "--join-token"));
     }
     if stored != Some((admin, join)) {
         out.store = Some(render(admin, join));
@@ -95,6 +87,15 @@ pub async fn share(own: Bootstrap, stored: Option<&str>, store: &Store) -> Adopt
         }
     }
     adopted
+}
+
+/// What a master hears when its own `what` (from `<data-dir>/<file>`) is not the cluster's.
+fn not_the_clusters(what: &str, file: &str, flag: &str) -> String {
+    format!(
+        "this master's {what} (<data-dir>/{file}) is not the cluster's: both are accepted \
+         here, but only the cluster's on every master; give every master the same {flag}, or \
+         {flag} here to make it the cluster's"
+    )
 }
 
 /// The cluster's token of one kind, and whether it stays one this master does not hold.

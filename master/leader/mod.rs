@@ -40,13 +40,19 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
     let me = address(&config);
     info!(grpc = %me.grpc, http = %me.http, store = %redact(&url), "herd-master standby: waiting to lead");
     let mut candidate = Candidate::connect(&url, me.clone()).await?;
-    let mut backoff = FIRST_BACKOFF;
+    // How long to serve as a standby before campaigning: nothing at first, a backoff after
+    // an election this master won but could not lead.
+    let (mut pause, mut backoff) = (Duration::ZERO, FIRST_BACKOFF);
     loop {
         let (tell, leader) = watch::channel(Leader::default());
         let standby = Standby::serve(sockets.standby(&config)?, leader).await?;
         herd::service::ready(&format!("standby on {}", me.grpc));
+        let campaign = async {
+            tokio::time::sleep(pause).await;
+            candidate.campaign(&tell).await
+        };
         let leadership = tokio::select! {
-            led = candidate.campaign(&tell) => led?,
+            led = campaign => led?,
             _ = &mut stop => {
                 standby.stop().await;
                 return Ok(());
@@ -63,7 +69,7 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
             Ok(running) => {
                 info!(term, grpc = %me.grpc, "herd-master leads");
                 herd::service::status(&format!("leader of term {term} on {}", me.grpc));
-                backoff = FIRST_BACKOFF;
+                (pause, backoff) = (Duration::ZERO, FIRST_BACKOFF);
                 // The guard `wait_for` returns holds the channel's lock: dropped here, not
                 // kept through the shutdown below (a write that finds a newer term sets it).
                 let deposed_now = async {
@@ -90,19 +96,10 @@ pub async fn run(mut config: MasterConfig, stop: impl Future<Output = ()>) -> an
                     term,
                     "cannot lead: {err:#}; giving the lead back and waiting {backoff:?} as a standby"
                 );
-                // The lock is held by the candidate's session: it ends with it.
+                // The lock is held by the candidate's session: it ends with it, now.
                 drop(leadership);
                 drop(candidate);
-                let (_tell, leader) = watch::channel(Leader::default());
-                let standby = Standby::serve(sockets.standby(&config)?, leader).await?;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => standby.stop().await,
-                    _ = &mut stop => {
-                        standby.stop().await;
-                        return Ok(());
-                    }
-                }
-                backoff = (backoff * 2).min(LAST_BACKOFF);
+                (pause, backoff) = (backoff, (backoff * 2).min(LAST_BACKOFF));
             }
         }
         candidate = loop {

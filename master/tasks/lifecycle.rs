@@ -113,7 +113,6 @@ impl Tasks {
         workers: &mut Workers,
         now: Instant,
     ) -> Vec<String> {
-        self.take_sent();
         let mut acked = Vec::with_capacity(hb.finished.len());
         for update in &hb.finished {
             // Results of tasks this worker never held are acknowledged and ignored, so a
@@ -140,7 +139,15 @@ impl Tasks {
         }
         // Tasks placed here that the worker no longer holds (past the grace period of an
         // assignment in flight, counted from when it was sent; one not sent yet, its
-        // placement not stored yet, is not judged): lost.
+        // placement not stored yet, is not judged): lost. Sends are looked up only when a
+        // task here has none yet.
+        if workers[worker_id]
+            .tasks
+            .iter()
+            .any(|id| self.tasks[id.as_str()].assigned_at.is_none())
+        {
+            self.take_sent();
+        }
         let holding: HashSet<&str> = held
             .iter()
             .map(|(id, _)| *id)

@@ -427,23 +427,9 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
 
     // An event stream resumed at the new leader with an id the old one gave: what the old
     // one sent after it is not known there, so the client is told to list again.
-    let listed = api(http_a)
-        .send(hyper::Method::GET, "/api/v1/workers", None, &[])
-        .await;
-    let old_id = listed.headers()["x-herd-event-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let old_id = api(http_a).listed_event_id().await;
     a.kill9();
     leads(&b.url(), T).await;
-    // The new leader binds its HTTP listener after its gRPC one.
-    let deadline = Deadline::new(T, "the new leader's HTTP answers");
-    while tokio::net::TcpStream::connect(("127.0.0.1", http_b))
-        .await
-        .is_err()
-    {
-        deadline.wait().await;
-    }
     let mut resumed = api(http_b)
         .events(&format!("/api/v1/events?last_event_id={old_id}"), None)
         .await;
@@ -452,13 +438,7 @@ async fn a_standby_answers_http_with_503_and_the_leaders_address() {
         .unwrap()
         .unwrap();
     assert_eq!(first.kind, "resync", "{first:?}");
-    let listed = api(http_b)
-        .send(hyper::Method::GET, "/api/v1/workers", None, &[])
-        .await;
-    let new_id = listed.headers()["x-herd-event-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let new_id = api(http_b).listed_event_id().await;
     let mut stream = api(http_b)
         .events(&format!("/api/v1/events?last_event_id={new_id}"), None)
         .await;

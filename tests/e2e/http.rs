@@ -334,12 +334,7 @@ async fn the_event_stream_shows_every_change_and_resumes_with_last_event_id() {
     assert_eq!(data(&again)["status"], "Inactive");
     // A list says which event it is as of; a stream opened from there replays nothing
     // the list already had, and gets what comes next.
-    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
-    let as_of: u64 = response.headers()["x-herd-event-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let as_of = api.listed_event_id().await;
     assert_eq!(as_of, inactive_id, "nothing happened since");
     let mut from_list = api
         .events(&format!("/api/v1/events?last_event_id={as_of}"), None)
@@ -398,12 +393,7 @@ async fn a_client_behind_what_is_kept_is_told_to_resync_not_skipped_in_silence()
     let master = http_master(dir.path());
     let registry = master.registry().await;
     let api = Api::of(&master).await;
-    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
-    let before: u64 = response.headers()["x-herd-event-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let before = api.listed_event_id().await;
     // One event per registration, past what is kept (10,000).
     let mut jobs = Vec::new();
     for part in 0..8 {
@@ -440,12 +430,7 @@ async fn a_client_behind_what_is_kept_is_told_to_resync_not_skipped_in_silence()
         "the stream ends"
     );
     // From a recent id it streams as usual.
-    let response = api.send(Method::GET, "/api/v1/workers", None, &[]).await;
-    let now: u64 = response.headers()["x-herd-event-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let now = api.listed_event_id().await;
     let mut recent = api
         .events(&format!("/api/v1/events?last_event_id={}", now - 5), None)
         .await;

@@ -142,7 +142,7 @@ async fn no_connection_is_refused_while_the_standby_takes_over() {
 /// exiting; once the store is whole again it leads, with what was stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_elected_standby_that_cannot_load_the_store_stays_up_and_leads_once_it_can() {
-    if !postgres_available("failover::an_elected_standby_that_cannot_load") {
+    if !postgres_available("takeover::an_elected_standby_that_cannot_load") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +188,7 @@ async fn an_elected_standby_that_cannot_load_the_store_stays_up_and_leads_once_i
 /// on there (the standby's own tokens work there too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_leaders_own_tokens_work_on_the_standby_after_a_fail_over() {
-    if !postgres_available("failover::the_first_leaders_own_tokens") {
+    if !postgres_available("takeover::the_first_leaders_own_tokens") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -105,6 +105,17 @@ impl Api {
         sender.send_request(request).await.unwrap()
     }
 
+    /// The event id a list of the workers is as of (`X-Herd-Event-Id`): a stream resumed
+    /// from it replays nothing the list had.
+    pub async fn listed_event_id(&self) -> u64 {
+        let response = self.send(Method::GET, "/api/v1/workers", None, &[]).await;
+        response.headers()["x-herd-event-id"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// A request whose whole answer is read: (status, content type, body).
     pub async fn call(
         &self,
